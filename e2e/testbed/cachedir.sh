@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Prints the cache directory for the testbed binaries: outside the repository,
+# keyed by a hash of the pinned module graph so a version bump builds anew.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=${HAPAIR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hapair}
+key=$(cat "$here/go.mod" "$here/go.sum" "$here/build.sh" | sha256sum | cut -c1-12)
+kube=$("$here/version.sh")
+echo "$root/testbed/kube-$kube-$key/bin"

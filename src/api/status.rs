@@ -1,0 +1,241 @@
+//! `HighAvailabilityPairStatus`: what the operator observed and did. Only the
+//! operator writes it, through the status subresource, and only when
+//! something changed.
+
+use chrono::{DateTime, Utc};
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::operation::OperationStatus;
+use super::spec::Member;
+use super::timings::EffectiveTimings;
+
+/// Longest `status.history`; older transitions are dropped first.
+pub const MAX_HISTORY: usize = 20;
+/// Longest `status.operations`; older acknowledgements are dropped first.
+pub const MAX_OPERATIONS: usize = 16;
+
+/// Observed state of a pair.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HighAvailabilityPairStatus {
+    /// `metadata.generation` of the spec this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Mode of the pair as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Member holding the leader Lease and serving behind the pair's Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_member: Option<Member>,
+    /// Member ready to take over, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_member: Option<Member>,
+    /// Fencing token: the leader Lease's `leaseTransitions`. Bumps on every
+    /// change of active member; a member acts as active only at the current
+    /// epoch.
+    #[serde(default)]
+    pub epoch: i64,
+    /// Per-member state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub members: Vec<MemberStatus>,
+    /// Conditions: `Ready`, `Available`, `Synced`, `Degraded`, `SplitBrain`,
+    /// `ClockSkew`, `FailoverRequired`, `Paused`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The most recent change of active member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<Transition>,
+    /// Recent changes of active member, newest first (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub history: Vec<Transition>,
+    /// Worst-case detection and failover times implied by the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_timings: Option<EffectiveTimings>,
+    /// Acknowledged operation requests, newest first (at most 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
+    pub operations: Vec<OperationStatus>,
+}
+
+/// Mode of the pair (the manuals' HA configuration modes).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The spec cannot be acted on; see the `Ready` condition.
+    NotConfigured,
+    /// Members are starting; no member has been made active yet.
+    Initializing,
+    /// One active, one standby in step with it.
+    Enabled,
+    /// One member serves without a usable standby.
+    Alone,
+    /// Both members have acted as active; see the `SplitBrain` condition.
+    SplitBrain,
+    /// `spec.paused` is set: observing only.
+    Paused,
+}
+
+/// Current role of a member.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Active,
+    Standby,
+    /// Stopped serving because it could not renew the Lease in time.
+    Fenced,
+    Unknown,
+}
+
+/// Per-member state, named after the manuals' state table.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    HaInitializing,
+    PrimaryActive,
+    PrimaryAlone,
+    PrimaryLostSecondary,
+    PrimarySyncing,
+    PrimaryPreparingForFailback,
+    PrimaryFailover,
+    PrimaryFailback,
+    PrimaryUncertain,
+    SecondarySyncing,
+    SecondaryActive,
+    SecondaryAlone,
+    SecondaryLostPrimary,
+    SecondaryFailover,
+    SecondaryFailback,
+    SecondaryPostFailback,
+    SecondaryUncertain,
+    /// Stopped serving at its renew deadline.
+    Fenced,
+    /// Stopped by the split-brain policy `IsolateSecondary`.
+    Isolated,
+    /// Pod missing or not running.
+    Down,
+}
+
+/// Observed state of one member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Configured role.
+    pub name: Member,
+    /// Pod name.
+    #[schemars(length(max = 253))]
+    pub pod: String,
+    /// Current role.
+    pub role: Role,
+    /// State in the manuals' terms.
+    pub state: MemberState,
+    /// Whether the application passes `spec.healthCheck` (unset: unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    /// Epoch the member's agent last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    /// Heartbeats missed in a row (0 while the agent answers).
+    #[serde(default)]
+    pub missed_heartbeats: i32,
+    /// Last time the agent answered, recorded when it stops answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_time: Option<DateTime<Utc>>,
+    /// Estimated difference between the member's clock and the operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_seconds: Option<i64>,
+    /// Sync generation the member holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_generation: Option<i64>,
+    /// Seconds since the member's last complete sync (standby only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_lag_seconds: Option<i64>,
+}
+
+/// A change of active member (or the first choice of one).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    /// What kind of change.
+    #[serde(rename = "type")]
+    pub type_: TransitionType,
+    /// Previous active member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Member>,
+    /// New active member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Member>,
+    /// Epoch after the change.
+    pub epoch: i64,
+    /// Machine-readable cause, e.g. `AppHealthCheckFailed`, `LeaseExpired`.
+    #[schemars(length(max = 128))]
+    pub reason: String,
+    /// Details for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+    /// When the Lease moved (the commit point).
+    pub time: DateTime<Utc>,
+    /// Milliseconds from the first sign of failure to the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection_millis: Option<i64>,
+    /// Milliseconds from the Lease move to the Service selector move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_to_selector_millis: Option<i64>,
+    /// Whether acknowledged data may be missing on the new active member
+    /// (a forced failover, or a standby that was behind).
+    #[serde(default)]
+    pub data_loss_possible: bool,
+    /// Operation request that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub operation_id: Option<String>,
+}
+
+/// Kind of transition.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransitionType {
+    Bootstrap,
+    Failover,
+    Switchover,
+    Failback,
+    GoStandby,
+    SplitBrainResolved,
+}
+
+/// A condition, as `metav1.Condition`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type.
+    #[serde(rename = "type")]
+    #[schemars(length(min = 1, max = 64))]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: ConditionStatus,
+    /// Machine-readable reason in CamelCase.
+    #[schemars(length(min = 1, max = 128))]
+    pub reason: String,
+    /// Details for people.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub message: String,
+    /// Last time `status` changed.
+    pub last_transition_time: DateTime<Utc>,
+    /// Generation the condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Truth value of a condition.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}

@@ -1,0 +1,9 @@
+//! hapair: a Kubernetes operator that runs an application as an
+//! active/standby pair and keeps exactly one member serving.
+//!
+//! - [`api`]: the `HighAvailabilityPair` resource and its generated CRD.
+//! - [`cli`]: the `kubectl hapair` plugin's command line.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
