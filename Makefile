@@ -23,14 +23,31 @@ help: ## List the targets.
 build: ## Build the hapair and kubectl-hapair binaries (debug).
 	$(CARGO) build --bins
 
+CRD_FILE := crds/hapair.dev_highavailabilitypairs.yaml
+GENERATED := target/generated
+
 .PHONY: generate
-generate: ## Write the generated CRD to crds/.
-	$(CARGO) run -q --bin hapair -- crd > crds/hapair.dev_highavailabilitypairs.yaml
+generate: generated-files ## Write the generated CRD to crds/ and the API reference into README.md.
+	cp $(GENERATED)/crd.yaml $(CRD_FILE)
+	cp $(GENERATED)/README.md README.md
 
 .PHONY: check-generated
-check-generated: ## Fail when crds/ differs from what the code generates.
-	@$(CARGO) run -q --bin hapair -- crd | diff -u crds/hapair.dev_highavailabilitypairs.yaml - \
-	  || { echo "crds/ is stale: run 'make generate' and commit the result" >&2; exit 1; }
+check-generated: generated-files ## Fail when crds/ or the README's API reference differ from the code.
+	@diff -u $(CRD_FILE) $(GENERATED)/crd.yaml && diff -u README.md $(GENERATED)/README.md \
+	  || { echo "generated files are stale: run 'make generate' and commit the result" >&2; exit 1; }
+
+.PHONY: generated-files
+generated-files:
+	@mkdir -p $(GENERATED)
+	@grep -q "<!-- api-reference:start -->" README.md && grep -q "<!-- api-reference:end -->" README.md \
+	  || { echo "README.md lacks the api-reference markers" >&2; exit 1; }
+	@$(CARGO) run -q --bin hapair -- crd > $(GENERATED)/crd.yaml
+	@$(CARGO) run -q --bin hapair -- crd --reference > $(GENERATED)/reference.md
+	@awk -v ref=$(GENERATED)/reference.md \
+	  '/<!-- api-reference:end -->/ { skip = 0 } \
+	   !skip { print } \
+	   /<!-- api-reference:start -->/ { while ((getline line < ref) > 0) print line; skip = 1 }' \
+	  README.md > $(GENERATED)/README.md
 
 .PHONY: fmt
 fmt: ## Format the code.
@@ -68,3 +85,9 @@ testbed-up: ## Start the testbed (no-op when running); prints the kubeconfig pat
 .PHONY: testbed-down
 testbed-down: ## Stop the testbed and remove its state.
 	@$(TESTBED) down
+
+##@ Running hapair
+
+.PHONY: demo
+demo: ## Run hapair on a local control plane (arrives with the operator).
+	@echo "make demo: the operator is not built yet; 'make test' exercises the API on the testbed" >&2; exit 1

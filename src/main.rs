@@ -25,7 +25,11 @@ enum Command {
     /// Run a split-brain repair step (run as a Job).
     Repair,
     /// Print the HighAvailabilityPair CustomResourceDefinition as YAML.
-    Crd,
+    Crd {
+        /// Print the API reference (Markdown) instead.
+        #[arg(long)]
+        reference: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -35,9 +39,10 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     };
     match cli.command {
-        Command::Crd => {
+        Command::Crd { reference } => {
+            let text = if reference { hapair::api::reference::markdown() } else { hapair::api::crd_yaml() };
             let mut out = std::io::stdout().lock();
-            match out.write_all(hapair::api::crd_yaml().as_bytes()).and_then(|()| out.flush()) {
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
                 Err(e) => {

@@ -7,6 +7,7 @@
 
 mod crd;
 mod operation;
+pub mod reference;
 mod spec;
 mod status;
 mod timings;

@@ -1,7 +1,7 @@
 //! Declarative operation requests (`spec.operation`) and their
 //! acknowledgements (`status.operations`).
 //!
-//! The manuals' buttons (Failover Now, Failback, Go Standby, resync) become a
+//! An HA appliance's buttons (Failover Now, Failback, Go Standby, resync) become a
 //! request written into the pair with a unique id, so `kubectl`, the plugin
 //! and a GitOps commit all drive the pair the same way. The operator performs
 //! each id once and records its outcome.
@@ -42,7 +42,7 @@ pub struct OperationRequest {
     /// Return the active role to the configured primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failback: Option<FailbackRequest>,
-    /// Force a member to standby (the manuals' Go Standby button).
+    /// Force a member to standby (an appliance's Go Standby button).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub go_standby: Option<GoStandbyRequest>,
     /// Resolve a split brain by keeping one side.

@@ -20,6 +20,7 @@ use super::status::HighAvailabilityPairStatus;
     group = "hapair.dev",
     version = "v1alpha1",
     kind = "HighAvailabilityPair",
+    doc = "An application run as an active/standby pair: exactly one member serves behind the pair's Service.",
     plural = "highavailabilitypairs",
     singular = "highavailabilitypair",
     namespaced,
@@ -359,7 +360,7 @@ impl Default for FlapBudget {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct FailbackSpec {
-    /// `Manual` (the manuals' default): wait for a failback request.
+    /// `Manual` (the usual appliance default): wait for a failback request.
     /// `Automatic`: fail back once the primary has been healthy and in sync
     /// for `delaySeconds`.
     #[serde(default)]
@@ -596,7 +597,7 @@ pub struct SplitBrainSpec {
     pub repair_job: Option<Container>,
 }
 
-/// Split-brain policy (the manuals' methods 1–3).
+/// Split-brain policy (the three classic methods: force standby and resync, stop and reconcile by hand, isolate the secondary).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum SplitBrainPolicy {
     #[default]
@@ -614,7 +615,7 @@ pub enum KeepSide {
     MostChanges,
 }
 
-/// Limits on a standby outage (the manuals' replication-log thresholds).
+/// Limits on a standby outage (like an appliance's replication-log thresholds).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("!has(self.maxBacklog) || quantity(self.maxBacklog).isGreaterThan(quantity('0'))").message("spec.standbyOutage.maxBacklog must be a positive quantity such as 10Gi"))]
 #[serde(rename_all = "camelCase")]
@@ -680,7 +681,7 @@ mod tests {
     }
 
     #[test]
-    fn a_spec_with_only_the_required_fields_gets_the_manuals_defaults() {
+    fn a_spec_with_only_the_required_fields_gets_the_documented_defaults() {
         let spec: HighAvailabilityPairSpec = serde_yaml::from_str(
             "template: {spec: {containers: [{name: app, image: x}]}}\nservice: {ports: [{name: http, port: 80}]}",
         )

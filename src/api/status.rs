@@ -66,7 +66,7 @@ pub struct HighAvailabilityPairStatus {
     pub operations: Vec<OperationStatus>,
 }
 
-/// Mode of the pair (the manuals' HA configuration modes).
+/// Mode of the pair (an HA appliance's configuration modes).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// The spec cannot be acted on; see the `Ready` condition.
@@ -93,7 +93,7 @@ pub enum Role {
     Unknown,
 }
 
-/// Per-member state, named after the manuals' state table.
+/// Per-member state, named after a classic HA appliance's state table.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberState {
     HaInitializing,
@@ -132,7 +132,7 @@ pub struct MemberStatus {
     pub pod: String,
     /// Current role.
     pub role: Role,
-    /// State in the manuals' terms.
+    /// State in classic HA appliance terms.
     pub state: MemberState,
     /// Whether the application passes `spec.healthCheck` (unset: unknown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
