@@ -5,5 +5,11 @@
 //! - [`cli`]: the `kubectl hapair` plugin's command line.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod http;
+pub mod metrics;
+pub mod proto;
+pub mod telemetry;
+pub mod tls;

@@ -10,6 +10,12 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "hapair", version, about)]
 struct Cli {
+    /// Log level (or set RUST_LOG).
+    #[arg(long, global = true, env = "HAPAIR_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log one JSON object per line.
+    #[arg(long, global = true, env = "HAPAIR_LOG_JSON")]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,7 +25,7 @@ enum Command {
     /// Run the operator: watch pairs and keep exactly one member active.
     Operator,
     /// Run the member sidecar: status endpoint, health check, Lease renewal.
-    Agent,
+    Agent(hapair::agent::Config),
     /// Reconcile a returning member's files with the active member's (run as a Job).
     Resync,
     /// Run a split-brain repair step (run as a Job).
@@ -30,6 +36,27 @@ enum Command {
         #[arg(long)]
         reference: bool,
     },
+}
+
+fn run_async<F>(level: &str, json: bool, name: &str, fut: F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
+    hapair::telemetry::init(level, json);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hapair {name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hapair {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -52,7 +79,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Operator => not_yet("operator"),
-        Command::Agent => not_yet("agent"),
+        Command::Agent(config) => run_async(&cli.log_level, cli.log_json, "agent", hapair::agent::run(config)),
         Command::Resync => not_yet("resync"),
         Command::Repair => not_yet("repair"),
     }

@@ -1,0 +1,113 @@
+//! The agent's side of the leader Lease: read it, renew it while holding it,
+//! release it on an application failure.
+//!
+//! Renew and release are JSON patches that start with `test` operations on
+//! the holder and the epoch (`leaseTransitions`): the API server applies the
+//! write only if this member still holds the Lease at the epoch it is active
+//! at. A failover by the operator bumps the epoch, so a late renew by the old
+//! active fails instead of overwriting it.
+
+use chrono::Utc;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use crate::proto::{ANN_INTERVAL, ANN_MISSED, ANN_RELEASED};
+
+pub const FIELD_MANAGER: &str = "hapair-agent";
+
+/// What the Lease says, as far as the agent cares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseView {
+    pub holder: Option<String>,
+    pub epoch: i64,
+    pub interval_seconds: Option<i32>,
+    pub missed_threshold: Option<i32>,
+}
+
+impl LeaseView {
+    pub fn of(lease: &Lease) -> Self {
+        let spec = lease.spec.clone().unwrap_or_default();
+        let ann = lease.metadata.annotations.clone().unwrap_or_default();
+        let num = |k: &str| ann.get(k).and_then(|v| v.parse::<i32>().ok()).filter(|v| *v > 0);
+        LeaseView {
+            holder: spec.holder_identity.filter(|h| !h.is_empty()),
+            epoch: i64::from(spec.lease_transitions.unwrap_or(0)),
+            interval_seconds: num(ANN_INTERVAL),
+            missed_threshold: num(ANN_MISSED),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The Lease is no longer ours at our epoch (a `test` failed, or it is gone).
+    #[error("lease lost: {0}")]
+    Lost(String),
+    /// The API server could not be asked; the outcome is unknown.
+    #[error("lease unreachable: {0}")]
+    Unreachable(String),
+}
+
+fn classify(e: kube::Error) -> LeaseError {
+    match &e {
+        kube::Error::Api(s) if matches!(s.code, 404 | 409 | 422) => LeaseError::Lost(s.message.clone()),
+        _ => LeaseError::Unreachable(e.to_string()),
+    }
+}
+
+pub async fn read(api: &Api<Lease>, name: &str) -> Result<Option<LeaseView>, LeaseError> {
+    match api.get_opt(name).await {
+        Ok(lease) => Ok(lease.as_ref().map(LeaseView::of)),
+        Err(e) => Err(LeaseError::Unreachable(e.to_string())),
+    }
+}
+
+fn params() -> PatchParams {
+    PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
+fn guarded(identity: &str, epoch: i64, ops: serde_json::Value) -> json_patch::Patch {
+    let mut all = vec![
+        json!({"op": "test", "path": "/spec/holderIdentity", "value": identity}),
+        json!({"op": "test", "path": "/spec/leaseTransitions", "value": epoch}),
+    ];
+    all.extend(ops.as_array().cloned().unwrap_or_default());
+    serde_json::from_value(serde_json::Value::Array(all)).expect("static JSON patch shape")
+}
+
+/// Renews the Lease if `identity` holds it at `epoch`; publishes the lease
+/// duration the agent fences against. Returns the Lease as written.
+pub async fn renew(
+    api: &Api<Lease>,
+    name: &str,
+    identity: &str,
+    epoch: i64,
+    lease_duration_seconds: i32,
+) -> Result<LeaseView, LeaseError> {
+    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let patch = guarded(
+        identity,
+        epoch,
+        json!([
+            {"op": "replace", "path": "/spec/renewTime", "value": now},
+            {"op": "replace", "path": "/spec/leaseDurationSeconds", "value": lease_duration_seconds},
+        ]),
+    );
+    api.patch(name, &params(), &Patch::<()>::Json(patch)).await.map(|l| LeaseView::of(&l)).map_err(classify)
+}
+
+/// Gives the Lease up (holder cleared, reason recorded) so the operator can
+/// promote the standby at once. Only if `identity` still holds it at `epoch`.
+pub async fn release(api: &Api<Lease>, name: &str, identity: &str, epoch: i64, reason: &str) -> Result<(), LeaseError> {
+    let key = ANN_RELEASED.replace('/', "~1");
+    let patch = guarded(
+        identity,
+        epoch,
+        json!([
+            {"op": "replace", "path": "/spec/holderIdentity", "value": ""},
+            {"op": "add", "path": format!("/metadata/annotations/{key}"), "value": reason},
+        ]),
+    );
+    api.patch(name, &params(), &Patch::<()>::Json(patch)).await.map(|_| ()).map_err(classify)
+}

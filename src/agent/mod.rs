@@ -1,0 +1,350 @@
+//! `hapair agent`: the sidecar in each member pod.
+//!
+//! It enforces the member's role — the application reads it from the role
+//! file — and follows one rule: **active only while holding the Lease at the
+//! current epoch and within the renew deadline**. As active it renews every
+//! heartbeat interval and fences itself (role `fenced`) once
+//! `(missed − 1) × interval` has passed without a successful renewal, which is
+//! always before the operator may promote the standby. As standby it promotes
+//! itself only after the operator has made it the Lease holder. When the
+//! application fails its health check while active, it releases the Lease so
+//! the standby can take over at once.
+
+mod lease;
+mod probe;
+mod role;
+mod server;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::api::{HealthCheckSpec, Member, Role};
+use crate::metrics::AgentMetrics;
+use crate::proto::{AgentStatus, lease_identity};
+
+pub use probe::{Health, check_once};
+pub use role::{RoleFiles, role_word};
+
+/// The agent's settings; the operator sets them as the sidecar's environment.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// Name of the pair (and of its Lease).
+    #[arg(long, env = "HAPAIR_PAIR")]
+    pub pair: String,
+    /// Namespace of the pair.
+    #[arg(long, env = "HAPAIR_NAMESPACE")]
+    pub namespace: String,
+    /// This member's configured role.
+    #[arg(long, env = "HAPAIR_MEMBER")]
+    pub member: Member,
+    /// UID of this member's pod (part of its Lease identity).
+    #[arg(long, env = "HAPAIR_POD_UID")]
+    pub pod_uid: String,
+    /// Address to serve on.
+    #[arg(long, env = "HAPAIR_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// mTLS port (status, file sync).
+    #[arg(long, env = "HAPAIR_AGENT_PORT", default_value_t = 7443)]
+    pub port: u16,
+    /// Plain-HTTP port for probes, metrics and the loopback-only role endpoint.
+    #[arg(long, env = "HAPAIR_PROBE_PORT", default_value_t = 7444)]
+    pub probe_port: u16,
+    /// Host the health check connects to (the pod's IP).
+    #[arg(long, env = "HAPAIR_APP_HOST", default_value = "127.0.0.1")]
+    pub app_host: String,
+    /// `spec.healthCheck` as JSON; no check when unset.
+    #[arg(long, env = "HAPAIR_HEALTH_CHECK")]
+    pub health_check: Option<String>,
+    /// Heartbeat interval until the Lease says otherwise.
+    #[arg(long, env = "HAPAIR_INTERVAL_SECONDS", default_value_t = 5)]
+    pub interval_seconds: i32,
+    /// Missed-heartbeat threshold until the Lease says otherwise.
+    #[arg(long, env = "HAPAIR_MISSED_THRESHOLD", default_value_t = 3)]
+    pub missed_threshold: i32,
+    /// Directory of the role and epoch files.
+    #[arg(long, env = "HAPAIR_RUN_DIR", default_value = "/var/run/hapair")]
+    pub run_dir: PathBuf,
+    /// Directory holding ca.crt, tls.crt and tls.key.
+    #[arg(long, env = "HAPAIR_TLS_DIR", default_value = "/var/run/hapair-tls")]
+    pub tls_dir: PathBuf,
+}
+
+/// What the agent knows and enforces; shared by its tasks.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub role: Role,
+    pub epoch: i64,
+    pub last_renew: Option<Instant>,
+    pub interval_seconds: i32,
+    pub missed_threshold: i32,
+    pub health: Health,
+    pub health_threshold: i32,
+    pub released: Option<String>,
+    pub renew_failures: u64,
+    pub peer: Option<SocketAddr>,
+    pub peer_reachable: Option<bool>,
+}
+
+impl State {
+    fn fence_after(&self) -> Duration {
+        Duration::from_secs(((self.missed_threshold - 1).max(1) * self.interval_seconds) as u64)
+    }
+    fn app_healthy(&self) -> Option<bool> {
+        self.health.healthy(self.health_threshold)
+    }
+    fn ready(&self) -> bool {
+        self.role != Role::Fenced && self.app_healthy() != Some(false)
+    }
+}
+
+pub(crate) struct Agent {
+    pub config: Config,
+    pub state: Mutex<State>,
+    pub files: RoleFiles,
+    pub wake: Notify,
+    pub metrics: AgentMetrics,
+    pub registry: prometheus::Registry,
+    pub identity: String,
+}
+
+impl Agent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the role, publishing it to the application before anything else
+    /// may act on it.
+    fn set_role(&self, state: &mut State, role: Role, epoch: i64) {
+        if state.role == role && state.epoch == epoch {
+            return;
+        }
+        if let Err(e) = self.files.publish(role, epoch) {
+            warn!(error = %e, "cannot write the role files");
+        }
+        info!(from = role_word(state.role), to = role_word(role), epoch, "role changed");
+        state.role = role;
+        state.epoch = epoch;
+        self.metrics.set_role(role);
+    }
+
+    pub fn status(&self) -> AgentStatus {
+        let s = self.lock();
+        AgentStatus {
+            member: self.config.member,
+            pod_uid: self.config.pod_uid.clone(),
+            role: s.role,
+            epoch: s.epoch,
+            app_healthy: s.app_healthy(),
+            wall_clock: chrono::Utc::now(),
+            peer_reachable: s.peer_reachable,
+            sync_generation: 0,
+            lease_renew_failures: s.renew_failures,
+            released: s.released.clone(),
+        }
+    }
+}
+
+pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let health_spec: Option<HealthCheckSpec> = match &config.health_check {
+        Some(json) if !json.trim().is_empty() => Some(serde_json::from_str(json)?),
+        _ => None,
+    };
+    let registry = prometheus::Registry::new();
+    let metrics = AgentMetrics::register(&registry)?;
+    let files = RoleFiles::new(&config.run_dir)?;
+    files.publish(Role::Standby, 0)?;
+    metrics.set_role(Role::Standby);
+    let client = Client::try_default().await?;
+    let leases: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let agent = Arc::new(Agent {
+        identity: lease_identity(config.member, &config.pod_uid),
+        state: Mutex::new(State {
+            role: Role::Standby,
+            epoch: 0,
+            last_renew: None,
+            interval_seconds: config.interval_seconds.max(1),
+            missed_threshold: config.missed_threshold.max(2),
+            health: Health::default(),
+            health_threshold: health_spec.as_ref().map_or(1, |h| h.failure_threshold),
+            released: None,
+            renew_failures: 0,
+            peer: None,
+            peer_reachable: None,
+        }),
+        files,
+        wake: Notify::new(),
+        metrics,
+        registry,
+        config,
+    });
+    info!(pair = %agent.config.pair, member = %agent.config.member, "agent starting");
+    let tls = server::load_identity(&agent.config.tls_dir)?;
+    let servers = server::start(agent.clone(), &tls).await?;
+    if let Some(spec) = health_spec {
+        tokio::spawn(health_loop(agent.clone(), spec));
+    }
+    tokio::spawn(watchdog(agent.clone()));
+    tokio::spawn(server::peer_loop(agent.clone(), tls));
+    tokio::select! {
+        _ = lease_loop(agent.clone(), leases) => {}
+        _ = servers => {}
+        _ = crate::telemetry::shutdown_signal() => info!("agent stopping"),
+    }
+    // Leaving: stop serving as active before the process ends.
+    let mut s = agent.lock();
+    let epoch = s.epoch;
+    agent.set_role(&mut s, Role::Standby, epoch);
+    Ok(())
+}
+
+/// Renews (active) or watches for promotion (standby), every interval or
+/// when the operator wakes it.
+async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
+    let name = agent.config.pair.clone();
+    loop {
+        let (role, epoch, interval, missed, healthy) = {
+            let s = agent.lock();
+            (s.role, s.epoch, s.interval_seconds, s.missed_threshold, s.app_healthy())
+        };
+        let tick = Duration::from_secs(interval as u64);
+        let duration = interval * missed;
+        if role == Role::Active {
+            if healthy == Some(false) {
+                release(&agent, &api, &name, epoch).await;
+            } else {
+                match tokio::time::timeout(tick, lease::renew(&api, &name, &agent.identity, epoch, duration)).await {
+                    Ok(Ok(view)) => renewed(&agent, view),
+                    Ok(Err(lease::LeaseError::Lost(why))) => {
+                        warn!(%why, "lease lost: standing down");
+                        let mut s = agent.lock();
+                        agent.set_role(&mut s, Role::Standby, epoch);
+                    }
+                    Ok(Err(lease::LeaseError::Unreachable(why))) => renew_failed(&agent, &why),
+                    Err(_) => renew_failed(&agent, "timed out"),
+                }
+            }
+        } else {
+            match tokio::time::timeout(tick, lease::read(&api, &name)).await {
+                Ok(Ok(Some(view))) => consider_promotion(&agent, &api, &name, view, healthy, duration).await,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => warn!(error = %e, "cannot read the lease"),
+                Err(_) => warn!("reading the lease timed out"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = agent.wake.notified() => {}
+        }
+    }
+}
+
+fn renewed(agent: &Agent, view: lease::LeaseView) {
+    let mut s = agent.lock();
+    s.last_renew = Some(Instant::now());
+    if let Some(i) = view.interval_seconds {
+        s.interval_seconds = i;
+    }
+    if let Some(m) = view.missed_threshold {
+        s.missed_threshold = m.max(2);
+    }
+}
+
+fn renew_failed(agent: &Agent, why: &str) {
+    warn!(%why, "lease renewal failed");
+    agent.lock().renew_failures += 1;
+    agent.metrics.lease_renew_failures.inc();
+}
+
+async fn consider_promotion(
+    agent: &Agent,
+    api: &Api<Lease>,
+    name: &str,
+    view: lease::LeaseView,
+    healthy: Option<bool>,
+    duration: i32,
+) {
+    if view.holder.as_deref() != Some(agent.identity.as_str()) {
+        let mut s = agent.lock();
+        if s.role == Role::Fenced {
+            let epoch = s.epoch;
+            agent.set_role(&mut s, Role::Standby, epoch);
+        }
+        return;
+    }
+    if healthy == Some(false) {
+        // Made holder while the application is failing: give it straight back.
+        release(agent, api, name, view.epoch).await;
+        return;
+    }
+    // Holder at this epoch: a successful renew proves it before we act on it.
+    match lease::renew(api, name, &agent.identity, view.epoch, duration).await {
+        Ok(view) => {
+            let epoch = view.epoch;
+            renewed(agent, view);
+            let mut s = agent.lock();
+            s.released = None;
+            agent.set_role(&mut s, Role::Active, epoch);
+        }
+        Err(e) => warn!(error = %e, "promotion renew failed; staying standby"),
+    }
+}
+
+async fn release(agent: &Agent, api: &Api<Lease>, name: &str, epoch: i64) {
+    let reason = "AppHealthCheckFailed";
+    {
+        let mut s = agent.lock();
+        agent.set_role(&mut s, Role::Standby, epoch);
+        s.released = Some(reason.to_string());
+    }
+    match lease::release(api, name, &agent.identity, epoch, reason).await {
+        Ok(()) => info!(epoch, "released the lease: application failed its health check"),
+        Err(e) => warn!(error = %e, "could not release the lease; it will expire"),
+    }
+}
+
+/// Fences the member at its renew deadline, whatever the API server does.
+async fn watchdog(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let mut s = agent.lock();
+        if s.role != Role::Active {
+            continue;
+        }
+        let overdue = s.last_renew.is_none_or(|t| t.elapsed() >= s.fence_after());
+        if overdue {
+            let epoch = s.epoch;
+            warn!(epoch, "no lease renewal within the deadline: fencing");
+            agent.set_role(&mut s, Role::Fenced, epoch);
+            agent.metrics.fenced_total.inc();
+        }
+    }
+}
+
+async fn health_loop(agent: Arc<Agent>, spec: HealthCheckSpec) {
+    let period = Duration::from_secs(spec.period_seconds.max(1) as u64);
+    loop {
+        let result = check_once(&spec, &agent.config.app_host).await;
+        if let Err(e) = &result {
+            agent.metrics.health_check_failures.inc();
+            warn!(error = %e, "application health check failed");
+        }
+        let became_unhealthy = {
+            let mut s = agent.lock();
+            let before = s.app_healthy();
+            s.health.record(result);
+            before != Some(false) && s.app_healthy() == Some(false)
+        };
+        if became_unhealthy {
+            agent.wake.notify_one();
+        }
+        tokio::time::sleep(period).await;
+    }
+}

@@ -1,0 +1,143 @@
+//! The application health check (`spec.healthCheck`): HTTP GET, TCP
+//! connect or a command, every `periodSeconds`; the application counts as
+//! failed after `failureThreshold` failures in a row.
+
+use std::time::Duration;
+
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::api::{HealthCheckSpec, HttpScheme};
+
+/// Runs one check; `Err` says why it failed.
+pub async fn check_once(spec: &HealthCheckSpec, host: &str) -> Result<(), String> {
+    let timeout = Duration::from_secs(spec.timeout_seconds.max(1) as u64);
+    let run = async {
+        if let Some(http) = &spec.http_get {
+            if http.scheme == HttpScheme::HTTPS {
+                // Reaching the port is what can be checked without the app's CA.
+                return tcp(host, http.port).await;
+            }
+            http_get(host, http.port, &http.path).await
+        } else if let Some(t) = &spec.tcp_socket {
+            tcp(host, t.port).await
+        } else if let Some(exec) = &spec.exec {
+            let (prog, args) = exec.command.split_first().ok_or("empty command")?;
+            let status = tokio::process::Command::new(prog)
+                .args(args)
+                .kill_on_drop(true)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await
+                .map_err(|e| format!("cannot run {prog}: {e}"))?;
+            if status.success() { Ok(()) } else { Err(format!("{prog} exited with {status}")) }
+        } else {
+            Err("health check names no probe".to_string())
+        }
+    };
+    tokio::time::timeout(timeout, run).await.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+}
+
+async fn tcp(host: &str, port: i32) -> Result<(), String> {
+    TcpStream::connect((host, port as u16)).await.map(|_| ()).map_err(|e| format!("connect {host}:{port}: {e}"))
+}
+
+async fn http_get(host: &str, port: i32, path: &str) -> Result<(), String> {
+    let tcp = TcpStream::connect((host, port as u16)).await.map_err(|e| format!("connect {host}:{port}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| format!("HTTP: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, host)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let resp = sender.send_request(req).await.map_err(|e| format!("HTTP: {e}"))?;
+    let status = resp.status();
+    if status.is_success() || status.is_redirection() { Ok(()) } else { Err(format!("GET {path}: {status}")) }
+}
+
+/// Consecutive-failure bookkeeping.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Health {
+    pub failures_in_a_row: u32,
+    pub checked: bool,
+    pub last_error: Option<String>,
+}
+
+impl Health {
+    pub fn record(&mut self, result: Result<(), String>) {
+        self.checked = true;
+        match result {
+            Ok(()) => {
+                self.failures_in_a_row = 0;
+                self.last_error = None;
+            }
+            Err(e) => {
+                self.failures_in_a_row += 1;
+                self.last_error = Some(e);
+            }
+        }
+    }
+
+    /// Healthy unless the threshold of failures in a row is reached;
+    /// `None` before the first check.
+    pub fn healthy(&self, threshold: i32) -> Option<bool> {
+        self.checked.then(|| self.failures_in_a_row < threshold.max(1) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_fails_only_after_the_threshold_of_failures_in_a_row() {
+        let mut h = Health::default();
+        assert_eq!(h.healthy(3), None);
+        h.record(Err("x".into()));
+        h.record(Err("x".into()));
+        assert_eq!(h.healthy(3), Some(true));
+        h.record(Ok(()));
+        h.record(Err("x".into()));
+        h.record(Err("x".into()));
+        assert_eq!(h.healthy(3), Some(true));
+        h.record(Err("x".into()));
+        assert_eq!(h.healthy(3), Some(false));
+    }
+
+    #[tokio::test]
+    async fn tcp_and_http_checks_see_a_listening_server_and_a_closed_port() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port() as i32;
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+            }
+        });
+        let spec: HealthCheckSpec =
+            serde_yaml::from_str(&format!("{{httpGet: {{port: {port}, path: /healthz}}}}")).unwrap();
+        assert_eq!(check_once(&spec, "127.0.0.1").await, Ok(()));
+        let spec: HealthCheckSpec = serde_yaml::from_str(&format!("{{tcpSocket: {{port: {port}}}}}")).unwrap();
+        assert_eq!(check_once(&spec, "127.0.0.1").await, Ok(()));
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let spec: HealthCheckSpec = serde_yaml::from_str(&format!("{{tcpSocket: {{port: {closed}}}}}")).unwrap();
+        assert!(check_once(&spec, "127.0.0.1").await.is_err());
+        let spec: HealthCheckSpec = serde_yaml::from_str("{exec: {command: [\"false\"]}}").unwrap();
+        assert!(check_once(&spec, "127.0.0.1").await.is_err());
+        let spec: HealthCheckSpec = serde_yaml::from_str("{exec: {command: [\"true\"]}}").unwrap();
+        assert_eq!(check_once(&spec, "127.0.0.1").await, Ok(()));
+    }
+}
