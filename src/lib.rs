@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod http;
 pub mod metrics;
+pub mod operator;
 pub mod proto;
 pub mod telemetry;
 pub mod tls;

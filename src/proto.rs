@@ -14,6 +14,8 @@ pub const ANN_INTERVAL: &str = "hapair.dev/heartbeat-interval-seconds";
 pub const ANN_MISSED: &str = "hapair.dev/missed-threshold";
 /// Lease annotation: why the last holder released the Lease (set by the agent).
 pub const ANN_RELEASED: &str = "hapair.dev/released-reason";
+/// Lease annotation: which member released the Lease (set by the agent).
+pub const ANN_RELEASED_BY: &str = "hapair.dev/released-by";
 
 /// A member's Lease identity: its configured role and its pod's UID, so a
 /// recreated pod never mistakes its predecessor's Lease for its own.

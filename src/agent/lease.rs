@@ -12,7 +12,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use crate::proto::{ANN_INTERVAL, ANN_MISSED, ANN_RELEASED};
+use crate::proto::{ANN_INTERVAL, ANN_MISSED, ANN_RELEASED, ANN_RELEASED_BY};
 
 pub const FIELD_MANAGER: &str = "hapair-agent";
 
@@ -101,12 +101,15 @@ pub async fn renew(
 /// promote the standby at once. Only if `identity` still holds it at `epoch`.
 pub async fn release(api: &Api<Lease>, name: &str, identity: &str, epoch: i64, reason: &str) -> Result<(), LeaseError> {
     let key = ANN_RELEASED.replace('/', "~1");
+    let by_key = ANN_RELEASED_BY.replace('/', "~1");
+    let member = identity.split('/').next().unwrap_or_default();
     let patch = guarded(
         identity,
         epoch,
         json!([
             {"op": "replace", "path": "/spec/holderIdentity", "value": ""},
             {"op": "add", "path": format!("/metadata/annotations/{key}"), "value": reason},
+            {"op": "add", "path": format!("/metadata/annotations/{by_key}"), "value": member},
         ]),
     );
     api.patch(name, &params(), &Patch::<()>::Json(patch)).await.map(|_| ()).map_err(classify)

@@ -1,0 +1,488 @@
+//! Pure construction of every object the operator owns for a pair: member
+//! pods (application containers plus the injected agent), claims, the VIP
+//! and standby Services, the leader Lease, the agent's RBAC. Nothing here
+//! talks to the API server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, Probe, SeccompProfile,
+    Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role as RbacRole, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::api::{AGENT_CONTAINER, HighAvailabilityPair, LABEL_MEMBER, LABEL_PAIR, LABEL_ROLE, Member};
+use crate::proto::{ANN_INTERVAL, ANN_MISSED, lease_identity};
+use crate::tls;
+
+/// Annotation with a hash of what the operator last applied to an object;
+/// equal hash, nothing to write.
+pub const ANN_HASH: &str = "hapair.dev/applied-hash";
+/// Label value of the VIP selector while no member is active: matches no pod.
+pub const NO_MEMBER: &str = "none";
+pub const RUN_DIR: &str = "/var/run/hapair";
+pub const TLS_DIR: &str = "/var/run/hapair-tls";
+pub const AGENT_DATA_DIR: &str = "/var/lib/hapair/data";
+
+/// What the builders need besides the pair.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    /// Image of the agent sidecar: the operator's own image.
+    pub agent_image: String,
+}
+
+fn owner(pair: &HighAvailabilityPair) -> OwnerReference {
+    pair.controller_owner_ref(&()).expect("a stored pair has a name and uid")
+}
+
+fn labels(pair: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_PAIR.to_string(), pair.to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), "hapair".to_string()),
+    ])
+}
+
+fn meta(pair: &HighAvailabilityPair, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: pair.namespace(),
+        labels: Some(labels(&pair.name_any())),
+        owner_references: Some(vec![owner(pair)]),
+        ..Default::default()
+    }
+}
+
+/// Stamps `ANN_HASH` with a hash of the object as built.
+fn stamp<T: serde::Serialize>(obj: &mut T, meta: impl Fn(&mut T) -> &mut ObjectMeta) {
+    let hash = hash_of(&*obj);
+    meta(obj).annotations.get_or_insert_with(Default::default).insert(ANN_HASH.to_string(), hash);
+}
+
+pub fn hash_of<T: serde::Serialize>(obj: &T) -> String {
+    let bytes = serde_json::to_vec(obj).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn applied_hash(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations.as_ref()?.get(ANN_HASH).map(String::as_str)
+}
+
+pub fn tls_secret_name(pair: &str) -> String {
+    format!("{pair}-tls")
+}
+pub fn service_account_name(pair: &HighAvailabilityPair) -> String {
+    pair.spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| format!("{}-hapair", pair.name_any()))
+}
+pub fn pvc_name(pair: &str, member: Member) -> String {
+    format!("{pair}-{member}-data")
+}
+pub fn standby_service_name(pair: &str) -> String {
+    format!("{pair}-standby")
+}
+
+pub fn tls_secret(pair: &HighAvailabilityPair, data: BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: meta(pair, tls_secret_name(&pair.name_any())),
+        type_: Some("Opaque".into()),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
+        ..Default::default()
+    }
+}
+
+/// The agent may read and renew its own pair's Lease, and nothing else.
+pub fn agent_rbac(pair: &HighAvailabilityPair) -> (Option<ServiceAccount>, RbacRole, RoleBinding) {
+    let name = pair.name_any();
+    let role_name = format!("{name}-hapair-agent");
+    let sa_name = service_account_name(pair);
+    let own_sa = pair.spec.template.spec.as_ref().and_then(|s| s.service_account_name.as_ref()).is_none();
+    let sa = own_sa.then(|| ServiceAccount { metadata: meta(pair, sa_name.clone()), ..Default::default() });
+    let mut role = RbacRole {
+        metadata: meta(pair, role_name.clone()),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["coordination.k8s.io".into()]),
+            resources: Some(vec!["leases".into()]),
+            resource_names: Some(vec![name.clone()]),
+            verbs: vec!["get".into(), "patch".into()],
+            ..Default::default()
+        }]),
+    };
+    stamp(&mut role, |r| &mut r.metadata);
+    let mut binding = RoleBinding {
+        metadata: meta(pair, role_name.clone()),
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: role_name },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: sa_name,
+            namespace: pair.namespace(),
+            ..Default::default()
+        }]),
+    };
+    stamp(&mut binding, |b| &mut b.metadata);
+    (sa, role, binding)
+}
+
+pub fn pvc(pair: &HighAvailabilityPair, member: Member) -> Option<PersistentVolumeClaim> {
+    let storage = pair.spec.storage.as_ref()?;
+    let mut m = meta(pair, pvc_name(&pair.name_any(), member));
+    m.labels.get_or_insert_with(Default::default).insert(LABEL_MEMBER.into(), member.to_string());
+    Some(PersistentVolumeClaim {
+        metadata: m,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), storage.size.clone())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+/// A member pod: the user's template, the role volume mounted read-only into
+/// every application container, and the agent sidecar.
+pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContext) -> Pod {
+    let name = pair.name_any();
+    let spec = &pair.spec;
+    let mut pod_spec = spec.template.spec.clone().unwrap_or_default();
+    let tmeta = spec.template.metadata.clone().unwrap_or_default();
+
+    let run_mount = VolumeMount {
+        name: "hapair-run".into(),
+        mount_path: RUN_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let data_mount = spec.storage.as_ref().map(|s| VolumeMount {
+        name: "hapair-data".into(),
+        mount_path: s.mount_path.clone(),
+        ..Default::default()
+    });
+    for c in &mut pod_spec.containers {
+        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        mounts.push(run_mount.clone());
+        mounts.extend(data_mount.clone());
+    }
+    let volumes = pod_spec.volumes.get_or_insert_with(Vec::new);
+    volumes.push(Volume {
+        name: "hapair-run".into(),
+        empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let (cert, key) = tls::member_cert_key(member);
+    volumes.push(Volume {
+        name: "hapair-tls".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(tls_secret_name(&name)),
+            items: Some(vec![
+                KeyToPath { key: tls::CA_CERT.into(), path: "ca.crt".into(), ..Default::default() },
+                KeyToPath { key: cert, path: "tls.crt".into(), ..Default::default() },
+                KeyToPath { key, path: "tls.key".into(), ..Default::default() },
+            ]),
+            default_mode: Some(0o400),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    if spec.storage.is_some() {
+        volumes.push(Volume {
+            name: "hapair-data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc_name(&name, member),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+
+    let agent_port = spec.agent.port;
+    let probe_port = agent_port + 1;
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(probe_port),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(1),
+        failure_threshold: Some(1),
+        ..Default::default()
+    };
+    let mut agent_env = vec![
+        env("HAPAIR_PAIR", name.clone()),
+        field_env("HAPAIR_NAMESPACE", "metadata.namespace"),
+        env("HAPAIR_MEMBER", member.as_str()),
+        field_env("HAPAIR_POD_UID", "metadata.uid"),
+        field_env("HAPAIR_BIND", "status.podIP"),
+        field_env("HAPAIR_APP_HOST", "status.podIP"),
+        env("HAPAIR_AGENT_PORT", agent_port.to_string()),
+        env("HAPAIR_PROBE_PORT", probe_port.to_string()),
+        env("HAPAIR_INTERVAL_SECONDS", spec.heartbeat.interval_seconds.to_string()),
+        env("HAPAIR_MISSED_THRESHOLD", spec.heartbeat.missed_threshold.to_string()),
+        env("HAPAIR_RUN_DIR", RUN_DIR),
+        env("HAPAIR_TLS_DIR", TLS_DIR),
+    ];
+    if let Some(hc) = &spec.health_check {
+        agent_env.push(env("HAPAIR_HEALTH_CHECK", serde_json::to_string(hc).unwrap_or_default()));
+    }
+    let mut agent_mounts = vec![
+        VolumeMount { name: "hapair-run".into(), mount_path: RUN_DIR.into(), ..Default::default() },
+        VolumeMount {
+            name: "hapair-tls".into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ];
+    if spec.storage.is_some() {
+        agent_mounts.push(VolumeMount {
+            name: "hapair-data".into(),
+            mount_path: AGENT_DATA_DIR.into(),
+            ..Default::default()
+        });
+    }
+    pod_spec.containers.push(Container {
+        name: AGENT_CONTAINER.into(),
+        image: Some(ctx.agent_image.clone()),
+        args: Some(vec!["agent".into()]),
+        env: Some(agent_env),
+        ports: Some(vec![
+            ContainerPort { name: Some("hapair-mtls".into()), container_port: agent_port, ..Default::default() },
+            ContainerPort { name: Some("hapair-probe".into()), container_port: probe_port, ..Default::default() },
+        ]),
+        readiness_probe: Some(probe("/readyz", 1)),
+        liveness_probe: Some(Probe { failure_threshold: Some(3), ..probe("/healthz", 5) }),
+        resources: spec.agent.resources.clone(),
+        volume_mounts: Some(agent_mounts),
+        security_context: Some(restricted_security_context()),
+        ..Default::default()
+    });
+    pod_spec.service_account_name = Some(service_account_name(pair));
+    pod_spec.automount_service_account_token = Some(true);
+    pod_spec.hostname.get_or_insert_with(|| member.to_string());
+
+    let mut labels = tmeta.labels.clone().unwrap_or_default();
+    labels.extend(self::labels(&name));
+    labels.insert(LABEL_MEMBER.into(), member.to_string());
+    labels.insert(LABEL_ROLE.into(), "standby".into());
+    let mut pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(member.pod_name(&name)),
+            namespace: pair.namespace(),
+            labels: Some(labels),
+            annotations: tmeta.annotations.clone(),
+            owner_references: Some(vec![owner(pair)]),
+            ..Default::default()
+        },
+        spec: Some(pod_spec),
+        ..Default::default()
+    };
+    // The role label moves with failovers; it must not make the pod look outdated.
+    let hash = {
+        let mut for_hash = pod.clone();
+        if let Some(l) = for_hash.metadata.labels.as_mut() {
+            l.remove(LABEL_ROLE);
+        }
+        hash_of(&for_hash)
+    };
+    pod.metadata.annotations.get_or_insert_with(Default::default).insert(ANN_HASH.into(), hash);
+    pod
+}
+
+/// Pod Security "restricted" settings for every container hapair adds.
+pub fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn service(pair: &HighAvailabilityPair, name: String, member: Option<Member>) -> Service {
+    let spec = &pair.spec.service;
+    let mut m = meta(pair, name);
+    if !spec.annotations.is_empty() {
+        m.annotations = Some(spec.annotations.clone());
+    }
+    let mut svc = Service {
+        metadata: m,
+        spec: Some(ServiceSpec {
+            type_: Some(format!("{:?}", spec.type_)),
+            selector: Some(BTreeMap::from([
+                (LABEL_PAIR.to_string(), pair.name_any()),
+                (LABEL_MEMBER.to_string(), member.map_or(NO_MEMBER.to_string(), |m| m.to_string())),
+            ])),
+            ports: Some(
+                spec.ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: Some(p.name.clone()),
+                        port: p.port,
+                        target_port: Some(IntOrString::Int(p.target_port.unwrap_or(p.port))),
+                        protocol: Some(format!("{:?}", p.protocol)),
+                        node_port: p.node_port,
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    stamp(&mut svc, |s| &mut s.metadata);
+    svc
+}
+
+/// The pair's Service, selecting the active member (or nothing).
+pub fn vip_service(pair: &HighAvailabilityPair, active: Option<Member>) -> Service {
+    service(pair, pair.name_any(), active)
+}
+
+/// The optional Service selecting the standby.
+pub fn standby_service(pair: &HighAvailabilityPair, standby: Option<Member>) -> Service {
+    service(pair, standby_service_name(&pair.name_any()), standby)
+}
+
+/// The leader Lease, granted to `holder` (a member and its pod's UID) at `epoch`.
+pub fn lease(pair: &HighAvailabilityPair, holder: Member, pod_uid: &str, epoch: i64) -> Lease {
+    let hb = &pair.spec.heartbeat;
+    let mut m = meta(pair, pair.name_any());
+    m.annotations = Some(BTreeMap::from([
+        (ANN_INTERVAL.to_string(), hb.interval_seconds.to_string()),
+        (ANN_MISSED.to_string(), hb.missed_threshold.to_string()),
+    ]));
+    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    Lease {
+        metadata: m,
+        spec: Some(LeaseSpec {
+            holder_identity: Some(lease_identity(holder, pod_uid)),
+            lease_duration_seconds: Some(hb.interval_seconds * hb.missed_threshold),
+            lease_transitions: Some(epoch as i32),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            ..Default::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(extra: &str) -> HighAvailabilityPair {
+        let mut p: HighAvailabilityPair = serde_yaml::from_str(&format!(
+            "apiVersion: hapair.dev/v1alpha1\nkind: HighAvailabilityPair\nmetadata: {{name: db, namespace: prod, uid: u1}}\n\
+             spec:\n  template: {{metadata: {{labels: {{app: db}}}}, spec: {{containers: [{{name: app, image: x}}]}}}}\n  \
+             service: {{ports: [{{name: pg, port: 5432}}]}}\n{extra}"
+        ))
+        .unwrap();
+        p.metadata.uid = Some("u1".into());
+        p
+    }
+
+    fn ctx() -> BuildContext {
+        BuildContext { agent_image: "hapair:test".into() }
+    }
+
+    #[test]
+    fn a_member_pod_keeps_the_app_and_gains_the_agent_with_its_role_volume() {
+        let pod = member_pod(&pair(""), Member::Secondary, &ctx());
+        assert_eq!(pod.metadata.name.as_deref(), Some("db-secondary"));
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["app"], "db");
+        assert_eq!(labels[LABEL_PAIR], "db");
+        assert_eq!(labels[LABEL_MEMBER], "secondary");
+        let spec = pod.spec.unwrap();
+        let names: Vec<_> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["app", AGENT_CONTAINER]);
+        let app = &spec.containers[0];
+        assert!(
+            app.volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == RUN_DIR && m.read_only == Some(true))
+        );
+        let agent = &spec.containers[1];
+        let env: BTreeMap<_, _> =
+            agent.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e.value.clone())).collect();
+        assert_eq!(env["HAPAIR_MEMBER"].as_deref(), Some("secondary"));
+        assert_eq!(env["HAPAIR_AGENT_PORT"].as_deref(), Some("7443"));
+        assert_eq!(agent.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+        assert_eq!(spec.service_account_name.as_deref(), Some("db-hapair"));
+        assert_eq!(pod.metadata.owner_references.unwrap()[0].name, "db");
+    }
+
+    #[test]
+    fn the_pod_hash_ignores_the_role_label_but_sees_the_template() {
+        let p = pair("");
+        let a = member_pod(&p, Member::Primary, &ctx());
+        let mut relabeled = a.clone();
+        relabeled.metadata.labels.as_mut().unwrap().insert(LABEL_ROLE.into(), "active".into());
+        let other = member_pod(&pair("  agent: {port: 9443}\n"), Member::Primary, &ctx());
+        assert_eq!(applied_hash(&a.metadata), applied_hash(&member_pod(&p, Member::Primary, &ctx()).metadata));
+        assert_ne!(applied_hash(&a.metadata), applied_hash(&other.metadata));
+    }
+
+    #[test]
+    fn the_vip_selects_the_active_member_or_nothing() {
+        let p = pair("");
+        let sel = |s: Service| s.spec.unwrap().selector.unwrap()[LABEL_MEMBER].clone();
+        assert_eq!(sel(vip_service(&p, Some(Member::Secondary))), "secondary");
+        assert_eq!(sel(vip_service(&p, None)), NO_MEMBER);
+        let svc = vip_service(&p, None);
+        assert_eq!(svc.spec.unwrap().ports.unwrap()[0].target_port, Some(IntOrString::Int(5432)));
+    }
+
+    #[test]
+    fn the_agent_role_reaches_only_its_own_lease() {
+        let (sa, role, binding) = agent_rbac(&pair(""));
+        assert_eq!(sa.unwrap().metadata.name.as_deref(), Some("db-hapair"));
+        let rule = &role.rules.unwrap()[0];
+        assert_eq!(rule.resource_names.as_deref(), Some(&["db".to_string()][..]));
+        assert_eq!(rule.verbs, ["get", "patch"]);
+        assert_eq!(binding.subjects.unwrap()[0].name, "db-hapair");
+    }
+
+    #[test]
+    fn the_lease_carries_the_heartbeat_and_the_epoch() {
+        let l = lease(&pair("  heartbeat: {intervalSeconds: 2, missedThreshold: 4}\n"), Member::Primary, "uid-1", 1);
+        let spec = l.spec.unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("primary/uid-1"));
+        assert_eq!(spec.lease_duration_seconds, Some(8));
+        assert_eq!(spec.lease_transitions, Some(1));
+        assert_eq!(l.metadata.annotations.unwrap()[ANN_INTERVAL], "2");
+    }
+}

@@ -1,0 +1,263 @@
+//! Decide: the pair's state machine as a pure function of the spec and what
+//! was observed. Every decision is re-derived from observed state, so an
+//! operator restart at any point converges without a second failover.
+//!
+//! Failure of the Lease holder is either **confirmed** (its pod is gone or
+//! being deleted, its application container terminated, its agent reports
+//! the application failing, or it released the Lease) — fail over at once —
+//! or **unconfirmed** (nothing heard) — fail over only after the Lease has
+//! gone a full lease duration without any change on the operator's own clock,
+//! by which time the old active has fenced itself.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::observe::{MemberObs, Observed};
+use super::status::{self, Usable};
+use crate::api::{
+    FailoverMode, HighAvailabilityPairSpec, HighAvailabilityPairStatus, Member, Transition, TransitionType,
+};
+
+/// A change to the leader Lease: the commit point of every role change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseAction {
+    /// First grant (bootstrap) at epoch 1.
+    Create { holder: Member, pod_uid: String },
+    /// Compare-and-swap to a new holder at `epoch` (current + 1).
+    Takeover { to: Member, pod_uid: String, expected_rv: String, epoch: i64, transition: Transition },
+    /// Heartbeat settings on the Lease differ from the spec.
+    UpdateTimings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanEvent {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+/// What the operator should make true.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub lease: Option<LeaseAction>,
+    /// Member the VIP Service should select once the Lease action is done.
+    pub vip: Option<Member>,
+    pub standby: Option<Member>,
+    pub status: HighAvailabilityPairStatus,
+    pub events: Vec<PlanEvent>,
+    /// The failure currently holding the pair up, if any (the worker times it).
+    pub failure: Option<String>,
+    /// Reconcile again within this time even if nothing happens.
+    pub recheck: Duration,
+}
+
+/// Why the Lease holder counts as failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub confirmed: bool,
+}
+
+/// Inputs besides spec and observation.
+pub struct Clock {
+    pub pair: String,
+    pub now: DateTime<Utc>,
+    pub generation: Option<i64>,
+}
+
+/// How long to wait for the second member at bootstrap before starting alone.
+pub fn bootstrap_alone_after(spec: &HighAvailabilityPairSpec) -> Duration {
+    let lease = (spec.heartbeat.interval_seconds * spec.heartbeat.missed_threshold) as u64;
+    Duration::from_secs(2 * lease + 5)
+}
+
+pub fn holder_failure(obs: &Observed) -> Option<Failure> {
+    let lease = obs.lease.as_ref()?;
+    let Some((member, uid)) = &lease.holder else {
+        let reason = if lease.released_reason.is_some() { "LeaseReleased" } else { "NoHolder" };
+        return Some(Failure { reason, confirmed: true });
+    };
+    let m = obs.member(*member);
+    let Some(pod) = &m.pod else { return Some(Failure { reason: "PodGone", confirmed: true }) };
+    if &pod.uid != uid {
+        return Some(Failure { reason: "PodReplaced", confirmed: true });
+    }
+    if pod.deleting {
+        return Some(Failure { reason: "PodDeleted", confirmed: true });
+    }
+    if pod.app_down {
+        return Some(Failure { reason: "ContainerTerminated", confirmed: true });
+    }
+    if m.agent.missed == 0 && m.agent.last.as_ref().is_some_and(|a| a.app_healthy == Some(false)) {
+        return Some(Failure { reason: "AppHealthCheckFailed", confirmed: true });
+    }
+    if lease.unchanged_for >= lease.duration {
+        return Some(Failure { reason: "LeaseExpired", confirmed: false });
+    }
+    None
+}
+
+/// Whether `m` can take the active role now: pod running, agent answering,
+/// application not failing, not fenced.
+pub fn can_take_over(m: &MemberObs, missed_threshold: u32) -> bool {
+    status::usable(m, missed_threshold) == Usable::Yes
+}
+
+fn automatic_failovers_in_window(spec: &HighAvailabilityPairSpec, history: &[Transition], now: DateTime<Utc>) -> usize {
+    let window = chrono::Duration::seconds(i64::from(spec.failover.flap_budget.window_seconds));
+    history
+        .iter()
+        .filter(|t| t.type_ == TransitionType::Failover && t.operation_id.is_none() && now - t.time < window)
+        .count()
+}
+
+pub fn decide(
+    spec: &HighAvailabilityPairSpec,
+    current: Option<&HighAvailabilityPairStatus>,
+    obs: &Observed,
+    clock: &Clock,
+) -> Plan {
+    let missed = spec.heartbeat.missed_threshold as u32;
+    let interval = Duration::from_secs(spec.heartbeat.interval_seconds as u64);
+    let mut plan = Plan {
+        lease: None,
+        vip: None,
+        standby: None,
+        status: current.cloned().unwrap_or_default(),
+        events: Vec::new(),
+        failure: None,
+        recheck: interval,
+    };
+    let holder = obs.lease.as_ref().and_then(|l| l.holder.as_ref().map(|(m, _)| *m));
+    let failure = holder_failure(obs);
+    let mut blocked: Option<(&'static str, String)> = None;
+
+    match &obs.lease {
+        None if !spec.paused => bootstrap(spec, obs, &mut plan),
+        None => {}
+        Some(lease) => {
+            if lease.interval_seconds != Some(spec.heartbeat.interval_seconds)
+                || lease.missed_threshold != Some(spec.heartbeat.missed_threshold)
+            {
+                plan.lease = Some(LeaseAction::UpdateTimings);
+            }
+            plan.vip = holder.filter(|_| failure.is_none());
+            if let Some(f) = &failure {
+                plan.failure = Some(f.reason.to_string());
+                let from = holder;
+                // The peer takes over; if the holder's own pod was replaced and the
+                // peer cannot, the new pod of the same member restarts the role.
+                let candidates = match (from, lease.released_by) {
+                    (Some(h), _) => vec![h.peer(), h],
+                    (None, Some(r)) => vec![r.peer()],
+                    (None, None) => vec![Member::Primary, Member::Secondary],
+                };
+                let from = from.or(lease.released_by);
+                let to = candidates.into_iter().find(|c| {
+                    let same = Some(*c) == from;
+                    (!same || matches!(f.reason, "PodReplaced" | "PodGone")) && can_take_over(obs.member(*c), missed)
+                });
+                let waited = obs.failure_for.unwrap_or_default();
+                let delay = Duration::from_secs(spec.failover.delay_seconds as u64);
+                let restart = to.is_some() && to == from;
+                if spec.paused {
+                    blocked = Some(("Paused", format!("{} but the pair is paused", f.reason)));
+                } else if to.is_none() {
+                    blocked = Some(("NoStandbyAvailable", format!("{}: no member can take over", f.reason)));
+                } else if spec.failover.mode == FailoverMode::Manual && !restart {
+                    blocked = Some((
+                        "ManualFailover",
+                        format!("{}: failover.mode is Manual; request a failover to proceed", f.reason),
+                    ));
+                } else if waited < delay {
+                    plan.recheck = plan.recheck.min(delay - waited);
+                } else if !restart
+                    && automatic_failovers_in_window(spec, &plan.status.history, clock.now)
+                        >= spec.failover.flap_budget.max_automatic_failovers as usize
+                {
+                    blocked = Some((
+                        "FlapBudgetExhausted",
+                        format!(
+                            "{}: {} automatic failovers within {}s already; request a failover to proceed",
+                            f.reason,
+                            spec.failover.flap_budget.max_automatic_failovers,
+                            spec.failover.flap_budget.window_seconds
+                        ),
+                    ));
+                } else if let Some(to) = to {
+                    let pod_uid = obs.member(to).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
+                    let epoch = lease.epoch + 1;
+                    let transition = Transition {
+                        type_: if restart { TransitionType::Bootstrap } else { TransitionType::Failover },
+                        from,
+                        to: Some(to),
+                        epoch,
+                        reason: f.reason.to_string(),
+                        message: Some(if f.confirmed {
+                            format!(
+                                "confirmed failure of {}: {}",
+                                from.map_or("no holder".into(), |m| m.to_string()),
+                                f.reason
+                            )
+                        } else {
+                            format!(
+                                "lease unrenewed for {}s (full lease duration, operator clock)",
+                                lease.unchanged_for.as_secs()
+                            )
+                        }),
+                        time: clock.now,
+                        detection_millis: Some(waited.as_millis() as i64),
+                        lease_to_selector_millis: None,
+                        data_loss_possible: false,
+                        operation_id: None,
+                    };
+                    plan.lease = Some(LeaseAction::Takeover {
+                        to,
+                        pod_uid,
+                        expected_rv: lease.resource_version.clone(),
+                        epoch,
+                        transition,
+                    });
+                    plan.vip = Some(to);
+                }
+            }
+            if failure.as_ref().is_none_or(|f| !f.confirmed) {
+                // Wake up when an unrenewed Lease would expire.
+                let left = lease.duration.saturating_sub(lease.unchanged_for);
+                plan.recheck = plan.recheck.min(left.max(Duration::from_millis(50)));
+            }
+        }
+    }
+    let active = match &plan.lease {
+        Some(LeaseAction::Takeover { to, .. }) => Some(*to),
+        Some(LeaseAction::Create { holder, .. }) => Some(*holder),
+        _ => plan.vip,
+    };
+    plan.vip = active;
+    plan.standby = active.map(Member::peer).filter(|s| can_take_over(obs.member(*s), missed));
+    status::compute(spec, obs, &mut plan, active, blocked, clock);
+    plan
+}
+
+fn bootstrap(spec: &HighAvailabilityPairSpec, obs: &Observed, plan: &mut Plan) {
+    let missed = spec.heartbeat.missed_threshold as u32;
+    let ready: Vec<Member> = Member::BOTH.into_iter().filter(|m| can_take_over(obs.member(*m), missed)).collect();
+    let holder = match ready.as_slice() {
+        [_, _] => Some(Member::Primary),
+        [only] if obs.without_lease_for >= bootstrap_alone_after(spec) => Some(*only),
+        [_] => {
+            plan.recheck = plan.recheck.min(bootstrap_alone_after(spec).saturating_sub(obs.without_lease_for));
+            None
+        }
+        _ => None,
+    };
+    if let Some(holder) = holder {
+        let pod_uid = obs.member(holder).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
+        plan.lease = Some(LeaseAction::Create { holder, pod_uid });
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

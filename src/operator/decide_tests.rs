@@ -1,0 +1,313 @@
+//! The state machine, without a cluster.
+
+use std::time::Duration;
+
+use super::*;
+use crate::api::{ConditionStatus, MemberState, Mode, Role};
+use crate::operator::observe::{AgentObs, LeaseObs, PodObs};
+use crate::proto::AgentStatus;
+
+fn spec(extra: &str) -> HighAvailabilityPairSpec {
+    serde_yaml::from_str(&format!(
+        "template: {{spec: {{containers: [{{name: app, image: x}}]}}}}\nservice: {{ports: [{{name: http, port: 80}}]}}\n{extra}"
+    ))
+    .unwrap()
+}
+
+fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs {
+    let uid = format!("{m}-uid");
+    MemberObs {
+        pod: Some(PodObs {
+            name: format!("db-{m}"),
+            uid: uid.clone(),
+            ip: Some("10.0.0.1".into()),
+            running: true,
+            ..Default::default()
+        }),
+        agent: AgentObs {
+            last: Some(AgentStatus {
+                member: m,
+                pod_uid: uid,
+                role,
+                epoch: 1,
+                app_healthy: healthy,
+                wall_clock: Utc::now(),
+                peer_reachable: Some(true),
+                sync_generation: 0,
+                lease_renew_failures: 0,
+                released: None,
+            }),
+            missed: 0,
+            since_answer: Some(Duration::ZERO),
+            malformed: 0,
+        },
+    }
+}
+
+fn lease(holder: Member, epoch: i64, unchanged_for: Duration) -> LeaseObs {
+    LeaseObs {
+        holder: Some((holder, format!("{holder}-uid"))),
+        epoch,
+        resource_version: "42".into(),
+        duration: Duration::from_secs(15),
+        released_reason: None,
+        released_by: None,
+        unchanged_for,
+        interval_seconds: Some(5),
+        missed_threshold: Some(3),
+    }
+}
+
+/// Primary active at epoch 1, secondary standby, both healthy.
+fn enabled() -> Observed {
+    Observed {
+        primary: member(Member::Primary, Role::Active, Some(true)),
+        secondary: member(Member::Secondary, Role::Standby, Some(true)),
+        lease: Some(lease(Member::Primary, 1, Duration::from_secs(1))),
+        vip_member: Some(Member::Primary),
+        vip_exists: true,
+        ..Default::default()
+    }
+}
+
+fn clock() -> Clock {
+    Clock { pair: "db".into(), now: Utc::now(), generation: Some(1) }
+}
+
+fn takeover(plan: &Plan) -> Option<(Member, i64, &str)> {
+    match &plan.lease {
+        Some(LeaseAction::Takeover { to, epoch, transition, .. }) => Some((*to, *epoch, transition.reason.as_str())),
+        _ => None,
+    }
+}
+
+fn condition(plan: &Plan, t: &str) -> (ConditionStatus, String) {
+    let c = plan.status.conditions.iter().find(|c| c.type_ == t).unwrap();
+    (c.status, c.reason.clone())
+}
+
+#[test]
+fn a_healthy_pair_is_enabled_and_changes_nothing() {
+    let plan = decide(&spec(""), None, &enabled(), &clock());
+    assert_eq!(plan.lease, None);
+    assert_eq!(plan.vip, Some(Member::Primary));
+    assert_eq!(plan.standby, Some(Member::Secondary));
+    assert_eq!(plan.status.mode, Some(Mode::Enabled));
+    let states: Vec<_> = plan.status.members.iter().map(|m| m.state).collect();
+    assert_eq!(states, [MemberState::PrimaryActive, MemberState::SecondarySyncing]);
+    assert_eq!(condition(&plan, "Ready").0, ConditionStatus::True);
+}
+
+#[test]
+fn bootstrap_makes_the_primary_active_once_both_agents_answer() {
+    let mut obs = enabled();
+    obs.lease = None;
+    let plan = decide(&spec(""), None, &obs, &clock());
+    assert_eq!(plan.lease, Some(LeaseAction::Create { holder: Member::Primary, pod_uid: "primary-uid".into() }));
+    assert_eq!(plan.vip, Some(Member::Primary));
+    assert_eq!(plan.status.epoch, 1);
+    assert_eq!(plan.status.history[0].type_, TransitionType::Bootstrap);
+}
+
+#[test]
+fn bootstrap_with_one_member_waits_a_bounded_time_then_runs_alone() {
+    let mut obs = enabled();
+    obs.lease = None;
+    obs.primary.pod = None;
+    let plan = decide(&spec(""), None, &obs, &clock());
+    assert_eq!(plan.lease, None, "waits for the second member first");
+    assert_eq!(plan.status.mode, Some(Mode::Initializing));
+    obs.without_lease_for = bootstrap_alone_after(&spec(""));
+    let plan = decide(&spec(""), None, &obs, &clock());
+    assert_eq!(plan.lease, Some(LeaseAction::Create { holder: Member::Secondary, pod_uid: "secondary-uid".into() }));
+    assert_eq!(plan.status.mode, Some(Mode::Alone));
+}
+
+#[test]
+fn an_app_failure_reported_by_the_active_agent_fails_over_at_once() {
+    let mut obs = enabled();
+    obs.primary = member(Member::Primary, Role::Active, Some(false));
+    let plan = decide(&spec(""), None, &obs, &clock());
+    assert_eq!(takeover(&plan), Some((Member::Secondary, 2, "AppHealthCheckFailed")));
+    assert_eq!(plan.vip, Some(Member::Secondary));
+    assert_eq!(plan.status.epoch, 2);
+}
+
+#[test]
+fn a_deleted_or_replaced_active_pod_is_a_confirmed_failure() {
+    let mut obs = enabled();
+    obs.primary.pod.as_mut().unwrap().deleting = true;
+    assert_eq!(takeover(&decide(&spec(""), None, &obs, &clock())).map(|t| t.2), Some("PodDeleted"));
+    let mut obs = enabled();
+    obs.primary.pod.as_mut().unwrap().uid = "new".into();
+    assert_eq!(takeover(&decide(&spec(""), None, &obs, &clock())).map(|t| t.2), Some("PodReplaced"));
+    let mut obs = enabled();
+    obs.primary.pod = None;
+    assert_eq!(takeover(&decide(&spec(""), None, &obs, &clock())).map(|t| t.2), Some("PodGone"));
+    let mut obs = enabled();
+    obs.primary.pod.as_mut().unwrap().app_down = true;
+    assert_eq!(takeover(&decide(&spec(""), None, &obs, &clock())).map(|t| t.2), Some("ContainerTerminated"));
+}
+
+#[test]
+fn a_released_lease_is_taken_over_at_once() {
+    let mut obs = enabled();
+    let l = obs.lease.as_mut().unwrap();
+    l.holder = None;
+    l.released_reason = Some("AppHealthCheckFailed".into());
+    l.released_by = Some(Member::Primary);
+    assert_eq!(takeover(&decide(&spec(""), None, &obs, &clock())), Some((Member::Secondary, 2, "LeaseReleased")));
+}
+
+#[test]
+fn active_missing_heartbeats_fails_over_only_after_a_full_lease_duration() {
+    let mut obs = enabled();
+    obs.primary.agent.missed = 5;
+    obs.lease.as_mut().unwrap().unchanged_for = Duration::from_millis(14_900);
+    let plan = decide(&spec(""), None, &obs, &clock());
+    assert_eq!(plan.lease, None, "the old active may still be inside its renew deadline");
+    assert!(plan.recheck <= Duration::from_millis(100), "wakes up when the lease expires: {:?}", plan.recheck);
+    obs.lease.as_mut().unwrap().unchanged_for = Duration::from_secs(15);
+    assert_eq!(takeover(&decide(&spec(""), None, &obs, &clock())), Some((Member::Secondary, 2, "LeaseExpired")));
+}
+
+#[test]
+fn a_silent_agent_whose_lease_is_still_renewed_is_not_failed_over() {
+    let mut obs = enabled();
+    obs.primary.agent.missed = 10;
+    obs.lease.as_mut().unwrap().unchanged_for = Duration::from_secs(2);
+    let plan = decide(&spec(""), None, &obs, &clock());
+    assert_eq!(plan.lease, None);
+    assert_eq!(plan.vip, Some(Member::Primary));
+}
+
+#[test]
+fn no_failover_to_a_standby_that_cannot_serve() {
+    for broken in [
+        |o: &mut MemberObs| o.pod = None,
+        |o: &mut MemberObs| o.agent.missed = 3,
+        |o: &mut MemberObs| o.agent.last.as_mut().unwrap().app_healthy = Some(false),
+        |o: &mut MemberObs| o.agent.last.as_mut().unwrap().role = Role::Fenced,
+        |o: &mut MemberObs| o.pod.as_mut().unwrap().running = false,
+    ] {
+        let mut obs = enabled();
+        obs.primary.pod.as_mut().unwrap().deleting = true;
+        broken(&mut obs.secondary);
+        let plan = decide(&spec(""), None, &obs, &clock());
+        assert_eq!(plan.lease, None);
+        assert_eq!(condition(&plan, "FailoverRequired"), (ConditionStatus::True, "NoStandbyAvailable".into()));
+        assert_eq!(condition(&plan, "Available").0, ConditionStatus::False);
+    }
+}
+
+#[test]
+fn manual_mode_raises_failover_required_and_does_nothing_else() {
+    let mut obs = enabled();
+    obs.primary.pod.as_mut().unwrap().deleting = true;
+    let plan = decide(&spec("failover: {mode: Manual}"), None, &obs, &clock());
+    assert_eq!(plan.lease, None);
+    assert_eq!(plan.vip, None);
+    assert_eq!(condition(&plan, "FailoverRequired"), (ConditionStatus::True, "ManualFailover".into()));
+    assert!(plan.events.iter().any(|e| e.reason == "FailoverRequired"));
+}
+
+#[test]
+fn paused_pairs_observe_and_report_but_never_act() {
+    let mut obs = enabled();
+    obs.primary.pod.as_mut().unwrap().deleting = true;
+    let plan = decide(&spec("paused: true"), None, &obs, &clock());
+    assert_eq!(plan.lease, None);
+    assert_eq!(plan.status.mode, Some(Mode::Paused));
+    assert_eq!(condition(&plan, "Paused").0, ConditionStatus::True);
+    let mut fresh = enabled();
+    fresh.lease = None;
+    assert_eq!(decide(&spec("paused: true"), None, &fresh, &clock()).lease, None, "no bootstrap either");
+}
+
+#[test]
+fn failover_delay_is_respected() {
+    let mut obs = enabled();
+    obs.primary.pod.as_mut().unwrap().deleting = true;
+    obs.failure_for = Some(Duration::from_secs(1));
+    let plan = decide(&spec("failover: {delaySeconds: 3}"), None, &obs, &clock());
+    assert_eq!(plan.lease, None);
+    assert_eq!(plan.recheck, Duration::from_secs(2));
+    obs.failure_for = Some(Duration::from_secs(3));
+    assert!(takeover(&decide(&spec("failover: {delaySeconds: 3}"), None, &obs, &clock())).is_some());
+}
+
+#[test]
+fn the_flap_budget_stops_the_third_automatic_failover_in_a_window() {
+    let s = spec("failover: {flapBudget: {maxAutomaticFailovers: 2, windowSeconds: 600}}");
+    let mut obs = enabled();
+    obs.primary.pod.as_mut().unwrap().deleting = true;
+    let mut status = HighAvailabilityPairStatus::default();
+    for (i, minutes_ago) in [(3, 20), (2, 5)] {
+        let t = decide(&s, None, &obs, &clock()).lease;
+        let Some(LeaseAction::Takeover { mut transition, .. }) = t else { panic!("expected a takeover") };
+        transition.epoch = i;
+        transition.time = Utc::now() - chrono::Duration::minutes(minutes_ago);
+        status::push_history(&mut status, transition);
+    }
+    // One failover 20 minutes ago (outside the window) and one 5 minutes ago.
+    assert!(takeover(&decide(&s, Some(&status), &obs, &clock())).is_some());
+    status.history[1].time = Utc::now() - chrono::Duration::minutes(1);
+    let plan = decide(&s, Some(&status), &obs, &clock());
+    assert_eq!(plan.lease, None);
+    assert_eq!(condition(&plan, "FailoverRequired"), (ConditionStatus::True, "FlapBudgetExhausted".into()));
+}
+
+#[test]
+fn a_replaced_active_pod_takes_the_role_back_when_the_peer_cannot() {
+    let mut obs = enabled();
+    obs.secondary.pod = None;
+    obs.primary.pod.as_mut().unwrap().uid = "primary-uid-2".into();
+    obs.primary.agent.last.as_mut().unwrap().pod_uid = "primary-uid-2".into();
+    obs.primary.agent.last.as_mut().unwrap().role = Role::Standby;
+    let plan = decide(&spec("failover: {mode: Manual}"), None, &obs, &clock());
+    match plan.lease {
+        Some(LeaseAction::Takeover { to, pod_uid, transition, .. }) => {
+            assert_eq!((to, pod_uid.as_str()), (Member::Primary, "primary-uid-2"));
+            assert_eq!(transition.type_, TransitionType::Bootstrap);
+        }
+        other => panic!("expected the new primary pod to take the role, got {other:?}"),
+    }
+}
+
+#[test]
+fn after_a_restart_mid_failover_the_selector_follows_the_lease_without_a_second_failover() {
+    // The Lease already names the secondary at epoch 2, the VIP still the primary.
+    let mut obs = enabled();
+    obs.primary = member(Member::Primary, Role::Standby, Some(true));
+    obs.secondary = member(Member::Secondary, Role::Active, Some(true));
+    obs.lease = Some(lease(Member::Secondary, 2, Duration::ZERO));
+    obs.vip_member = Some(Member::Primary);
+    let plan = decide(&spec(""), None, &obs, &clock());
+    assert_eq!(plan.lease, None);
+    assert_eq!(plan.vip, Some(Member::Secondary));
+    assert_eq!(plan.status.epoch, 2);
+}
+
+#[test]
+fn both_members_reporting_active_is_a_split_brain() {
+    let mut obs = enabled();
+    obs.secondary = member(Member::Secondary, Role::Active, Some(true));
+    let plan = decide(&spec(""), None, &obs, &clock());
+    assert_eq!(plan.status.mode, Some(Mode::SplitBrain));
+    assert_eq!(condition(&plan, "SplitBrain").0, ConditionStatus::True);
+}
+
+#[test]
+fn conditions_keep_their_transition_time_while_unchanged() {
+    let first = decide(&spec(""), None, &enabled(), &clock());
+    let later = Clock { now: Utc::now() + chrono::Duration::minutes(5), ..clock() };
+    let second = decide(&spec(""), Some(&first.status), &enabled(), &later);
+    assert_eq!(first.status.conditions, second.status.conditions);
+    assert!(second.events.is_empty(), "steady state raises no events: {:?}", second.events);
+}
+
+#[test]
+fn heartbeat_settings_that_differ_from_the_lease_are_written_to_it() {
+    let plan = decide(&spec("heartbeat: {intervalSeconds: 1}"), None, &enabled(), &clock());
+    assert_eq!(plan.lease, Some(LeaseAction::UpdateTimings));
+}

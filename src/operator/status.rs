@@ -1,0 +1,291 @@
+//! The pair's status as a pure function of what was observed and decided:
+//! mode, per-member states in classic HA appliance terms, conditions (whose
+//! `lastTransitionTime` only moves when their status does), history.
+
+use chrono::{DateTime, Utc};
+
+use super::decide::{Clock, LeaseAction, Plan, PlanEvent};
+use super::observe::{MemberObs, Observed};
+use crate::api::{
+    Condition, ConditionStatus, EffectiveTimings, HighAvailabilityPairSpec, MAX_HISTORY, Member, MemberState,
+    MemberStatus, Mode, Role,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usable {
+    Yes,
+    NoPod,
+    NotRunning,
+    AgentSilent,
+    AppFailing,
+    Fenced,
+}
+
+pub fn usable(m: &MemberObs, missed_threshold: u32) -> Usable {
+    let Some(pod) = &m.pod else { return Usable::NoPod };
+    if !pod.running || pod.deleting || pod.ip.is_none() {
+        return Usable::NotRunning;
+    }
+    if pod.app_down {
+        return Usable::AppFailing;
+    }
+    let Some(agent) = &m.agent.last else { return Usable::AgentSilent };
+    if m.agent.missed >= missed_threshold || agent.pod_uid != pod.uid {
+        return Usable::AgentSilent;
+    }
+    if agent.app_healthy == Some(false) {
+        return Usable::AppFailing;
+    }
+    if agent.role == Role::Fenced {
+        return Usable::Fenced;
+    }
+    Usable::Yes
+}
+
+/// Sets a condition, keeping `lastTransitionTime` unless the status changed.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    now: DateTime<Utc>,
+    generation: Option<i64>,
+) {
+    let status = if status { ConditionStatus::True } else { ConditionStatus::False };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = now;
+            }
+            c.status = status;
+            c.reason = reason.to_string();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            last_transition_time: now,
+            observed_generation: generation,
+        }),
+    }
+}
+
+fn state(member: Member, m: &MemberObs, active: Option<Member>, peer_ok: bool, mode: Mode, u: Usable) -> MemberState {
+    use MemberState::*;
+    let primary = member == Member::Primary;
+    match u {
+        Usable::NoPod | Usable::NotRunning | Usable::AgentSilent => return Down,
+        Usable::Fenced => return Fenced,
+        Usable::AppFailing => return if primary { PrimaryUncertain } else { SecondaryUncertain },
+        Usable::Yes => {}
+    }
+    let Some(active) = active else { return HaInitializing };
+    let reaches_peer = m.agent.last.as_ref().and_then(|a| a.peer_reachable) != Some(false);
+    match (member == active, primary) {
+        (true, true) if peer_ok => PrimaryActive,
+        (true, true) if mode == Mode::Alone => PrimaryAlone,
+        (true, true) => PrimaryLostSecondary,
+        (true, false) if peer_ok => SecondaryActive,
+        (true, false) => SecondaryAlone,
+        (false, false) if !reaches_peer => SecondaryLostPrimary,
+        (false, false) => SecondarySyncing,
+        (false, true) if !reaches_peer => PrimaryLostSecondary,
+        (false, true) => PrimaryPreparingForFailback,
+    }
+}
+
+pub fn compute(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    plan: &mut Plan,
+    active: Option<Member>,
+    blocked: Option<(&'static str, String)>,
+    clock: &Clock,
+) {
+    let missed = spec.heartbeat.missed_threshold as u32;
+    let now = clock.now;
+    let generation = clock.generation;
+    let s = &mut plan.status;
+    let usable = |m: Member| usable(obs.member(m), missed);
+    let both_active = Member::BOTH.iter().all(|m| {
+        let a = &obs.member(*m).agent;
+        a.missed == 0 && a.last.as_ref().is_some_and(|x| x.role == Role::Active)
+    });
+    let active_ok = active.is_some_and(|a| usable(a) == Usable::Yes);
+    let standby_ok = active.is_some_and(|a| usable(a.peer()) == Usable::Yes);
+    let mode = if spec.paused {
+        Mode::Paused
+    } else if both_active {
+        Mode::SplitBrain
+    } else if obs.lease.is_none() && plan.lease.is_none() {
+        Mode::Initializing
+    } else if active_ok && standby_ok {
+        Mode::Enabled
+    } else {
+        Mode::Alone
+    };
+    let epoch = match &plan.lease {
+        Some(LeaseAction::Takeover { epoch, .. }) => *epoch,
+        Some(LeaseAction::Create { .. }) => 1,
+        _ => obs.lease.as_ref().map_or(0, |l| l.epoch),
+    };
+    if s.mode != Some(mode) {
+        plan.events.push(PlanEvent {
+            warning: matches!(mode, Mode::Alone | Mode::SplitBrain),
+            reason: format!("Mode{mode:?}"),
+            note: format!("pair mode {} -> {mode:?}", s.mode.map_or("none".to_string(), |m| format!("{m:?}"))),
+        });
+    }
+    s.mode = Some(mode);
+    s.observed_generation = generation;
+    s.active_member = active;
+    s.standby_member = plan.standby;
+    s.epoch = epoch;
+    s.effective_timings = Some(EffectiveTimings::of(spec));
+
+    let previous = std::mem::take(&mut s.members);
+    for m in Member::BOTH {
+        let o = obs.member(m);
+        let u = usable(m);
+        let prev = previous.iter().find(|p| p.name == m);
+        let role = if Some(m) == active && u == Usable::Yes {
+            Role::Active
+        } else {
+            o.agent.last.as_ref().filter(|_| o.agent.missed < missed).map_or(Role::Unknown, |a| match a.role {
+                Role::Active if Some(m) != active => Role::Standby,
+                r => r,
+            })
+        };
+        let answered = o.agent.missed == 0 && o.agent.last.is_some();
+        s.members.push(MemberStatus {
+            name: m,
+            pod: o.pod.as_ref().map_or_else(|| m.pod_name(&clock.pair), |p| p.name.clone()),
+            role,
+            state: state(m, o, active, usable(m.peer()) == Usable::Yes, mode, u),
+            healthy: o.agent.last.as_ref().and_then(|a| a.app_healthy),
+            epoch: o.agent.last.as_ref().map(|a| a.epoch),
+            missed_heartbeats: o.agent.missed.min(i32::MAX as u32) as i32,
+            // Recorded when the agent stops answering, so steady state writes nothing.
+            last_seen_time: if answered { None } else { prev.and_then(|p| p.last_seen_time).or(Some(now)) },
+            clock_skew_seconds: None,
+            sync_generation: o.agent.last.as_ref().map(|a| a.sync_generation),
+            sync_lag_seconds: None,
+        });
+    }
+
+    if let Some(LeaseAction::Takeover { transition, .. }) = &plan.lease {
+        plan.events.push(PlanEvent {
+            warning: true,
+            reason: format!("{:?}", transition.type_),
+            note: format!(
+                "{} -> {} at epoch {}: {}",
+                transition.from.map_or("none".into(), |m| m.to_string()),
+                transition.to.map_or("none".into(), |m| m.to_string()),
+                transition.epoch,
+                transition.reason
+            ),
+        });
+    }
+    if let Some(LeaseAction::Create { holder, .. }) = &plan.lease {
+        let t = crate::api::Transition {
+            type_: crate::api::TransitionType::Bootstrap,
+            from: None,
+            to: Some(*holder),
+            epoch: 1,
+            reason: if standby_ok || usable(holder.peer()) == Usable::Yes { "BothMembersUp" } else { "OnlyMemberUp" }
+                .into(),
+            message: Some(format!("{holder} becomes active at epoch 1")),
+            time: now,
+            detection_millis: None,
+            lease_to_selector_millis: None,
+            data_loss_possible: false,
+            operation_id: None,
+        };
+        plan.events.push(PlanEvent {
+            warning: false,
+            reason: "Bootstrap".into(),
+            note: t.message.clone().unwrap_or_default(),
+        });
+        push_history(s, t);
+    }
+
+    let c = &mut s.conditions;
+    set_condition(
+        c,
+        "Available",
+        active_ok,
+        if active_ok { "ActiveServing" } else { "NoActiveMember" },
+        match active {
+            Some(a) if active_ok => format!("{a} is active at epoch {epoch}"),
+            Some(a) => format!("{a} holds the lease but cannot serve"),
+            None => "no member holds the lease".into(),
+        },
+        now,
+        generation,
+    );
+    set_condition(
+        c,
+        "Ready",
+        mode == Mode::Enabled,
+        &format!("{mode:?}"),
+        match mode {
+            Mode::Enabled => "one member active, the other ready to take over".into(),
+            Mode::Alone => "running without a usable standby".into(),
+            m => format!("mode {m:?}"),
+        },
+        now,
+        generation,
+    );
+    let degraded: Vec<String> = Member::BOTH
+        .into_iter()
+        .filter_map(|m| match usable(m) {
+            Usable::Yes => None,
+            u => Some(format!("{m}: {u:?}")),
+        })
+        .collect();
+    set_condition(
+        c,
+        "Degraded",
+        !degraded.is_empty(),
+        if degraded.is_empty() { "BothMembersHealthy" } else { "MemberUnavailable" },
+        degraded.join("; "),
+        now,
+        generation,
+    );
+    let (required, reason, message) = match &blocked {
+        Some((reason, message)) => (true, *reason, message.clone()),
+        None => (false, "NotRequired", String::new()),
+    };
+    if required && !c.iter().any(|x| x.type_ == "FailoverRequired" && x.status == ConditionStatus::True) {
+        plan.events.push(PlanEvent { warning: true, reason: "FailoverRequired".into(), note: message.clone() });
+    }
+    set_condition(c, "FailoverRequired", required, reason, message, now, generation);
+    set_condition(
+        c,
+        "SplitBrain",
+        both_active,
+        if both_active { "BothMembersActive" } else { "OneActive" },
+        if both_active { "both members report active".into() } else { String::new() },
+        now,
+        generation,
+    );
+    set_condition(
+        c,
+        "Paused",
+        spec.paused,
+        if spec.paused { "SpecPaused" } else { "Running" },
+        if spec.paused { "spec.paused is set: observing only".into() } else { String::new() },
+        now,
+        generation,
+    );
+}
+
+pub fn push_history(s: &mut crate::api::HighAvailabilityPairStatus, t: crate::api::Transition) {
+    s.last_transition = Some(t.clone());
+    s.history.insert(0, t);
+    s.history.truncate(MAX_HISTORY);
+}
