@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator: watch pairs and keep exactly one member active.
-    Operator,
+    Operator(hapair::operator::Config),
     /// Run the member sidecar: status endpoint, health check, Lease renewal.
     Agent(hapair::agent::Config),
     /// Reconcile a returning member's files with the active member's (run as a Job).
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Operator => not_yet("operator"),
+        Command::Operator(config) => run_async(&cli.log_level, cli.log_json, "operator", hapair::operator::run(config)),
         Command::Agent(config) => run_async(&cli.log_level, cli.log_json, "agent", hapair::agent::run(config)),
         Command::Resync => not_yet("resync"),
         Command::Repair => not_yet("repair"),

@@ -1,6 +1,262 @@
-//! `hapair operator`: watches pairs and keeps exactly one member active.
+//! `hapair operator`: watches pairs and everything they own, and keeps
+//! exactly one member active.
+//!
+//! Each pair gets a worker task that loops observe → decide → act, woken by
+//! any change to the pair or its objects, by its agents' answers, or by the
+//! next deadline the plan names (e.g. when an unrenewed Lease would expire).
+//! One task per pair serialises its decisions and keeps failover timing in
+//! the operator's hands rather than a generic requeue queue's.
 
+pub mod act;
 pub mod build;
 pub mod decide;
+mod leader;
 pub mod observe;
+mod poller;
 pub mod status;
+mod worker;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::api::{HighAvailabilityPair, HighAvailabilityPairStatus, LABEL_PAIR, Member, Mode};
+use crate::metrics::OperatorMetrics;
+use build::BuildContext;
+use observe::Observed;
+
+/// The operator's settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// Image of the agent sidecar injected into member pods (the operator's own image).
+    #[arg(long, env = "HAPAIR_AGENT_IMAGE", default_value = concat!("hapair:", env!("CARGO_PKG_VERSION")))]
+    pub agent_image: String,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "HAPAIR_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Address of the Prometheus /metrics endpoint.
+    #[arg(long, env = "HAPAIR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Address of /healthz and /readyz.
+    #[arg(long, env = "HAPAIR_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    pub health_addr: SocketAddr,
+    /// Namespace of the operator's own leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_namespace: String,
+    /// Name of the operator's own leader Lease.
+    #[arg(long, env = "HAPAIR_LEADER_LEASE", default_value = "hapair-operator")]
+    pub leader_lease: String,
+    /// This replica's identity in leader election (default: host name and PID).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Running workers by (namespace, pair), each with the handle that wakes it.
+type Workers = HashMap<(String, String), Arc<Notify>>;
+
+/// What every worker shares.
+pub struct Context {
+    pub client: Client,
+    pub pairs: Store<HighAvailabilityPair>,
+    pub pods: Store<Pod>,
+    pub services: Store<Service>,
+    pub leases: Store<Lease>,
+    pub build: BuildContext,
+    pub metrics: OperatorMetrics,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods.get(&ObjectRef::new(name).within(ns))
+    }
+    pub fn lease(&self, ns: &str, name: &str) -> Option<Lease> {
+        self.leases.get(&ObjectRef::new(name).within(ns)).map(|l| (*l).clone())
+    }
+    fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
+        self.services.get(&ObjectRef::new(name).within(ns))
+    }
+    pub fn service_hash(&self, ns: &str, name: &str) -> Option<String> {
+        self.service(ns, name).and_then(|s| observe::service_hash(&s))
+    }
+    pub fn pod_finished(&self, ns: &str, name: &str) -> bool {
+        self.pod(ns, name)
+            .and_then(|p| p.status.clone())
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p == "Failed" || p == "Succeeded")
+    }
+
+    pub fn publish_metrics(&self, pair: &HighAvailabilityPair, status: &HighAvailabilityPairStatus, obs: &Observed) {
+        let ns = pair.namespace().unwrap_or_default();
+        let name = pair.name_any();
+        for mode in
+            [Mode::NotConfigured, Mode::Initializing, Mode::Enabled, Mode::Alone, Mode::SplitBrain, Mode::Paused]
+        {
+            let mode_name = format!("{mode:?}");
+            self.metrics.mode.with_label_values(&[&ns, &name, &mode_name]).set(i64::from(status.mode == Some(mode)));
+        }
+        self.metrics.epoch.with_label_values(&[&ns, &name]).set(status.epoch);
+        self.metrics.split_brain.with_label_values(&[&ns, &name]).set(i64::from(status.mode == Some(Mode::SplitBrain)));
+        for m in Member::BOTH {
+            let member = m.to_string();
+            self.metrics
+                .active_member
+                .with_label_values(&[&ns, &name, &member])
+                .set(i64::from(status.active_member == Some(m)));
+            let a = &obs.member(m).agent;
+            self.metrics.missed_heartbeats.with_label_values(&[&ns, &name, &member]).set(i64::from(a.missed));
+            if let Some(age) = a.since_answer {
+                self.metrics.heartbeat_age.with_label_values(&[&ns, &name, &member]).set(age.as_secs_f64());
+            }
+        }
+    }
+
+    fn forget(&self, ns: &str, name: &str) {
+        let _ = self.metrics.epoch.remove_label_values(&[ns, name]);
+        let _ = self.metrics.split_brain.remove_label_values(&[ns, name]);
+    }
+}
+
+pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::try_default().await?;
+    let registry = prometheus::Registry::new();
+    let metrics = OperatorMetrics::register(&registry)?;
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(worker::serve_health(config.health_addr, ready.clone()));
+    tokio::spawn(worker::serve_metrics(config.metrics_addr, registry));
+
+    let identity = config.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "hapair".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let elector = leader::Elector::new(client.clone(), &config.leader_namespace, &config.leader_lease, &identity);
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    info!(%identity, "waiting to lead");
+    let lost = elector.acquire(&metrics).await?;
+    info!(%identity, "leading: observing every pair before the first decision");
+
+    let selector = watcher::Config::default().labels(LABEL_PAIR);
+    let (pairs_api, pods_api, services_api, leases_api) = match &config.watch_namespace {
+        Some(ns) => (
+            Api::<HighAvailabilityPair>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
+            Api::<Lease>::namespaced(client.clone(), ns),
+        ),
+        None => {
+            (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()))
+        }
+    };
+    let (pairs, pairs_w) = reflector::store();
+    let (pods, pods_w) = reflector::store();
+    let (services, services_w) = reflector::store();
+    let (leases, leases_w) = reflector::store();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pairs,
+        pods,
+        services,
+        leases,
+        build: BuildContext { agent_image: config.agent_image.clone() },
+        metrics,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter { controller: "hapair-operator".into(), instance: Some(identity) },
+        ),
+    });
+
+    // Every event names a pair to wake: the pair itself or the owner named by the label.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let keyed = |tx: tokio::sync::mpsc::UnboundedSender<(String, String)>| {
+        move |ns: Option<String>, pair: Option<String>| {
+            if let (Some(ns), Some(pair)) = (ns, pair) {
+                let _ = tx.send((ns, pair));
+            }
+        }
+    };
+    // Malformed pairs are reported, not fatal: the watch goes on.
+    let send = keyed(tx.clone());
+    let pair_stream = reflector::reflector(pairs_w, watcher::watcher(pairs_api, watcher::Config::default()))
+        .default_backoff()
+        .for_each(move |ev| {
+            match ev {
+                Ok(Event::Apply(p)) | Ok(Event::InitApply(p)) | Ok(Event::Delete(p)) => {
+                    send(p.namespace(), Some(p.name_any()))
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "watching pairs"),
+            }
+            futures::future::ready(())
+        });
+    macro_rules! owned_stream {
+        ($writer:expr, $api:expr) => {{
+            let send = keyed(tx.clone());
+            reflector::reflector($writer, watcher::watcher($api, selector.clone())).default_backoff().for_each(move |ev| {
+                match ev {
+                    Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) | Ok(Event::Delete(o)) => {
+                        send(o.namespace(), o.labels().get(LABEL_PAIR).cloned())
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "watching owned objects"),
+                }
+                futures::future::ready(())
+            })
+        }};
+    }
+    tokio::spawn(pair_stream);
+    tokio::spawn(owned_stream!(pods_w, pods_api));
+    tokio::spawn(owned_stream!(services_w, services_api));
+    tokio::spawn(owned_stream!(leases_w, leases_api));
+    // A new leader decides nothing until it has seen everything.
+    let _ = tokio::join!(
+        ctx.pairs.wait_until_ready(),
+        ctx.pods.wait_until_ready(),
+        ctx.services.wait_until_ready(),
+        ctx.leases.wait_until_ready()
+    );
+    for p in ctx.pairs.state() {
+        let _ = tx.send((p.namespace().unwrap_or_default(), p.name_any()));
+    }
+
+    let workers: Arc<Mutex<Workers>> = Arc::default();
+    let dispatch = async {
+        while let Some(key) = rx.recv().await {
+            let mut map = workers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get(&key) {
+                n.notify_one();
+                continue;
+            }
+            if ctx.pairs.get(&ObjectRef::new(&key.1).within(&key.0)).is_none() {
+                continue;
+            }
+            let notify = Arc::new(Notify::new());
+            map.insert(key.clone(), notify.clone());
+            let (ctx, workers, key) = (ctx.clone(), workers.clone(), key.clone());
+            tokio::spawn(async move {
+                worker::run(ctx.clone(), key.0.clone(), key.1.clone(), notify).await;
+                workers.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                ctx.forget(&key.0, &key.1);
+            });
+        }
+    };
+    tokio::select! {
+        _ = dispatch => {}
+        _ = lost => warn!("lost leadership: stopping so a fresh replica re-observes everything"),
+        _ = crate::telemetry::shutdown_signal() => {
+            info!("operator stopping");
+            elector.release().await;
+        }
+    }
+    Ok(())
+}

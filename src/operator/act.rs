@@ -1,0 +1,295 @@
+//! Act: make the cluster match the plan. Objects are written only when
+//! they differ from what was last applied (a hash annotation says so), so a
+//! healthy pair costs no writes. The Lease takeover is a compare-and-swap on
+//! its resourceVersion: the commit point of a failover. The Service selector
+//! follows in the very next write.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role as RbacRole, RoleBinding};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::Context;
+use super::build::{self, applied_hash};
+use super::decide::{LeaseAction, Plan};
+use super::observe::Observed;
+use super::status::push_history;
+use crate::api::{HighAvailabilityPair, LABEL_ROLE, Member, Role};
+use crate::proto::{ANN_INTERVAL, ANN_MISSED, ANN_RELEASED, ANN_RELEASED_BY, lease_identity};
+
+pub const FIELD_MANAGER: &str = "hapair-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("certificates: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+impl ActError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ActError::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            ActError::Kube(_) => "kube",
+            ActError::Tls(_) => "tls",
+        }
+    }
+}
+
+/// What acting did that the worker needs to know.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The Lease moved: the member to wake so it promotes at once.
+    pub promoted: Option<Member>,
+    /// A compare-and-swap lost a race: observe again now.
+    pub conflict: bool,
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// Creates `obj` unless it exists; re-applies it when its hash changed.
+async fn ensure<K>(api: &Api<K>, obj: &K, current: Option<&K>) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    if let Some(cur) = current
+        && applied_hash(cur.meta()) == applied_hash(obj.meta())
+    {
+        return Ok(());
+    }
+    api.patch(&name, &apply_params(), &Patch::Apply(obj)).await.map(|_| ())
+}
+
+pub async fn ensure_tls(ctx: &Context, pair: &HighAvailabilityPair) -> Result<Secret, ActError> {
+    let ns = pair.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = build::tls_secret_name(&pair.name_any());
+    if let Some(s) = api.get_opt(&name).await? {
+        return Ok(s);
+    }
+    let material = crate::tls::generate_pair_material(&pair.name_any(), &ns)?;
+    let secret = build::tls_secret(pair, material);
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(s) => Ok(s),
+        Err(e) if is_conflict(&e) => Ok(api.get(&name).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Owned objects that do not change with failovers: RBAC, claims, pods.
+pub async fn ensure_members(
+    ctx: &Context,
+    pair: &HighAvailabilityPair,
+    obs: &Observed,
+    holder: Option<Member>,
+) -> Result<(), ActError> {
+    let ns = pair.namespace().unwrap_or_default();
+    let (sa, role, binding) = build::agent_rbac(pair);
+    if let Some(sa) = sa {
+        let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
+        if api.get_opt(&sa.name_any()).await?.is_none() {
+            api.patch(&sa.name_any(), &apply_params(), &Patch::Apply(&sa)).await?;
+        }
+    }
+    let roles: Api<RbacRole> = Api::namespaced(ctx.client.clone(), &ns);
+    let cur = roles.get_opt(&role.name_any()).await?;
+    ensure(&roles, &role, cur.as_ref()).await?;
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ns);
+    let cur = bindings.get_opt(&binding.name_any()).await?;
+    ensure(&bindings, &binding, cur.as_ref()).await?;
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for m in Member::BOTH {
+        if let Some(claim) = build::pvc(pair, m) {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+            if pvcs.get_opt(&claim.name_any()).await?.is_none() {
+                pvcs.create(&PostParams::default(), &claim)
+                    .await
+                    .or_else(|e| if is_conflict(&e) { Ok(claim.clone()) } else { Err(e) })?;
+            }
+        }
+        let desired = build::member_pod(pair, m, &ctx.build);
+        match &obs.member(m).pod {
+            None => {
+                info!(pod = %desired.name_any(), "creating member pod");
+                match pods.create(&PostParams::default(), &desired).await {
+                    Ok(_) => {}
+                    Err(e) if is_conflict(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(p) if p.deleting => {}
+            Some(p) => {
+                let finished = !p.running && ctx.pod_finished(&ns, &p.name);
+                let outdated = p.hash.as_deref() != applied_hash(&desired.metadata);
+                // Only a member that is not active is replaced for a new template;
+                // the active one keeps serving until it is no longer active.
+                if finished || (outdated && holder != Some(m)) {
+                    info!(pod = %p.name, finished, outdated, "replacing member pod");
+                    pods.delete(&p.name, &DeleteParams::default()).await.map(|_| ()).or_else(not_found)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn not_found(e: kube::Error) -> Result<(), kube::Error> {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// Lease action, Services, role labels, status and Events, in that order.
+pub async fn apply_plan(
+    ctx: &Context,
+    pair: &HighAvailabilityPair,
+    obs: &Observed,
+    mut plan: Plan,
+    failure_started: Option<Instant>,
+) -> Result<Outcome, ActError> {
+    let ns = pair.namespace().unwrap_or_default();
+    let name = pair.name_any();
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut outcome = Outcome::default();
+    let mut committed_at = None;
+
+    match plan.lease.clone() {
+        Some(LeaseAction::Create { holder, pod_uid }) => {
+            match leases.create(&PostParams::default(), &build::lease(pair, holder, &pod_uid, 1)).await {
+                Ok(_) => {
+                    info!(pair = %name, %holder, "bootstrap: lease granted at epoch 1");
+                    outcome.promoted = Some(holder);
+                }
+                Err(e) if is_conflict(&e) => {
+                    outcome.conflict = true;
+                    return Ok(outcome);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Some(LeaseAction::Takeover { to, pod_uid, expected_rv, epoch, transition }) => {
+            let Some(mut lease) = ctx.lease(&ns, &name) else {
+                outcome.conflict = true;
+                return Ok(outcome);
+            };
+            lease.metadata.resource_version = Some(expected_rv);
+            let ann = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
+            ann.remove(ANN_RELEASED);
+            ann.remove(ANN_RELEASED_BY);
+            ann.insert(ANN_INTERVAL.into(), pair.spec.heartbeat.interval_seconds.to_string());
+            ann.insert(ANN_MISSED.into(), pair.spec.heartbeat.missed_threshold.to_string());
+            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            spec.holder_identity = Some(lease_identity(to, &pod_uid));
+            spec.lease_transitions = Some(epoch as i32);
+            spec.lease_duration_seconds =
+                Some(pair.spec.heartbeat.interval_seconds * pair.spec.heartbeat.missed_threshold);
+            spec.acquire_time = Some(now.clone());
+            spec.renew_time = Some(now);
+            match leases.replace(&name, &PostParams::default(), &lease).await {
+                Ok(_) => {
+                    committed_at = Some(Instant::now());
+                    warn!(pair = %name, from = ?transition.from, %to, epoch, reason = %transition.reason, "lease moved");
+                    outcome.promoted = Some(to);
+                    ctx.metrics
+                        .failovers
+                        .with_label_values(&[&ns, &name, &format!("{:?}", transition.type_), &transition.reason])
+                        .inc();
+                    plan.status.last_transition = None;
+                    push_history(&mut plan.status, transition);
+                }
+                Err(e) if is_conflict(&e) => {
+                    info!(pair = %name, "lease changed under us; observing again");
+                    outcome.conflict = true;
+                    return Ok(outcome);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Some(LeaseAction::UpdateTimings) => {
+            let patch = json!({"metadata": {"annotations": {
+                ANN_INTERVAL: pair.spec.heartbeat.interval_seconds.to_string(),
+                ANN_MISSED: pair.spec.heartbeat.missed_threshold.to_string(),
+            }}});
+            leases.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        }
+        None => {}
+    }
+
+    // The VIP follows the Lease in the very next write.
+    let vip = build::vip_service(pair, plan.vip);
+    if !obs.vip_exists || obs.vip_hash.as_deref() != applied_hash(&vip.metadata) {
+        services.patch(&name, &apply_params(), &Patch::Apply(&vip)).await?;
+    }
+    if let (Some(t0), Some(t)) = (committed_at, plan.status.history.first_mut()) {
+        let ms = t0.elapsed().as_millis() as i64;
+        t.lease_to_selector_millis = Some(ms);
+        plan.status.last_transition = Some(t.clone());
+        let total = failure_started.map_or(t0.elapsed(), |f| f.elapsed());
+        ctx.metrics.failover_duration.observe(total.as_secs_f64());
+    }
+    let standby_name = build::standby_service_name(&name);
+    if pair.spec.service.standby {
+        let svc = build::standby_service(pair, plan.standby);
+        if !obs.standby_exists || ctx.service_hash(&ns, &standby_name).as_deref() != applied_hash(&svc.metadata) {
+            services.patch(&standby_name, &apply_params(), &Patch::Apply(&svc)).await?;
+        }
+    } else if obs.standby_exists {
+        services.delete(&standby_name, &DeleteParams::default()).await.map(|_| ()).or_else(not_found)?;
+    }
+
+    // Role labels, for people and for selectors of their own.
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for m in Member::BOTH {
+        let Some(p) = &obs.member(m).pod else { continue };
+        let role = plan.status.members.iter().find(|s| s.name == m).map(|s| s.role);
+        let word = match role {
+            Some(Role::Active) => "active",
+            Some(Role::Fenced) => "fenced",
+            _ => "standby",
+        };
+        if p.role_label.as_deref() != Some(word) && !p.deleting {
+            let patch = json!({"metadata": {"labels": {LABEL_ROLE: word}}});
+            pods.patch(&p.name, &PatchParams::default(), &Patch::Merge(patch)).await.map(|_| ()).or_else(not_found)?;
+        }
+    }
+
+    if pair.status.as_ref() != Some(&plan.status) {
+        let api: Api<HighAvailabilityPair> = Api::namespaced(ctx.client.clone(), &ns);
+        // Server-side apply: fields the operator stops setting are removed.
+        let patch = json!({"apiVersion": "hapair.dev/v1alpha1", "kind": "HighAvailabilityPair", "status": plan.status});
+        api.patch_status(&name, &apply_params(), &Patch::Apply(&patch)).await?;
+    }
+    ctx.publish_metrics(pair, &plan.status, obs);
+    for e in &plan.events {
+        let ev = Event {
+            type_: if e.warning { EventType::Warning } else { EventType::Normal },
+            reason: e.reason.clone(),
+            note: Some(e.note.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &pair.object_ref(&())).await {
+            warn!(error = %err, "cannot publish event");
+        }
+    }
+    Ok(outcome)
+}

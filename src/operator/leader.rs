@@ -1,0 +1,135 @@
+//! Leader election among operator replicas with a Lease of their own. Only
+//! the leader acts. A replica that cannot renew in time stops (its
+//! Deployment restarts it), so two replicas never act at once; a new leader
+//! waits a full lease duration, on its own clock, before taking over.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use tracing::{info, warn};
+
+use crate::metrics::OperatorMetrics;
+
+pub struct Elector {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+    renew_every: Duration,
+}
+
+fn lease_seconds() -> u64 {
+    std::env::var("HAPAIR_LEADER_LEASE_SECONDS").ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 2).unwrap_or(15)
+}
+
+impl Elector {
+    pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Self {
+        let duration = Duration::from_secs(lease_seconds());
+        Elector {
+            api: Api::namespaced(client, namespace),
+            name: name.to_string(),
+            identity: identity.to_string(),
+            duration,
+            renew_every: duration / 5,
+        }
+    }
+
+    fn now() -> MicroTime {
+        MicroTime(k8s_openapi::jiff::Timestamp::now())
+    }
+
+    /// Waits until this replica leads; returns a future that resolves if
+    /// leadership is lost.
+    pub async fn acquire(
+        &self,
+        metrics: &OperatorMetrics,
+    ) -> Result<impl std::future::Future<Output = ()> + Send + 'static + use<>, kube::Error> {
+        let mut seen: Option<(String, Instant)> = None;
+        loop {
+            match self.api.get_opt(&self.name).await? {
+                None => {
+                    let lease = Lease {
+                        metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                        spec: Some(self.spec(1)),
+                    };
+                    if self.api.create(&PostParams::default(), &lease).await.is_ok() {
+                        break;
+                    }
+                }
+                Some(mut lease) => {
+                    let rv = lease.resource_version().unwrap_or_default();
+                    let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default();
+                    let changed = seen.as_ref().is_none_or(|(r, _)| *r != rv);
+                    if changed {
+                        seen = Some((rv, Instant::now()));
+                    }
+                    let expired = seen.as_ref().is_some_and(|(_, t)| t.elapsed() >= self.duration);
+                    if holder.is_empty() || holder == self.identity || expired {
+                        let transitions = lease.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0);
+                        lease.spec = Some(self.spec(transitions + i32::from(holder != self.identity)));
+                        if self.api.replace(&self.name, &PostParams::default(), &lease).await.is_ok() {
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(self.renew_every).await;
+        }
+        metrics.leader.set(1);
+        info!(lease = %self.name, "acquired leadership");
+        let (api, name, identity, duration, every) =
+            (self.api.clone(), self.name.clone(), self.identity.clone(), self.duration, self.renew_every);
+        let leader = metrics.leader.clone();
+        Ok(async move {
+            let mut last = Instant::now();
+            loop {
+                tokio::time::sleep(every).await;
+                let renewed = async {
+                    let mut lease = api.get(&name).await.ok()?;
+                    let spec = lease.spec.as_mut()?;
+                    if spec.holder_identity.as_deref() != Some(identity.as_str()) {
+                        return Some(false);
+                    }
+                    spec.renew_time = Some(Elector::now());
+                    Some(api.replace(&name, &PostParams::default(), &lease).await.is_ok())
+                };
+                match tokio::time::timeout(every, renewed).await {
+                    Ok(Some(true)) => last = Instant::now(),
+                    Ok(Some(false)) => break,
+                    _ => warn!("leader lease renewal failed"),
+                }
+                // Stop acting well before another replica may take over.
+                if last.elapsed() >= duration - every {
+                    break;
+                }
+            }
+            leader.set(0);
+        })
+    }
+
+    fn spec(&self, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.duration.as_secs() as i32),
+            lease_transitions: Some(transitions),
+            acquire_time: Some(Self::now()),
+            renew_time: Some(Self::now()),
+            ..Default::default()
+        }
+    }
+
+    /// Hands leadership over on a clean shutdown so the next replica need
+    /// not wait out the lease.
+    pub async fn release(&self) {
+        if let Ok(mut lease) = self.api.get(&self.name).await
+            && let Some(spec) = lease.spec.as_mut()
+            && spec.holder_identity.as_deref() == Some(self.identity.as_str())
+        {
+            spec.holder_identity = Some(String::new());
+            let _ = self.api.replace(&self.name, &PostParams::default(), &lease).await;
+        }
+    }
+}

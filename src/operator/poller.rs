@@ -1,0 +1,112 @@
+//! Heartbeats from the operator's side: each pair's worker polls both agents'
+//! `/v1/status` over mTLS every heartbeat interval, concurrently and with a
+//! bounded timeout. A missed answer counts as a missed heartbeat; an answer
+//! that does not parse is counted and otherwise ignored, never trusted.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::observe::AgentObs;
+use crate::api::Member;
+use crate::http::{self, CallError, Target};
+use crate::proto::AgentStatus;
+
+/// Where to reach a member's agent, as last observed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub peer: Option<SocketAddr>,
+}
+
+#[derive(Default)]
+pub struct PollState {
+    pub members: [MemberPoll; 2],
+}
+
+#[derive(Default, Clone)]
+pub struct MemberPoll {
+    pub last: Option<AgentStatus>,
+    pub answered_at: Option<Instant>,
+    pub missed: u32,
+    pub malformed: u64,
+    pub endpoint: Option<Endpoint>,
+}
+
+fn idx(m: Member) -> usize {
+    match m {
+        Member::Primary => 0,
+        Member::Secondary => 1,
+    }
+}
+
+impl PollState {
+    pub fn get(&self, m: Member) -> &MemberPoll {
+        &self.members[idx(m)]
+    }
+    pub fn get_mut(&mut self, m: Member) -> &mut MemberPoll {
+        &mut self.members[idx(m)]
+    }
+    pub fn observe(&self, m: Member) -> AgentObs {
+        let p = self.get(m);
+        AgentObs {
+            last: p.last.clone(),
+            missed: p.missed,
+            since_answer: p.answered_at.map(|t| t.elapsed()),
+            malformed: p.malformed,
+        }
+    }
+}
+
+/// What changes a decision: a different answer, or an agent going silent or
+/// coming back.
+fn significant(before: &MemberPoll, after: &MemberPoll) -> bool {
+    let key = |p: &MemberPoll| {
+        p.last
+            .as_ref()
+            .map(|a| (a.role, a.epoch, a.app_healthy, a.pod_uid.clone(), a.peer_reachable, a.released.clone()))
+    };
+    key(before) != key(after) || (before.missed == 0) != (after.missed == 0) || after.missed > before.missed
+}
+
+/// Polls one member once and records the outcome.
+pub async fn poll_member(
+    state: &Arc<Mutex<PollState>>,
+    member: Member,
+    tls: Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+    timeout: Duration,
+    wake: &Notify,
+) {
+    let endpoint = state.lock().unwrap_or_else(|p| p.into_inner()).get(member).endpoint.clone();
+    let Some(endpoint) = endpoint else { return };
+    let target = Target { addr: endpoint.addr, server_name, tls };
+    let path = match endpoint.peer {
+        Some(peer) => format!("/v1/status?peer={peer}"),
+        None => "/v1/status".to_string(),
+    };
+    let result: Result<AgentStatus, CallError> = http::get_json(&target, &path, timeout).await;
+    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    let before = s.get(member).clone();
+    let p = s.get_mut(member);
+    if p.endpoint.as_ref() != Some(&endpoint) {
+        return; // the pod moved while we asked; the answer is about the old one
+    }
+    match result {
+        Ok(status) if status.member == member => {
+            p.last = Some(status);
+            p.answered_at = Some(Instant::now());
+            p.missed = 0;
+        }
+        Ok(_) | Err(CallError::Malformed(_)) => {
+            p.malformed += 1;
+            p.missed += 1;
+        }
+        Err(_) => p.missed += 1,
+    }
+    if significant(&before, p) {
+        wake.notify_one();
+    }
+}

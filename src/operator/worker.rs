@@ -1,0 +1,278 @@
+//! One pair's worker: observe → decide → act, again and again, plus the
+//! agent poller and the operator's health and metrics endpoints.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use prometheus::Encoder;
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::Context;
+use super::act;
+use super::decide::{Clock, decide};
+use super::observe::{LeaseObs, MemberObs, Observed, PodObs, selected_member, service_hash};
+use super::poller::{Endpoint, PollState, poll_member};
+use crate::api::{HighAvailabilityPair, Member};
+use crate::http::{self, Target, reply};
+use crate::tls;
+
+/// What the worker remembers between rounds. Lost on restart, and every
+/// default is the cautious one (a fresh worker waits a full lease duration
+/// before calling a silent active failed).
+struct Memory {
+    lease_rv: Option<String>,
+    lease_seen: Instant,
+    started: Instant,
+    failure: Option<(String, Instant)>,
+}
+
+pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify>) {
+    let span = info_span!("pair", namespace = %ns, pair = %name);
+    async {
+        let poll = Arc::new(Mutex::new(PollState::default()));
+        let mut poller: Option<tokio::task::JoinHandle<()>> = None;
+        let mut client_tls: Option<Arc<rustls::ClientConfig>> = None;
+        let mut mem = Memory { lease_rv: None, lease_seen: Instant::now(), started: Instant::now(), failure: None };
+        while let Some(pair) = ctx.pairs.get(&ObjectRef::new(&name).within(&ns)) {
+            if pair.metadata.deletion_timestamp.is_some() {
+                break;
+            }
+            let started = Instant::now();
+            ctx.metrics.reconciles.with_label_values(&[&ns, &name]).inc();
+            let recheck = match round(&ctx, &pair, &poll, &mut poller, &mut client_tls, &mut mem, &notify).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "reconcile failed");
+                    ctx.metrics.reconcile_errors.with_label_values(&[&ns, &name, e.metric_label()]).inc();
+                    Duration::from_millis(500)
+                }
+            };
+            ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(recheck) => {}
+            }
+        }
+        if let Some(p) = poller {
+            p.abort();
+        }
+        debug!("pair gone; worker stops");
+    }
+    .instrument(span)
+    .await
+}
+
+fn client_config(secret: &Secret) -> Result<Arc<rustls::ClientConfig>, tls::TlsError> {
+    let get = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .unwrap_or_default()
+    };
+    tls::client_config(&tls::Identity { ca: get(tls::CA_CERT), cert: get(tls::CLIENT_CERT), key: get(tls::CLIENT_KEY) })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn round(
+    ctx: &Arc<Context>,
+    pair: &Arc<HighAvailabilityPair>,
+    poll: &Arc<Mutex<PollState>>,
+    poller: &mut Option<tokio::task::JoinHandle<()>>,
+    client_tls: &mut Option<Arc<rustls::ClientConfig>>,
+    mem: &mut Memory,
+    notify: &Arc<Notify>,
+) -> Result<Duration, act::ActError> {
+    let ns = pair.namespace().unwrap_or_default();
+    let name = pair.name_any();
+    if client_tls.is_none() {
+        let secret = act::ensure_tls(ctx, pair).await?;
+        *client_tls = Some(client_config(&secret)?);
+    }
+    if poller.is_none()
+        && let Some(tls) = client_tls.clone()
+    {
+        *poller =
+            Some(tokio::spawn(poll_loop(ctx.clone(), ns.clone(), name.clone(), poll.clone(), tls, notify.clone())));
+    }
+    let obs = gather(ctx, pair, poll, mem);
+    let holder = obs.lease.as_ref().and_then(|l| l.holder.as_ref().map(|(m, _)| *m));
+    act::ensure_members(ctx, pair, &obs, holder).await?;
+    let clock = Clock { pair: name.clone(), now: chrono::Utc::now(), generation: pair.metadata.generation };
+    let plan = decide(&pair.spec, pair.status.as_ref(), &obs, &clock);
+    mem.failure = match (&plan.failure, mem.failure.take()) {
+        (Some(reason), Some((r, t))) if *reason == r => Some((r, t)),
+        (Some(reason), _) => Some((reason.clone(), Instant::now())),
+        (None, _) => None,
+    };
+    let recheck = plan.recheck;
+    let failure_started = mem.failure.as_ref().map(|(_, t)| *t);
+    let outcome = act::apply_plan(ctx, pair, &obs, plan, failure_started).await?;
+    if let Some(m) = outcome.promoted {
+        mem.failure = None;
+        wake_agent(ctx, pair, &obs, m, client_tls.clone());
+    }
+    Ok(if outcome.conflict { Duration::from_millis(20) } else { recheck })
+}
+
+/// Observe: the pair's objects from the watch caches, agents from the poller.
+fn gather(ctx: &Context, pair: &HighAvailabilityPair, poll: &Mutex<PollState>, mem: &mut Memory) -> Observed {
+    let ns = pair.namespace().unwrap_or_default();
+    let name = pair.name_any();
+    let uid = pair.uid();
+    let owned = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.owner_references.iter().flatten().any(|o| Some(&o.uid) == uid.as_ref())
+    };
+    let agent_port = pair.spec.agent.port as u16;
+    let mut obs = Observed::default();
+    let mut ips = [None, None];
+    {
+        let poll = poll.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, m) in Member::BOTH.into_iter().enumerate() {
+            let pod = ctx.pod(&ns, &m.pod_name(&name)).filter(|p| owned(&p.metadata));
+            let pod = pod.map(|p| PodObs::of(&p));
+            ips[i] = pod.as_ref().and_then(|p| p.ip.clone()).and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+            *obs.member_mut(m) = MemberObs { pod, agent: poll.observe(m) };
+        }
+    }
+    {
+        let mut poll = poll.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, m) in Member::BOTH.into_iter().enumerate() {
+            let endpoint = ips[i].map(|ip| Endpoint {
+                addr: SocketAddr::new(ip, agent_port),
+                peer: ips[1 - i].map(|p| SocketAddr::new(p, agent_port)),
+            });
+            let p = poll.get_mut(m);
+            if p.endpoint.as_ref().map(|e| e.addr) != endpoint.as_ref().map(|e| e.addr) {
+                // A new pod: what its predecessor said no longer counts.
+                p.last = None;
+                p.missed = 0;
+                p.answered_at = None;
+            }
+            p.endpoint = endpoint;
+        }
+    }
+    if let Some(lease) = ctx.lease(&ns, &name).filter(|l| owned(&l.metadata)) {
+        let rv = lease.resource_version();
+        if rv != mem.lease_rv {
+            mem.lease_rv = rv;
+            mem.lease_seen = Instant::now();
+        }
+        obs.lease = Some(LeaseObs::of(&lease, mem.lease_seen.elapsed()));
+    } else {
+        mem.lease_rv = None;
+    }
+    if obs.lease.is_none() {
+        obs.without_lease_for = mem.started.elapsed();
+    }
+    if let Some(vip) = ctx.service(&ns, &name).filter(|s| owned(&s.metadata)) {
+        obs.vip_exists = true;
+        obs.vip_member = selected_member(&vip);
+        obs.vip_hash = service_hash(&vip);
+    }
+    if let Some(sb) = ctx.service(&ns, &super::build::standby_service_name(&name)).filter(|s| owned(&s.metadata)) {
+        obs.standby_exists = true;
+        obs.standby_member = selected_member(&sb);
+    }
+    obs.failure_for = mem.failure.as_ref().map(|(_, t)| t.elapsed());
+    obs
+}
+
+/// Polls both agents every heartbeat interval.
+async fn poll_loop(
+    ctx: Arc<Context>,
+    ns: String,
+    name: String,
+    poll: Arc<Mutex<PollState>>,
+    tls: Arc<rustls::ClientConfig>,
+    notify: Arc<Notify>,
+) {
+    let names: Vec<_> = Member::BOTH
+        .into_iter()
+        .filter_map(|m| tls::server_name(&tls::member_server_name(m, &name, &ns)).ok().map(|n| (m, n)))
+        .collect();
+    loop {
+        let interval = ctx
+            .pairs
+            .get(&ObjectRef::new(&name).within(&ns))
+            .map_or(5, |p| p.spec.heartbeat.interval_seconds.max(1) as u64);
+        let tick = Duration::from_secs(interval);
+        let timeout = (tick / 2).clamp(Duration::from_millis(300), Duration::from_secs(2));
+        let polls = names
+            .iter()
+            .map(|(m, server_name)| poll_member(&poll, *m, tls.clone(), server_name.clone(), timeout, &notify));
+        let start = Instant::now();
+        futures::future::join_all(polls).await;
+        tokio::time::sleep(tick.saturating_sub(start.elapsed())).await;
+    }
+}
+
+/// Tells the new holder's agent to re-read the Lease now instead of at its
+/// next tick, so it promotes without waiting an interval.
+fn wake_agent(
+    ctx: &Context,
+    pair: &HighAvailabilityPair,
+    obs: &Observed,
+    member: Member,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+) {
+    let (Some(tls), Some(ip)) = (client_tls, obs.member(member).pod.as_ref().and_then(|p| p.ip.clone())) else {
+        return;
+    };
+    let ns = pair.namespace().unwrap_or_default();
+    let Ok(addr) = ip.parse::<std::net::IpAddr>() else { return };
+    let Ok(server_name) = tls::server_name(&tls::member_server_name(member, &pair.name_any(), &ns)) else { return };
+    let target = Target { addr: SocketAddr::new(addr, pair.spec.agent.port as u16), server_name, tls };
+    let _ = ctx;
+    tokio::spawn(async move {
+        let _ = http::call(&target, hyper::Method::POST, "/v1/wake", Duration::from_secs(2)).await;
+    });
+}
+
+pub async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>) {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            http::serve(l, None, move |req, _| {
+                let ready = ready.clone();
+                async move {
+                    match req.uri().path() {
+                        "/healthz" => reply(StatusCode::OK, "ok"),
+                        "/readyz" if ready.load(Ordering::SeqCst) => reply(StatusCode::OK, "ready"),
+                        "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "starting"),
+                        _ => reply(StatusCode::NOT_FOUND, "not found"),
+                    }
+                }
+            })
+            .await
+        }
+        Err(e) => warn!(%addr, error = %e, "cannot serve health endpoints"),
+    }
+}
+
+pub async fn serve_metrics(addr: SocketAddr, registry: prometheus::Registry) {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            http::serve(l, None, move |req, _| {
+                let registry = registry.clone();
+                async move {
+                    if req.uri().path() != "/metrics" {
+                        return reply(StatusCode::NOT_FOUND, "not found");
+                    }
+                    let mut buf = Vec::new();
+                    let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf);
+                    reply(StatusCode::OK, buf)
+                }
+            })
+            .await
+        }
+        Err(e) => warn!(%addr, error = %e, "cannot serve metrics"),
+    }
+}
