@@ -207,6 +207,12 @@ pub async fn apply_plan(
             match leases.replace(&name, &PostParams::default(), &lease).await {
                 Ok(_) => {
                     committed_at = Some(Instant::now());
+                    // Fault injection for the restart-mid-failover test: die
+                    // between the commit point and the selector move.
+                    if std::env::var_os("HAPAIR_FAULT_EXIT_AFTER_LEASE_CAS").is_some() {
+                        warn!("fault injection: exiting between the lease move and the selector move");
+                        std::process::exit(86);
+                    }
                     warn!(pair = %name, from = ?transition.from, %to, epoch, reason = %transition.reason, "lease moved");
                     outcome.promoted = Some(to);
                     ctx.metrics

@@ -142,41 +142,38 @@ pub fn decide(
             {
                 plan.lease = Some(LeaseAction::UpdateTimings);
             }
-            plan.vip = holder.filter(|_| failure.is_none());
+            // The VIP stays with the holder until the Lease moves: nothing changes
+            // without a takeover (manual mode "does nothing else").
+            plan.vip = holder;
             if let Some(f) = &failure {
                 plan.failure = Some(f.reason.to_string());
                 let from = holder;
                 // The peer takes over; if the holder's own pod was replaced and the
                 // peer cannot, the new pod of the same member restarts the role.
-                let candidates = match (from, lease.released_by) {
-                    (Some(h), _) => vec![h.peer(), h],
-                    (None, Some(r)) => vec![r.peer()],
-                    (None, None) => vec![Member::Primary, Member::Secondary],
-                };
+                // The peer takes over (a failover, subject to the gates). Failing
+                // that, the same member may take the role back once it serves
+                // again: its pod was replaced, or it released the Lease and its
+                // application recovered. That is a restart, not a failover.
                 let from = from.or(lease.released_by);
-                let to = candidates.into_iter().find(|c| {
-                    let same = Some(*c) == from;
-                    (!same || matches!(f.reason, "PodReplaced" | "PodGone")) && can_take_over(obs.member(*c), missed)
-                });
+                let peer = match from {
+                    Some(h) => Some(h.peer()).filter(|p| can_take_over(obs.member(*p), missed)),
+                    None => Member::BOTH.into_iter().find(|c| can_take_over(obs.member(*c), missed)),
+                };
+                let restartable = matches!(f.reason, "PodReplaced" | "PodGone" | "LeaseReleased");
+                let same = from.filter(|h| restartable && can_take_over(obs.member(*h), missed));
                 let waited = obs.failure_for.unwrap_or_default();
                 let delay = Duration::from_secs(spec.failover.delay_seconds as u64);
-                let restart = to.is_some() && to == from;
-                if spec.paused {
-                    blocked = Some(("Paused", format!("{} but the pair is paused", f.reason)));
-                } else if to.is_none() {
-                    blocked = Some(("NoStandbyAvailable", format!("{}: no member can take over", f.reason)));
-                } else if spec.failover.mode == FailoverMode::Manual && !restart {
-                    blocked = Some((
+                let gate = if peer.is_none() {
+                    Some(("NoStandbyAvailable", format!("{}: no member can take over", f.reason)))
+                } else if spec.failover.mode == FailoverMode::Manual {
+                    Some((
                         "ManualFailover",
                         format!("{}: failover.mode is Manual; request a failover to proceed", f.reason),
-                    ));
-                } else if waited < delay {
-                    plan.recheck = plan.recheck.min(delay - waited);
-                } else if !restart
-                    && automatic_failovers_in_window(spec, &plan.status.history, clock.now)
-                        >= spec.failover.flap_budget.max_automatic_failovers as usize
+                    ))
+                } else if automatic_failovers_in_window(spec, &plan.status.history, clock.now)
+                    >= spec.failover.flap_budget.max_automatic_failovers as usize
                 {
-                    blocked = Some((
+                    Some((
                         "FlapBudgetExhausted",
                         format!(
                             "{}: {} automatic failovers within {}s already; request a failover to proceed",
@@ -184,7 +181,21 @@ pub fn decide(
                             spec.failover.flap_budget.max_automatic_failovers,
                             spec.failover.flap_budget.window_seconds
                         ),
-                    ));
+                    ))
+                } else {
+                    None
+                };
+                let (to, restart) = match (&gate, peer, same) {
+                    (None, Some(p), _) => (Some(p), false),
+                    (_, _, Some(s)) => (Some(s), true),
+                    _ => (None, false),
+                };
+                if spec.paused {
+                    blocked = Some(("Paused", format!("{} but the pair is paused", f.reason)));
+                } else if to.is_none() {
+                    blocked = gate;
+                } else if waited < delay {
+                    plan.recheck = plan.recheck.min(delay - waited);
                 } else if let Some(to) = to {
                     let pod_uid = obs.member(to).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
                     let epoch = lease.epoch + 1;

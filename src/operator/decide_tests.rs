@@ -206,7 +206,7 @@ fn manual_mode_raises_failover_required_and_does_nothing_else() {
     obs.primary.pod.as_mut().unwrap().deleting = true;
     let plan = decide(&spec("failover: {mode: Manual}"), None, &obs, &clock());
     assert_eq!(plan.lease, None);
-    assert_eq!(plan.vip, None);
+    assert_eq!(plan.vip, Some(Member::Primary), "the VIP stays where it was");
     assert_eq!(condition(&plan, "FailoverRequired"), (ConditionStatus::True, "ManualFailover".into()));
     assert!(plan.events.iter().any(|e| e.reason == "FailoverRequired"));
 }
@@ -310,4 +310,27 @@ fn conditions_keep_their_transition_time_while_unchanged() {
 fn heartbeat_settings_that_differ_from_the_lease_are_written_to_it() {
     let plan = decide(&spec("heartbeat: {intervalSeconds: 1}"), None, &enabled(), &clock());
     assert_eq!(plan.lease, Some(LeaseAction::UpdateTimings));
+}
+
+#[test]
+fn a_member_that_released_the_lease_takes_it_back_once_healthy_when_no_failover_is_allowed() {
+    let mut obs = enabled();
+    let l = obs.lease.as_mut().unwrap();
+    l.holder = None;
+    l.released_reason = Some("AppHealthCheckFailed".into());
+    l.released_by = Some(Member::Primary);
+    obs.primary.agent.last.as_mut().unwrap().role = Role::Standby;
+    let plan = decide(&spec("failover: {mode: Manual}"), None, &obs, &clock());
+    match plan.lease {
+        Some(LeaseAction::Takeover { to, transition, .. }) => {
+            assert_eq!(to, Member::Primary);
+            assert_eq!(transition.type_, TransitionType::Bootstrap, "a restart, not a failover");
+        }
+        other => panic!("expected the recovered primary to take the role back, got {other:?}"),
+    }
+    // While its application still fails, nobody takes over in manual mode.
+    obs.primary.agent.last.as_mut().unwrap().app_healthy = Some(false);
+    let plan = decide(&spec("failover: {mode: Manual}"), None, &obs, &clock());
+    assert_eq!(plan.lease, None);
+    assert_eq!(condition(&plan, "FailoverRequired"), (ConditionStatus::True, "ManualFailover".into()));
 }

@@ -24,6 +24,8 @@ pub struct Endpoint {
 #[derive(Default)]
 pub struct PollState {
     pub members: [MemberPoll; 2],
+    /// Complete polling rounds (both agents asked) since the worker started.
+    pub rounds: u64,
 }
 
 #[derive(Default, Clone)]

@@ -103,7 +103,13 @@ async fn round(
         *poller =
             Some(tokio::spawn(poll_loop(ctx.clone(), ns.clone(), name.clone(), poll.clone(), tls, notify.clone())));
     }
+    // Decide nothing before both agents have been asked at least once: a
+    // fresh worker (or a new leader) must not act on half a picture.
+    let polled = poll.lock().unwrap_or_else(|p| p.into_inner()).rounds > 0;
     let obs = gather(ctx, pair, poll, mem);
+    if !polled && obs.member(Member::Primary).pod.is_some() && obs.member(Member::Secondary).pod.is_some() {
+        return Ok(Duration::from_millis(200));
+    }
     let holder = obs.lease.as_ref().and_then(|l| l.holder.as_ref().map(|(m, _)| *m));
     act::ensure_members(ctx, pair, &obs, holder).await?;
     let clock = Clock { pair: name.clone(), now: chrono::Utc::now(), generation: pair.metadata.generation };
@@ -211,6 +217,14 @@ async fn poll_loop(
             .map(|(m, server_name)| poll_member(&poll, *m, tls.clone(), server_name.clone(), timeout, &notify));
         let start = Instant::now();
         futures::future::join_all(polls).await;
+        let first = {
+            let mut p = poll.lock().unwrap_or_else(|p| p.into_inner());
+            p.rounds += 1;
+            p.rounds == 1
+        };
+        if first {
+            notify.notify_one();
+        }
         tokio::time::sleep(tick.saturating_sub(start.elapsed())).await;
     }
 }

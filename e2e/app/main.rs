@@ -1,0 +1,107 @@
+//! The e2e test application: an HTTP service that accepts writes only while
+//! its role file says `active`, as a real application behind hapair should.
+//!
+//! - `POST /write?key=K&value=V`: stores the pair (appending to
+//!   `<data>/writes.log` with fsync when `--data-dir` is set); 200 with the
+//!   epoch it was accepted at, 503 when not active.
+//! - `GET /read?key=K`: the stored value, 404 when unknown.
+//! - `GET /healthz`: 200.
+//! - `GET /role`: the role and epoch it sees.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+struct App {
+    run_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+    store: Mutex<HashMap<String, String>>,
+}
+
+fn role(app: &App) -> (String, i64) {
+    let read = |f: &str| std::fs::read_to_string(app.run_dir.join(f)).unwrap_or_default().trim().to_string();
+    (read("role"), read("epoch").parse().unwrap_or(0))
+}
+
+fn query(req: &Request<hyper::body::Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(&format!("{key}="))).map(str::to_string)
+}
+
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+fn handle(app: &App, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/healthz" => reply(StatusCode::OK, "ok".into()),
+        "/role" => {
+            let (r, e) = role(app);
+            reply(StatusCode::OK, format!("{r} {e}"))
+        }
+        "/write" => {
+            let (r, epoch) = role(app);
+            if r != "active" {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, format!("role={r}"));
+            }
+            let (Some(k), Some(v)) = (query(&req, "key"), query(&req, "value")) else {
+                return reply(StatusCode::BAD_REQUEST, "key and value required".into());
+            };
+            if let Some(dir) = &app.data_dir {
+                let line = format!("{epoch} {k} {v}\n");
+                let ok = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("writes.log"))
+                    .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|_| f.sync_data()));
+                if let Err(e) = ok {
+                    return reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                }
+            }
+            app.store.lock().unwrap().insert(k, v);
+            reply(StatusCode::OK, format!("epoch={epoch}"))
+        }
+        "/read" => match query(&req, "key").and_then(|k| app.store.lock().unwrap().get(&k).cloned()) {
+            Some(v) => reply(StatusCode::OK, v),
+            None => reply(StatusCode::NOT_FOUND, String::new()),
+        },
+        _ => reply(StatusCode::NOT_FOUND, String::new()),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut listen = "127.0.0.1:8080".to_string();
+    let mut run_dir = PathBuf::from("/var/run/hapair");
+    let mut data_dir = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => listen = args.next().expect("--listen ADDR"),
+            "--run-dir" => run_dir = args.next().expect("--run-dir DIR").into(),
+            "--data-dir" => data_dir = Some(PathBuf::from(args.next().expect("--data-dir DIR"))),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let app = Arc::new(App { run_dir, data_dir, store: Mutex::default() });
+    let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&app, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+        });
+    }
+}

@@ -1,0 +1,240 @@
+//! Failover scenarios on the real control plane with members as processes.
+//! A checker samples every scenario for breaches of the safety invariants.
+
+mod common;
+#[path = "../harness/mod.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use hapair::api::{ConditionStatus, HighAvailabilityPair, Member, MemberState, Mode, TransitionType};
+use harness::{Harness, Kill, test_pair};
+use serde_json::json;
+
+const BOOT: Duration = Duration::from_secs(60);
+const FAILOVER: Duration = Duration::from_secs(30);
+
+fn active(p: &HighAvailabilityPair) -> Option<Member> {
+    p.status.as_ref().and_then(|s| s.active_member)
+}
+
+fn epoch(p: &HighAvailabilityPair) -> i64 {
+    p.status.as_ref().map_or(0, |s| s.epoch)
+}
+
+fn condition(p: &HighAvailabilityPair, t: &str) -> Option<(ConditionStatus, String)> {
+    p.status.as_ref()?.conditions.iter().find(|c| c.type_ == t).map(|c| (c.status, c.reason.clone()))
+}
+
+async fn up(name: &str, interval: i32, extra: serde_json::Value) -> Harness {
+    let h = Harness::new(name).await;
+    h.apply(&test_pair("web", interval, extra)).await;
+    h.wait_enabled("web", BOOT).await;
+    h.wait_vip_writable("web").await;
+    h
+}
+
+impl Harness {
+    async fn wait_vip_writable(&self, name: &str) {
+        let start = Instant::now();
+        while !matches!(self.vip(name, "/write?key=probe&value=1").await, Ok((200, _))) {
+            assert!(start.elapsed() < Duration::from_secs(20), "no write through the VIP");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_active(&self, member: Member, min_epoch: i64) -> HighAvailabilityPair {
+        self.wait_for("web", &format!("{member} active at epoch >= {min_epoch}"), FAILOVER, |p| {
+            active(p) == Some(member) && epoch(p) >= min_epoch
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_bootstraps_to_enabled_with_the_primary_active_behind_the_vip() {
+    let h = up("boot", 1, json!({})).await;
+    let checker = h.checker("web").await;
+    let s = h.pair("web").await.status.unwrap();
+    assert_eq!(s.active_member, Some(Member::Primary));
+    assert_eq!(s.standby_member, Some(Member::Secondary));
+    assert_eq!(s.epoch, 1);
+    assert_eq!(s.history[0].type_, TransitionType::Bootstrap);
+    let states: Vec<_> = s.members.iter().map(|m| m.state).collect();
+    assert_eq!(states, [MemberState::PrimaryActive, MemberState::SecondarySyncing]);
+    let (code, body) = h.vip("web", "/write?key=a&value=1").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "epoch=1"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_active_application_fails_over_at_once_and_the_old_active_returns_as_standby() {
+    let h = up("kill-app", 1, json!({})).await;
+    let checker = h.checker("web").await;
+    let writer = h.writer("web");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.kill("web", Member::Primary, Kill::App);
+    let p = h.wait_active(Member::Secondary, 2).await;
+    let t = p.status.unwrap().last_transition.unwrap();
+    assert_eq!(t.type_, TransitionType::Failover);
+    assert!(
+        ["ContainerTerminated", "AppHealthCheckFailed", "LeaseReleased"].contains(&t.reason.as_str()),
+        "a confirmed failure, got {}",
+        t.reason
+    );
+    // The old active's application restarts and it rejoins as standby.
+    let p = h
+        .wait_for("web", "primary back as standby", FAILOVER, |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.mode == Some(Mode::Enabled)
+                    && s.members
+                        .iter()
+                        .any(|m| m.name == Member::Primary && m.state == MemberState::PrimaryPreparingForFailback)
+            })
+        })
+        .await;
+    assert_eq!(active(&p), Some(Member::Secondary));
+    let log = writer.stop().await;
+    assert!(log.acknowledged.iter().any(|(_, e)| *e == 2), "writes continue at epoch 2");
+    eprintln!("confirmed failure: client-visible outage {:?}", log.longest_outage);
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_active_is_failed_over_only_after_its_lease_runs_out() {
+    let h = up("kill-node", 1, json!({})).await;
+    let checker = h.checker("web").await;
+    let killed = Instant::now();
+    h.kill("web", Member::Primary, Kill::Node);
+    let p = h.wait_active(Member::Secondary, 2).await;
+    let waited = killed.elapsed();
+    let t = p.status.unwrap().last_transition.unwrap();
+    assert_eq!(t.reason, "LeaseExpired");
+    // Lease of 3 s: the old active fences at 2 s; nobody is promoted before.
+    assert!(waited >= Duration::from_secs(2), "promoted after {waited:?}, before the old active could fence");
+    h.wait_vip_writable("web").await;
+    eprintln!("unconfirmed failure: promoted {waited:?} after the kill");
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_active_pod_fails_over_and_the_pod_is_recreated_as_standby() {
+    let h = up("delete-pod", 1, json!({})).await;
+    let checker = h.checker("web").await;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
+    let old_uid = pods.get("web-primary").await.unwrap().metadata.uid;
+    pods.delete("web-primary", &Default::default()).await.unwrap();
+    h.wait_active(Member::Secondary, 2).await;
+    let p = h.wait_enabled("web", FAILOVER).await;
+    assert_eq!(active(&p), Some(Member::Secondary));
+    assert_ne!(pods.get("web-primary").await.unwrap().metadata.uid, old_uid, "a new primary pod");
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_cut_off_from_the_api_server_fences_before_the_standby_is_promoted() {
+    let h = up("partition", 1, json!({})).await;
+    let checker = h.checker("web").await;
+    h.partition("web", Member::Primary, true);
+    h.wait_active(Member::Secondary, 2).await;
+    h.wait_vip_writable("web").await;
+    assert_eq!(checker.both_active_samples(), 0, "the old active served while the new one was promoted");
+    // Healed, the old active sees it lost the Lease and stays standby.
+    h.partition("web", Member::Primary, false);
+    let p = h.wait_enabled("web", FAILOVER).await;
+    assert_eq!(active(&p), Some(Member::Secondary));
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_mode_raises_failover_required_and_does_not_fail_over() {
+    let h = up("manual", 1, json!({"spec": {"failover": {"mode": "Manual"}}})).await;
+    let checker = h.checker("web").await;
+    h.kill("web", Member::Primary, Kill::Node);
+    let p = h
+        .wait_for("web", "FailoverRequired", FAILOVER, |p| {
+            condition(p, "FailoverRequired").is_some_and(|c| c.0 == ConditionStatus::True)
+        })
+        .await;
+    assert_eq!(condition(&p, "FailoverRequired").unwrap().1, "ManualFailover");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = h.pair("web").await;
+    assert_eq!((active(&p), epoch(&p)), (Some(Member::Primary), 1), "no failover in manual mode");
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flap_budget_stops_the_third_automatic_failover() {
+    let budget = json!({"spec": {"failover": {"flapBudget": {"maxAutomaticFailovers": 2, "windowSeconds": 600}}}});
+    let h = up("flap", 1, budget).await;
+    let checker = h.checker("web").await;
+    for (victim, next, e) in [(Member::Primary, Member::Secondary, 2), (Member::Secondary, Member::Primary, 3)] {
+        h.kill("web", victim, Kill::App);
+        h.wait_active(next, e).await;
+        h.wait_enabled("web", FAILOVER).await;
+    }
+    h.kill("web", Member::Primary, Kill::App);
+    let p = h
+        .wait_for("web", "flap budget exhausted", FAILOVER, |p| {
+            condition(p, "FailoverRequired").is_some_and(|c| c == (ConditionStatus::True, "FlapBudgetExhausted".into()))
+        })
+        .await;
+    assert_eq!(epoch(&p), 3, "no third failover");
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_between_the_lease_move_and_the_selector_move_converges_without_a_second_failover() {
+    let mut h = Harness::new_with("restart", &[("HAPAIR_FAULT_EXIT_AFTER_LEASE_CAS", "1")]).await;
+    h.apply(&test_pair("web", 1, json!({}))).await;
+    h.wait_enabled("web", BOOT).await;
+    h.wait_vip_writable("web").await;
+    // The VIP may lag the Lease while no operator runs: a leader lease (4 s) and a reconcile.
+    let checker = h.checker_with_grace("web", Duration::from_secs(8)).await;
+    h.kill("web", Member::Primary, Kill::App);
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(h.client.clone(), &h.ns.name);
+    let start = Instant::now();
+    loop {
+        let l = leases.get("web").await.unwrap().spec.unwrap();
+        if l.lease_transitions == Some(2) {
+            assert!(l.holder_identity.unwrap().starts_with("secondary/"));
+            break;
+        }
+        assert!(start.elapsed() < FAILOVER, "the lease never moved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
+    let selector = services.get("web").await.unwrap().spec.unwrap().selector.unwrap();
+    assert_eq!(selector["hapair.dev/member"], "primary", "the operator died before moving the selector");
+    h.start_operator();
+    h.wait_active(Member::Secondary, 2).await;
+    h.wait_vip_writable("web").await;
+    let p = h
+        .wait_for("web", "status settled", FAILOVER, |p| {
+            p.status.as_ref().is_some_and(|s| s.mode == Some(Mode::Enabled))
+        })
+        .await;
+    assert_eq!(epoch(&p), 2, "no second failover");
+    let s = h.pair("web").await.status.unwrap();
+    assert_eq!(s.epoch, 2);
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_operator_leader_dies_the_other_replica_takes_over() {
+    let mut h = Harness::new("leader").await;
+    h.start_operator();
+    h.apply(&test_pair("web", 1, json!({}))).await;
+    h.wait_enabled("web", BOOT).await;
+    h.wait_vip_writable("web").await;
+    let checker = h.checker_with_grace("web", Duration::from_secs(8)).await;
+    let leader = h.leader().await.expect("one replica leads");
+    h.kill_operator(leader).await;
+    h.kill("web", Member::Primary, Kill::App);
+    h.wait_active(Member::Secondary, 2).await;
+    assert_eq!(h.leader().await, Some(1 - leader), "the other replica leads");
+    h.wait_vip_writable("web").await;
+    checker.assert_clean();
+}
