@@ -60,17 +60,31 @@ lint: ## rustfmt check and clippy with warnings as errors.
 
 ##@ Tests
 
+# The fastest e2e scenarios, run by `make test`; `make e2e` runs them all.
+E2E_FAST := bootstraps killing_the_active an_active_cut_off
+
 .PHONY: test
-test: check-generated unit testbed-up integration ## Everything: generated files, unit tests, API tests on the testbed.
+test: check-generated unit testbed-up integration e2e-fast ## Generated files, unit tests, API tests and the fastest e2e scenarios on the testbed.
 
 .PHONY: unit
 unit: ## Unit tests (no cluster).
 	$(CARGO) test --lib --bins
 
+TESTBED_ENV = RUST_BACKTRACE=0 HAPAIR_TESTBED_KUBECONFIG=$(TESTBED_KUBECONFIG) HAPAIR_TESTBED_BIN=$(TESTBED_BIN)
+
 .PHONY: integration
-integration: ## Tests against the running testbed's real API server.
-	RUST_BACKTRACE=0 HAPAIR_TESTBED_KUBECONFIG=$(TESTBED_KUBECONFIG) HAPAIR_TESTBED_BIN=$(TESTBED_BIN) \
-	  $(CARGO) test --test '*' -- --test-threads 4
+integration: ## API tests against the running testbed's real API server.
+	$(TESTBED_ENV) $(CARGO) test --test api_admission -- --test-threads 4
+
+.PHONY: e2e-fast
+e2e-fast: testbed-up
+	$(CARGO) build --examples
+	$(TESTBED_ENV) $(CARGO) test --test failover -- --test-threads 3 $(E2E_FAST)
+
+.PHONY: e2e
+e2e: testbed-up ## Every end-to-end scenario (members run as processes; needs root for network namespaces).
+	$(CARGO) build --examples
+	$(TESTBED_ENV) $(CARGO) test --test failover -- --test-threads 3
 
 ##@ Testbed (real etcd, kube-apiserver, kube-controller-manager on loopback)
 
@@ -89,5 +103,9 @@ testbed-down: ## Stop the testbed and remove its state.
 ##@ Running hapair
 
 .PHONY: demo
-demo: ## Run hapair on a local control plane (arrives with the operator).
-	@echo "make demo: the operator is not built yet; 'make test' exercises the API on the testbed" >&2; exit 1
+demo: ## Run hapair on a local control plane: a pair comes up, its active is killed, the failover is shown.
+	@e2e/demo.sh up
+
+.PHONY: demo-down
+demo-down: ## Stop what `make demo` started (and the testbed).
+	@e2e/demo.sh down
