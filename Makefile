@@ -86,6 +86,14 @@ e2e: testbed-up ## Every end-to-end scenario (members run as processes; needs ro
 	$(CARGO) build --examples
 	$(TESTBED_ENV) $(CARGO) test --test failover -- --test-threads 3
 
+##@ Benchmarks
+
+.PHONY: bench
+bench: testbed-up ## Failover timings (confirmed and unconfirmed, 1 s x 3 and 5 s x 3): prints BENCH lines.
+	$(CARGO) build --release --examples
+	$(TESTBED_ENV) $(CARGO) bench --bench failover 2>target/bench.log | tee target/bench.txt
+	@echo "per-run figures in target/bench.log"
+
 ##@ Testbed (real etcd, kube-apiserver, kube-controller-manager on loopback)
 
 .PHONY: testbed-build

@@ -55,13 +55,18 @@ impl Harness {
 async fn a_pair_bootstraps_to_enabled_with_the_primary_active_behind_the_vip() {
     let h = up("boot", 1, json!({})).await;
     let checker = h.checker("web").await;
-    let s = h.pair("web").await.status.unwrap();
+    // Each agent reports its peer reachable within a heartbeat or two.
+    let states = [MemberState::PrimaryActive, MemberState::SecondarySyncing];
+    let p = h
+        .wait_for("web", "members PrimaryActive and SecondarySyncing", Duration::from_secs(10), |p| {
+            p.status.as_ref().is_some_and(|s| s.members.iter().map(|m| m.state).eq(states))
+        })
+        .await;
+    let s = p.status.unwrap();
     assert_eq!(s.active_member, Some(Member::Primary));
     assert_eq!(s.standby_member, Some(Member::Secondary));
     assert_eq!(s.epoch, 1);
     assert_eq!(s.history[0].type_, TransitionType::Bootstrap);
-    let states: Vec<_> = s.members.iter().map(|m| m.state).collect();
-    assert_eq!(states, [MemberState::PrimaryActive, MemberState::SecondarySyncing]);
     let (code, body) = h.vip("web", "/write?key=a&value=1").await.unwrap();
     assert_eq!((code, body.as_str()), (200, "epoch=1"));
     tokio::time::sleep(Duration::from_secs(2)).await;

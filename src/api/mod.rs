@@ -8,12 +8,14 @@
 mod crd;
 mod operation;
 pub mod reference;
+mod settings;
 mod spec;
 mod status;
 mod timings;
 
 pub use crd::{crd, crd_yaml};
 pub use operation::*;
+pub use settings::*;
 pub use spec::*;
 pub use status::*;
 pub use timings::EffectiveTimings;

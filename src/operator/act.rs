@@ -92,12 +92,9 @@ pub async fn ensure_tls(ctx: &Context, pair: &HighAvailabilityPair) -> Result<Se
 }
 
 /// Owned objects that do not change with failovers: RBAC, claims, pods.
-pub async fn ensure_members(
-    ctx: &Context,
-    pair: &HighAvailabilityPair,
-    obs: &Observed,
-    holder: Option<Member>,
-) -> Result<(), ActError> {
+/// The agent's ServiceAccount, Role and RoleBinding, and the claims. They
+/// change only with the spec, so the worker calls this once per generation.
+pub async fn ensure_supporting(ctx: &Context, pair: &HighAvailabilityPair) -> Result<(), ActError> {
     let ns = pair.namespace().unwrap_or_default();
     let (sa, role, binding) = build::agent_rbac(pair);
     if let Some(sa) = sa {
@@ -112,8 +109,6 @@ pub async fn ensure_members(
     let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ns);
     let cur = bindings.get_opt(&binding.name_any()).await?;
     ensure(&bindings, &binding, cur.as_ref()).await?;
-
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for m in Member::BOTH {
         if let Some(claim) = build::pvc(pair, m) {
             let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
@@ -123,6 +118,21 @@ pub async fn ensure_members(
                     .or_else(|e| if is_conflict(&e) { Ok(claim.clone()) } else { Err(e) })?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Member pods: created when missing, replaced when finished, or when
+/// outdated and not active. Works from the watch cache: no reads.
+pub async fn ensure_members(
+    ctx: &Context,
+    pair: &HighAvailabilityPair,
+    obs: &Observed,
+    holder: Option<Member>,
+) -> Result<(), ActError> {
+    let ns = pair.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for m in Member::BOTH {
         let desired = build::member_pod(pair, m, &ctx.build);
         match &obs.member(m).pod {
             None => {

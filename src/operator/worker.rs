@@ -27,6 +27,10 @@ use crate::tls;
 /// default is the cautious one (a fresh worker waits a full lease duration
 /// before calling a silent active failed).
 struct Memory {
+    /// Generation whose supporting objects (RBAC, claims) were last ensured,
+    /// and when: re-checked on a new generation and every few minutes (they
+    /// are not watched, and someone may delete them).
+    supporting: Option<(Option<i64>, Instant)>,
     lease_rv: Option<String>,
     lease_seen: Instant,
     started: Instant,
@@ -39,7 +43,13 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
         let poll = Arc::new(Mutex::new(PollState::default()));
         let mut poller: Option<tokio::task::JoinHandle<()>> = None;
         let mut client_tls: Option<Arc<rustls::ClientConfig>> = None;
-        let mut mem = Memory { lease_rv: None, lease_seen: Instant::now(), started: Instant::now(), failure: None };
+        let mut mem = Memory {
+            supporting: None,
+            lease_rv: None,
+            lease_seen: Instant::now(),
+            started: Instant::now(),
+            failure: None,
+        };
         while let Some(pair) = ctx.pairs.get(&ObjectRef::new(&name).within(&ns)) {
             if pair.metadata.deletion_timestamp.is_some() {
                 break;
@@ -111,6 +121,12 @@ async fn round(
         return Ok(Duration::from_millis(200));
     }
     let holder = obs.lease.as_ref().and_then(|l| l.holder.as_ref().map(|(m, _)| *m));
+    let fresh =
+        mem.supporting.is_some_and(|(g, t)| g == pair.metadata.generation && t.elapsed() < Duration::from_secs(300));
+    if !fresh {
+        act::ensure_supporting(ctx, pair).await?;
+        mem.supporting = Some((pair.metadata.generation, Instant::now()));
+    }
     act::ensure_members(ctx, pair, &obs, holder).await?;
     let clock = Clock { pair: name.clone(), now: chrono::Utc::now(), generation: pair.metadata.generation };
     let plan = decide(&pair.spec, pair.status.as_ref(), &obs, &clock);

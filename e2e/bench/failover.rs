@@ -1,0 +1,112 @@
+//! `make bench`: failover timings on the real control plane with members as
+//! processes. For heartbeat 1 s × 3 and 5 s × 3, runs confirmed failures
+//! (kill -9 of the active application) and unconfirmed ones (the active's
+//! node lost: agent and application killed, nothing reported) repeatedly and
+//! prints one line per figure: `BENCH <name> <value> <unit>`.
+//!
+//! - detection: from the kill to the Lease move (the commit point);
+//! - lease_to_selector: from the Lease move to the VIP selector write;
+//! - outage: what a client sees, first failed to first successful write
+//!   through the VIP's EndpointSlices.
+//!
+//! `HAPAIR_BENCH_RUNS` sets the runs per series (default 20).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../harness/mod.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use hapair::api::{HighAvailabilityPair, Mode};
+use harness::{Harness, Kill, test_pair};
+use serde_json::json;
+
+#[derive(Default)]
+struct Series {
+    detection: Vec<f64>,
+    lease_to_selector: Vec<f64>,
+    outage: Vec<f64>,
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+async fn wait(h: &Harness, what: &str, f: impl Fn(&HighAvailabilityPair) -> bool) -> HighAvailabilityPair {
+    h.wait_for("web", what, Duration::from_secs(120), f).await
+}
+
+async fn vip_writable(h: &Harness) {
+    let start = Instant::now();
+    while !matches!(h.vip("web", "/write?key=probe&value=1").await, Ok((200, _))) {
+        assert!(start.elapsed() < Duration::from_secs(60), "no write through the VIP");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn series(interval: i32, kind: Kill, runs: usize) -> Series {
+    let label = format!("bench-{interval}s-{}", if kind == Kill::App { "c" } else { "u" });
+    let h = Harness::new(&label).await;
+    h.apply(&test_pair(
+        "web",
+        interval,
+        json!({"spec": {"failover": {"flapBudget": {"maxAutomaticFailovers": 100, "windowSeconds": 60}}}}),
+    ))
+    .await;
+    let mut out = Series::default();
+    for run in 0..runs {
+        let p = wait(&h, "Enabled", |p| p.status.as_ref().is_some_and(|s| s.mode == Some(Mode::Enabled))).await;
+        vip_writable(&h).await;
+        let s = p.status.unwrap();
+        let (victim, epoch) = (s.active_member.unwrap(), s.epoch);
+        let writer = h.writer("web");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed = chrono::Utc::now();
+        h.kill("web", victim, kind);
+        let p = wait(&h, "failover", |p| p.status.as_ref().is_some_and(|s| s.epoch > epoch)).await;
+        vip_writable(&h).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = writer.stop().await;
+        let t = p.status.unwrap().last_transition.unwrap();
+        out.detection.push((t.time - killed).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        out.lease_to_selector.push(t.lease_to_selector_millis.unwrap_or(0) as f64);
+        out.outage.push(log.longest_outage.as_secs_f64() * 1000.0);
+        eprintln!(
+            "{label} run {run}: {victim} killed, detection {:.0} ms, lease->selector {} ms, outage {:.0} ms",
+            out.detection.last().unwrap(),
+            t.lease_to_selector_millis.unwrap_or(0),
+            out.outage.last().unwrap()
+        );
+        if kind == Kill::Node {
+            // The lost node's pod goes away; the operator recreates it as standby.
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
+            let dp = kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+            let _ = pods.delete(&victim.pod_name("web"), &dp).await;
+        }
+    }
+    out
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let runs: usize = std::env::var("HAPAIR_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    for interval in [1, 5] {
+        for (kind, name) in [(Kill::App, "confirmed"), (Kill::Node, "unconfirmed")] {
+            let s = series(interval, kind, runs).await;
+            for (metric, v) in
+                [("detection", &s.detection), ("lease_to_selector", &s.lease_to_selector), ("outage", &s.outage)]
+            {
+                for (stat, p) in [("median", 50.0), ("p99", 99.0)] {
+                    println!("BENCH failover_{name}_{interval}sx3_{metric}_{stat} {:.0} ms", pct(v, p));
+                }
+            }
+        }
+    }
+}
