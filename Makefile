@@ -84,7 +84,7 @@ e2e-fast: testbed-up
 .PHONY: e2e
 e2e: testbed-up ## Every end-to-end scenario (members run as processes; needs root for network namespaces).
 	$(CARGO) build --examples
-	$(TESTBED_ENV) $(CARGO) test --test failover -- --test-threads 3
+	$(TESTBED_ENV) $(CARGO) test --test failover --test operations -- --test-threads 3
 
 ##@ Benchmarks
 

@@ -52,6 +52,10 @@ pub struct AgentStatus {
     pub lease_renew_failures: u64,
     /// Why the agent released the Lease, if it did.
     pub released: Option<String>,
+    /// Holding the Lease but no longer serving: a planned handover is under
+    /// way and the application has stopped taking writes.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[cfg(test)]

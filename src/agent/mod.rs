@@ -90,6 +90,8 @@ pub(crate) struct State {
     pub renew_failures: u64,
     pub peer: Option<SocketAddr>,
     pub peer_reachable: Option<bool>,
+    /// Set while handing over: role standby, Lease still held and renewed.
+    pub draining_since: Option<Instant>,
 }
 
 impl State {
@@ -147,7 +149,22 @@ impl Agent {
             sync_generation: 0,
             lease_renew_failures: s.renew_failures,
             released: s.released.clone(),
+            draining: s.draining_since.is_some(),
         }
+    }
+
+    /// Stops serving for a planned handover: the application sees `standby`
+    /// (no more writes) while the agent keeps the Lease until the operator
+    /// moves it. Only at the epoch the caller names.
+    pub fn drain(&self, epoch: i64) -> bool {
+        let mut s = self.lock();
+        if s.role != Role::Active || s.epoch != epoch {
+            return s.draining_since.is_some() && s.epoch == epoch;
+        }
+        self.set_role(&mut s, Role::Standby, epoch);
+        s.draining_since = Some(Instant::now());
+        info!(epoch, "draining for a handover: stopped serving, still holding the lease");
+        true
     }
 }
 
@@ -177,6 +194,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             renew_failures: 0,
             peer: None,
             peer_reachable: None,
+            draining_since: None,
         }),
         files,
         wake: Notify::new(),
@@ -209,13 +227,33 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
     let name = agent.config.pair.clone();
     loop {
-        let (role, epoch, interval, missed, healthy) = {
+        let (role, epoch, interval, missed, healthy, draining) = {
             let s = agent.lock();
-            (s.role, s.epoch, s.interval_seconds, s.missed_threshold, s.app_healthy())
+            (s.role, s.epoch, s.interval_seconds, s.missed_threshold, s.app_healthy(), s.draining_since)
         };
         let tick = Duration::from_secs(interval as u64);
         let duration = interval * missed;
-        if role == Role::Active {
+        if let Some(since) = draining {
+            // Keep the Lease until the operator moves it; if it never does,
+            // serve again rather than leave the pair without an active member.
+            match tokio::time::timeout(tick, lease::renew(&api, &name, &agent.identity, epoch, duration)).await {
+                Ok(Ok(view)) => {
+                    renewed(&agent, view);
+                    if since.elapsed() >= Duration::from_secs(2 * duration as u64) {
+                        warn!(epoch, "handover did not happen: serving again");
+                        let mut s = agent.lock();
+                        s.draining_since = None;
+                        agent.set_role(&mut s, Role::Active, epoch);
+                    }
+                }
+                Ok(Err(lease::LeaseError::Lost(_))) => {
+                    info!(epoch, "lease moved: handover complete");
+                    agent.lock().draining_since = None;
+                }
+                Ok(Err(lease::LeaseError::Unreachable(why))) => renew_failed(&agent, &why),
+                Err(_) => renew_failed(&agent, "timed out"),
+            }
+        } else if role == Role::Active {
             if healthy == Some(false) {
                 release(&agent, &api, &name, epoch).await;
             } else {
@@ -315,12 +353,13 @@ async fn watchdog(agent: Arc<Agent>) {
     loop {
         tick.tick().await;
         let mut s = agent.lock();
-        if s.role != Role::Active {
+        if s.role != Role::Active && s.draining_since.is_none() {
             continue;
         }
         let overdue = s.last_renew.is_none_or(|t| t.elapsed() >= s.fence_after());
         if overdue {
             let epoch = s.epoch;
+            s.draining_since = None;
             warn!(epoch, "no lease renewal within the deadline: fencing");
             agent.set_role(&mut s, Role::Fenced, epoch);
             agent.metrics.fenced_total.inc();

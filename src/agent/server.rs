@@ -3,7 +3,9 @@
 //! - mTLS port (clients need a certificate from the pair's CA):
 //!   `GET /v1/status[?peer=IP:PORT]` (the operator passes the peer's address,
 //!   which the agent then heartbeats), `POST /v1/wake` (re-read the Lease now,
-//!   sent by the operator right after it moves the Lease), `GET /v1/ping`.
+//!   sent by the operator right after it moves the Lease), `POST
+//!   /v1/drain?epoch=N` (stop serving but keep the Lease, for a planned
+//!   handover), `GET /v1/ping`.
 //! - plain probe port: `/healthz`, `/readyz`, `/metrics`, and `GET /v1/role`
 //!   for loopback clients only (the application in the same pod).
 
@@ -52,6 +54,11 @@ pub async fn start(
                     reply(StatusCode::ACCEPTED, "")
                 }
                 (&Method::GET, "/v1/ping") => reply(StatusCode::OK, "pong"),
+                (&Method::POST, "/v1/drain") => match query_epoch(req.uri().query()) {
+                    Some(epoch) if agent.drain(epoch) => json_reply(&agent.status()),
+                    Some(_) => reply(StatusCode::CONFLICT, "not active at that epoch"),
+                    None => reply(StatusCode::BAD_REQUEST, "epoch=N required"),
+                },
                 _ => reply(StatusCode::NOT_FOUND, "not found"),
             }
         }
@@ -90,6 +97,11 @@ pub async fn start(
 /// `peer=IP:PORT` from a query string; anything else is ignored.
 fn query_peer(query: Option<&str>) -> Option<SocketAddr> {
     query?.split('&').find_map(|kv| kv.strip_prefix("peer=")).and_then(|v| v.parse().ok())
+}
+
+/// `epoch=N` from a query string.
+fn query_epoch(query: Option<&str>) -> Option<i64> {
+    query?.split('&').find_map(|kv| kv.strip_prefix("epoch=")).and_then(|v| v.parse().ok())
 }
 
 /// Heartbeats the peer every interval and records whether it answers.

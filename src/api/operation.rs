@@ -168,6 +168,13 @@ pub struct OperationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub message: Option<String>,
+    /// Member the operation makes active, once chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Member>,
+    /// Epoch when the operation was accepted; a Lease move past it is the
+    /// operation's commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_epoch: Option<i64>,
     /// When the operator accepted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<DateTime<Utc>>,

@@ -14,9 +14,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::observe::{MemberObs, Observed};
+use super::operations::{self, Step};
 use super::status::{self, Usable};
 use crate::api::{
-    FailoverMode, HighAvailabilityPairSpec, HighAvailabilityPairStatus, Member, Transition, TransitionType,
+    FailbackMode, FailoverMode, HighAvailabilityPairSpec, HighAvailabilityPairStatus, Member, Transition,
+    TransitionType,
 };
 
 /// A change to the leader Lease: the commit point of every role change.
@@ -41,6 +43,8 @@ pub struct PlanEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub lease: Option<LeaseAction>,
+    /// Ask this member's agent to drain at this epoch (planned handover).
+    pub drain: Option<(Member, i64)>,
     /// Member the VIP Service should select once the Lease action is done.
     pub vip: Option<Member>,
     pub standby: Option<Member>,
@@ -122,6 +126,7 @@ pub fn decide(
     let interval = Duration::from_secs(spec.heartbeat.interval_seconds as u64);
     let mut plan = Plan {
         lease: None,
+        drain: None,
         vip: None,
         standby: None,
         status: current.cloned().unwrap_or_default(),
@@ -145,7 +150,52 @@ pub fn decide(
             // The VIP stays with the holder until the Lease moves: nothing changes
             // without a takeover (manual mode "does nothing else").
             plan.vip = holder;
-            if let Some(f) = &failure {
+            let step = match operations::step(spec, &mut plan.status, obs, clock.now) {
+                Step::Idle => automatic_failback(spec, obs, holder, failure.is_some(), lease.epoch),
+                s => s,
+            };
+            match step {
+                Step::Takeover { to, type_, force, id, reason } => {
+                    let pod_uid = obs.member(to).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
+                    let epoch = lease.epoch + 1;
+                    let transition = Transition {
+                        type_,
+                        from: holder.or(lease.released_by),
+                        to: Some(to),
+                        epoch,
+                        message: Some(if force {
+                            format!(
+                                "forced {type_:?} to {to}: the standby's state was not checked, data may be missing"
+                            )
+                        } else {
+                            format!("{type_:?} to {to}")
+                        }),
+                        reason,
+                        time: clock.now,
+                        detection_millis: None,
+                        lease_to_selector_millis: None,
+                        data_loss_possible: force,
+                        operation_id: Some(id).filter(|i| !i.is_empty()),
+                    };
+                    plan.lease = Some(LeaseAction::Takeover {
+                        to,
+                        pod_uid,
+                        expected_rv: lease.resource_version.clone(),
+                        epoch,
+                        transition,
+                    });
+                    plan.vip = Some(to);
+                }
+                Step::Drain { member, epoch } => {
+                    plan.drain = Some((member, epoch));
+                    plan.recheck = plan.recheck.min(Duration::from_millis(200));
+                }
+                Step::Wait => plan.recheck = plan.recheck.min(Duration::from_millis(200)),
+                Step::Idle => {}
+            }
+            if plan.lease.is_some() {
+                // An operation is moving the Lease; nothing automatic this round.
+            } else if let Some(f) = &failure {
                 plan.failure = Some(f.reason.to_string());
                 let from = holder;
                 // The peer takes over; if the holder's own pod was replaced and the
@@ -249,6 +299,36 @@ pub fn decide(
     plan.standby = active.map(Member::peer).filter(|s| can_take_over(obs.member(*s), missed));
     status::compute(spec, obs, &mut plan, active, blocked, clock);
     plan
+}
+
+/// `failback.mode: Automatic`: once the primary has served as a healthy,
+/// reachable standby for `failback.delaySeconds` (hysteresis against a
+/// flapping primary), hand the active role back to it.
+fn automatic_failback(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    holder: Option<Member>,
+    failing: bool,
+    epoch: i64,
+) -> Step {
+    let delay = Duration::from_secs(spec.failback.delay_seconds as u64);
+    let stable = obs.primary_usable_for.is_some_and(|d| d >= delay);
+    if spec.failback.mode != FailbackMode::Automatic
+        || spec.paused
+        || failing
+        || holder != Some(Member::Secondary)
+        || !stable
+    {
+        return Step::Idle;
+    }
+    let takeover = Step::Takeover {
+        to: Member::Primary,
+        type_: TransitionType::Failback,
+        force: false,
+        id: String::new(),
+        reason: "AutomaticFailback".into(),
+    };
+    operations::handover(obs, Member::Primary, epoch, holder, takeover)
 }
 
 fn bootstrap(spec: &HighAvailabilityPairSpec, obs: &Observed, plan: &mut Plan) {

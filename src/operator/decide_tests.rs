@@ -36,6 +36,7 @@ fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs {
                 sync_generation: 0,
                 lease_renew_failures: 0,
                 released: None,
+                draining: false,
             }),
             missed: 0,
             since_answer: Some(Duration::ZERO),
@@ -333,4 +334,151 @@ fn a_member_that_released_the_lease_takes_it_back_once_healthy_when_no_failover_
     let plan = decide(&spec("failover: {mode: Manual}"), None, &obs, &clock());
     assert_eq!(plan.lease, None);
     assert_eq!(condition(&plan, "FailoverRequired"), (ConditionStatus::True, "ManualFailover".into()));
+}
+
+// ---- operations -------------------------------------------------------------
+
+use crate::api::{OperationKind, OperationPhase};
+
+fn with_op(extra: &str, op: &str) -> HighAvailabilityPairSpec {
+    spec(&format!("{extra}\noperation: {op}"))
+}
+
+fn op_status(plan: &Plan) -> &crate::api::OperationStatus {
+    plan.status.operations.first().expect("the request is acknowledged")
+}
+
+#[test]
+fn a_switchover_drains_the_active_then_moves_the_lease_then_succeeds() {
+    let s = with_op("", "{id: sw-1, switchover: {}}");
+    let obs = enabled();
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!(plan.drain, Some((Member::Primary, 1)), "the active drains first");
+    assert_eq!(plan.lease, None);
+    let op = op_status(&plan);
+    assert_eq!(
+        (op.kind, op.phase, op.target),
+        (OperationKind::Switchover, OperationPhase::Running, Some(Member::Secondary))
+    );
+
+    let mut drained = obs.clone();
+    drained.primary.agent.last.as_mut().unwrap().draining = true;
+    drained.primary.agent.last.as_mut().unwrap().role = Role::Standby;
+    let plan = decide(&s, Some(&plan.status), &drained, &clock());
+    match &plan.lease {
+        Some(LeaseAction::Takeover { to, epoch, transition, .. }) => {
+            assert_eq!((*to, *epoch), (Member::Secondary, 2));
+            assert_eq!(transition.type_, TransitionType::Switchover);
+            assert_eq!(transition.operation_id.as_deref(), Some("sw-1"));
+            assert!(!transition.data_loss_possible);
+        }
+        other => panic!("expected the lease to move, got {other:?}"),
+    }
+
+    let mut moved = enabled();
+    moved.primary = member(Member::Primary, Role::Standby, Some(true));
+    moved.secondary = member(Member::Secondary, Role::Active, Some(true));
+    moved.secondary.agent.last.as_mut().unwrap().epoch = 2;
+    moved.lease = Some(lease(Member::Secondary, 2, Duration::ZERO));
+    let done = decide(&s, Some(&plan.status), &moved, &clock());
+    assert_eq!(op_status(&done).phase, OperationPhase::Succeeded);
+    assert_eq!(done.lease, None);
+}
+
+#[test]
+fn a_switchover_to_a_standby_that_cannot_serve_is_refused_with_the_reason() {
+    let mut obs = enabled();
+    obs.secondary.agent.last.as_mut().unwrap().app_healthy = Some(false);
+    let plan = decide(&with_op("", "{id: sw-1, switchover: {}}"), None, &obs, &clock());
+    let op = op_status(&plan);
+    assert_eq!((op.phase, op.reason.as_deref()), (OperationPhase::Refused, Some("StandbyNotHealthy")));
+    assert_eq!((plan.lease, plan.drain), (None, None));
+}
+
+#[test]
+fn a_failback_to_an_active_primary_is_refused() {
+    let plan = decide(&with_op("", "{id: fb-1, failback: {}}"), None, &enabled(), &clock());
+    assert_eq!(op_status(&plan).reason.as_deref(), Some("AlreadyOnPrimary"));
+    assert_eq!(op_status(&plan).phase, OperationPhase::Refused);
+}
+
+#[test]
+fn a_failover_request_acts_on_failover_required_in_manual_mode_outside_the_flap_budget() {
+    let mut obs = enabled();
+    obs.primary.pod.as_mut().unwrap().deleting = true;
+    let plan = decide(&with_op("failover: {mode: Manual}", "{id: fo-1, failover: {}}"), None, &obs, &clock());
+    match plan.lease {
+        Some(LeaseAction::Takeover { to, transition, .. }) => {
+            assert_eq!(to, Member::Secondary);
+            assert_eq!(transition.operation_id.as_deref(), Some("fo-1"), "requested failovers are not automatic");
+        }
+        other => panic!("expected the requested failover, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_forced_failover_moves_to_a_failing_standby_and_says_data_may_be_missing() {
+    let mut obs = enabled();
+    obs.secondary.agent.last.as_mut().unwrap().app_healthy = Some(false);
+    let plan = decide(&with_op("", "{id: fo-1, failover: {force: true}}"), None, &obs, &clock());
+    match plan.lease {
+        Some(LeaseAction::Takeover { to, transition, .. }) => {
+            assert_eq!(to, Member::Secondary);
+            assert!(transition.data_loss_possible);
+        }
+        other => panic!("expected the forced failover, got {other:?}"),
+    }
+    let plan = decide(&with_op("", "{id: fo-2, failover: {}}"), None, &obs, &clock());
+    assert_eq!(op_status(&plan).phase, OperationPhase::Refused, "unforced, the standby's health counts");
+}
+
+#[test]
+fn go_standby_of_a_standby_needs_nothing_and_of_the_active_hands_over() {
+    let plan = decide(&with_op("", "{id: gs-1, goStandby: {member: secondary}}"), None, &enabled(), &clock());
+    assert_eq!(
+        (op_status(&plan).phase, op_status(&plan).reason.as_deref()),
+        (OperationPhase::Succeeded, Some("AlreadyStandby"))
+    );
+    let plan = decide(&with_op("", "{id: gs-2, goStandby: {member: primary}}"), None, &enabled(), &clock());
+    assert_eq!(plan.drain, Some((Member::Primary, 1)));
+}
+
+#[test]
+fn requests_that_cannot_be_honoured_are_refused_never_ignored() {
+    for (op, reason) in [
+        ("{id: r-1, resync: {dryRun: true}}", "NotAvailable"),
+        ("{id: r-2, resolveSplitBrain: {keep: primary}}", "NotAvailable"),
+    ] {
+        let plan = decide(&with_op("", op), None, &enabled(), &clock());
+        assert_eq!(
+            (op_status(&plan).phase, op_status(&plan).reason.as_deref()),
+            (OperationPhase::Refused, Some(reason))
+        );
+    }
+    let plan = decide(&with_op("paused: true", "{id: sw-1, switchover: {}}"), None, &enabled(), &clock());
+    assert_eq!(op_status(&plan).reason.as_deref(), Some("Paused"));
+}
+
+#[test]
+fn a_finished_request_is_not_performed_again() {
+    let s = with_op("", "{id: sw-1, switchover: {}}");
+    let first = decide(&s, None, &enabled(), &clock());
+    let mut status = first.status.clone();
+    status.operations[0].phase = OperationPhase::Succeeded;
+    let again = decide(&s, Some(&status), &enabled(), &clock());
+    assert_eq!((again.lease, again.drain), (None, None));
+}
+
+#[test]
+fn automatic_failback_waits_for_the_primary_to_be_stable() {
+    let s = spec("failback: {mode: Automatic, delaySeconds: 30}");
+    let mut obs = enabled();
+    obs.primary = member(Member::Primary, Role::Standby, Some(true));
+    obs.secondary = member(Member::Secondary, Role::Active, Some(true));
+    obs.lease = Some(lease(Member::Secondary, 2, Duration::ZERO));
+    obs.primary_usable_for = Some(Duration::from_secs(29));
+    assert_eq!(decide(&s, None, &obs, &clock()).drain, None, "hysteresis");
+    obs.primary_usable_for = Some(Duration::from_secs(30));
+    assert_eq!(decide(&s, None, &obs, &clock()).drain, Some((Member::Secondary, 2)));
+    assert_eq!(decide(&spec(""), None, &obs, &clock()).drain, None, "manual failback waits for a request");
 }

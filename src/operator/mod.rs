@@ -12,6 +12,7 @@ pub mod build;
 pub mod decide;
 mod leader;
 pub mod observe;
+pub mod operations;
 mod poller;
 pub mod status;
 mod worker;

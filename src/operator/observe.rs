@@ -121,6 +121,9 @@ pub struct Observed {
     pub without_lease_for: Duration,
     /// How long the current failure of the active member has been seen.
     pub failure_for: Option<Duration>,
+    /// How long the primary has been continuously able to serve (for the
+    /// automatic failback's hysteresis).
+    pub primary_usable_for: Option<Duration>,
 }
 
 impl Observed {

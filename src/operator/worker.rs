@@ -35,6 +35,8 @@ struct Memory {
     lease_seen: Instant,
     started: Instant,
     failure: Option<(String, Instant)>,
+    /// Since when the primary has been able to serve without a break.
+    primary_usable_since: Option<Instant>,
 }
 
 pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify>) {
@@ -49,6 +51,7 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
             lease_seen: Instant::now(),
             started: Instant::now(),
             failure: None,
+            primary_usable_since: None,
         };
         while let Some(pair) = ctx.pairs.get(&ObjectRef::new(&name).within(&ns)) {
             if pair.metadata.deletion_timestamp.is_some() {
@@ -136,11 +139,14 @@ async fn round(
         (None, _) => None,
     };
     let recheck = plan.recheck;
+    if let Some((member, epoch)) = plan.drain {
+        drain_agent(pair, &obs, member, epoch, client_tls.clone()).await;
+    }
     let failure_started = mem.failure.as_ref().map(|(_, t)| *t);
     let outcome = act::apply_plan(ctx, pair, &obs, plan, failure_started).await?;
     if let Some(m) = outcome.promoted {
         mem.failure = None;
-        wake_agent(ctx, pair, &obs, m, client_tls.clone());
+        wake_agent(pair, &obs, m, client_tls.clone());
     }
     Ok(if outcome.conflict { Duration::from_millis(20) } else { recheck })
 }
@@ -205,6 +211,13 @@ fn gather(ctx: &Context, pair: &HighAvailabilityPair, poll: &Mutex<PollState>, m
         obs.standby_member = selected_member(&sb);
     }
     obs.failure_for = mem.failure.as_ref().map(|(_, t)| t.elapsed());
+    let missed = pair.spec.heartbeat.missed_threshold as u32;
+    if super::status::usable(obs.member(Member::Primary), missed) == super::status::Usable::Yes {
+        mem.primary_usable_since.get_or_insert_with(Instant::now);
+    } else {
+        mem.primary_usable_since = None;
+    }
+    obs.primary_usable_for = mem.primary_usable_since.map(|t| t.elapsed());
     obs
 }
 
@@ -248,23 +261,46 @@ async fn poll_loop(
 /// Tells the new holder's agent to re-read the Lease now instead of at its
 /// next tick, so it promotes without waiting an interval.
 fn wake_agent(
-    ctx: &Context,
     pair: &HighAvailabilityPair,
     obs: &Observed,
     member: Member,
     client_tls: Option<Arc<rustls::ClientConfig>>,
 ) {
-    let (Some(tls), Some(ip)) = (client_tls, obs.member(member).pod.as_ref().and_then(|p| p.ip.clone())) else {
-        return;
-    };
-    let ns = pair.namespace().unwrap_or_default();
-    let Ok(addr) = ip.parse::<std::net::IpAddr>() else { return };
-    let Ok(server_name) = tls::server_name(&tls::member_server_name(member, &pair.name_any(), &ns)) else { return };
-    let target = Target { addr: SocketAddr::new(addr, pair.spec.agent.port as u16), server_name, tls };
-    let _ = ctx;
+    let Some(target) = agent_target(pair, obs, member, client_tls) else { return };
     tokio::spawn(async move {
         let _ = http::call(&target, hyper::Method::POST, "/v1/wake", Duration::from_secs(2)).await;
     });
+}
+
+/// Asks the active member's agent to stop serving and hold the Lease for a
+/// planned handover. Its answer arrives through the next poll.
+async fn drain_agent(
+    pair: &HighAvailabilityPair,
+    obs: &Observed,
+    member: Member,
+    epoch: i64,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+) {
+    let Some(target) = agent_target(pair, obs, member, client_tls) else { return };
+    if let Err(e) =
+        http::call(&target, hyper::Method::POST, &format!("/v1/drain?epoch={epoch}"), Duration::from_secs(2)).await
+    {
+        warn!(%member, epoch, error = %e, "drain request failed");
+    }
+}
+
+fn agent_target(
+    pair: &HighAvailabilityPair,
+    obs: &Observed,
+    member: Member,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+) -> Option<Target> {
+    let tls = client_tls?;
+    let ip = obs.member(member).pod.as_ref()?.ip.clone()?;
+    let ns = pair.namespace().unwrap_or_default();
+    let addr = ip.parse::<std::net::IpAddr>().ok()?;
+    let server_name = tls::server_name(&tls::member_server_name(member, &pair.name_any(), &ns)).ok()?;
+    Some(Target { addr: SocketAddr::new(addr, pair.spec.agent.port as u16), server_name, tls })
 }
 
 pub async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>) {

@@ -1,0 +1,114 @@
+//! Operations requested in the pair (`spec.operation`, `spec.paused`) on the
+//! real control plane, with the safety checker running throughout.
+
+mod common;
+#[path = "../harness/mod.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use hapair::api::{ConditionStatus, HighAvailabilityPair, Member, OperationPhase, TransitionType};
+use harness::{Harness, Kill, test_pair};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn op_phase(p: &HighAvailabilityPair, id: &str) -> Option<OperationPhase> {
+    p.status.as_ref()?.operations.iter().find(|o| o.id == id).map(|o| o.phase)
+}
+
+async fn request(h: &Harness, id: &str, action: serde_json::Value) -> HighAvailabilityPair {
+    let mut op = json!({"id": id});
+    common::merge(&mut op, &action);
+    h.merge_spec("web", json!({"operation": op})).await;
+    h.wait_for("web", &format!("operation {id} to finish"), WAIT, |p| {
+        op_phase(p, id).is_some_and(|ph| ph.is_terminal())
+    })
+    .await
+}
+
+async fn up(name: &str, extra: serde_json::Value) -> Harness {
+    let h = Harness::new(name).await;
+    h.apply(&test_pair("web", 1, extra)).await;
+    h.wait_enabled("web", Duration::from_secs(60)).await;
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_and_back_twenty_times_under_writes_never_makes_two_actives() {
+    let h = up("switchover", json!({})).await;
+    let checker = h.checker("web").await;
+    let writer = h.writer("web");
+    let mut expect = Member::Secondary;
+    for i in 0..20 {
+        let p = request(&h, &format!("sw-{i}"), json!({"switchover": {}})).await;
+        assert_eq!(
+            op_phase(&p, &format!("sw-{i}")),
+            Some(OperationPhase::Succeeded),
+            "{:?}",
+            p.status.unwrap().operations
+        );
+        let s = p.status.unwrap();
+        assert_eq!(s.active_member, Some(expect));
+        assert_eq!(s.epoch, i + 2);
+        let t = s.last_transition.unwrap();
+        assert_eq!(
+            (t.type_, t.operation_id.as_deref()),
+            (TransitionType::Switchover, Some(format!("sw-{i}").as_str()))
+        );
+        expect = expect.peer();
+    }
+    let log = writer.stop().await;
+    assert!(log.acknowledged.len() > 50, "writes went on: {log:?}");
+    eprintln!("20 switchovers: longest client outage {:?}", log.longest_outage);
+    assert_eq!(checker.both_active_samples(), 0, "a planned handover never has two actives");
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_request_performs_what_manual_mode_held_back() {
+    let h = up("manual-op", json!({"spec": {"failover": {"mode": "Manual"}}})).await;
+    let checker = h.checker("web").await;
+    h.kill("web", Member::Primary, Kill::Node);
+    h.wait_for("web", "FailoverRequired", WAIT, |p| {
+        p.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| c.type_ == "FailoverRequired" && c.status == ConditionStatus::True)
+        })
+    })
+    .await;
+    let p = request(&h, "fo-1", json!({"failover": {}})).await;
+    assert_eq!(op_phase(&p, "fo-1"), Some(OperationPhase::Succeeded));
+    assert_eq!(p.status.unwrap().active_member, Some(Member::Secondary));
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_pair_reports_a_failure_but_acts_only_once_resumed() {
+    let h = up("pause", json!({})).await;
+    let checker = h.checker("web").await;
+    h.merge_spec("web", json!({"paused": true})).await;
+    h.wait_for("web", "Paused", WAIT, |p| p.status.as_ref().is_some_and(|s| s.mode == Some(hapair::api::Mode::Paused)))
+        .await;
+    h.kill("web", Member::Primary, Kill::Node);
+    h.wait_for("web", "the failure reported", WAIT, |p| {
+        p.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "FailoverRequired" && c.status == ConditionStatus::True && c.reason == "Paused")
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let p = h.pair("web").await;
+    assert_eq!(p.status.as_ref().unwrap().epoch, 1, "nothing happens while paused");
+    let refused = request(&h, "sw-paused", json!({"switchover": {}})).await;
+    assert_eq!(op_phase(&refused, "sw-paused"), Some(OperationPhase::Refused));
+    h.merge_spec("web", json!({"paused": false})).await;
+    let p = h
+        .wait_for("web", "failover after resume", WAIT, |p| {
+            p.status.as_ref().is_some_and(|s| s.active_member == Some(Member::Secondary))
+        })
+        .await;
+    assert_eq!(p.status.unwrap().epoch, 2);
+    checker.assert_clean();
+}

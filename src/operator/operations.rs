@@ -1,0 +1,251 @@
+//! Declarative operations (`spec.operation`), as a pure step function.
+//!
+//! A request is acknowledged once in `status.operations` and then driven,
+//! round after round, from what is observed — never from memory — so an
+//! operator restart in the middle picks up where it stood:
+//!
+//! - **switchover** (and failback, and go-standby of the active member): the
+//!   active agent drains (stops serving, keeps the Lease), then the Lease
+//!   moves to the standby, which promotes; succeeded once the target serves
+//!   at the new epoch;
+//! - **failover**: the Lease moves at once (manual mode's way to act on
+//!   `FailoverRequired`); `force` skips the standby's health checks and
+//!   records that data may be missing;
+//! - **go-standby** of a member that is not active: nothing to do;
+//! - **resolve split brain** and **resync**: refused until file sync exists.
+//!
+//! A request that cannot be honoured is refused with a reason, never ignored.
+
+use chrono::{DateTime, Utc};
+
+use super::decide::can_take_over;
+use super::observe::Observed;
+use crate::api::{
+    HighAvailabilityPairSpec, HighAvailabilityPairStatus, MAX_OPERATIONS, Member, OperationKind, OperationPhase,
+    OperationRequest, OperationStatus, Role, TransitionType,
+};
+
+/// What the operation needs done this round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Nothing (no request, or it is over).
+    Idle,
+    /// Ask the active member to drain at its epoch.
+    Drain { member: Member, epoch: i64 },
+    /// Move the Lease to `to`.
+    Takeover { to: Member, type_: TransitionType, force: bool, id: String, reason: String },
+    /// Waiting for agents (draining, promoting).
+    Wait,
+}
+
+fn ack(status: &mut HighAvailabilityPairStatus, op: OperationStatus) {
+    status.operations.retain(|o| o.id != op.id);
+    status.operations.insert(0, op);
+    status.operations.truncate(MAX_OPERATIONS);
+}
+
+fn finish(
+    status: &mut HighAvailabilityPairStatus,
+    id: &str,
+    phase: OperationPhase,
+    reason: &str,
+    message: String,
+    now: DateTime<Utc>,
+) {
+    if let Some(o) = status.operations.iter_mut().find(|o| o.id == id) {
+        o.phase = phase;
+        o.reason = Some(reason.to_string());
+        o.message = Some(message);
+        o.end_time = Some(now);
+    }
+}
+
+/// The member a request makes active, or why it cannot.
+fn target(
+    req: &OperationRequest,
+    kind: OperationKind,
+    holder: Option<Member>,
+) -> Result<Member, (&'static str, String)> {
+    match kind {
+        OperationKind::Switchover | OperationKind::Failover => {
+            holder.map(Member::peer).ok_or(("NoActiveMember", "no member holds the lease".into()))
+        }
+        OperationKind::Failback => match holder {
+            Some(Member::Primary) => Err(("AlreadyOnPrimary", "the primary is already active".into())),
+            _ => Ok(Member::Primary),
+        },
+        OperationKind::GoStandby => {
+            let m = req.go_standby.as_ref().map(|g| g.member).unwrap_or(Member::Secondary);
+            Ok(m.peer())
+        }
+        OperationKind::ResolveSplitBrain | OperationKind::Resync => Err((
+            "NotAvailable",
+            "split-brain resolution and resync need file sync, which this version does not have yet".into(),
+        )),
+    }
+}
+
+/// Advances `spec.operation` by one round; updates `status.operations`.
+pub fn step(
+    spec: &HighAvailabilityPairSpec,
+    status: &mut HighAvailabilityPairStatus,
+    obs: &Observed,
+    now: DateTime<Utc>,
+) -> Step {
+    let Some(req) = &spec.operation else { return Step::Idle };
+    let missed = spec.heartbeat.missed_threshold as u32;
+    let lease = obs.lease.as_ref();
+    let holder = lease.and_then(|l| l.holder.as_ref().map(|(m, _)| *m));
+    // A member that released the Lease still counts as the one to move away from.
+    let last_holder = holder.or(lease.and_then(|l| l.released_by));
+    let epoch = lease.map_or(0, |l| l.epoch);
+    let existing = status.operations.iter().find(|o| o.id == req.id).cloned();
+    let Some(kind) = req.kind() else {
+        if existing.is_none() {
+            ack(
+                status,
+                refused(req, OperationKind::Switchover, "Malformed", "the request names no single action".into(), now),
+            );
+        }
+        return Step::Idle;
+    };
+    let op = match existing {
+        Some(o) if o.phase.is_terminal() => return Step::Idle,
+        Some(o) => o,
+        None => {
+            // First sight: accept or refuse.
+            let refuse = |reason: &'static str, message: String| Some((reason, message));
+            let t = target(req, kind, last_holder);
+            let problem = match (&t, kind) {
+                (Err((r, m)), _) => refuse(r, m.clone()),
+                _ if spec.paused => refuse("Paused", "the pair is paused (spec.paused)".into()),
+                (Ok(_), OperationKind::GoStandby) if holder != req.go_standby.as_ref().map(|g| g.member) => {
+                    let m = req.go_standby.as_ref().map(|g| g.member.to_string()).unwrap_or_default();
+                    ack(
+                        status,
+                        OperationStatus {
+                            phase: OperationPhase::Succeeded,
+                            reason: Some("AlreadyStandby".into()),
+                            message: Some(format!("{m} is not active; nothing to do")),
+                            end_time: Some(now),
+                            ..accepted(req, kind, None, epoch, now)
+                        },
+                    );
+                    return Step::Idle;
+                }
+                (Ok(t), _) if lease.is_none() => {
+                    refuse("NotInitialized", format!("no member is active yet; cannot move to {t}"))
+                }
+                (Ok(t), OperationKind::Failover) if req.failover.as_ref().is_some_and(|f| f.force) => {
+                    let m = obs.member(*t);
+                    let reachable = m.pod.as_ref().is_some_and(|p| p.running && !p.deleting) && m.agent.missed < missed;
+                    (!reachable)
+                        .then(|| ("TargetUnreachable", format!("{t} is not running or its agent does not answer")))
+                }
+                (Ok(t), _) if !can_take_over(obs.member(*t), missed) => refuse(
+                    "StandbyNotHealthy",
+                    format!("{t} cannot take over now (not running, silent, failing its health check or fenced)"),
+                ),
+                _ => None,
+            };
+            if let Some((reason, message)) = problem {
+                ack(status, refused(req, kind, reason, message, now));
+                return Step::Idle;
+            }
+            let op = accepted(req, kind, t.ok(), epoch, now);
+            ack(status, op.clone());
+            op
+        }
+    };
+    let Some(to) = op.target else { return Step::Idle };
+    let start = op.start_epoch.unwrap_or(0);
+    // Committed: the Lease moved to the target past the starting epoch.
+    if holder == Some(to) && epoch > start {
+        let serving = obs.member(to).agent.last.as_ref().is_some_and(|a| a.role == Role::Active && a.epoch == epoch);
+        if serving {
+            finish(status, &req.id, OperationPhase::Succeeded, "Done", format!("{to} active at epoch {epoch}"), now);
+            return Step::Idle;
+        }
+        return Step::Wait;
+    }
+    if epoch > start {
+        finish(
+            status,
+            &req.id,
+            OperationPhase::Failed,
+            "Superseded",
+            format!("the lease moved to another member at epoch {epoch}"),
+            now,
+        );
+        return Step::Idle;
+    }
+    let force = kind == OperationKind::Failover && req.failover.as_ref().is_some_and(|f| f.force);
+    if !force && !can_take_over(obs.member(to), missed) {
+        finish(
+            status,
+            &req.id,
+            OperationPhase::Failed,
+            "StandbyNotHealthy",
+            format!("{to} stopped being able to take over"),
+            now,
+        );
+        return Step::Idle;
+    }
+    let type_ = match kind {
+        OperationKind::Failback => TransitionType::Failback,
+        OperationKind::GoStandby => TransitionType::GoStandby,
+        OperationKind::Failover => TransitionType::Failover,
+        _ => TransitionType::Switchover,
+    };
+    let reason = req.reason.clone().unwrap_or_else(|| format!("{kind:?}Requested"));
+    if kind == OperationKind::Failover {
+        return Step::Takeover { to, type_, force, id: req.id.clone(), reason };
+    }
+    // Planned handover: the active drains first, so the old and the new
+    // active never take writes at the same time.
+    handover(obs, to, epoch, holder, Step::Takeover { to, type_, force: false, id: req.id.clone(), reason })
+}
+
+/// A planned handover to `to`: drain the active member, then move the Lease.
+pub fn handover(obs: &Observed, to: Member, epoch: i64, holder: Option<Member>, takeover: Step) -> Step {
+    let from = to.peer();
+    let drained = obs.member(from).agent.last.as_ref().is_some_and(|a| a.draining && a.epoch == epoch);
+    let from_gone = holder != Some(from) || !obs.member(from).pod.as_ref().is_some_and(|p| p.running);
+    if drained || from_gone { takeover } else { Step::Drain { member: from, epoch } }
+}
+
+fn accepted(
+    req: &OperationRequest,
+    kind: OperationKind,
+    target: Option<Member>,
+    epoch: i64,
+    now: DateTime<Utc>,
+) -> OperationStatus {
+    OperationStatus {
+        id: req.id.clone(),
+        kind,
+        phase: OperationPhase::Running,
+        reason: None,
+        message: target.map(|t| format!("moving the active role to {t}")),
+        target,
+        start_epoch: Some(epoch),
+        start_time: Some(now),
+        end_time: None,
+    }
+}
+
+fn refused(
+    req: &OperationRequest,
+    kind: OperationKind,
+    reason: &str,
+    message: String,
+    now: DateTime<Utc>,
+) -> OperationStatus {
+    OperationStatus {
+        phase: OperationPhase::Refused,
+        reason: Some(reason.to_string()),
+        message: Some(message),
+        end_time: Some(now),
+        ..accepted(req, kind, None, 0, now)
+    }
+}
