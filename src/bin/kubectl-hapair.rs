@@ -7,6 +7,24 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = hapair::cli::Cli::parse();
-    eprintln!("kubectl hapair {}: not implemented yet", cli.command.name());
-    ExitCode::FAILURE
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(hapair::cli::run(cli)) {
+        Ok(out) => {
+            print!("{out}");
+            if !out.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

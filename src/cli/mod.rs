@@ -2,7 +2,11 @@
 //! pair's `spec.operation` (as `kubectl apply` would), so the plugin, plain
 //! kubectl and GitOps drive a pair the same way.
 
+mod run;
+
 use clap::{Args, Parser, Subcommand};
+
+pub use run::{CliError, events_screen, run, status_screen};
 
 use crate::api::Member;
 

@@ -1,0 +1,314 @@
+//! What the plugin's commands do. Every operation is a write of the pair's
+//! `spec.operation` (or `spec.paused`), exactly what `kubectl patch` or a
+//! GitOps commit would write; `--wait` follows `status.operations` to the
+//! outcome.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::json;
+
+use super::{Cli, Command, GlobalArgs};
+use crate::api::{HighAvailabilityPair, OperationPhase};
+
+pub const FIELD_MANAGER: &str = "kubectl-hapair";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Config(String),
+    #[error("pair {name} not found in namespace {namespace}")]
+    NotFound { name: String, namespace: String },
+    #[error("{0}")]
+    Api(String),
+    #[error("operation {id} {phase:?}: {reason}")]
+    Outcome { id: String, phase: OperationPhase, reason: String },
+    #[error("timed out waiting for operation {0}")]
+    Timeout(String),
+}
+
+async fn connect(g: &GlobalArgs) -> Result<(Client, String), CliError> {
+    let opts = KubeConfigOptions { context: g.context.clone(), ..Default::default() };
+    let config = match &g.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| CliError::Config(format!("kubeconfig {}: {e}", path.display())))?;
+            Config::from_custom_kubeconfig(kc, &opts).await.map_err(|e| CliError::Config(e.to_string()))?
+        }
+        None => Config::from_kubeconfig(&opts).await.map_err(|e| CliError::Config(e.to_string()))?,
+    };
+    let ns = g.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).map_err(|e| CliError::Config(e.to_string()))?;
+    Ok((client, ns))
+}
+
+fn api_error(e: kube::Error, name: &str, ns: &str) -> CliError {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => CliError::NotFound { name: name.into(), namespace: ns.into() },
+        kube::Error::Api(s) => CliError::Api(s.message.clone()),
+        e => CliError::Api(e.to_string()),
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<String, CliError> {
+    let (client, ns) = connect(&cli.global).await?;
+    let pairs: Api<HighAvailabilityPair> = Api::namespaced(client.clone(), &ns);
+    let get = |name: String| {
+        let pairs = pairs.clone();
+        let ns = ns.clone();
+        async move { pairs.get(&name).await.map_err(|e| api_error(e, &name, &ns)) }
+    };
+    let (name, op, wait) = match cli.command {
+        Command::Status { name, output } => {
+            let pair = get(name.clone()).await?;
+            return Ok(match output.as_deref() {
+                Some("json") => serde_json::to_string_pretty(&pair).unwrap_or_default(),
+                Some(_) => serde_yaml::to_string(&pair).unwrap_or_default(),
+                None => {
+                    let lease = Api::<Lease>::namespaced(client, &ns).get_opt(&name).await.ok().flatten();
+                    status_screen(&pair, lease.as_ref())
+                }
+            });
+        }
+        Command::Events { name } => {
+            let pair = get(name.clone()).await?;
+            let events = Api::<Event>::namespaced(client, &ns)
+                .list(
+                    &ListParams::default()
+                        .fields(&format!("involvedObject.name={name},involvedObject.kind=HighAvailabilityPair")),
+                )
+                .await
+                .map_err(|e| api_error(e, &name, &ns))?;
+            return Ok(events_screen(&pair, &events.items));
+        }
+        Command::Pause { name } => return set_paused(&pairs, &ns, &name, true).await,
+        Command::Resume { name } => return set_paused(&pairs, &ns, &name, false).await,
+        Command::Switchover { name, wait } => (name, json!({"switchover": {}}), wait.wait),
+        Command::Failover { name, force, wait } => (name, json!({"failover": {"force": force}}), wait.wait),
+        Command::Failback { name, wait } => (name, json!({"failback": {}}), wait.wait),
+        Command::GoStandby { name, member, wait } => (name, json!({"goStandby": {"member": member}}), wait.wait),
+        Command::Resolve { name, keep, wait } => (name, json!({"resolveSplitBrain": {"keep": keep}}), wait.wait),
+        Command::Resync { name, dry_run, wait } => (name, json!({"resync": {"dryRun": dry_run}}), wait.wait),
+    };
+    get(name.clone()).await?;
+    let kind = op.as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
+    let id = format!("{}-{}", kind.to_lowercase(), Utc::now().format("%Y%m%d-%H%M%S-%3f"));
+    let mut request = json!({"id": id, "reason": format!("requested with kubectl hapair {kind}")});
+    if let (Some(r), Some(o)) = (request.as_object_mut(), op.as_object()) {
+        r.extend(o.clone());
+    }
+    // The request replaces the previous one whole (a merge would mix actions).
+    let patch: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "add", "path": "/spec/operation", "value": request}]))
+            .expect("static shape");
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    pairs.patch(&name, &params, &Patch::<()>::Json(patch)).await.map_err(|e| api_error(e, &name, &ns))?;
+    if !wait {
+        return Ok(format!("operation {id} requested; follow it with: kubectl hapair status {name}"));
+    }
+    follow(&pairs, &name, &id).await
+}
+
+async fn set_paused(pairs: &Api<HighAvailabilityPair>, ns: &str, name: &str, paused: bool) -> Result<String, CliError> {
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    pairs
+        .patch(name, &params, &Patch::Merge(json!({"spec": {"paused": paused}})))
+        .await
+        .map_err(|e| api_error(e, name, ns))?;
+    Ok(format!("pair {name} {}", if paused { "paused: the operator observes and changes nothing" } else { "resumed" }))
+}
+
+/// Follows an operation to its outcome, printing each phase change.
+async fn follow(pairs: &Api<HighAvailabilityPair>, name: &str, id: &str) -> Result<String, CliError> {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(300) {
+        if let Ok(p) = pairs.get(name).await
+            && let Some(op) = p.status.as_ref().and_then(|s| s.operations.iter().find(|o| o.id == id))
+        {
+            if last != Some(op.phase) {
+                eprintln!(
+                    "{:>6.1}s  {id}: {:?} {}",
+                    start.elapsed().as_secs_f64(),
+                    op.phase,
+                    op.message.clone().unwrap_or_default()
+                );
+                last = Some(op.phase);
+            }
+            if op.phase.is_terminal() {
+                let reason = op.reason.clone().unwrap_or_default();
+                return match op.phase {
+                    OperationPhase::Succeeded => Ok(format!(
+                        "operation {id} succeeded in {:.1}s: {}",
+                        start.elapsed().as_secs_f64(),
+                        op.message.clone().unwrap_or_default()
+                    )),
+                    phase => Err(CliError::Outcome {
+                        id: id.into(),
+                        phase,
+                        reason: format!("{reason}: {}", op.message.clone().unwrap_or_default()),
+                    }),
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(CliError::Timeout(id.into()))
+}
+
+fn age(t: chrono::DateTime<Utc>) -> String {
+    let s = (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0;
+    if s < 120.0 { format!("{s:.1}s") } else { format!("{:.0}m", s / 60.0) }
+}
+
+/// One screen, like an appliance's `ha status`.
+pub fn status_screen(pair: &HighAvailabilityPair, lease: Option<&Lease>) -> String {
+    let mut out = String::new();
+    let name = pair.metadata.name.clone().unwrap_or_default();
+    let ns = pair.metadata.namespace.clone().unwrap_or_default();
+    let s = pair.status.clone().unwrap_or_default();
+    let spec = &pair.spec;
+    let _ = writeln!(
+        out,
+        "Pair {ns}/{name}   mode {}   epoch {}   failover {:?}   failback {:?}{}",
+        s.mode.map_or("-".into(), |m| format!("{m:?}")),
+        s.epoch,
+        spec.failover.mode,
+        spec.failback.mode,
+        if spec.paused { "   PAUSED" } else { "" }
+    );
+    let renewed = lease.and_then(|l| l.spec.as_ref()?.renew_time.clone()).map(|t| t.0.to_string());
+    let _ = writeln!(
+        out,
+        "VIP  Service {name} -> {}",
+        s.active_member.map_or("nobody".to_string(), |m| format!("{m} ({})", m.pod_name(&name)))
+    );
+    let row = |c: [&str; 9]| {
+        format!(
+            "{:<10} {:<22} {:<8} {:<28} {:<8} {:<10} {:<6} {:<9} {}\n",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+        )
+    };
+    out.push('\n');
+    out.push_str(&row(["MEMBER", "POD", "ROLE", "STATE", "HEALTHY", "HEARTBEAT", "MISSED", "SYNC-LAG", "SKEW"]));
+    for m in &s.members {
+        let heartbeat = if Some(m.name) == s.active_member {
+            renewed.as_deref().and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok()).map_or("-".into(), age)
+        } else if m.missed_heartbeats == 0 {
+            "ok".into()
+        } else {
+            m.last_seen_time.map_or("lost".into(), age)
+        };
+        out.push_str(&row([
+            m.name.as_str(),
+            &m.pod,
+            &format!("{:?}", m.role),
+            &format!("{:?}", m.state),
+            m.healthy.map_or("-", |h| if h { "yes" } else { "NO" }),
+            &heartbeat,
+            &m.missed_heartbeats.to_string(),
+            &m.sync_lag_seconds.map_or("-".into(), |l| format!("{l}s")),
+            &m.clock_skew_seconds.map_or("-".into(), |k| format!("{k}s")),
+        ]));
+    }
+    if let Some(t) = &s.last_transition {
+        let _ = writeln!(
+            out,
+            "\nLast transition: {:?} {} -> {} at epoch {} ({}) {} ago; detection {}, lease->selector {}{}",
+            t.type_,
+            t.from.map_or("-".into(), |m| m.to_string()),
+            t.to.map_or("-".into(), |m| m.to_string()),
+            t.epoch,
+            t.reason,
+            age(t.time),
+            t.detection_millis.map_or("-".into(), |d| format!("{d} ms")),
+            t.lease_to_selector_millis.map_or("-".into(), |d| format!("{d} ms")),
+            if t.data_loss_possible { ", DATA MAY BE MISSING" } else { "" }
+        );
+    }
+    let conditions: Vec<String> = s
+        .conditions
+        .iter()
+        .map(|c| {
+            format!(
+                "{}={:?}{}",
+                c.type_,
+                c.status,
+                if c.message.is_empty() { String::new() } else { format!(" ({})", c.message) }
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "Conditions: {}", conditions.join(", "));
+    if let Some(t) = &s.effective_timings {
+        let _ = writeln!(
+            out,
+            "Timings: lease {}s, fence after {}s, failover worst case {}s confirmed / {}s silent",
+            t.lease_duration_seconds,
+            t.fence_after_seconds,
+            t.confirmed_failover_seconds,
+            t.unconfirmed_failover_seconds
+        );
+    }
+    if let Some(op) = s.operations.first() {
+        let _ = writeln!(
+            out,
+            "Last operation: {} {:?} {:?}{}",
+            op.id,
+            op.kind,
+            op.phase,
+            op.reason.as_ref().map_or(String::new(), |r| format!(" ({r})"))
+        );
+    }
+    out
+}
+
+/// Transition history and Events, newest first.
+pub fn events_screen(pair: &HighAvailabilityPair, events: &[Event]) -> String {
+    let mut rows: Vec<(chrono::DateTime<Utc>, String)> = Vec::new();
+    for t in pair.status.iter().flat_map(|s| s.history.iter()) {
+        rows.push((
+            t.time,
+            format!(
+                "transition  {:?} {} -> {} epoch {}: {}",
+                t.type_,
+                t.from.map_or("-".into(), |m| m.to_string()),
+                t.to.map_or("-".into(), |m| m.to_string()),
+                t.epoch,
+                t.message.clone().unwrap_or_else(|| t.reason.clone())
+            ),
+        ));
+    }
+    for e in events {
+        let when = e
+            .last_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .or_else(|| e.event_time.as_ref().map(|t| t.0.to_string()))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(Utc::now);
+        rows.push((
+            when,
+            format!(
+                "event       {} {}: {}",
+                e.type_.clone().unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default()
+            ),
+        ));
+    }
+    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut out = String::new();
+    for (t, line) in rows {
+        let _ = writeln!(out, "{}  {line}", t.format("%Y-%m-%d %H:%M:%S"));
+    }
+    if out.is_empty() {
+        out.push_str("no transitions or events yet\n");
+    }
+    out
+}
