@@ -302,7 +302,7 @@ pub fn events_screen(pair: &HighAvailabilityPair, events: &[Event]) -> String {
             ),
         ));
     }
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut out = String::new();
     for (t, line) in rows {
         let _ = writeln!(out, "{}  {line}", t.format("%Y-%m-%d %H:%M:%S"));
