@@ -14,6 +14,10 @@ pub const ANN_INTERVAL: &str = "hapair.dev/heartbeat-interval-seconds";
 pub const ANN_MISSED: &str = "hapair.dev/missed-threshold";
 /// Lease annotation: why the last holder released the Lease (set by the agent).
 pub const ANN_RELEASED: &str = "hapair.dev/released-reason";
+/// Lease annotation: the operation request whose takeover set the current
+/// holder (set by the operator at the compare-and-swap, so it survives a
+/// crash right after it).
+pub const ANN_OPERATION: &str = "hapair.dev/operation-id";
 /// Lease annotation: which member released the Lease (set by the agent).
 pub const ANN_RELEASED_BY: &str = "hapair.dev/released-by";
 

@@ -161,3 +161,43 @@ async fn the_plugin_shows_the_pair_and_drives_operations_to_their_outcome() {
     assert!(ok && !h.pair("web").await.spec.paused);
     checker.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_racing_an_automatic_failover_has_one_winner_and_a_reasoned_refusal() {
+    let h = up("race", json!({})).await;
+    let checker = h.checker("web").await;
+    h.merge_spec("web", json!({"operation": {"id": "sw-race", "switchover": {}}})).await;
+    h.kill("web", Member::Primary, Kill::App);
+    let p = h
+        .wait_for("web", "the race to settle", WAIT, |p| op_phase(p, "sw-race").is_some_and(|ph| ph.is_terminal()))
+        .await;
+    let s = p.status.clone().unwrap();
+    let op = s.operations.iter().find(|o| o.id == "sw-race").unwrap();
+    let moved = s.history.iter().filter(|t| t.epoch > 1).count();
+    assert_eq!(moved, 1, "exactly one move: {:?}", s.history);
+    match op.phase {
+        OperationPhase::Succeeded => assert_eq!(s.history[0].type_, TransitionType::Switchover),
+        OperationPhase::Refused => {
+            assert_eq!(op.reason.as_deref(), Some("Superseded"));
+            assert_eq!(s.history[0].type_, TransitionType::Failover);
+        }
+        other => panic!("unexpected outcome {other:?}: {op:?}"),
+    }
+    eprintln!("race: operation {:?}, transition {:?}", op.phase, s.history[0].type_);
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_survives_an_operator_restart_in_the_middle() {
+    let mut h = up("op-restart", json!({})).await;
+    let checker = h.checker_with_grace("web", Duration::from_secs(8)).await;
+    h.merge_spec("web", json!({"operation": {"id": "sw-1", "switchover": {}}})).await;
+    h.wait_for("web", "sw-1 running", WAIT, |p| op_phase(p, "sw-1").is_some()).await;
+    h.kill_operator(0).await;
+    h.start_operator();
+    let p = h.wait_for("web", "sw-1 to finish", WAIT, |p| op_phase(p, "sw-1").is_some_and(|ph| ph.is_terminal())).await;
+    assert_eq!(op_phase(&p, "sw-1"), Some(OperationPhase::Succeeded), "{:?}", p.status.as_ref().unwrap().operations);
+    let s = p.status.unwrap();
+    assert_eq!((s.active_member, s.epoch), (Some(Member::Secondary), 2), "moved exactly once");
+    checker.assert_clean();
+}

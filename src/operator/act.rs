@@ -22,7 +22,7 @@ use super::decide::{LeaseAction, Plan};
 use super::observe::Observed;
 use super::status::push_history;
 use crate::api::{HighAvailabilityPair, LABEL_ROLE, Member, Role};
-use crate::proto::{ANN_INTERVAL, ANN_MISSED, ANN_RELEASED, ANN_RELEASED_BY, lease_identity};
+use crate::proto::{ANN_INTERVAL, ANN_MISSED, ANN_OPERATION, ANN_RELEASED, ANN_RELEASED_BY, lease_identity};
 
 pub const FIELD_MANAGER: &str = "hapair-operator";
 
@@ -47,6 +47,8 @@ impl ActError {
 /// What acting did that the worker needs to know.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// The status as written (or found already written).
+    pub status: Option<crate::api::HighAvailabilityPairStatus>,
     /// The Lease moved: the member to wake so it promotes at once.
     pub promoted: Option<Member>,
     /// A compare-and-swap lost a race: observe again now.
@@ -172,6 +174,7 @@ pub async fn apply_plan(
     pair: &HighAvailabilityPair,
     obs: &Observed,
     mut plan: Plan,
+    current: Option<&crate::api::HighAvailabilityPairStatus>,
     failure_started: Option<Instant>,
 ) -> Result<Outcome, ActError> {
     let ns = pair.namespace().unwrap_or_default();
@@ -204,6 +207,10 @@ pub async fn apply_plan(
             let ann = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
             ann.remove(ANN_RELEASED);
             ann.remove(ANN_RELEASED_BY);
+            match &transition.operation_id {
+                Some(id) => ann.insert(ANN_OPERATION.into(), id.clone()),
+                None => ann.remove(ANN_OPERATION),
+            };
             ann.insert(ANN_INTERVAL.into(), pair.spec.heartbeat.interval_seconds.to_string());
             ann.insert(ANN_MISSED.into(), pair.spec.heartbeat.missed_threshold.to_string());
             let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
@@ -288,13 +295,14 @@ pub async fn apply_plan(
         }
     }
 
-    if pair.status.as_ref() != Some(&plan.status) {
+    if current != Some(&plan.status) {
         let api: Api<HighAvailabilityPair> = Api::namespaced(ctx.client.clone(), &ns);
         // Server-side apply: fields the operator stops setting are removed.
         let patch = json!({"apiVersion": "hapair.dev/v1alpha1", "kind": "HighAvailabilityPair", "status": plan.status});
         api.patch_status(&name, &apply_params(), &Patch::Apply(&patch)).await?;
     }
     ctx.publish_metrics(pair, &plan.status, obs);
+    outcome.status = Some(plan.status.clone());
     for e in &plan.events {
         let ev = Event {
             type_: if e.warning { EventType::Warning } else { EventType::Normal },

@@ -53,6 +53,7 @@ fn lease(holder: Member, epoch: i64, unchanged_for: Duration) -> LeaseObs {
         duration: Duration::from_secs(15),
         released_reason: None,
         released_by: None,
+        operation_id: None,
         unchanged_for,
         interval_seconds: Some(5),
         missed_threshold: Some(3),
@@ -380,9 +381,25 @@ fn a_switchover_drains_the_active_then_moves_the_lease_then_succeeds() {
     moved.secondary = member(Member::Secondary, Role::Active, Some(true));
     moved.secondary.agent.last.as_mut().unwrap().epoch = 2;
     moved.lease = Some(lease(Member::Secondary, 2, Duration::ZERO));
+    moved.lease.as_mut().unwrap().operation_id = Some("sw-1".into());
     let done = decide(&s, Some(&plan.status), &moved, &clock());
     assert_eq!(op_status(&done).phase, OperationPhase::Succeeded);
     assert_eq!(done.lease, None);
+}
+
+#[test]
+fn a_switchover_overtaken_by_an_automatic_failover_is_refused_with_the_reason() {
+    let s = with_op("", "{id: sw-1, switchover: {}}");
+    let accepted = decide(&s, None, &enabled(), &clock());
+    let mut failed_over = enabled();
+    failed_over.primary.pod.as_mut().unwrap().deleting = true;
+    failed_over.secondary = member(Member::Secondary, Role::Active, Some(true));
+    failed_over.secondary.agent.last.as_mut().unwrap().epoch = 2;
+    failed_over.lease = Some(lease(Member::Secondary, 2, Duration::ZERO));
+    let plan = decide(&s, Some(&accepted.status), &failed_over, &clock());
+    let op = op_status(&plan);
+    assert_eq!((op.phase, op.reason.as_deref()), (OperationPhase::Refused, Some("Superseded")));
+    assert_eq!(plan.lease, None, "no second move");
 }
 
 #[test]

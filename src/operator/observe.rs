@@ -11,7 +11,9 @@ use kube::ResourceExt;
 
 use super::build::{ANN_HASH, applied_hash};
 use crate::api::{AGENT_CONTAINER, LABEL_MEMBER, Member};
-use crate::proto::{ANN_INTERVAL, ANN_MISSED, ANN_RELEASED, ANN_RELEASED_BY, AgentStatus, parse_identity};
+use crate::proto::{
+    ANN_INTERVAL, ANN_MISSED, ANN_OPERATION, ANN_RELEASED, ANN_RELEASED_BY, AgentStatus, parse_identity,
+};
 
 /// One member pod as far as decisions go.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -79,6 +81,8 @@ pub struct LeaseObs {
     pub released_reason: Option<String>,
     /// Member that released the Lease.
     pub released_by: Option<Member>,
+    /// Operation request whose takeover made the current holder, if any.
+    pub operation_id: Option<String>,
     /// How long the Lease has gone without any change, on the operator's clock.
     pub unchanged_for: Duration,
     /// Heartbeat settings written on the Lease.
@@ -98,6 +102,7 @@ impl LeaseObs {
             duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64),
             released_reason: ann.get(ANN_RELEASED).cloned(),
             released_by: ann.get(ANN_RELEASED_BY).and_then(|m| m.parse().ok()),
+            operation_id: ann.get(ANN_OPERATION).cloned(),
             unchanged_for,
             interval_seconds: ann.get(ANN_INTERVAL).and_then(|v| v.parse().ok()),
             missed_threshold: ann.get(ANN_MISSED).and_then(|v| v.parse().ok()),

@@ -159,7 +159,23 @@ pub fn step(
     };
     let Some(to) = op.target else { return Step::Idle };
     let start = op.start_epoch.unwrap_or(0);
-    // Committed: the Lease moved to the target past the starting epoch.
+    // Committed: the Lease moved past the starting epoch by this request's
+    // own takeover (the Lease records which request made its holder).
+    let ours = lease.and_then(|l| l.operation_id.as_deref()) == Some(req.id.as_str());
+    if epoch > start && !ours {
+        finish(
+            status,
+            &req.id,
+            OperationPhase::Refused,
+            "Superseded",
+            format!(
+                "the active role moved to {} at epoch {epoch} by another transition first",
+                holder.map_or("nobody".into(), |m| m.to_string())
+            ),
+            now,
+        );
+        return Step::Idle;
+    }
     if holder == Some(to) && epoch > start {
         let serving = obs.member(to).agent.last.as_ref().is_some_and(|a| a.role == Role::Active && a.epoch == epoch);
         if serving {

@@ -81,9 +81,9 @@ pub async fn poll_member(
     server_name: rustls::pki_types::ServerName<'static>,
     timeout: Duration,
     wake: &Notify,
-) {
+) -> bool {
     let endpoint = state.lock().unwrap_or_else(|p| p.into_inner()).get(member).endpoint.clone();
-    let Some(endpoint) = endpoint else { return };
+    let Some(endpoint) = endpoint else { return false };
     let target = Target { addr: endpoint.addr, server_name, tls };
     let path = match endpoint.peer {
         Some(peer) => format!("/v1/status?peer={peer}"),
@@ -94,7 +94,7 @@ pub async fn poll_member(
     let before = s.get(member).clone();
     let p = s.get_mut(member);
     if p.endpoint.as_ref() != Some(&endpoint) {
-        return; // the pod moved while we asked; the answer is about the old one
+        return false; // the pod moved while we asked; the answer is about the old one
     }
     match result {
         Ok(status) if status.member == member => {
@@ -111,4 +111,5 @@ pub async fn poll_member(
     if significant(&before, p) {
         wake.notify_one();
     }
+    true
 }

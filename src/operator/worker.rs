@@ -37,6 +37,11 @@ struct Memory {
     failure: Option<(String, Instant)>,
     /// Since when the primary has been able to serve without a break.
     primary_usable_since: Option<Instant>,
+    /// The status this worker last wrote. The watch cache can lag a write by
+    /// a moment; deciding from a stale status would undo what the last round
+    /// recorded (a transition, an acknowledged operation). The operator is the
+    /// status's only writer, so its own last write is the truth.
+    status: Option<crate::api::HighAvailabilityPairStatus>,
 }
 
 pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify>) {
@@ -52,6 +57,7 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
             started: Instant::now(),
             failure: None,
             primary_usable_since: None,
+            status: None,
         };
         while let Some(pair) = ctx.pairs.get(&ObjectRef::new(&name).within(&ns)) {
             if pair.metadata.deletion_timestamp.is_some() {
@@ -120,7 +126,8 @@ async fn round(
     // fresh worker (or a new leader) must not act on half a picture.
     let polled = poll.lock().unwrap_or_else(|p| p.into_inner()).rounds > 0;
     let obs = gather(ctx, pair, poll, mem);
-    if !polled && obs.member(Member::Primary).pod.is_some() && obs.member(Member::Secondary).pod.is_some() {
+    let addressed = |m: Member| obs.member(m).pod.as_ref().is_some_and(|p| p.ip.is_some());
+    if !polled && (addressed(Member::Primary) || addressed(Member::Secondary)) {
         return Ok(Duration::from_millis(200));
     }
     let holder = obs.lease.as_ref().and_then(|l| l.holder.as_ref().map(|(m, _)| *m));
@@ -132,7 +139,8 @@ async fn round(
     }
     act::ensure_members(ctx, pair, &obs, holder).await?;
     let clock = Clock { pair: name.clone(), now: chrono::Utc::now(), generation: pair.metadata.generation };
-    let plan = decide(&pair.spec, pair.status.as_ref(), &obs, &clock);
+    let current = mem.status.clone().or_else(|| pair.status.clone());
+    let plan = decide(&pair.spec, current.as_ref(), &obs, &clock);
     mem.failure = match (&plan.failure, mem.failure.take()) {
         (Some(reason), Some((r, t))) if *reason == r => Some((r, t)),
         (Some(reason), _) => Some((reason.clone(), Instant::now())),
@@ -143,7 +151,8 @@ async fn round(
         drain_agent(pair, &obs, member, epoch, client_tls.clone()).await;
     }
     let failure_started = mem.failure.as_ref().map(|(_, t)| *t);
-    let outcome = act::apply_plan(ctx, pair, &obs, plan, failure_started).await?;
+    let outcome = act::apply_plan(ctx, pair, &obs, plan, current.as_ref(), failure_started).await?;
+    mem.status = outcome.status.clone().or(mem.status.take());
     if let Some(m) = outcome.promoted {
         mem.failure = None;
         wake_agent(pair, &obs, m, client_tls.clone());
@@ -245,10 +254,14 @@ async fn poll_loop(
             .iter()
             .map(|(m, server_name)| poll_member(&poll, *m, tls.clone(), server_name.clone(), timeout, &notify));
         let start = Instant::now();
-        futures::future::join_all(polls).await;
+        let asked = futures::future::join_all(polls).await;
+        // A round counts once every member with an address has been asked.
         let first = {
             let mut p = poll.lock().unwrap_or_else(|p| p.into_inner());
-            p.rounds += 1;
+            let reachable = Member::BOTH.iter().filter(|m| p.get(**m).endpoint.is_some()).count();
+            if reachable > 0 && asked.iter().filter(|a| **a).count() >= reachable {
+                p.rounds += 1;
+            }
             p.rounds == 1
         };
         if first {
