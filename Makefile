@@ -61,7 +61,7 @@ lint: ## rustfmt check and clippy with warnings as errors.
 ##@ Tests
 
 # The fastest e2e scenarios, run by `make test`; `make e2e` runs them all.
-E2E_FAST := bootstraps killing_the_active an_active_cut_off
+E2E_FAST := bootstraps killing_the_active an_active_cut_off the_plugin_shows
 
 .PHONY: test
 test: check-generated unit testbed-up integration e2e-fast ## Generated files, unit tests, API tests and the fastest e2e scenarios on the testbed.
@@ -79,7 +79,7 @@ integration: ## API tests against the running testbed's real API server.
 .PHONY: e2e-fast
 e2e-fast: testbed-up
 	$(CARGO) build --examples
-	$(TESTBED_ENV) $(CARGO) test --test failover -- --test-threads 3 $(E2E_FAST)
+	$(TESTBED_ENV) $(CARGO) test --test failover --test operations -- --test-threads 3 $(E2E_FAST)
 
 .PHONY: e2e
 e2e: testbed-up ## Every end-to-end scenario (members run as processes; needs root for network namespaces).
