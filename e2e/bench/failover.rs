@@ -9,7 +9,11 @@
 //! - outage: what a client sees, first failed to first successful write
 //!   through the VIP's EndpointSlices.
 //!
-//! `HAPAIR_BENCH_RUNS` sets the runs per series (default 20).
+//! Then planned switchovers (`spec.operation`), from the request to its
+//! success, and the client outage they cause.
+//!
+//! `HAPAIR_BENCH_RUNS` sets the runs per series (default 20);
+//! `HAPAIR_BENCH_ONLY=failover|switchover` runs one part.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -94,9 +98,52 @@ async fn series(interval: i32, kind: Kill, runs: usize) -> Series {
     out
 }
 
+async fn switchovers(runs: usize) -> (Vec<f64>, Vec<f64>) {
+    let h = Harness::new("bench-sw").await;
+    h.apply(&test_pair("web", 1, json!({}))).await;
+    let (mut took, mut outage) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        wait(&h, "Enabled", |p| p.status.as_ref().is_some_and(|s| s.mode == Some(Mode::Enabled))).await;
+        vip_writable(&h).await;
+        let writer = h.writer("web");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let id = format!("sw-{run}");
+        let start = Instant::now();
+        h.merge_spec("web", json!({"operation": {"id": id, "switchover": {}}})).await;
+        let p = wait(&h, "switchover", |p| {
+            p.status.as_ref().is_some_and(|s| s.operations.iter().any(|o| o.id == id && o.phase.is_terminal()))
+        })
+        .await;
+        took.push(start.elapsed().as_secs_f64() * 1000.0);
+        vip_writable(&h).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = writer.stop().await;
+        outage.push(log.longest_outage.as_secs_f64() * 1000.0);
+        let op = p.status.unwrap().operations.into_iter().find(|o| o.id == id).unwrap();
+        assert_eq!(op.phase, hapair::api::OperationPhase::Succeeded, "{op:?}");
+        eprintln!("switchover run {run}: {:.0} ms, outage {:.0} ms", took.last().unwrap(), outage.last().unwrap());
+    }
+    (took, outage)
+}
+
+fn report(name: &str, v: &[f64]) {
+    for (stat, p) in [("median", 50.0), ("p99", 99.0)] {
+        println!("BENCH {name}_{stat} {:.0} ms", pct(v, p));
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let runs: usize = std::env::var("HAPAIR_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let only = std::env::var("HAPAIR_BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "switchover" {
+        let (took, outage) = switchovers(runs).await;
+        report("switchover_1sx3_duration", &took);
+        report("switchover_1sx3_outage", &outage);
+    }
+    if !(only.is_empty() || only == "failover") {
+        return;
+    }
     for interval in [1, 5] {
         for (kind, name) in [(Kill::App, "confirmed"), (Kill::Node, "unconfirmed")] {
             let s = series(interval, kind, runs).await;

@@ -210,7 +210,15 @@ pub fn decide(
                     None => Member::BOTH.into_iter().find(|c| can_take_over(obs.member(*c), missed)),
                 };
                 let restartable = matches!(f.reason, "PodReplaced" | "PodGone" | "LeaseReleased");
-                let same = from.filter(|h| restartable && can_take_over(obs.member(*h), missed));
+                // Only on an answer given after the Lease last changed: an answer
+                // from before the release would hand the role straight back to a
+                // member whose application is still down.
+                let fresh = |m: Member| {
+                    let a = &obs.member(m).agent;
+                    a.since_answer.is_some_and(|t| t < lease.unchanged_for)
+                        && a.last.as_ref().is_some_and(|s| s.app_healthy != Some(false))
+                };
+                let same = from.filter(|h| restartable && can_take_over(obs.member(*h), missed) && fresh(*h));
                 let waited = obs.failure_for.unwrap_or_default();
                 let delay = Duration::from_secs(spec.failover.delay_seconds as u64);
                 let gate = if peer.is_none() {

@@ -321,7 +321,12 @@ fn a_member_that_released_the_lease_takes_it_back_once_healthy_when_no_failover_
     l.holder = None;
     l.released_reason = Some("AppHealthCheckFailed".into());
     l.released_by = Some(Member::Primary);
+    l.unchanged_for = Duration::from_secs(2);
     obs.primary.agent.last.as_mut().unwrap().role = Role::Standby;
+    // An answer from before the release does not count.
+    obs.primary.agent.since_answer = Some(Duration::from_secs(3));
+    assert_eq!(decide(&spec("failover: {mode: Manual}"), None, &obs, &clock()).lease, None);
+    obs.primary.agent.since_answer = Some(Duration::from_millis(500));
     let plan = decide(&spec("failover: {mode: Manual}"), None, &obs, &clock());
     match plan.lease {
         Some(LeaseAction::Takeover { to, transition, .. }) => {

@@ -147,8 +147,17 @@ async fn round(
         (None, _) => None,
     };
     let recheck = plan.recheck;
-    if let Some((member, epoch)) = plan.drain {
-        drain_agent(pair, &obs, member, epoch, client_tls.clone()).await;
+    if let Some((member, epoch)) = plan.drain
+        && let Some(answer) = drain_agent(pair, &obs, member, epoch, client_tls.clone()).await
+    {
+        // The drained agent's answer is a fresh heartbeat: act on it now
+        // rather than at the next poll.
+        let mut p = poll.lock().unwrap_or_else(|p| p.into_inner());
+        let m = p.get_mut(member);
+        m.last = Some(answer);
+        m.answered_at = Some(Instant::now());
+        m.missed = 0;
+        notify.notify_one();
     }
     let failure_started = mem.failure.as_ref().map(|(_, t)| *t);
     let outcome = act::apply_plan(ctx, pair, &obs, plan, current.as_ref(), failure_started).await?;
@@ -286,20 +295,21 @@ fn wake_agent(
 }
 
 /// Asks the active member's agent to stop serving and hold the Lease for a
-/// planned handover. Its answer arrives through the next poll.
+/// planned handover; returns the agent's status as it answered.
 async fn drain_agent(
     pair: &HighAvailabilityPair,
     obs: &Observed,
     member: Member,
     epoch: i64,
     client_tls: Option<Arc<rustls::ClientConfig>>,
-) {
-    let Some(target) = agent_target(pair, obs, member, client_tls) else { return };
-    if let Err(e) =
-        http::call(&target, hyper::Method::POST, &format!("/v1/drain?epoch={epoch}"), Duration::from_secs(2)).await
-    {
-        warn!(%member, epoch, error = %e, "drain request failed");
-    }
+) -> Option<crate::proto::AgentStatus> {
+    let target = agent_target(pair, obs, member, client_tls)?;
+    let path = format!("/v1/drain?epoch={epoch}");
+    let body = http::call(&target, hyper::Method::POST, &path, Duration::from_secs(2))
+        .await
+        .inspect_err(|e| warn!(%member, epoch, error = %e, "drain request failed"))
+        .ok()?;
+    serde_json::from_slice::<crate::proto::AgentStatus>(&body).ok().filter(|a| a.member == member && a.draining)
 }
 
 fn agent_target(
