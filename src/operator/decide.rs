@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::observe::{MemberObs, Observed};
+use super::observe::{LeaseObs, MemberObs, Observed};
 use super::operations::{self, Step};
 use super::status::{self, Usable};
 use crate::api::{
@@ -156,7 +156,6 @@ pub fn decide(
             };
             match step {
                 Step::Takeover { to, type_, force, id, reason } => {
-                    let pod_uid = obs.member(to).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
                     let epoch = lease.epoch + 1;
                     let transition = Transition {
                         type_,
@@ -177,14 +176,7 @@ pub fn decide(
                         data_loss_possible: force,
                         operation_id: Some(id).filter(|i| !i.is_empty()),
                     };
-                    plan.lease = Some(LeaseAction::Takeover {
-                        to,
-                        pod_uid,
-                        expected_rv: lease.resource_version.clone(),
-                        epoch,
-                        transition,
-                    });
-                    plan.vip = Some(to);
+                    commit(&mut plan, obs, lease, to, transition);
                 }
                 Step::Drain { member, epoch } => {
                     plan.drain = Some((member, epoch));
@@ -255,7 +247,6 @@ pub fn decide(
                 } else if waited < delay {
                     plan.recheck = plan.recheck.min(delay - waited);
                 } else if let Some(to) = to {
-                    let pod_uid = obs.member(to).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
                     let epoch = lease.epoch + 1;
                     let transition = Transition {
                         type_: if restart { TransitionType::Bootstrap } else { TransitionType::Failover },
@@ -281,14 +272,7 @@ pub fn decide(
                         data_loss_possible: false,
                         operation_id: None,
                     };
-                    plan.lease = Some(LeaseAction::Takeover {
-                        to,
-                        pod_uid,
-                        expected_rv: lease.resource_version.clone(),
-                        epoch,
-                        transition,
-                    });
-                    plan.vip = Some(to);
+                    commit(&mut plan, obs, lease, to, transition);
                 }
             }
             if failure.as_ref().is_none_or(|f| !f.confirmed) {
@@ -307,6 +291,16 @@ pub fn decide(
     plan.standby = active.map(Member::peer).filter(|s| can_take_over(obs.member(*s), missed));
     status::compute(spec, obs, &mut plan, active, blocked, clock);
     plan
+}
+
+/// Plans the compare-and-swap of the Lease to `to` at the transition's epoch,
+/// and the VIP move that follows it.
+fn commit(plan: &mut Plan, obs: &Observed, lease: &LeaseObs, to: Member, transition: Transition) {
+    let pod_uid = obs.member(to).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
+    let epoch = transition.epoch;
+    plan.lease =
+        Some(LeaseAction::Takeover { to, pod_uid, expected_rv: lease.resource_version.clone(), epoch, transition });
+    plan.vip = Some(to);
 }
 
 /// `failback.mode: Automatic`: once the primary has served as a healthy,
