@@ -14,7 +14,7 @@ TESTBED_BIN = $(shell e2e/testbed/cachedir.sh)
 .PHONY: help
 help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} \
-	  /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
+	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 ##@ Development
@@ -89,7 +89,7 @@ e2e: testbed-up ## Every end-to-end scenario (members run as processes; needs ro
 ##@ Benchmarks
 
 .PHONY: bench
-bench: testbed-up ## Failover timings (confirmed and unconfirmed, 1 s x 3 and 5 s x 3): prints BENCH lines.
+bench: testbed-up ## Failover (confirmed, unconfirmed; 1 s x 3, 5 s x 3) and switchover timings: prints BENCH lines.
 	$(CARGO) build --release --examples
 	$(TESTBED_ENV) $(CARGO) bench --bench failover 2>target/bench.log | tee target/bench.txt
 	@echo "per-run figures in target/bench.log"
