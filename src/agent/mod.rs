@@ -92,11 +92,34 @@ pub(crate) struct State {
     pub peer_reachable: Option<bool>,
     /// Set while handing over: role standby, Lease still held and renewed.
     pub draining_since: Option<Instant>,
+    /// Heartbeat settings whose lease duration the last successful renewal
+    /// wrote. The fence deadline derives from these, never from settings
+    /// merely read: with a longer interval adopted but not yet published,
+    /// the operator still counts the old, shorter lease and may promote the
+    /// standby before a deadline computed from the new values.
+    pub published: (i32, i32),
 }
 
 impl State {
     fn fence_after(&self) -> Duration {
-        Duration::from_secs(((self.missed_threshold - 1).max(1) * self.interval_seconds) as u64)
+        let (interval, missed) = self.published;
+        Duration::from_secs(((missed - 1).max(1) * interval.max(1)) as u64)
+    }
+
+    /// Records a successful renewal made with `used` (interval, missed) and
+    /// adopts the settings the Lease carries for the next one. Returns
+    /// whether they differ, so the caller renews again at once and publishes
+    /// them.
+    fn record_renewal(&mut self, used: (i32, i32), view: &lease::LeaseView) -> bool {
+        self.last_renew = Some(Instant::now());
+        self.published = used;
+        if let Some(i) = view.interval_seconds {
+            self.interval_seconds = i;
+        }
+        if let Some(m) = view.missed_threshold {
+            self.missed_threshold = m.max(2);
+        }
+        (self.interval_seconds, self.missed_threshold) != used
     }
     fn app_healthy(&self) -> Option<bool> {
         self.health.healthy(self.health_threshold)
@@ -195,6 +218,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             peer: None,
             peer_reachable: None,
             draining_since: None,
+            published: (config.interval_seconds.max(1), config.missed_threshold.max(2)),
         }),
         files,
         wake: Notify::new(),
@@ -238,7 +262,7 @@ async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
             // serve again rather than leave the pair without an active member.
             match tokio::time::timeout(tick, lease::renew(&api, &name, &agent.identity, epoch, duration)).await {
                 Ok(Ok(view)) => {
-                    renewed(&agent, view);
+                    renewed(&agent, (interval, missed), view);
                     if since.elapsed() >= Duration::from_secs(2 * duration as u64) {
                         warn!(epoch, "handover did not happen: serving again");
                         let mut s = agent.lock();
@@ -258,7 +282,7 @@ async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
                 release(&agent, &api, &name, epoch).await;
             } else {
                 match tokio::time::timeout(tick, lease::renew(&api, &name, &agent.identity, epoch, duration)).await {
-                    Ok(Ok(view)) => renewed(&agent, view),
+                    Ok(Ok(view)) => renewed(&agent, (interval, missed), view),
                     Ok(Err(lease::LeaseError::Lost(why))) => {
                         warn!(%why, "lease lost: standing down");
                         let mut s = agent.lock();
@@ -270,7 +294,7 @@ async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
             }
         } else {
             match tokio::time::timeout(tick, lease::read(&api, &name)).await {
-                Ok(Ok(Some(view))) => consider_promotion(&agent, &api, &name, view, healthy, duration).await,
+                Ok(Ok(Some(view))) => consider_promotion(&agent, &api, &name, view, healthy, (interval, missed)).await,
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => warn!(error = %e, "cannot read the lease"),
                 Err(_) => warn!("reading the lease timed out"),
@@ -283,14 +307,10 @@ async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
     }
 }
 
-fn renewed(agent: &Agent, view: lease::LeaseView) {
-    let mut s = agent.lock();
-    s.last_renew = Some(Instant::now());
-    if let Some(i) = view.interval_seconds {
-        s.interval_seconds = i;
-    }
-    if let Some(m) = view.missed_threshold {
-        s.missed_threshold = m.max(2);
+fn renewed(agent: &Agent, used: (i32, i32), view: lease::LeaseView) {
+    if agent.lock().record_renewal(used, &view) {
+        // New heartbeat settings: publish their lease duration right away.
+        agent.wake.notify_one();
     }
 }
 
@@ -306,8 +326,9 @@ async fn consider_promotion(
     name: &str,
     view: lease::LeaseView,
     healthy: Option<bool>,
-    duration: i32,
+    used: (i32, i32),
 ) {
+    let duration = used.0 * used.1;
     if view.holder.as_deref() != Some(agent.identity.as_str()) {
         let mut s = agent.lock();
         if s.role == Role::Fenced {
@@ -325,7 +346,7 @@ async fn consider_promotion(
     match lease::renew(api, name, &agent.identity, view.epoch, duration).await {
         Ok(view) => {
             let epoch = view.epoch;
-            renewed(agent, view);
+            renewed(agent, used, view);
             let mut s = agent.lock();
             s.released = None;
             agent.set_role(&mut s, Role::Active, epoch);
@@ -385,5 +406,53 @@ async fn health_loop(agent: Arc<Agent>, spec: HealthCheckSpec) {
             agent.wake.notify_one();
         }
         tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State {
+            role: Role::Active,
+            epoch: 1,
+            last_renew: None,
+            interval_seconds: 1,
+            missed_threshold: 3,
+            health: Health::default(),
+            health_threshold: 1,
+            released: None,
+            renew_failures: 0,
+            peer: None,
+            peer_reachable: None,
+            draining_since: None,
+            published: (1, 3),
+        }
+    }
+
+    fn view(interval: i32, missed: i32) -> lease::LeaseView {
+        lease::LeaseView { holder: None, epoch: 1, interval_seconds: Some(interval), missed_threshold: Some(missed) }
+    }
+
+    #[test]
+    fn a_longer_interval_read_from_the_lease_does_not_move_the_fence_until_it_is_published() {
+        let mut s = state();
+        // Renewed with 1 s x 3 (lease 3 s); the Lease now asks for 10 s x 3.
+        assert!(s.record_renewal((1, 3), &view(10, 3)), "the new settings must be published at once");
+        assert_eq!(s.fence_after(), Duration::from_secs(2), "still fences inside the 3 s lease the operator counts");
+        assert_eq!((s.interval_seconds, s.missed_threshold), (10, 3));
+        // The next renewal writes the 30 s lease; only then does the deadline grow.
+        assert!(!s.record_renewal((10, 3), &view(10, 3)));
+        assert_eq!(s.fence_after(), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn the_fence_always_comes_an_interval_before_the_published_lease_ends() {
+        for (i, m) in [(1, 2), (1, 3), (5, 3), (600, 30)] {
+            let mut s = state();
+            s.record_renewal((i, m), &view(i, m));
+            assert_eq!(s.fence_after() + Duration::from_secs(i as u64), Duration::from_secs((i * m) as u64));
+        }
     }
 }
