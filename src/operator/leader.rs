@@ -102,7 +102,8 @@ impl Elector {
                     _ => warn!("leader lease renewal failed"),
                 }
                 // Stop acting well before another replica may take over.
-                if last.elapsed() >= duration - every {
+                // (The renewal above may itself take up to `every`.)
+                if last.elapsed() >= duration.saturating_sub(2 * every) {
                     break;
                 }
             }
