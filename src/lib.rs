@@ -12,5 +12,6 @@ pub mod http;
 pub mod metrics;
 pub mod operator;
 pub mod proto;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;

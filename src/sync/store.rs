@@ -1,0 +1,243 @@
+//! Changing files on the receiving side, safely: a copy is written to a
+//! temporary file on the same volume, checked against the manifest's size
+//! and hash, fsynced and renamed into place, so a reader (or a crash) sees
+//! the old file or the new one, never half of one. Nothing is removed that
+//! the plan says to keep: a quarantined file is moved, with a line in the
+//! quarantine's manifest saying where it came from.
+
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use hyper::body::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::manifest::{Entry, hex};
+use super::path::{self, STATE_DIR};
+
+/// Where temporary files live (same volume as the data, so rename works).
+pub fn tmp_dir(root: &Path) -> PathBuf {
+    root.join(STATE_DIR).join("tmp")
+}
+
+/// Where quarantined files live.
+pub fn quarantine_root(root: &Path) -> PathBuf {
+    root.join(STATE_DIR).join("quarantine")
+}
+
+/// Removes temporary files a killed copy left behind.
+pub fn clean_tmp(root: &Path) -> io::Result<()> {
+    let dir = tmp_dir(root);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::create_dir_all(&dir)
+}
+
+/// Why a copy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("the file changed on the source during the copy (expected {expected} bytes, hash {hash})")]
+    Changed { expected: u64, hash: String },
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("transfer: {0}")]
+    Transfer(String),
+}
+
+/// Streams `body` into `vpath` under `root`, checks it against `entry`, and
+/// puts it in place with the entry's mode and mtime. Memory stays at one
+/// chunk whatever the file size.
+pub async fn install<S, E>(root: &Path, vpath: &str, entry: &Entry, mut body: S) -> Result<u64, CopyError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let tmp = tmp_dir(root).join(format!("{}.{}", sanitize(vpath), std::process::id()));
+    std::fs::create_dir_all(tmp_dir(root))?;
+    let mut file = tokio::fs::File::create(&tmp).await?;
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    let result: Result<(), CopyError> = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| CopyError::Transfer(e.to_string()))?;
+            n += chunk.len() as u64;
+            if n > entry.size {
+                return Err(CopyError::Changed { expected: entry.size, hash: entry.hash.clone() });
+            }
+            h.update(&chunk);
+            file.write_all(&chunk).await?;
+        }
+        if n != entry.size || hex(&h.finalize()) != entry.hash {
+            return Err(CopyError::Changed { expected: entry.size, hash: entry.hash.clone() });
+        }
+        file.sync_all().await?;
+        Ok(())
+    }
+    .await;
+    drop(file);
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let placed = (|| {
+        let f = std::fs::File::options().write(true).open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o777))?;
+        f.set_modified(mtime_of(entry.mtime))?;
+        let parent = path::ensure_parent(root, vpath)?;
+        std::fs::rename(&tmp, root.join(vpath))?;
+        std::fs::File::open(parent)?.sync_all()
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    Ok(n)
+}
+
+fn mtime_of(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn sanitize(vpath: &str) -> String {
+    vpath.chars().map(|c| if c == '/' { '%' } else { c }).take(200).collect()
+}
+
+/// One quarantined file, as recorded in the quarantine's `MANIFEST.jsonl`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantineRecord {
+    /// Where the file was, relative to the data volume.
+    pub path: String,
+    /// Why: `onlyOnTarget` or `conflict`.
+    pub reason: String,
+    /// The member whose file it was.
+    pub member: String,
+    pub size: u64,
+    pub hash: String,
+    pub mtime: i64,
+    pub at: DateTime<Utc>,
+}
+
+/// Moves `vpath` into quarantine `label` (e.g. `resync-7`), keeping its
+/// relative path, and records it. The record is written (and fsynced)
+/// before the move, so a file can be recorded and not yet moved after a
+/// crash, never moved and unrecorded; a re-run then moves it under the next
+/// free name.
+pub fn quarantine(root: &Path, label: &str, vpath: &str, record: QuarantineRecord) -> io::Result<()> {
+    let src = path::real_path(root, vpath)?;
+    let qdir = quarantine_root(root).join(label);
+    let mut dest = qdir.join("files").join(vpath);
+    // A second conflict on the same path under one label keeps both.
+    let mut i = 1;
+    while dest.exists() {
+        dest = qdir.join("files").join(format!("{vpath}.{i}"));
+        i += 1;
+    }
+    std::fs::create_dir_all(dest.parent().expect("quarantine path has a parent"))?;
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(qdir.join("MANIFEST.jsonl"))?;
+    let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
+    line.push(b'\n');
+    log.write_all(&line)?;
+    log.sync_all()?;
+    std::fs::rename(&src, &dest)?;
+    if let Some(p) = src.parent() {
+        std::fs::File::open(p)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Deletes `vpath` (the plan says so: a mirrored deletion, or the user's
+/// `onlyOnTarget: Delete`).
+pub fn remove(root: &Path, vpath: &str) -> io::Result<()> {
+    let p = match path::real_path(root, vpath) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        p => p?,
+    };
+    match std::fs::remove_file(&p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a quarantine's manifest.
+pub fn quarantine_records(root: &Path, label: &str) -> io::Result<Vec<QuarantineRecord>> {
+    let text = std::fs::read_to_string(quarantine_root(root).join(label).join("MANIFEST.jsonl"))?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::manifest::hash_reader;
+    use crate::sync::path::tests::tempdir;
+
+    fn entry(content: &[u8]) -> Entry {
+        Entry {
+            size: content.len() as u64,
+            mtime: 1_700_000_000_123_456_789,
+            mode: 0o640,
+            hash: hash_reader(content).unwrap().0,
+        }
+    }
+    fn body(parts: Vec<&'static [u8]>) -> impl Stream<Item = Result<Bytes, String>> + Unpin {
+        futures::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from_static(p))))
+    }
+
+    #[tokio::test]
+    async fn a_copy_lands_whole_with_its_mode_and_mtime_or_not_at_all() {
+        let root = tempdir();
+        let e = entry(b"hello world");
+        assert_eq!(install(&root, "a/b/c.txt", &e, body(vec![b"hello ", b"world"])).await.unwrap(), 11);
+        let meta = std::fs::metadata(root.join("a/b/c.txt")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+        assert_eq!(meta.modified().unwrap(), mtime_of(e.mtime));
+        // Changed on the source mid-copy: nothing replaced, no temp left.
+        let err = install(&root, "a/b/c.txt", &e, body(vec![b"hello there"])).await.unwrap_err();
+        assert!(matches!(err, CopyError::Changed { .. }));
+        let err = install(&root, "a/b/c.txt", &e, body(vec![b"hello world!"])).await.unwrap_err();
+        assert!(matches!(err, CopyError::Changed { .. }));
+        assert_eq!(std::fs::read(root.join("a/b/c.txt")).unwrap(), b"hello world");
+        assert_eq!(std::fs::read_dir(tmp_dir(&root)).unwrap().count(), 0);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn quarantine_moves_and_records_and_remove_deletes() {
+        let root = tempdir();
+        std::fs::create_dir_all(root.join("up")).unwrap();
+        for (name, content) in [("up/x", "1"), ("up/y", "2")] {
+            std::fs::write(root.join(name), content).unwrap();
+        }
+        let rec = |p: &str| QuarantineRecord {
+            path: p.into(),
+            reason: "onlyOnTarget".into(),
+            member: "secondary".into(),
+            size: 1,
+            hash: "h".into(),
+            mtime: 0,
+            at: Utc::now(),
+        };
+        quarantine(&root, "resync-3", "up/x", rec("up/x")).unwrap();
+        assert!(!root.join("up/x").exists());
+        assert_eq!(std::fs::read(quarantine_root(&root).join("resync-3/files/up/x")).unwrap(), b"1");
+        std::fs::write(root.join("up/x"), "again").unwrap();
+        quarantine(&root, "resync-3", "up/x", rec("up/x")).unwrap();
+        assert_eq!(std::fs::read(quarantine_root(&root).join("resync-3/files/up/x.1")).unwrap(), b"again");
+        assert_eq!(quarantine_records(&root, "resync-3").unwrap().len(), 2);
+        remove(&root, "up/y").unwrap();
+        remove(&root, "up/y").unwrap();
+        assert!(!root.join("up/y").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
