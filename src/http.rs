@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use futures::Stream;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
@@ -49,25 +51,21 @@ pub struct Target {
 
 /// One request to an agent over mTLS, within `timeout` end to end.
 pub async fn call(target: &Target, method: Method, path: &str, timeout: Duration) -> Result<Bytes, CallError> {
+    call_limited(target, method, path, timeout, MAX_BODY).await
+}
+
+/// [`call`] accepting a body of up to `limit` bytes.
+pub async fn call_limited(
+    target: &Target,
+    method: Method,
+    path: &str,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Bytes, CallError> {
     tokio::time::timeout(timeout, async {
-        let tcp = TcpStream::connect(target.addr).await.map_err(CallError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        let tls = TlsConnector::from(target.tls.clone())
-            .connect(target.server_name.clone(), tcp)
-            .await
-            .map_err(CallError::Tls)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, "agent")
-            .body(Full::new(Bytes::new()))?;
-        let resp = sender.send_request(req).await?;
+        let resp = send(target, method, path).await?;
         let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|_| CallError::Body)?.to_bytes();
+        let body = Limited::new(resp.into_body(), limit).collect().await.map_err(|_| CallError::Body)?.to_bytes();
         if !status.is_success() {
             return Err(CallError::Status(status));
         }
@@ -75,6 +73,57 @@ pub async fn call(target: &Target, method: Method, path: &str, timeout: Duration
     })
     .await
     .unwrap_or(Err(CallError::Timeout))
+}
+
+async fn send(target: &Target, method: Method, path: &str) -> Result<Response<Incoming>, CallError> {
+    let tcp = TcpStream::connect(target.addr).await.map_err(CallError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let tls = TlsConnector::from(target.tls.clone())
+        .connect(target.server_name.clone(), tcp)
+        .await
+        .map_err(CallError::Tls)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "agent")
+        .body(Full::new(Bytes::new()))?;
+    Ok(sender.send_request(req).await?)
+}
+
+/// A GET whose body is streamed: the headers must come within `timeout`,
+/// then each chunk within `idle` of the one before, so a large file may
+/// take as long as it needs while a stalled peer is dropped.
+pub async fn stream(
+    target: &Target,
+    path: &str,
+    timeout: Duration,
+    idle: Duration,
+) -> Result<impl Stream<Item = Result<Bytes, CallError>> + Unpin + use<>, CallError> {
+    let resp =
+        tokio::time::timeout(timeout, send(target, Method::GET, path)).await.unwrap_or(Err(CallError::Timeout))?;
+    if !resp.status().is_success() {
+        return Err(CallError::Status(resp.status()));
+    }
+    let body = resp.into_body();
+    Ok(Box::pin(futures::stream::unfold(Some(body), move |body| async move {
+        let mut body = body?;
+        loop {
+            match tokio::time::timeout(idle, body.frame()).await {
+                Err(_) => return Some((Err(CallError::Timeout), None)),
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => return Some((Err(CallError::Http(e)), None)),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Some((Ok(data), Some(body)));
+                    }
+                }
+            }
+        }
+    })))
 }
 
 /// A GET whose answer is JSON.
@@ -87,12 +136,22 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
     Ok(serde_json::from_slice(&body)?)
 }
 
-pub type Reply = Response<Full<Bytes>>;
+pub type Body = BoxBody<Bytes, std::io::Error>;
+pub type Reply = Response<Body>;
 
 pub fn reply(status: StatusCode, body: impl Into<Bytes>) -> Reply {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
     *r.status_mut() = status;
     r
+}
+
+/// A 200 whose body is streamed from `chunks`.
+pub fn stream_reply<S>(chunks: S) -> Reply
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static,
+{
+    use futures::StreamExt;
+    Response::new(BodyExt::boxed(StreamBody::new(chunks.map(|c| c.map(Frame::data)))))
 }
 
 pub fn json_reply<T: serde::Serialize>(value: &T) -> Reply {
@@ -108,8 +167,10 @@ pub fn json_reply<T: serde::Serialize>(value: &T) -> Reply {
 
 /// Serves `handler` on `listener`, over TLS when `tls` is set. The handler
 /// gets the peer address (for loopback-only endpoints). Runs until the
-/// listener fails; each connection is served on its own task with a deadline.
-pub async fn serve<H, F>(listener: TcpListener, tls: Option<TlsAcceptor>, handler: H)
+/// listener fails; each connection is served on its own task with a
+/// deadline of `deadline` (long enough for the largest file the port
+/// streams).
+pub async fn serve<H, F>(listener: TcpListener, tls: Option<TlsAcceptor>, deadline: Duration, handler: H)
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply> + Send + 'static,
@@ -142,7 +203,7 @@ where
                     }
                 }
             };
-            let _ = tokio::time::timeout(Duration::from_secs(60), serve).await;
+            let _ = tokio::time::timeout(deadline, serve).await;
         });
     }
 }

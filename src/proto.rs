@@ -5,7 +5,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Member, Role};
+use std::collections::BTreeMap;
+
+use crate::api::{ConflictRule, Member, OnlyOnTarget, Role};
+use crate::sync::{Point, Summary};
 
 /// Lease annotation: heartbeat interval the active agent must use (set by
 /// the operator from the spec).
@@ -20,6 +23,20 @@ pub const ANN_RELEASED: &str = "hapair.dev/released-reason";
 pub const ANN_OPERATION: &str = "hapair.dev/operation-id";
 /// Lease annotation: which member released the Lease (set by the agent).
 pub const ANN_RELEASED_BY: &str = "hapair.dev/released-by";
+
+/// How long a drained active member holds the Lease without serving
+/// before it serves again on its own, and so how long a planned handover
+/// may take: two lease durations, plus time for the standby to pull the
+/// final files when the pair syncs files.
+pub fn handover_hold(
+    interval_seconds: i32,
+    missed_threshold: i32,
+    realtime_sync_seconds: Option<i32>,
+) -> std::time::Duration {
+    let lease = i64::from(interval_seconds.max(1)) * i64::from(missed_threshold.max(2));
+    let sync = realtime_sync_seconds.map_or(0, |r| 30 + 2 * i64::from(r.max(1)));
+    std::time::Duration::from_secs((2 * lease + sync) as u64)
+}
 
 /// A member's Lease identity: its configured role and its pod's UID, so a
 /// recreated pod never mistakes its predecessor's Lease for its own.
@@ -60,6 +77,75 @@ pub struct AgentStatus {
     /// way and the application has stopped taking writes.
     #[serde(default)]
     pub draining: bool,
+    /// File sync, when the pair syncs files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+}
+
+/// Where a member's files stand (part of [`AgentStatus`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// The point of this member's files: `epoch.generation`.
+    pub point: Point,
+    /// Standby: when every synced directory was last copied complete.
+    pub in_sync_at: Option<DateTime<Utc>>,
+    /// Active: the generation its standby last said it holds, and when.
+    pub peer_generation: Option<i64>,
+    pub peer_seen_at: Option<DateTime<Utc>>,
+    /// Active: seconds since the first change the standby does not have
+    /// (0 when it has everything).
+    pub peer_lag_seconds: Option<f64>,
+    /// Active: files and bytes the standby still needs. Standby: what is
+    /// left of its current copy.
+    pub pending_files: u64,
+    pub pending_bytes: u64,
+    /// Directories that hold what the active member does not, and why;
+    /// they are not overwritten until a resync.
+    pub diverged: BTreeMap<String, String>,
+    /// Directories changed while this member was not active (split-brain
+    /// evidence), and when that was seen.
+    pub changed_while_standby: BTreeMap<String, DateTime<Utc>>,
+    pub copied_files: u64,
+    pub copied_bytes: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// Paths refused (outside the directories, links, special files).
+    pub refused: u64,
+    /// Malformed answers from the peer, ignored.
+    pub garbage: u64,
+    /// The last resync this member ran as target.
+    pub resync: Option<ResyncReport>,
+}
+
+/// What the operator asks of a target member: reconcile its diverged
+/// directories with the active member's (`POST /v1/sync/resync`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResyncOrder {
+    /// Names the quarantine directory and the report (`resync-<epoch>`).
+    pub label: String,
+    pub only_on_target: OnlyOnTarget,
+    pub conflict: ConflictRule,
+    pub clocks_agree: bool,
+    pub dry_run: bool,
+    /// Also reconcile directories that merely follow (a full resync).
+    #[serde(default)]
+    pub full: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResyncReport {
+    pub label: String,
+    pub dry_run: bool,
+    pub done: bool,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub summary: Summary,
+    pub warnings: Vec<String>,
+    /// Dry run: the first actions of the plan, as `action path`.
+    pub actions: Vec<String>,
 }
 
 #[cfg(test)]

@@ -186,6 +186,26 @@ impl Harness {
         .unwrap()
     }
 
+    /// The host directory standing for a member's data volume (its PVC).
+    pub fn data_dir(&self, pair: &str, member: Member) -> PathBuf {
+        self.dir.join("pvc").join(format!("{pair}-{member}-data"))
+    }
+
+    /// How to reach a member's agent over mTLS, with the given client TLS.
+    pub async fn agent_target(
+        &self,
+        pair: &str,
+        member: Member,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> hapair::http::Target {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let pod = pods.get(&member.pod_name(pair)).await.unwrap();
+        let ip: std::net::IpAddr = pod.status.and_then(|s| s.pod_ip).expect("pod IP").parse().unwrap();
+        let server_name =
+            hapair::tls::server_name(&hapair::tls::member_server_name(member, pair, &self.ns.name)).unwrap();
+        hapair::http::Target { addr: std::net::SocketAddr::new(ip, 7443), server_name, tls }
+    }
+
     pub async fn checker(&self, name: &str) -> checker::Checker {
         self.checker_with_grace(name, Duration::from_secs(1)).await
     }
@@ -307,6 +327,17 @@ impl Harness {
             log
         });
         Writer { stop, task }
+    }
+}
+
+impl WriteLog {
+    /// Acknowledged writes missing from a member's `writes.log` (the test
+    /// application appends `EPOCH kN N` and fsyncs before it answers).
+    pub fn missing_from(&self, data_dir: &std::path::Path) -> Vec<u64> {
+        let text = std::fs::read_to_string(data_dir.join("writes.log")).unwrap_or_default();
+        let held: std::collections::HashSet<u64> =
+            text.lines().filter_map(|l| l.split(' ').nth(2)).filter_map(|n| n.parse().ok()).collect();
+        self.acknowledged.iter().map(|(n, _)| *n).filter(|n| !held.contains(n)).collect()
     }
 }
 

@@ -14,6 +14,7 @@ mod lease;
 mod probe;
 mod role;
 mod server;
+mod sync;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -74,6 +75,12 @@ pub struct Config {
     /// Directory holding ca.crt, tls.crt and tls.key.
     #[arg(long, env = "HAPAIR_TLS_DIR", default_value = "/var/run/hapair-tls")]
     pub tls_dir: PathBuf,
+    /// The member's data volume (file sync).
+    #[arg(long, env = "HAPAIR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `spec.fileSync` as JSON; no file sync when unset.
+    #[arg(long, env = "HAPAIR_FILE_SYNC")]
+    pub file_sync: Option<String>,
 }
 
 /// What the agent knows and enforces; shared by its tasks.
@@ -137,6 +144,9 @@ pub(crate) struct Agent {
     pub metrics: AgentMetrics,
     pub registry: prometheus::Registry,
     pub identity: String,
+    pub syncer: Option<Arc<sync::Syncer>>,
+    /// How to reach the peer's agent (client certificate, its name).
+    pub peer_tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
 }
 
 impl Agent {
@@ -160,6 +170,7 @@ impl Agent {
     }
 
     pub fn status(&self) -> AgentStatus {
+        let sync = self.syncer.as_ref().map(|x| x.status());
         let s = self.lock();
         AgentStatus {
             member: self.config.member,
@@ -169,11 +180,19 @@ impl Agent {
             app_healthy: s.app_healthy(),
             wall_clock: chrono::Utc::now(),
             peer_reachable: s.peer_reachable,
-            sync_generation: 0,
+            sync_generation: sync.as_ref().map_or(0, |x| x.point.generation),
             lease_renew_failures: s.renew_failures,
             released: s.released.clone(),
             draining: s.draining_since.is_some(),
+            sync,
         }
+    }
+
+    /// The peer's agent, once the operator has told us where it is.
+    pub fn peer_target(&self) -> Option<crate::http::Target> {
+        let addr = self.lock().peer?;
+        let (tls, server_name) = self.peer_tls.clone()?;
+        Some(crate::http::Target { addr, server_name, tls })
     }
 
     /// Stops serving for a planned handover: the application sees `standby`
@@ -198,6 +217,24 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     };
     let registry = prometheus::Registry::new();
     let metrics = AgentMetrics::register(&registry)?;
+    let syncer = match (&config.file_sync, &config.data_dir) {
+        (Some(json), Some(dir)) if !json.trim().is_empty() => {
+            let spec: crate::api::FileSyncSpec = serde_json::from_str(json)?;
+            (!spec.paths.is_empty())
+                .then(|| sync::Syncer::open(dir.clone(), spec, config.member).map(Arc::new))
+                .transpose()?
+        }
+        (Some(json), None) if !json.trim().is_empty() => return Err("HAPAIR_FILE_SYNC needs HAPAIR_DATA_DIR".into()),
+        _ => None,
+    };
+    let tls = server::load_identity(&config.tls_dir)?;
+    let peer_tls = match (
+        crate::tls::client_config(&tls),
+        crate::tls::server_name(&crate::tls::member_server_name(config.member.peer(), &config.pair, &config.namespace)),
+    ) {
+        (Ok(c), Ok(n)) => Some((c, n)),
+        _ => None,
+    };
     let files = RoleFiles::new(&config.run_dir)?;
     files.publish(Role::Standby, 0)?;
     metrics.set_role(Role::Standby);
@@ -225,15 +262,19 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         metrics,
         registry,
         config,
+        syncer,
+        peer_tls,
     });
     info!(pair = %agent.config.pair, member = %agent.config.member, "agent starting");
-    let tls = server::load_identity(&agent.config.tls_dir)?;
     let servers = server::start(agent.clone(), &tls).await?;
     if let Some(spec) = health_spec {
         tokio::spawn(health_loop(agent.clone(), spec));
     }
     tokio::spawn(watchdog(agent.clone()));
     tokio::spawn(server::peer_loop(agent.clone(), tls));
+    if agent.syncer.is_some() {
+        tokio::spawn(sync_loop(agent.clone()));
+    }
     tokio::select! {
         _ = lease_loop(agent.clone(), leases) => {}
         _ = servers => {}
@@ -263,7 +304,8 @@ async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
             match tokio::time::timeout(tick, lease::renew(&api, &name, &agent.identity, epoch, duration)).await {
                 Ok(Ok(view)) => {
                     renewed(&agent, (interval, missed), view);
-                    if since.elapsed() >= Duration::from_secs(2 * duration as u64) {
+                    let realtime = agent.syncer.as_ref().map(|x| x.spec.realtime_interval_seconds);
+                    if since.elapsed() >= crate::proto::handover_hold(interval, missed, realtime) {
                         warn!(epoch, "handover did not happen: serving again");
                         let mut s = agent.lock();
                         s.draining_since = None;
@@ -342,6 +384,10 @@ async fn consider_promotion(
         release(agent, api, name, view.epoch).await;
         return;
     }
+    // No file may arrive from the old active once this member serves.
+    if let Some(syncer) = &agent.syncer {
+        syncer.stop_pulling().await;
+    }
     // Holder at this epoch: a successful renew proves it before we act on it.
     match lease::renew(api, name, &agent.identity, view.epoch, duration).await {
         Ok(view) => {
@@ -352,6 +398,9 @@ async fn consider_promotion(
             agent.set_role(&mut s, Role::Active, epoch);
         }
         Err(e) => warn!(error = %e, "promotion renew failed; staying standby"),
+    }
+    if let Some(syncer) = &agent.syncer {
+        syncer.resume();
     }
 }
 
@@ -385,6 +434,41 @@ async fn watchdog(agent: Arc<Agent>) {
             agent.set_role(&mut s, Role::Fenced, epoch);
             agent.metrics.fenced_total.inc();
         }
+    }
+}
+
+/// Scans as active, pulls as standby; after serving, one last scan so the
+/// changes made at the epoch that ended are counted as that epoch's.
+async fn sync_loop(agent: Arc<Agent>) {
+    let Some(syncer) = agent.syncer.clone() else { return };
+    let tick = Duration::from_secs(syncer.spec.realtime_interval_seconds.max(1) as u64);
+    let mut was_serving: Option<i64> = None;
+    let mut forced = true;
+    loop {
+        let (role, epoch, draining) = {
+            let s = agent.lock();
+            (s.role, s.epoch, s.draining_since.is_some())
+        };
+        if role == Role::Active || draining {
+            if let Err(e) = syncer.refresh(epoch).await {
+                warn!(error = %e, "cannot scan the synced directories");
+            }
+            was_serving = Some(epoch);
+        } else {
+            if let Some(old) = was_serving.take() {
+                if let Err(e) = syncer.refresh(old).await {
+                    warn!(error = %e, "cannot scan the synced directories");
+                }
+                syncer.close_active().await;
+            }
+            if let Some(peer) = agent.peer_target() {
+                syncer.pull_round(&peer, forced).await;
+            }
+        }
+        forced = tokio::select! {
+            _ = tokio::time::sleep(tick) => false,
+            _ = syncer.wake.notified() => true,
+        };
     }
 }
 

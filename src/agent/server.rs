@@ -6,6 +6,9 @@
 //!   sent by the operator right after it moves the Lease), `POST
 //!   /v1/drain?epoch=N` (stop serving but keep the Lease, for a planned
 //!   handover), `GET /v1/ping`.
+//! - file sync on the mTLS port: see [`crate::sync::wire`]; plus `POST
+//!   /v1/sync/resync?label=..&onlyOnTarget=..&conflict=..&clocksAgree=0|1&dryRun=0|1&full=0|1`
+//!   (the operator orders a resync of this member).
 //! - plain probe port: `/healthz`, `/readyz`, `/metrics`, and `GET /v1/role`
 //!   for loopback clients only (the application in the same pod).
 
@@ -20,8 +23,10 @@ use prometheus::Encoder;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::sync::SyncError;
 use super::{Agent, role_word};
 use crate::http::{self, Target, json_reply, reply};
+use crate::proto::ResyncOrder;
 use crate::tls::{self, Identity};
 
 pub fn load_identity(dir: &Path) -> Result<Identity, std::io::Error> {
@@ -39,7 +44,9 @@ pub async fn start(
     let secure = TcpListener::bind((agent.config.bind, agent.config.port)).await?;
     let plain = TcpListener::bind((agent.config.bind, agent.config.probe_port)).await?;
     let a = agent.clone();
-    let secure = http::serve(secure, Some(acceptor), move |req, _peer| {
+    // Long enough to stream a large file; each chunk has its own idle limit
+    // on the receiving side.
+    let secure = http::serve(secure, Some(acceptor), Duration::from_secs(6 * 3600), move |req, _peer| {
         let agent = a.clone();
         async move {
             match (req.method(), req.uri().path()) {
@@ -55,15 +62,26 @@ pub async fn start(
                 }
                 (&Method::GET, "/v1/ping") => reply(StatusCode::OK, "pong"),
                 (&Method::POST, "/v1/drain") => match query_epoch(req.uri().query()) {
-                    Some(epoch) if agent.drain(epoch) => json_reply(&agent.status()),
+                    Some(epoch) if agent.drain(epoch) => {
+                        if let Some(syncer) = &agent.syncer {
+                            // Writes that began before the role file changed
+                            // land first; then the final generation.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            if let Err(e) = syncer.refresh(epoch).await {
+                                return reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                            }
+                        }
+                        json_reply(&agent.status())
+                    }
                     Some(_) => reply(StatusCode::CONFLICT, "not active at that epoch"),
                     None => reply(StatusCode::BAD_REQUEST, "epoch=N required"),
                 },
+                (_, p) if p.starts_with("/v1/sync") => sync_endpoint(&agent, req.method(), p, req.uri().query()).await,
                 _ => reply(StatusCode::NOT_FOUND, "not found"),
             }
         }
     });
-    let plain = http::serve(plain, None, move |req, peer| {
+    let plain = http::serve(plain, None, Duration::from_secs(60), move |req, peer| {
         let agent = agent.clone();
         async move {
             match req.uri().path() {
@@ -91,6 +109,110 @@ pub async fn start(
     });
     Ok(async move {
         tokio::join!(secure, plain);
+    })
+}
+
+async fn sync_endpoint(agent: &Agent, method: &Method, path: &str, query: Option<&str>) -> http::Reply {
+    use crate::sync::wire::query_param as param;
+    let Some(syncer) = &agent.syncer else {
+        return reply(StatusCode::NOT_FOUND, "this pair does not sync files");
+    };
+    let serving = {
+        let s = agent.lock();
+        (s.role == crate::api::Role::Active || s.draining_since.is_some()).then_some(s.epoch)
+    };
+    let refused = |e: SyncError| match e {
+        SyncError::Refused(r) => reply(StatusCode::FORBIDDEN, format!("refused: {r}")),
+        e => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match (method, path) {
+        (&Method::GET, "/v1/sync/manifest") => {
+            let Some(epoch) = serving else { return reply(StatusCode::CONFLICT, "not the active member") };
+            let Some(dir) = param(query, "dir") else { return reply(StatusCode::BAD_REQUEST, "dir required") };
+            let have = param(query, "have").and_then(|h| h.parse().ok());
+            match syncer.manifest(&dir, have, epoch).await {
+                Ok(m) => json_reply(&m),
+                Err(e) => refused(e),
+            }
+        }
+        (&Method::GET, "/v1/sync/file") => {
+            let (Some(dir), Some(p)) = (param(query, "dir"), param(query, "path")) else {
+                return reply(StatusCode::BAD_REQUEST, "dir and path required");
+            };
+            match syncer.open_file(&dir, &p) {
+                Ok(f) => http::stream_reply(super::sync::file_stream(f)),
+                Err(SyncError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    reply(StatusCode::NOT_FOUND, "no such file")
+                }
+                Err(e) => refused(e),
+            }
+        }
+        (&Method::POST, "/v1/sync/take") => {
+            if serving.is_none() {
+                return reply(StatusCode::CONFLICT, "not the active member");
+            }
+            let num = |k: &str| param(query, k).and_then(|v| v.parse::<i64>().ok());
+            let (Some(dir), Some(p), Some(size), Some(hash), Some(mtime), Some(mode)) = (
+                param(query, "dir"),
+                param(query, "path"),
+                num("size"),
+                param(query, "hash"),
+                num("mtime"),
+                num("mode"),
+            ) else {
+                return reply(StatusCode::BAD_REQUEST, "dir, path, size, hash, mtime and mode required");
+            };
+            let Some(peer) = agent.peer_target() else { return reply(StatusCode::CONFLICT, "peer unknown") };
+            let entry = crate::sync::Entry { size: size.max(0) as u64, mtime, mode: (mode & 0o777) as u32, hash };
+            let label = param(query, "label").unwrap_or_else(|| "resync".into());
+            if crate::sync::path::check(&label).is_err() || label.contains('/') {
+                return reply(StatusCode::BAD_REQUEST, "bad label");
+            }
+            match syncer.take(&peer, &dir, &p, &entry, param(query, "quarantine").as_deref() == Some("1"), &label).await
+            {
+                Ok(n) => reply(StatusCode::OK, n.to_string()),
+                Err(e) => refused(e),
+            }
+        }
+        (&Method::POST, "/v1/sync") if param(query, "wait").as_deref() == Some("1") && serving.is_none() => {
+            // Pull everything now and answer with where this member then
+            // stands (a switchover waits on it); a long pull goes on after
+            // the answer.
+            let Some(peer) = agent.peer_target() else { return reply(StatusCode::CONFLICT, "peer unknown") };
+            let s = syncer.clone();
+            let round = tokio::spawn(async move { s.pull_round(&peer, true).await });
+            let _ = tokio::time::timeout(Duration::from_secs(5), round).await;
+            json_reply(&agent.status())
+        }
+        (&Method::POST, "/v1/sync") => {
+            syncer.wake.notify_one();
+            reply(StatusCode::ACCEPTED, "")
+        }
+        (&Method::POST, "/v1/sync/resync") => match resync_order(query) {
+            Some(order) => {
+                syncer.set_order(order);
+                reply(StatusCode::ACCEPTED, "")
+            }
+            None => reply(StatusCode::BAD_REQUEST, "label, onlyOnTarget and conflict required"),
+        },
+        _ => reply(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn resync_order(query: Option<&str>) -> Option<ResyncOrder> {
+    use crate::sync::wire::query_param as param;
+    let label = param(query, "label")?;
+    if crate::sync::path::check(&label).is_err() || label.contains('/') {
+        return None;
+    }
+    let quoted = |k: &str| param(query, k).map(|v| format!("\"{v}\""));
+    Some(ResyncOrder {
+        label,
+        only_on_target: serde_json::from_str(&quoted("onlyOnTarget")?).ok()?,
+        conflict: serde_json::from_str(&quoted("conflict")?).ok()?,
+        clocks_agree: param(query, "clocksAgree").as_deref() == Some("1"),
+        dry_run: param(query, "dryRun").as_deref() == Some("1"),
+        full: param(query, "full").as_deref() == Some("1"),
     })
 }
 

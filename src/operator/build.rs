@@ -273,6 +273,10 @@ pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContex
             mount_path: AGENT_DATA_DIR.into(),
             ..Default::default()
         });
+        agent_env.push(env("HAPAIR_DATA_DIR", AGENT_DATA_DIR));
+        if let Some(fs) = spec.file_sync.as_ref().filter(|f| !f.paths.is_empty()) {
+            agent_env.push(env("HAPAIR_FILE_SYNC", serde_json::to_string(fs).unwrap_or_default()));
+        }
     }
     pod_spec.containers.push(Container {
         name: AGENT_CONTAINER.into(),

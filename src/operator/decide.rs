@@ -45,6 +45,8 @@ pub struct Plan {
     pub lease: Option<LeaseAction>,
     /// Ask this member's agent to drain at this epoch (planned handover).
     pub drain: Option<(Member, i64)>,
+    /// Ask this member's agent to pull every synced directory now.
+    pub sync_now: Option<Member>,
     /// Member the VIP Service should select once the Lease action is done.
     pub vip: Option<Member>,
     pub standby: Option<Member>,
@@ -127,6 +129,7 @@ pub fn decide(
     let mut plan = Plan {
         lease: None,
         drain: None,
+        sync_now: None,
         vip: None,
         standby: None,
         status: current.cloned().unwrap_or_default(),
@@ -182,6 +185,10 @@ pub fn decide(
                     plan.drain = Some((member, epoch));
                     plan.recheck = plan.recheck.min(Duration::from_millis(200));
                 }
+                Step::SyncWait { member } => {
+                    plan.sync_now = Some(member);
+                    plan.recheck = plan.recheck.min(Duration::from_millis(200));
+                }
                 Step::Wait => plan.recheck = plan.recheck.min(Duration::from_millis(200)),
                 Step::Idle => {}
             }
@@ -232,6 +239,19 @@ pub fn decide(
                             spec.failover.flap_budget.window_seconds
                         ),
                     ))
+                } else if let Some((lag, max)) = from
+                    .and_then(|h| standby_lag(obs, h))
+                    .zip(spec.failover.max_sync_lag_seconds)
+                    .filter(|(lag, max)| *lag > f64::from(*max) && operations::syncs_files(spec))
+                {
+                    Some((
+                        "SyncLagTooHigh",
+                        format!(
+                            "{}: the standby's files were {lag:.0}s behind at the last answer, over \
+                             failover.maxSyncLagSeconds ({max}s); request a forced failover to proceed",
+                            f.reason
+                        ),
+                    ))
                 } else {
                     None
                 };
@@ -269,7 +289,10 @@ pub fn decide(
                         time: clock.now,
                         detection_millis: Some(waited.as_millis() as i64),
                         lease_to_selector_millis: None,
-                        data_loss_possible: false,
+                        // Files the old active had that the new one never pulled.
+                        data_loss_possible: !restart
+                            && operations::syncs_files(spec)
+                            && from.and_then(|h| standby_lag(obs, h)).is_none_or(|lag| lag > 0.0),
                         operation_id: None,
                     };
                     commit(&mut plan, obs, lease, to, transition);
@@ -303,6 +326,12 @@ fn commit(plan: &mut Plan, obs: &Observed, lease: &LeaseObs, to: Member, transit
     plan.vip = Some(to);
 }
 
+/// How far behind the active member `holder` last said its standby's files
+/// were, in seconds; `None` when it never said.
+pub fn standby_lag(obs: &Observed, holder: Member) -> Option<f64> {
+    obs.member(holder).agent.last.as_ref()?.sync.as_ref()?.peer_lag_seconds
+}
+
 /// `failback.mode: Automatic`: once the primary has served as a healthy,
 /// reachable standby for `failback.delaySeconds` (hysteresis against a
 /// flapping primary), hand the active role back to it.
@@ -330,7 +359,7 @@ fn automatic_failback(
         id: String::new(),
         reason: "AutomaticFailback".into(),
     };
-    operations::handover(obs, Member::Primary, epoch, holder, takeover)
+    operations::handover(obs, Member::Primary, epoch, holder, operations::syncs_files(spec), takeover)
 }
 
 fn bootstrap(spec: &HighAvailabilityPairSpec, obs: &Observed, plan: &mut Plan) {

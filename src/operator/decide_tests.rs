@@ -37,10 +37,12 @@ fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs {
                 lease_renew_failures: 0,
                 released: None,
                 draining: false,
+                sync: None,
             }),
             missed: 0,
             since_answer: Some(Duration::ZERO),
             malformed: 0,
+            skew_ms: Some(0),
         },
     }
 }

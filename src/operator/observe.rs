@@ -63,6 +63,8 @@ pub struct AgentObs {
     pub since_answer: Option<Duration>,
     /// Answers that could not be parsed (a member sending garbage).
     pub malformed: u64,
+    /// Estimated clock skew of the member against the operator.
+    pub skew_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

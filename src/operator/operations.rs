@@ -34,8 +34,23 @@ pub enum Step {
     Drain { member: Member, epoch: i64 },
     /// Move the Lease to `to`.
     Takeover { to: Member, type_: TransitionType, force: bool, id: String, reason: String },
+    /// The active member has drained; the standby must pull its final
+    /// files before the Lease moves.
+    SyncWait { member: Member },
     /// Waiting for agents (draining, promoting).
     Wait,
+}
+
+/// Whether the pair syncs files (a planned handover then waits for them).
+pub fn syncs_files(spec: &HighAvailabilityPairSpec) -> bool {
+    spec.storage.is_some() && spec.file_sync.as_ref().is_some_and(|f| !f.paths.is_empty())
+}
+
+/// How long a planned handover may take before it is given up.
+pub fn handover_timeout(spec: &HighAvailabilityPairSpec) -> std::time::Duration {
+    let realtime = syncs_files(spec).then(|| spec.file_sync.as_ref().map_or(11, |f| f.realtime_interval_seconds));
+    crate::proto::handover_hold(spec.heartbeat.interval_seconds, spec.heartbeat.missed_threshold, realtime)
+        + std::time::Duration::from_secs(5)
 }
 
 fn ack(status: &mut HighAvailabilityPairStatus, op: OperationStatus) {
@@ -217,17 +232,46 @@ pub fn step(
     if kind == OperationKind::Failover {
         return Step::Takeover { to, type_, force, id: req.id.clone(), reason };
     }
+    let started = op.start_time.unwrap_or(now);
+    if (now - started).to_std().unwrap_or_default() > handover_timeout(spec) {
+        let why = if syncs_files(spec) {
+            format!("{to} did not hold the active member's final files in time; the active member serves again")
+        } else {
+            "the active member did not hand over in time; it serves again".to_string()
+        };
+        finish(status, &req.id, OperationPhase::Failed, "HandoverTimedOut", why, now);
+        return Step::Idle;
+    }
     // Planned handover: the active drains first, so the old and the new
     // active never take writes at the same time.
-    handover(obs, to, epoch, holder, Step::Takeover { to, type_, force: false, id: req.id.clone(), reason })
+    let takeover = Step::Takeover { to, type_, force: false, id: req.id.clone(), reason };
+    handover(obs, to, epoch, holder, syncs_files(spec), takeover)
 }
 
-/// A planned handover to `to`: drain the active member, then move the Lease.
-pub fn handover(obs: &Observed, to: Member, epoch: i64, holder: Option<Member>, takeover: Step) -> Step {
+/// A planned handover to `to`: drain the active member, let `to` pull the
+/// drained member's final files (when the pair syncs files), then move the
+/// Lease. Zero data loss: the Lease moves only once `to` holds the final
+/// generation the drained member reported.
+pub fn handover(obs: &Observed, to: Member, epoch: i64, holder: Option<Member>, syncs: bool, takeover: Step) -> Step {
     let from = to.peer();
-    let drained = obs.member(from).agent.last.as_ref().is_some_and(|a| a.draining && a.epoch == epoch);
+    let drained = obs.member(from).agent.last.as_ref().filter(|a| a.draining && a.epoch == epoch);
     let from_gone = holder != Some(from) || !obs.member(from).pod.as_ref().is_some_and(|p| p.running);
-    if drained || from_gone { takeover } else { Step::Drain { member: from, epoch } }
+    if from_gone {
+        return takeover;
+    }
+    let Some(drained) = drained else { return Step::Drain { member: from, epoch } };
+    if !syncs {
+        return takeover;
+    }
+    let last = drained.sync.as_ref().map_or(0, |s| s.point.generation);
+    let holds = obs
+        .member(to)
+        .agent
+        .last
+        .as_ref()
+        .and_then(|a| a.sync.as_ref())
+        .is_some_and(|s| s.point.generation >= last && s.diverged.is_empty());
+    if holds { takeover } else { Step::SyncWait { member: to } }
 }
 
 fn accepted(

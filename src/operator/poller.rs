@@ -35,6 +35,9 @@ pub struct MemberPoll {
     pub missed: u32,
     pub malformed: u64,
     pub endpoint: Option<Endpoint>,
+    /// The agent's clock minus ours, estimated from its answer's wall
+    /// clock and the middle of the round trip (± half the round trip).
+    pub skew_ms: Option<i64>,
 }
 
 fn idx(m: Member) -> usize {
@@ -58,6 +61,7 @@ impl PollState {
             missed: p.missed,
             since_answer: p.answered_at.map(|t| t.elapsed()),
             malformed: p.malformed,
+            skew_ms: p.skew_ms,
         }
     }
 }
@@ -70,7 +74,24 @@ fn significant(before: &MemberPoll, after: &MemberPoll) -> bool {
             .as_ref()
             .map(|a| (a.role, a.epoch, a.app_healthy, a.pod_uid.clone(), a.peer_reachable, a.released.clone()))
     };
-    key(before) != key(after) || (before.missed == 0) != (after.missed == 0) || after.missed > before.missed
+    // File sync: a new generation, a directory diverging or catching up.
+    let sync = |p: &MemberPoll| {
+        p.last.as_ref().and_then(|a| a.sync.as_ref()).map(|s| {
+            (
+                s.point,
+                s.diverged.len(),
+                s.changed_while_standby.len(),
+                s.peer_generation,
+                s.resync.as_ref().map(|r| r.done),
+            )
+        })
+    };
+    let skew = |p: &MemberPoll| p.skew_ms.map(|k| k / 1000);
+    key(before) != key(after)
+        || sync(before) != sync(after)
+        || skew(before) != skew(after)
+        || (before.missed == 0) != (after.missed == 0)
+        || after.missed > before.missed
 }
 
 /// Polls one member once and records the outcome.
@@ -89,7 +110,9 @@ pub async fn poll_member(
         Some(peer) => format!("/v1/status?peer={peer}"),
         None => "/v1/status".to_string(),
     };
+    let sent = chrono::Utc::now();
     let result: Result<AgentStatus, CallError> = http::get_json(&target, &path, timeout).await;
+    let received = chrono::Utc::now();
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
     let before = s.get(member).clone();
     let p = s.get_mut(member);
@@ -98,6 +121,8 @@ pub async fn poll_member(
     }
     match result {
         Ok(status) if status.member == member => {
+            let middle = sent + (received - sent) / 2;
+            p.skew_ms = Some((status.wall_clock - middle).num_milliseconds());
             p.last = Some(status);
             p.answered_at = Some(Instant::now());
             p.missed = 0;

@@ -171,9 +171,13 @@ pub fn compute(
             missed_heartbeats: o.agent.missed.min(i32::MAX as u32) as i32,
             // Recorded when the agent stops answering, so steady state writes nothing.
             last_seen_time: if answered { None } else { prev.and_then(|p| p.last_seen_time).or(Some(now)) },
-            clock_skew_seconds: None,
+            clock_skew_seconds: o.agent.skew_ms.map(|k| (k as f64 / 1000.0).round() as i64),
             sync_generation: o.agent.last.as_ref().map(|a| a.sync_generation),
-            sync_lag_seconds: None,
+            // The active member knows how far behind its standby is.
+            sync_lag_seconds: active
+                .filter(|a| *a == m.peer())
+                .and_then(|a| crate::operator::decide::standby_lag(obs, a))
+                .map(|l| l.ceil() as i64),
         });
     }
 
@@ -273,6 +277,36 @@ pub fn compute(
         now,
         generation,
     );
+    if super::operations::syncs_files(spec) {
+        let (ok, reason, message) = synced(spec, obs, active);
+        set_condition(c, "Synced", ok, reason, message, now, generation);
+    } else {
+        c.retain(|x| x.type_ != "Synced");
+    }
+    let limit = i64::from(spec.max_clock_skew_seconds) * 1000;
+    let skewed: Vec<String> = Member::BOTH
+        .into_iter()
+        .filter_map(|m| {
+            let k = obs.member(m).agent.skew_ms.filter(|_| obs.member(m).agent.missed < missed)?;
+            (k.abs() > limit).then(|| format!("{m}'s clock is {:+.1}s off the operator's", k as f64 / 1000.0))
+        })
+        .collect();
+    if !skewed.is_empty() && !c.iter().any(|x| x.type_ == "ClockSkew" && x.status == ConditionStatus::True) {
+        plan.events.push(PlanEvent { warning: true, reason: "ClockSkew".into(), note: skewed.join("; ") });
+    }
+    set_condition(
+        c,
+        "ClockSkew",
+        !skewed.is_empty(),
+        if skewed.is_empty() { "ClocksAgree" } else { "ClockSkewTooHigh" },
+        if skewed.is_empty() {
+            String::new()
+        } else {
+            format!("{} (limit {}s; NewestWins resync refused)", skewed.join("; "), spec.max_clock_skew_seconds)
+        },
+        now,
+        generation,
+    );
     set_condition(
         c,
         "Paused",
@@ -282,6 +316,36 @@ pub fn compute(
         now,
         generation,
     );
+}
+
+/// The `Synced` condition: the standby holds the active member's files
+/// (within two realtime intervals) and nothing has diverged.
+fn synced(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member>) -> (bool, &'static str, String) {
+    let Some(a) = active else { return (false, "NoActiveMember", "no member is active".into()) };
+    let standby = a.peer();
+    let report = |m: Member| obs.member(m).agent.last.as_ref().and_then(|x| x.sync.clone());
+    let Some(theirs) = report(standby) else {
+        return (false, "StandbyUnreachable", format!("{standby} does not report its files"));
+    };
+    if !theirs.diverged.is_empty() {
+        let why: Vec<String> = theirs.diverged.values().cloned().collect();
+        return (false, "Diverged", format!("{standby} needs a resync: {}", why.join("; ")));
+    }
+    let Some(mine) = report(a) else { return (false, "ActiveUnreachable", format!("{a} does not report its files")) };
+    let lag = mine.peer_lag_seconds.unwrap_or(f64::INFINITY);
+    let limit = 2.0 * f64::from(spec.file_sync.as_ref().map_or(11, |f| f.realtime_interval_seconds));
+    if lag <= limit {
+        (true, "InSync", format!("{standby} holds generation {} of {}", theirs.point.generation, mine.point.generation))
+    } else {
+        (
+            false,
+            "Behind",
+            format!(
+                "{standby} is {lag:.0}s behind: {} files, {} bytes to copy",
+                mine.pending_files, mine.pending_bytes
+            ),
+        )
+    }
 }
 
 pub fn push_history(s: &mut crate::api::HighAvailabilityPairStatus, t: crate::api::Transition) {

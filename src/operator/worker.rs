@@ -159,6 +159,18 @@ async fn round(
         m.missed = 0;
         notify.notify_one();
     }
+    if let Some(member) = plan.sync_now
+        && let Some(answer) = sync_agent(pair, &obs, member, client_tls.clone()).await
+    {
+        // Where the standby stands after pulling: a switchover moves the
+        // Lease on it without waiting for the next poll.
+        let mut p = poll.lock().unwrap_or_else(|p| p.into_inner());
+        let m = p.get_mut(member);
+        m.last = Some(answer);
+        m.answered_at = Some(Instant::now());
+        m.missed = 0;
+        notify.notify_one();
+    }
     let failure_started = mem.failure.as_ref().map(|(_, t)| *t);
     let outcome = act::apply_plan(ctx, pair, &obs, plan, current.as_ref(), failure_started).await?;
     mem.status = outcome.status.clone().or(mem.status.take());
@@ -312,6 +324,22 @@ async fn drain_agent(
     serde_json::from_slice::<crate::proto::AgentStatus>(&body).ok().filter(|a| a.member == member && a.draining)
 }
 
+/// Asks a standby's agent to pull every synced directory now; returns its
+/// status once it has (or after a few seconds, while a long pull goes on).
+async fn sync_agent(
+    pair: &HighAvailabilityPair,
+    obs: &Observed,
+    member: Member,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+) -> Option<crate::proto::AgentStatus> {
+    let target = agent_target(pair, obs, member, client_tls)?;
+    let body = http::call(&target, hyper::Method::POST, "/v1/sync?wait=1", Duration::from_secs(8))
+        .await
+        .inspect_err(|e| warn!(%member, error = %e, "sync request failed"))
+        .ok()?;
+    serde_json::from_slice::<crate::proto::AgentStatus>(&body).ok().filter(|a| a.member == member)
+}
+
 fn agent_target(
     pair: &HighAvailabilityPair,
     obs: &Observed,
@@ -329,7 +357,7 @@ fn agent_target(
 pub async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>) {
     match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => {
-            http::serve(l, None, move |req, _| {
+            http::serve(l, None, Duration::from_secs(60), move |req, _| {
                 let ready = ready.clone();
                 async move {
                     match req.uri().path() {
@@ -349,7 +377,7 @@ pub async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>) {
 pub async fn serve_metrics(addr: SocketAddr, registry: prometheus::Registry) {
     match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => {
-            http::serve(l, None, move |req, _| {
+            http::serve(l, None, Duration::from_secs(60), move |req, _| {
                 let registry = registry.clone();
                 async move {
                     if req.uri().path() != "/metrics" {

@@ -1,0 +1,178 @@
+//! File sync on the real control plane: the standby pulls the active's
+//! files over mTLS, a switchover waits for the final files, and a live
+//! agent refuses every path that would leave the synced directories.
+
+mod common;
+#[path = "../harness/mod.rs"]
+mod harness;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hapair::api::{ConditionStatus, HighAvailabilityPair, Member, OperationPhase};
+use hapair::http::{self, CallError};
+use hapair::proto::AgentStatus;
+use harness::{Harness, test_pair};
+use hyper::{Method, StatusCode};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn synced_pair() -> serde_json::Value {
+    json!({"spec": {
+        "storage": {"size": "1Gi", "mountPath": "/data"},
+        "fileSync": {"paths": [{"path": "."}], "realtimeIntervalSeconds": 1, "batchIntervalSeconds": 2}
+    }})
+}
+
+fn condition(p: &HighAvailabilityPair, t: &str) -> Option<ConditionStatus> {
+    p.status.as_ref()?.conditions.iter().find(|c| c.type_ == t).map(|c| c.status)
+}
+
+async fn up(name: &str) -> Harness {
+    let h = Harness::new(name).await;
+    h.apply(&test_pair("web", 1, synced_pair())).await;
+    h.wait_enabled("web", Duration::from_secs(60)).await;
+    h.wait_for("web", "Synced", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
+    h
+}
+
+/// Waits until `f` holds for the file at `path`, returning how long it took.
+async fn until(path: &Path, what: &str, f: impl Fn(Option<Vec<u8>>) -> bool) -> Duration {
+    let start = Instant::now();
+    while !f(std::fs::read(path).ok()) {
+        assert!(start.elapsed() < WAIT, "{what}: {} never did", path.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_written_on_the_active_reach_the_standby_within_the_realtime_interval() {
+    let h = up("sync-files").await;
+    let (active, standby) = (h.data_dir("web", Member::Primary), h.data_dir("web", Member::Secondary));
+    // A 4 MiB file in a nested directory, written as an application would.
+    let content: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    std::fs::create_dir_all(active.join("uploads/2026")).unwrap();
+    std::fs::write(active.join("uploads/2026/big.bin"), &content).unwrap();
+    let took = until(&standby.join("uploads/2026/big.bin"), "copy", |c| c.as_deref() == Some(&content[..])).await;
+    println!("file reached the standby in {} ms", took.as_millis());
+    // Realtime interval 1 s: one interval for the next pull, one for the
+    // scan-and-copy round itself.
+    assert!(took <= Duration::from_secs(3), "took {took:?}");
+    // Changes and deletions follow.
+    std::fs::write(active.join("uploads/2026/big.bin"), b"smaller now").unwrap();
+    until(&standby.join("uploads/2026/big.bin"), "update", |c| c.as_deref() == Some(b"smaller now")).await;
+    std::fs::remove_file(active.join("uploads/2026/big.bin")).unwrap();
+    until(&standby.join("uploads/2026/big.bin"), "deletion", |c| c.is_none()).await;
+    // Status reports generations and a lag of zero once caught up.
+    let p = h
+        .wait_for("web", "the standby to report no lag", WAIT, |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.members.iter().any(|m| m.name == Member::Secondary && m.sync_lag_seconds == Some(0)))
+        })
+        .await;
+    let s = p.status.unwrap();
+    let gens: Vec<_> = s.members.iter().map(|m| m.sync_generation.unwrap_or(0)).collect();
+    assert!(gens.iter().all(|g| *g >= 3), "generations moved with each change: {gens:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_agent_refuses_paths_outside_its_directories_and_clients_of_another_ca() {
+    let h = up("sync-paths").await;
+    let data = h.data_dir("web", Member::Primary);
+    std::fs::write(h.dir.join("secret"), b"outside the volume").unwrap();
+    std::os::unix::fs::symlink(h.dir.join("secret"), data.join("escape")).unwrap();
+    std::fs::write(data.join("inside"), b"fine").unwrap();
+    let tls = h.pair_tls("web").await;
+    let target = h.agent_target("web", Member::Primary, tls.clone()).await;
+    let get = |path: String| {
+        let target = target.clone();
+        async move { http::call(&target, Method::GET, &path, Duration::from_secs(5)).await }
+    };
+    assert_eq!(get("/v1/sync/file?dir=.&path=inside".into()).await.unwrap().as_ref(), b"fine");
+    for (what, path) in [
+        ("dot-dot", "/v1/sync/file?dir=.&path=../../../../etc/passwd"),
+        ("encoded dot-dot", "/v1/sync/file?dir=.&path=%2E%2E%2F%2E%2E%2Fsecret"),
+        ("absolute", "/v1/sync/file?dir=.&path=%2Fetc%2Fpasswd"),
+        ("unknown directory", "/v1/sync/file?dir=%2Fetc&path=passwd"),
+        ("symlink out", "/v1/sync/file?dir=.&path=escape"),
+        ("state directory", "/v1/sync/file?dir=.&path=.hapair%2Fsync.json"),
+        ("unknown directory manifest", "/v1/sync/manifest?dir=..&have=0"),
+    ] {
+        match get(path.to_string()).await {
+            Err(CallError::Status(StatusCode::FORBIDDEN)) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    let status: AgentStatus = http::get_json(&target, "/v1/status", Duration::from_secs(5)).await.unwrap();
+    let sync = status.sync.expect("sync status");
+    assert!(sync.refused >= 7, "refusals are counted: {sync:?}");
+    // The manifest (rescanned at most once a second) lists the file and never the link.
+    let start = Instant::now();
+    loop {
+        let manifest = get("/v1/sync/manifest?dir=.&have=0".into()).await.unwrap();
+        let m = hapair::sync::wire::ManifestReply::decode(&manifest).unwrap();
+        assert!(!m.files.contains_key("escape"), "{:?}", m.files.keys());
+        if m.files.contains_key("inside") {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the manifest never listed the new file: {:?}", m.files.keys());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A client certificate from another CA does not get in at all.
+    let other = hapair::tls::generate_pair_material("web", "elsewhere").unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret =
+        kube::Api::namespaced(h.client.clone(), &h.ns.name).get("web-tls").await.unwrap();
+    let ca = String::from_utf8(secret.data.unwrap()[hapair::tls::CA_CERT].0.clone()).unwrap();
+    let stranger = hapair::tls::client_config(&hapair::tls::Identity {
+        ca,
+        cert: other[hapair::tls::CLIENT_CERT].clone(),
+        key: other[hapair::tls::CLIENT_KEY].clone(),
+    })
+    .unwrap();
+    let t = h.agent_target("web", Member::Primary, stranger).await;
+    let r = http::call(&t, Method::GET, "/v1/sync/file?dir=.&path=inside", Duration::from_secs(5)).await;
+    assert!(r.is_err(), "a stranger got {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchovers_under_writes_lose_no_acknowledged_write() {
+    let h = up("sync-switchover").await;
+    let checker = h.checker("web").await;
+    let writer = h.writer("web");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut expect = Member::Secondary;
+    for i in 0..6 {
+        let id = format!("sw-{i}");
+        h.merge_spec("web", json!({"operation": {"id": id, "switchover": {}}})).await;
+        let p = h
+            .wait_for("web", &format!("{id} to finish"), WAIT, |p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.operations.iter().find(|o| o.id == id))
+                    .is_some_and(|o| o.phase.is_terminal())
+            })
+            .await;
+        let s = p.status.unwrap();
+        let op = s.operations.iter().find(|o| o.id == id).unwrap();
+        assert_eq!(op.phase, OperationPhase::Succeeded, "{op:?}");
+        assert_eq!(s.active_member, Some(expect));
+        expect = expect.peer();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let log = writer.stop().await;
+    checker.assert_clean();
+    assert!(log.acknowledged.len() > 50, "writes went on: {} acknowledged", log.acknowledged.len());
+    // Every write acknowledged by any active is in the current active's
+    // file, which came to it only through file sync at each handover.
+    let active = h.pair("web").await.status.unwrap().active_member.unwrap();
+    let missing = log.missing_from(&h.data_dir("web", active));
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
