@@ -61,7 +61,8 @@ lint: ## rustfmt check and clippy with warnings as errors.
 ##@ Tests
 
 # The fastest e2e scenarios, run by `make test`; `make e2e` runs them all.
-E2E_FAST := bootstraps killing_the_active an_active_cut_off the_plugin_shows
+E2E_FAST := bootstraps killing_the_active an_active_cut_off the_plugin_shows files_written a_live_agent \
+	switchovers_under_writes a_former_active
 
 .PHONY: test
 test: check-generated unit testbed-up integration e2e-fast ## Generated files, unit tests, API tests and the fastest e2e scenarios on the testbed.
@@ -79,12 +80,12 @@ integration: ## API tests against the running testbed's real API server.
 .PHONY: e2e-fast
 e2e-fast: testbed-up
 	$(CARGO) build --examples
-	$(TESTBED_ENV) $(CARGO) test --test failover --test operations -- --test-threads 3 $(E2E_FAST)
+	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync -- --test-threads 3 $(E2E_FAST)
 
 .PHONY: e2e
 e2e: testbed-up ## Every end-to-end scenario (members run as processes; needs root for network namespaces).
 	$(CARGO) build --examples
-	$(TESTBED_ENV) $(CARGO) test --test failover --test operations -- --test-threads 3
+	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync -- --test-threads 3
 
 ##@ Benchmarks
 

@@ -176,3 +176,43 @@ async fn switchovers_under_writes_lose_no_acknowledged_write() {
         &missing[..missing.len().min(10)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_active_returning_with_changes_its_successor_never_got_is_resynced_into_quarantine() {
+    let h = Harness::new("sync-return").await;
+    let (primary, secondary) = (h.data_dir("web", Member::Primary), h.data_dir("web", Member::Secondary));
+    std::fs::create_dir_all(&primary).unwrap();
+    std::fs::write(primary.join("shared.txt"), b"version 1").unwrap();
+    // Long intervals: what the primary writes next is never pulled.
+    let mut extra = synced_pair();
+    extra["spec"]["fileSync"]["realtimeIntervalSeconds"] = json!(60);
+    extra["spec"]["fileSync"]["batchIntervalSeconds"] = json!(120);
+    h.apply(&test_pair("web", 1, extra)).await;
+    h.wait_enabled("web", Duration::from_secs(60)).await;
+    until(&secondary.join("shared.txt"), "first copy", |c| c.as_deref() == Some(b"version 1")).await;
+    h.wait_for("web", "Synced", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
+    std::fs::write(primary.join("shared.txt"), b"version 2, never synced").unwrap();
+    std::fs::write(primary.join("only-primary.txt"), b"written last").unwrap();
+    // The primary's application dies: its agent releases the Lease, the
+    // secondary takes over, and the primary comes back as standby.
+    h.kill("web", Member::Primary, harness::Kill::App);
+    h.wait_for("web", "the secondary active", WAIT, |p| {
+        p.status.as_ref().is_some_and(|s| s.active_member == Some(Member::Secondary))
+    })
+    .await;
+    // The returning primary's changes are quarantined, not lost, and it
+    // then holds the secondary's files.
+    until(&primary.join("only-primary.txt"), "quarantine of the primary-only file", |c| c.is_none()).await;
+    until(&primary.join("shared.txt"), "the successor's version", |c| c.as_deref() == Some(b"version 1")).await;
+    let q = primary.join(".hapair/quarantine");
+    let label = std::fs::read_dir(&q).unwrap().next().unwrap().unwrap().file_name().into_string().unwrap();
+    assert!(label.starts_with("resync-"), "{label}");
+    assert_eq!(std::fs::read(q.join(&label).join("files/only-primary.txt")).unwrap(), b"written last");
+    assert_eq!(std::fs::read(q.join(&label).join("files/shared.txt")).unwrap(), b"version 2, never synced");
+    let records = hapair::sync::store::quarantine_records(&primary, &label).unwrap();
+    let mut why: Vec<_> = records.iter().map(|r| (r.path.as_str(), r.reason.as_str(), r.member.as_str())).collect();
+    why.sort();
+    assert_eq!(why, [("only-primary.txt", "onlyOnTarget", "primary"), ("shared.txt", "conflict", "primary")]);
+    let p = h.wait_for("web", "Synced again", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
+    assert_eq!(condition(&p, "SplitBrain"), Some(ConditionStatus::False), "a returning active is not a split brain");
+}

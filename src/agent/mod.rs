@@ -167,6 +167,10 @@ impl Agent {
         state.role = role;
         state.epoch = epoch;
         self.metrics.set_role(role);
+        if let Some(syncer) = &self.syncer {
+            // Scan or pull for the new role now, not at the next interval.
+            syncer.wake.notify_one();
+        }
     }
 
     pub fn status(&self) -> AgentStatus {
@@ -465,8 +469,15 @@ async fn sync_loop(agent: Arc<Agent>) {
                 syncer.pull_round(&peer, forced).await;
             }
         }
+        // A standby that has not reached the active yet retries every
+        // second rather than every interval: the first copy matters most.
+        let wait = if role != Role::Active && !draining && syncer.never_pulled().await {
+            tick.min(Duration::from_secs(1))
+        } else {
+            tick
+        };
         forced = tokio::select! {
-            _ = tokio::time::sleep(tick) => false,
+            _ = tokio::time::sleep(wait) => false,
             _ = syncer.wake.notified() => true,
         };
     }

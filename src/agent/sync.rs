@@ -290,6 +290,11 @@ impl Syncer {
         let _quiet = self.inner.lock().await;
     }
 
+    /// Whether this member has never had an answer from an active member.
+    pub async fn never_pulled(&self) -> bool {
+        self.inner.lock().await.source_point.is_none()
+    }
+
     pub fn resume(&self) {
         self.abort.store(false, Ordering::SeqCst);
     }

@@ -47,6 +47,8 @@ pub struct Plan {
     pub drain: Option<(Member, i64)>,
     /// Ask this member's agent to pull every synced directory now.
     pub sync_now: Option<Member>,
+    /// Order this member's agent to resync its diverged directories.
+    pub resync: Option<(Member, crate::proto::ResyncOrder)>,
     /// Member the VIP Service should select once the Lease action is done.
     pub vip: Option<Member>,
     pub standby: Option<Member>,
@@ -130,6 +132,7 @@ pub fn decide(
         lease: None,
         drain: None,
         sync_now: None,
+        resync: None,
         vip: None,
         standby: None,
         status: current.cloned().unwrap_or_default(),
@@ -312,6 +315,7 @@ pub fn decide(
     };
     plan.vip = active;
     plan.standby = active.map(Member::peer).filter(|s| can_take_over(obs.member(*s), missed));
+    plan.resync = returning_member_resync(spec, obs, active, plan.lease.is_some(), clock);
     status::compute(spec, obs, &mut plan, active, blocked, clock);
     plan
 }
@@ -324,6 +328,47 @@ fn commit(plan: &mut Plan, obs: &Observed, lease: &LeaseObs, to: Member, transit
     plan.lease =
         Some(LeaseAction::Takeover { to, pod_uid, expected_rv: lease.resource_version.clone(), epoch, transition });
     plan.vip = Some(to);
+}
+
+/// A standby whose files diverged — a former active returning with
+/// changes its successor never got — is resynced from the active member
+/// by the `resync` rules (its own versions quarantined by default). Not
+/// when its files changed while it was standby (split-brain evidence: that
+/// waits for the split-brain policy), not while paused or while the Lease
+/// is moving.
+fn returning_member_resync(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    active: Option<Member>,
+    moving: bool,
+    clock: &Clock,
+) -> Option<(Member, crate::proto::ResyncOrder)> {
+    if !operations::syncs_files(spec) || spec.paused || moving {
+        return None;
+    }
+    let a = active?;
+    let target = a.peer();
+    let epoch = obs.lease.as_ref()?.epoch;
+    let sync = obs.member(target).agent.last.as_ref()?.sync.as_ref()?;
+    let label = format!("resync-{epoch}");
+    let ordered = sync.resync.as_ref().is_some_and(|r| r.label == label && !r.dry_run);
+    if sync.diverged.is_empty() || !sync.changed_while_standby.is_empty() || ordered {
+        return None;
+    }
+    let limit = i64::from(spec.max_clock_skew_seconds) * 1000;
+    let clocks_agree = Member::BOTH.iter().all(|m| obs.member(*m).agent.skew_ms.is_some_and(|k| k.abs() <= limit));
+    let _ = clock;
+    Some((
+        target,
+        crate::proto::ResyncOrder {
+            label,
+            only_on_target: spec.resync.only_on_target,
+            conflict: spec.resync.conflict,
+            clocks_agree,
+            dry_run: false,
+            full: false,
+        },
+    ))
 }
 
 /// How far behind the active member `holder` last said its standby's files

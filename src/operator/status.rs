@@ -268,12 +268,37 @@ pub fn compute(
         plan.events.push(PlanEvent { warning: true, reason: "FailoverRequired".into(), note: message.clone() });
     }
     set_condition(c, "FailoverRequired", required, reason, message, now, generation);
+    // A member whose files changed while it was standby wrote outside its epoch.
+    let evidence: Vec<String> = Member::BOTH
+        .into_iter()
+        .filter_map(|m| {
+            let s = obs.member(m).agent.last.as_ref()?.sync.as_ref()?;
+            (!s.changed_while_standby.is_empty()).then(|| {
+                let dirs: Vec<&str> = s.changed_while_standby.keys().map(String::as_str).collect();
+                format!("{m} changed {} while not active", dirs.join(", "))
+            })
+        })
+        .collect();
+    let split = both_active || !evidence.is_empty();
+    if split && !c.iter().any(|x| x.type_ == "SplitBrain" && x.status == ConditionStatus::True) {
+        plan.events.push(PlanEvent {
+            warning: true,
+            reason: "SplitBrain".into(),
+            note: if both_active { "both members report active".into() } else { evidence.join("; ") },
+        });
+    }
     set_condition(
         c,
         "SplitBrain",
-        both_active,
-        if both_active { "BothMembersActive" } else { "OneActive" },
-        if both_active { "both members report active".into() } else { String::new() },
+        split,
+        if both_active {
+            "BothMembersActive"
+        } else if split {
+            "ChangedWhileStandby"
+        } else {
+            "OneActive"
+        },
+        if both_active { "both members report active".into() } else { evidence.join("; ") },
         now,
         generation,
     );

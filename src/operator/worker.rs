@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use prometheus::Encoder;
 use tokio::sync::Notify;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Context;
 use super::act;
@@ -170,6 +170,21 @@ async fn round(
         m.answered_at = Some(Instant::now());
         m.missed = 0;
         notify.notify_one();
+    }
+    if let Some((member, order)) = &plan.resync
+        && let Some(target) = agent_target(pair, &obs, *member, client_tls.clone())
+    {
+        let path = format!(
+            "/v1/sync/resync?label={}&onlyOnTarget={:?}&conflict={:?}&clocksAgree={}",
+            order.label,
+            order.only_on_target,
+            order.conflict,
+            u8::from(order.clocks_agree)
+        );
+        match http::call(&target, hyper::Method::POST, &path, Duration::from_secs(2)).await {
+            Ok(_) => info!(%member, label = %order.label, "resync ordered: the member's diverged files are reconciled"),
+            Err(e) => warn!(%member, error = %e, "could not order a resync"),
+        }
     }
     let failure_started = mem.failure.as_ref().map(|(_, t)| *t);
     let outcome = act::apply_plan(ctx, pair, &obs, plan, current.as_ref(), failure_started).await?;
