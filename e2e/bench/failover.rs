@@ -9,8 +9,9 @@
 //! - outage: what a client sees, first failed to first successful write
 //!   through the VIP's EndpointSlices.
 //!
-//! Then planned switchovers (`spec.operation`), from the request to its
-//! success, and the client outage they cause.
+//! Then planned switchovers (`spec.operation`) of a pair that syncs its
+//! data volume, under writes: from the request to its success, the client
+//! outage, and acknowledged writes the new active lacks (must be 0).
 //!
 //! `HAPAIR_BENCH_RUNS` sets the runs per series (default 20);
 //! `HAPAIR_BENCH_ONLY=failover|switchover` runs one part.
@@ -98,10 +99,17 @@ async fn series(interval: i32, kind: Kill, runs: usize) -> Series {
     out
 }
 
-async fn switchovers(runs: usize) -> (Vec<f64>, Vec<f64>) {
+/// Planned switchovers of a pair that syncs its data volume, under
+/// continuous writes: duration, client outage, and acknowledged writes the
+/// new active does not hold (must be 0).
+async fn switchovers(runs: usize) -> (Vec<f64>, Vec<f64>, usize) {
     let h = Harness::new("bench-sw").await;
-    h.apply(&test_pair("web", 1, json!({}))).await;
-    let (mut took, mut outage) = (Vec::new(), Vec::new());
+    let synced = json!({"spec": {
+        "storage": {"size": "1Gi", "mountPath": "/data"},
+        "fileSync": {"paths": [{"path": "."}], "realtimeIntervalSeconds": 1, "batchIntervalSeconds": 2}
+    }});
+    h.apply(&test_pair("web", 1, synced)).await;
+    let (mut took, mut outage, mut lost) = (Vec::new(), Vec::new(), 0);
     for run in 0..runs {
         wait(&h, "Enabled", |p| p.status.as_ref().is_some_and(|s| s.mode == Some(Mode::Enabled))).await;
         vip_writable(&h).await;
@@ -119,11 +127,20 @@ async fn switchovers(runs: usize) -> (Vec<f64>, Vec<f64>) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let log = writer.stop().await;
         outage.push(log.longest_outage.as_secs_f64() * 1000.0);
-        let op = p.status.unwrap().operations.into_iter().find(|o| o.id == id).unwrap();
+        let s = p.status.unwrap();
+        let op = s.operations.iter().find(|o| o.id == id).unwrap();
         assert_eq!(op.phase, hapair::api::OperationPhase::Succeeded, "{op:?}");
-        eprintln!("switchover run {run}: {:.0} ms, outage {:.0} ms", took.last().unwrap(), outage.last().unwrap());
+        let missing = log.missing_from(&h.data_dir("web", s.active_member.unwrap()));
+        lost += missing.len();
+        eprintln!(
+            "switchover run {run}: {:.0} ms, outage {:.0} ms, {} acknowledged, {} lost",
+            took.last().unwrap(),
+            outage.last().unwrap(),
+            log.acknowledged.len(),
+            missing.len()
+        );
     }
-    (took, outage)
+    (took, outage, lost)
 }
 
 fn report(name: &str, v: &[f64]) {
@@ -137,9 +154,10 @@ async fn main() {
     let runs: usize = std::env::var("HAPAIR_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let only = std::env::var("HAPAIR_BENCH_ONLY").unwrap_or_default();
     if only.is_empty() || only == "switchover" {
-        let (took, outage) = switchovers(runs).await;
+        let (took, outage, lost) = switchovers(runs).await;
         report("switchover_1sx3_duration", &took);
         report("switchover_1sx3_outage", &outage);
+        println!("BENCH switchover_1sx3_acknowledged_writes_lost {lost}");
     }
     if !(only.is_empty() || only == "failover") {
         return;

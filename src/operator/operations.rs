@@ -12,7 +12,8 @@
 //!   `FailoverRequired`); `force` skips the standby's health checks and
 //!   records that data may be missing;
 //! - **go-standby** of a member that is not active: nothing to do;
-//! - **resolve split brain** and **resync**: refused until file sync exists.
+//! - **resolve split brain** and **resync**: refused until the resync Job
+//!   exists (a returning former active is resynced automatically).
 //!
 //! A request that cannot be honoured is refused with a reason, never ignored.
 
@@ -95,7 +96,9 @@ fn target(
         }
         OperationKind::ResolveSplitBrain | OperationKind::Resync => Err((
             "NotAvailable",
-            "split-brain resolution and resync need file sync, which this version does not have yet".into(),
+            "split-brain resolution and resync requests need the resync Job, which this version does not have yet \
+             (a returning former active is resynced automatically)"
+                .into(),
         )),
     }
 }
