@@ -506,3 +506,30 @@ fn automatic_failback_waits_for_the_primary_to_be_stable() {
     assert_eq!(decide(&s, None, &obs, &clock()).drain, Some((Member::Secondary, 2)));
     assert_eq!(decide(&spec(""), None, &obs, &clock()).drain, None, "manual failback waits for a request");
 }
+
+#[test]
+fn max_sync_lag_holds_back_an_automatic_failover_to_a_standby_too_far_behind() {
+    let s = spec(
+        "storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}\nfailover: {maxSyncLagSeconds: 30}",
+    );
+    let lagging = |lag: f64| {
+        let mut obs = enabled();
+        obs.primary.pod.as_mut().unwrap().deleting = true;
+        let a = obs.primary.agent.last.as_mut().unwrap();
+        a.sync = Some(crate::proto::SyncStatus { peer_lag_seconds: Some(lag), ..Default::default() });
+        obs
+    };
+    let plan = decide(&s, None, &lagging(45.0), &clock());
+    assert_eq!(plan.lease, None, "45 s behind, limit 30 s");
+    assert_eq!(condition(&plan, "FailoverRequired").1, "SyncLagTooHigh");
+    let plan = decide(&s, None, &lagging(12.0), &clock());
+    assert!(takeover(&plan).is_some());
+    let Some(LeaseAction::Takeover { transition, .. }) = plan.lease else { panic!() };
+    assert!(transition.data_loss_possible, "12 s behind: what the old active had since may be missing");
+    let Some(LeaseAction::Takeover { transition, .. }) = decide(&s, None, &lagging(0.0), &clock()).lease else {
+        panic!()
+    };
+    assert!(!transition.data_loss_possible, "a standby that had everything loses nothing");
+    // Without file sync the limit has nothing to measure and does not apply.
+    assert!(takeover(&decide(&spec("failover: {maxSyncLagSeconds: 30}"), None, &lagging(45.0), &clock())).is_some());
+}
