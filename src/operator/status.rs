@@ -111,10 +111,19 @@ pub fn compute(
     let generation = clock.generation;
     let s = &mut plan.status;
     let usable = |m: Member| usable(obs.member(m), missed);
-    let both_active = Member::BOTH.iter().all(|m| {
-        let a = &obs.member(*m).agent;
-        a.missed == 0 && a.last.as_ref().is_some_and(|x| x.role == Role::Active)
-    });
+    // Both serving: at the same epoch, or the old epoch's member still
+    // serving a full lease duration after the Lease moved (it should have
+    // fenced). Right after a takeover the old active's last answer may
+    // still say active for one poll: that is not a split brain.
+    let serving: Vec<i64> = Member::BOTH
+        .iter()
+        .filter_map(|m| {
+            let a = &obs.member(*m).agent;
+            a.last.as_ref().filter(|x| a.missed == 0 && x.role == Role::Active).map(|x| x.epoch)
+        })
+        .collect();
+    let settled = obs.lease.as_ref().is_none_or(|l| l.unchanged_for >= l.duration);
+    let both_active = serving.len() == 2 && (serving[0] == serving[1] || settled);
     let active_ok = active.is_some_and(|a| usable(a) == Usable::Yes);
     let standby_ok = active.is_some_and(|a| usable(a.peer()) == Usable::Yes);
     let mode = if spec.paused {
