@@ -110,8 +110,13 @@ pub struct SyncStatus {
     pub copied_bytes: u64,
     pub errors: u64,
     pub last_error: Option<String>,
-    /// Paths refused (outside the directories, links, special files).
+    /// Requests for paths refused (outside the directories, links,
+    /// special files, hard links), since the agent started.
     pub refused: u64,
+    /// Files the last scan passed over (links, special files, hard links,
+    /// names that are not UTF-8): they are not synced.
+    #[serde(default)]
+    pub skipped: u64,
     /// Malformed answers from the peer, ignored.
     pub garbage: u64,
     /// The last resync this member ran as target.
@@ -132,6 +137,46 @@ pub struct ResyncOrder {
     /// Also reconcile directories that merely follow (a full resync).
     #[serde(default)]
     pub full: bool,
+}
+
+impl ResyncOrder {
+    /// The order as the query string of `POST /v1/sync/resync`.
+    pub fn to_query(&self) -> String {
+        let word = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        format!(
+            "label={}&onlyOnTarget={}&conflict={}&clocksAgree={}&dryRun={}&full={}",
+            crate::sync::wire::encode(&self.label),
+            word(serde_json::json!(self.only_on_target)),
+            word(serde_json::json!(self.conflict)),
+            u8::from(self.clocks_agree),
+            u8::from(self.dry_run),
+            u8::from(self.full)
+        )
+    }
+
+    /// Reads [`ResyncOrder::to_query`]'s output; `None` for anything else,
+    /// including a label that could not name a quarantine directory.
+    pub fn from_query(query: Option<&str>) -> Option<Self> {
+        use crate::sync::wire::query_param as param;
+        let label = param(query, "label")?;
+        if crate::sync::path::check(&label).is_err() || label.contains('/') {
+            return None;
+        }
+        let word = |k: &str| param(query, k).map(serde_json::Value::String);
+        let flag = |k: &str| match param(query, k).as_deref() {
+            Some("1") => Some(true),
+            Some("0") | None => Some(false),
+            Some(_) => None,
+        };
+        Some(ResyncOrder {
+            label,
+            only_on_target: serde_json::from_value(word("onlyOnTarget")?).ok()?,
+            conflict: serde_json::from_value(word("conflict")?).ok()?,
+            clocks_agree: flag("clocksAgree")?,
+            dry_run: flag("dryRun")?,
+            full: flag("full")?,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -159,5 +204,33 @@ mod tests {
         assert_eq!(parse_identity(""), None);
         assert_eq!(parse_identity("tertiary/x"), None);
         assert_eq!(parse_identity("primary"), None);
+    }
+
+    #[test]
+    fn a_resync_order_survives_its_query_string_and_garbage_is_refused() {
+        for (only_on_target, conflict) in [
+            (OnlyOnTarget::Quarantine, ConflictRule::SourceWins),
+            (OnlyOnTarget::Delete, ConflictRule::NewestWins),
+            (OnlyOnTarget::CopyBack, ConflictRule::SourceWins),
+        ] {
+            let o = ResyncOrder {
+                label: "resync-7".into(),
+                only_on_target,
+                conflict,
+                clocks_agree: true,
+                dry_run: false,
+                full: true,
+            };
+            assert_eq!(ResyncOrder::from_query(Some(&o.to_query())), Some(o));
+        }
+        for bad in [
+            "label=../x&onlyOnTarget=Quarantine&conflict=SourceWins",
+            "label=a/b&onlyOnTarget=Quarantine&conflict=SourceWins",
+            "label=r&onlyOnTarget=Shred&conflict=SourceWins",
+            "label=r&onlyOnTarget=Quarantine&conflict=SourceWins&dryRun=yes",
+            "label=r&onlyOnTarget=Quarantine",
+        ] {
+            assert_eq!(ResyncOrder::from_query(Some(bad)), None, "{bad}");
+        }
     }
 }

@@ -167,9 +167,18 @@ impl Agent {
         state.role = role;
         state.epoch = epoch;
         self.metrics.set_role(role);
+        self.publish_serving(state);
         if let Some(syncer) = &self.syncer {
             // Scan or pull for the new role now, not at the next interval.
             syncer.wake.notify_one();
+        }
+    }
+
+    /// Tells file sync whether this member serves (active, or draining for
+    /// a handover): no file is pulled into its volume while it does.
+    fn publish_serving(&self, state: &State) {
+        if let Some(syncer) = &self.syncer {
+            syncer.set_serving(state.role == Role::Active || state.draining_since.is_some());
         }
     }
 
@@ -207,8 +216,8 @@ impl Agent {
         if s.role != Role::Active || s.epoch != epoch {
             return s.draining_since.is_some() && s.epoch == epoch;
         }
-        self.set_role(&mut s, Role::Standby, epoch);
         s.draining_since = Some(Instant::now());
+        self.set_role(&mut s, Role::Standby, epoch);
         info!(epoch, "draining for a handover: stopped serving, still holding the lease");
         true
     }
@@ -318,7 +327,9 @@ async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
                 }
                 Ok(Err(lease::LeaseError::Lost(_))) => {
                     info!(epoch, "lease moved: handover complete");
-                    agent.lock().draining_since = None;
+                    let mut s = agent.lock();
+                    s.draining_since = None;
+                    agent.publish_serving(&s);
                 }
                 Ok(Err(lease::LeaseError::Unreachable(why))) => renew_failed(&agent, &why),
                 Err(_) => renew_failed(&agent, "timed out"),

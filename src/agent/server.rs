@@ -188,7 +188,7 @@ async fn sync_endpoint(agent: &Agent, method: &Method, path: &str, query: Option
             syncer.wake.notify_one();
             reply(StatusCode::ACCEPTED, "")
         }
-        (&Method::POST, "/v1/sync/resync") => match resync_order(query) {
+        (&Method::POST, "/v1/sync/resync") => match ResyncOrder::from_query(query) {
             Some(order) => {
                 syncer.set_order(order);
                 reply(StatusCode::ACCEPTED, "")
@@ -197,23 +197,6 @@ async fn sync_endpoint(agent: &Agent, method: &Method, path: &str, query: Option
         },
         _ => reply(StatusCode::NOT_FOUND, "not found"),
     }
-}
-
-fn resync_order(query: Option<&str>) -> Option<ResyncOrder> {
-    use crate::sync::wire::query_param as param;
-    let label = param(query, "label")?;
-    if crate::sync::path::check(&label).is_err() || label.contains('/') {
-        return None;
-    }
-    let quoted = |k: &str| param(query, k).map(|v| format!("\"{v}\""));
-    Some(ResyncOrder {
-        label,
-        only_on_target: serde_json::from_str(&quoted("onlyOnTarget")?).ok()?,
-        conflict: serde_json::from_str(&quoted("conflict")?).ok()?,
-        clocks_agree: param(query, "clocksAgree").as_deref() == Some("1"),
-        dry_run: param(query, "dryRun").as_deref() == Some("1"),
-        full: param(query, "full").as_deref() == Some("1"),
-    })
 }
 
 /// `peer=IP:PORT` from a query string; anything else is ignored.

@@ -6,7 +6,7 @@
 //! quarantine's manifest saying where it came from.
 
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::manifest::{Entry, hex};
+use super::manifest::{Entry, hash_reader, hex};
 use super::path::{self, STATE_DIR};
 
 /// Where temporary files live (same volume as the data, so rename works).
@@ -130,12 +130,25 @@ pub struct QuarantineRecord {
 }
 
 /// Moves `vpath` into quarantine `label` (e.g. `resync-7`), keeping its
-/// relative path, and records it. The record is written (and fsynced)
-/// before the move, so a file can be recorded and not yet moved after a
-/// crash, never moved and unrecorded; a re-run then moves it under the next
-/// free name.
-pub fn quarantine(root: &Path, label: &str, vpath: &str, record: QuarantineRecord) -> io::Result<()> {
+/// relative path, and records it with its own size, hash and mtime, read
+/// from the file being moved. The record is written (and fsynced) before
+/// the move, so a file can be recorded and not yet moved after a crash,
+/// never moved and unrecorded; a re-run then moves it under the next free
+/// name. `reason` is `onlyOnTarget` or `conflict`; `member` whose file it is.
+pub fn quarantine(root: &Path, label: &str, vpath: &str, reason: &str, member: &str) -> io::Result<()> {
     let src = path::real_path(root, vpath)?;
+    let file = path::open_beneath(root, vpath)?;
+    let meta = file.metadata()?;
+    let (hash, size) = hash_reader(&file)?;
+    let record = QuarantineRecord {
+        path: vpath.to_string(),
+        reason: reason.to_string(),
+        member: member.to_string(),
+        size,
+        hash,
+        mtime: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        at: Utc::now(),
+    };
     let qdir = quarantine_root(root).join(label);
     let mut dest = qdir.join("files").join(vpath);
     // A second conflict on the same path under one label keeps both.
@@ -219,22 +232,19 @@ mod tests {
         for (name, content) in [("up/x", "1"), ("up/y", "2")] {
             std::fs::write(root.join(name), content).unwrap();
         }
-        let rec = |p: &str| QuarantineRecord {
-            path: p.into(),
-            reason: "onlyOnTarget".into(),
-            member: "secondary".into(),
-            size: 1,
-            hash: "h".into(),
-            mtime: 0,
-            at: Utc::now(),
-        };
-        quarantine(&root, "resync-3", "up/x", rec("up/x")).unwrap();
+        quarantine(&root, "resync-3", "up/x", "onlyOnTarget", "secondary").unwrap();
         assert!(!root.join("up/x").exists());
         assert_eq!(std::fs::read(quarantine_root(&root).join("resync-3/files/up/x")).unwrap(), b"1");
         std::fs::write(root.join("up/x"), "again").unwrap();
-        quarantine(&root, "resync-3", "up/x", rec("up/x")).unwrap();
+        quarantine(&root, "resync-3", "up/x", "conflict", "secondary").unwrap();
         assert_eq!(std::fs::read(quarantine_root(&root).join("resync-3/files/up/x.1")).unwrap(), b"again");
-        assert_eq!(quarantine_records(&root, "resync-3").unwrap().len(), 2);
+        let records = quarantine_records(&root, "resync-3").unwrap();
+        let seen: Vec<_> = records.iter().map(|r| (r.path.as_str(), r.reason.as_str(), r.size)).collect();
+        assert_eq!(seen, [("up/x", "onlyOnTarget", 1), ("up/x", "conflict", 5)]);
+        assert_eq!(records[1].hash, hash_reader(&b"again"[..]).unwrap().0, "the record names the moved content");
+        // Nothing outside the volume is ever moved.
+        std::os::unix::fs::symlink("/etc/hostname", root.join("up/link")).unwrap();
+        assert!(quarantine(&root, "resync-3", "up/link", "onlyOnTarget", "secondary").is_err());
         remove(&root, "up/y").unwrap();
         remove(&root, "up/y").unwrap();
         assert!(!root.join("up/y").exists());

@@ -1,0 +1,193 @@
+//! The active member's side of file sync: scanning, generations, the
+//! backlog its standby has, and serving manifests and files.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use hyper::body::Bytes;
+
+use super::{GEN_HISTORY, Inner, SyncError, Syncer, vpath};
+use crate::http::Target;
+use crate::proto::SyncStatus;
+use crate::sync::manifest;
+use crate::sync::path::{self, Refusal};
+use crate::sync::state::Point;
+use crate::sync::store;
+use crate::sync::wire::ManifestReply;
+
+impl Syncer {
+    /// Scans every synced directory as the active member at `epoch`.
+    pub async fn refresh(&self, epoch: i64) -> io::Result<Point> {
+        let mut g = self.inner.lock().await;
+        let g = &mut *g;
+        let now = Utc::now();
+        let mut changed = false;
+        let mut skipped = 0;
+        for p in &self.spec.paths {
+            let dir = p.path.clone();
+            let scanner = g.scanners.entry(dir.clone()).or_default();
+            let (files, passed_over) = tokio::task::block_in_place(|| scanner.scan(&self.root, &dir))?;
+            skipped += passed_over.total();
+            let digest = manifest::digest(&files);
+            if g.state.record_scan(&dir, &digest, Some(epoch), now) {
+                changed = true;
+                let generation = g.state.point.generation;
+                let old = g.manifests.get(&dir);
+                for (rel, e) in &files {
+                    if old.and_then(|o| o.get(rel)).is_none_or(|o| !o.same_content(e)) {
+                        let v = vpath(&dir, rel);
+                        g.tombstones.remove(&v);
+                        g.file_gen.insert(v, (generation, e.size));
+                    }
+                }
+                if let Some(old) = old {
+                    for rel in old.keys().filter(|r| !files.contains_key(*r)) {
+                        let v = vpath(&dir, rel);
+                        g.file_gen.remove(&v);
+                        g.tombstones.insert(v, generation);
+                    }
+                }
+                g.gen_times.push_back((generation, now));
+                if g.gen_times.len() > GEN_HISTORY {
+                    g.gen_times.pop_front();
+                }
+            }
+            g.manifests.insert(dir, files);
+        }
+        if changed {
+            tokio::task::block_in_place(|| g.state.save(&self.root))?;
+        }
+        g.last_refresh = Some(Instant::now());
+        let point = g.state.point;
+        let mut r = self.report();
+        r.point = point;
+        r.skipped = skipped;
+        Self::active_backlog(g, &mut r, now);
+        Ok(point)
+    }
+
+    /// Stops attributing unscanned changes to the active epoch: called
+    /// after the final scan when the member stops serving.
+    pub async fn close_active(&self) {
+        let mut g = self.inner.lock().await;
+        g.state.close_active();
+        if let Err(e) = tokio::task::block_in_place(|| g.state.save(&self.root)) {
+            self.failed("cannot save the sync state", &e);
+        }
+    }
+
+    fn active_backlog(g: &Inner, r: &mut SyncStatus, now: DateTime<Utc>) {
+        let have = r.peer_generation.unwrap_or(0);
+        let (mut files, mut bytes) = (0u64, 0u64);
+        for (generation, size) in g.file_gen.values() {
+            if *generation > have {
+                files += 1;
+                bytes += size;
+            }
+        }
+        files += g.tombstones.values().filter(|generation| **generation > have).count() as u64;
+        r.pending_files = files;
+        r.pending_bytes = bytes;
+        r.peer_lag_seconds = Some(if have >= g.state.point.generation {
+            0.0
+        } else {
+            let since = g
+                .gen_times
+                .iter()
+                .find(|(generation, _)| *generation > have)
+                .map(|(_, t)| *t)
+                .or(g.started)
+                .unwrap_or(now);
+            (now - since).num_milliseconds().max(0) as f64 / 1000.0
+        });
+    }
+
+    /// Answers a standby's manifest request.
+    pub async fn manifest(&self, dir: &str, have: Option<i64>, epoch: i64) -> Result<ManifestReply, SyncError> {
+        if !self.configured(dir) {
+            return Err(self.refused(Refusal::UnknownDir));
+        }
+        let stale = self.inner.lock().await.last_refresh.is_none_or(|t| t.elapsed() > Duration::from_secs(1));
+        if stale {
+            self.refresh(epoch).await?;
+        }
+        if let Some(h) = have {
+            let mut r = self.report();
+            r.peer_generation = Some(h);
+            r.peer_seen_at = Some(Utc::now());
+        }
+        let g = self.inner.lock().await;
+        {
+            let mut r = self.report();
+            Self::active_backlog(&g, &mut r, Utc::now());
+        }
+        let files = g.manifests.get(dir).cloned().unwrap_or_default();
+        Ok(ManifestReply {
+            dir: dir.to_string(),
+            point: g.state.point,
+            lineage: g.state.lineage.clone(),
+            digest: manifest::digest(&files),
+            files,
+            changed_at: g.state.dirs.iter().map(|(k, d)| (k.clone(), d.as_of)).collect(),
+        })
+    }
+
+    /// Opens a synced file for a peer.
+    pub fn open_file(&self, dir: &str, rel: &str) -> Result<std::fs::File, SyncError> {
+        if !self.configured(dir) {
+            return Err(self.refused(Refusal::UnknownDir));
+        }
+        let v = path::volume_path(dir, rel).map_err(|r| self.refused(r))?;
+        path::open_beneath(&self.root, &v).map_err(|e| match path::refusal_of(&e) {
+            Some(r) => self.refused(r),
+            None => SyncError::Io(e),
+        })
+    }
+
+    /// A peer asked this (active) member to take its version of a file
+    /// (resync copy-back or newest-wins), quarantining its own first when
+    /// `quarantine` is set.
+    pub async fn take(
+        &self,
+        peer: &Target,
+        dir: &str,
+        rel: &str,
+        entry: &manifest::Entry,
+        quarantine: bool,
+        label: &str,
+    ) -> Result<u64, SyncError> {
+        if !self.configured(dir) {
+            return Err(self.refused(Refusal::UnknownDir));
+        }
+        let v = path::volume_path(dir, rel).map_err(|r| self.refused(r))?;
+        if quarantine {
+            let member = self.member.to_string();
+            match tokio::task::block_in_place(|| store::quarantine(&self.root, label, &v, "conflict", &member)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        self.fetch(peer, dir, rel, entry).await.map_err(|e| SyncError::Io(io::Error::other(e)))
+    }
+}
+
+/// Streams an open file in 64 KiB chunks.
+pub fn file_stream(
+    file: std::fs::File,
+) -> impl futures::Stream<Item = Result<Bytes, io::Error>> + Send + Sync + 'static {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::from_std(file);
+    futures::stream::unfold(Some(file), |f| async move {
+        let mut f = f?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(f)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}

@@ -1,0 +1,332 @@
+//! The standby's side of file sync: pull rounds, the ancestor check,
+//! carrying out mirror and resync plans, and resync orders.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use hyper::Method;
+use tracing::info;
+
+use super::{DRY_RUN_LIST, SyncError, Syncer, vpath};
+use crate::api::SyncClass;
+use crate::http::{self, Target};
+use crate::proto::{ResyncOrder, ResyncReport};
+use crate::sync::manifest::{self, Files};
+use crate::sync::plan::{self, Action, Plan, Rules};
+use crate::sync::state::{EMPTY_DIGEST, Verdict};
+use crate::sync::store;
+use crate::sync::wire::{self, ManifestReply};
+
+impl Syncer {
+    /// The generation this standby holds everywhere, as far as it knows
+    /// how the source's directories changed.
+    async fn have(&self) -> i64 {
+        let g = self.inner.lock().await;
+        let Some(source) = g.source_point else { return g.state.point.generation };
+        self.spec
+            .paths
+            .iter()
+            .map(|p| {
+                let mine = g.state.dirs.get(&p.path).map(|d| d.as_of).unwrap_or_default();
+                let changed = g.source_changed_at.get(&p.path).copied().unwrap_or_default();
+                let current =
+                    g.state.dirs.get(&p.path).is_some_and(|d| d.digest.is_some() && d.changed_while_standby.is_none());
+                if current && mine.generation >= changed.generation { source.generation } else { mine.generation }
+            })
+            .min()
+            .unwrap_or(source.generation)
+    }
+
+    /// Stops any pull in progress and keeps new ones from starting until
+    /// [`Syncer::resume`]; returns once nothing writes to the volume.
+    pub async fn stop_pulling(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+        let _quiet = self.inner.lock().await;
+    }
+
+    /// Whether this member has never had an answer from an active member.
+    pub async fn never_pulled(&self) -> bool {
+        self.inner.lock().await.source_point.is_none()
+    }
+
+    pub fn resume(&self) {
+        self.abort.store(false, Ordering::SeqCst);
+    }
+
+    pub fn set_order(&self, order: ResyncOrder) {
+        info!(label = %order.label, dry_run = order.dry_run, "resync ordered");
+        *self.order.lock().unwrap_or_else(|p| p.into_inner()) = Some(order);
+        self.wake.notify_one();
+    }
+
+    /// One pull round from the active member at `source`: realtime
+    /// directories, and batch ones when due (or everything with `all`).
+    pub async fn pull_round(&self, source: &Target, all: bool) {
+        let order = self.order.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut diverged = BTreeMap::new();
+        let mut complete = true;
+        let mut pending = (0u64, 0u64);
+        let mut resync_summary = plan::Summary::default();
+        let mut resync_actions = Vec::new();
+        let mut resync_warnings = Vec::new();
+        for p in &self.spec.paths {
+            if self.must_stop() {
+                return;
+            }
+            let due = {
+                let g = self.inner.lock().await;
+                let every = match p.class {
+                    SyncClass::Realtime => self.spec.realtime_interval_seconds,
+                    SyncClass::Batch => self.spec.batch_interval_seconds,
+                };
+                all || order.is_some()
+                    || g.last_pull
+                        .get(&p.path)
+                        .is_none_or(|t| t.elapsed() + Duration::from_millis(500) >= Duration::from_secs(every as u64))
+            };
+            if !due {
+                continue;
+            }
+            match self.pull_dir(source, &p.path, order.as_ref()).await {
+                Ok(outcome) => {
+                    if let Some(why) = outcome.diverged {
+                        diverged.insert(p.path.clone(), why);
+                    }
+                    complete &= outcome.complete;
+                    pending.0 += outcome.left.0;
+                    pending.1 += outcome.left.1;
+                    if let Some(plan) = outcome.resync {
+                        add(&mut resync_summary, &plan.summary);
+                        resync_warnings.extend(plan.warnings);
+                        for a in plan.actions.iter().take(DRY_RUN_LIST.saturating_sub(resync_actions.len())) {
+                            resync_actions.push(format!("{} {}", action_word(a), vpath(&p.path, a.path())));
+                        }
+                    }
+                }
+                Err(SyncError::Garbage(why)) => {
+                    self.report().garbage += 1;
+                    self.failed("ignored a malformed manifest", &why);
+                    complete = false;
+                }
+                Err(e) => {
+                    self.failed(&format!("sync of {} failed", p.path), &e);
+                    complete = false;
+                }
+            }
+        }
+        let have = self.have().await;
+        let g = self.inner.lock().await;
+        let mut r = self.report();
+        r.point = g.state.point;
+        r.diverged = diverged.clone();
+        r.changed_while_standby = g.state.split_brain_evidence().into_iter().collect();
+        r.pending_files = pending.0;
+        r.pending_bytes = pending.1;
+        r.peer_generation = None;
+        r.peer_lag_seconds = None;
+        if complete && diverged.is_empty() && g.source_point.is_some_and(|s| have >= s.generation) {
+            r.in_sync_at = Some(Utc::now());
+        }
+        drop(g);
+        if let Some(order) = order {
+            let mut report = r.resync.take().filter(|x| x.label == order.label && !x.done).unwrap_or(ResyncReport {
+                label: order.label.clone(),
+                dry_run: order.dry_run,
+                done: false,
+                started_at: Utc::now(),
+                finished_at: None,
+                summary: Default::default(),
+                warnings: vec![],
+                actions: vec![],
+            });
+            add(&mut report.summary, &resync_summary);
+            report.warnings.extend(resync_warnings);
+            report.warnings.dedup();
+            if order.dry_run {
+                report.actions = resync_actions;
+            }
+            // Done when nothing diverges any more (or, for a dry run, once planned).
+            if order.dry_run || (complete && diverged.is_empty()) {
+                report.done = true;
+                report.finished_at = Some(Utc::now());
+                *self.order.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                info!(label = %report.label, summary = ?report.summary, "resync finished");
+            }
+            r.resync = Some(report);
+        }
+    }
+
+    async fn pull_dir(&self, source: &Target, dir: &str, order: Option<&ResyncOrder>) -> Result<Outcome, SyncError> {
+        let have = self.have().await;
+        let path = format!("/v1/sync/manifest?dir={}&have={have}", wire::encode(dir));
+        let body = http::call_limited(source, Method::GET, &path, Duration::from_secs(60), wire::MAX_MANIFEST).await?;
+        let reply = ManifestReply::decode(&body).map_err(|e| SyncError::Garbage(e.to_string()))?;
+        if reply.dir != dir {
+            return Err(SyncError::Garbage(format!("asked for {dir}, got {}", reply.dir)));
+        }
+        let mut g = self.inner.lock().await;
+        let g = &mut *g;
+        if self.must_stop() {
+            return Ok(Outcome { complete: false, ..Default::default() });
+        }
+        g.last_pull.insert(dir.to_string(), Instant::now());
+        g.source_point = Some(reply.point);
+        g.source_changed_at = reply.changed_at.clone();
+        let now = Utc::now();
+        let scanner = g.scanners.entry(dir.to_string()).or_default();
+        let (local, _) = tokio::task::block_in_place(|| scanner.scan(&self.root, dir))?;
+        let local_digest = (!local.is_empty()).then(|| manifest::digest(&local));
+        if (local_digest.is_some() || g.state.dirs.get(dir).is_some_and(|d| d.digest.is_some()))
+            && g.state.record_scan(dir, local_digest.as_deref().unwrap_or(EMPTY_DIGEST), None, now)
+        {
+            tokio::task::block_in_place(|| g.state.save(&self.root))?;
+        }
+        let verdict = g.state.verdict(dir, local_digest.as_deref(), reply.point, &reply.lineage);
+        let rules = |o: &ResyncOrder| Rules {
+            only_on_target: o.only_on_target,
+            conflict: o.conflict,
+            clocks_agree: o.clocks_agree,
+        };
+        let (plan, resync, diverged) = match (&verdict, order) {
+            (Verdict::Follows, Some(o)) if o.full => (plan::resync(&reply.files, &local, &rules(o)), true, None),
+            (Verdict::Follows, _) => (plan::mirror(&reply.files, &local), false, None),
+            (Verdict::Diverged(why), Some(o)) => {
+                (plan::resync(&reply.files, &local, &rules(o)), true, Some(why.clone()))
+            }
+            (Verdict::Diverged(why), None) => {
+                return Ok(Outcome { diverged: Some(why.clone()), complete: false, ..Default::default() });
+            }
+        };
+        if order.is_some_and(|o| o.dry_run) {
+            return Ok(Outcome { diverged, complete: false, resync: Some(plan), ..Default::default() });
+        }
+        let label = order.map_or_else(|| "sync".to_string(), |o| o.label.clone());
+        let (done, left) = self.execute(source, dir, &reply, &local, &plan, &label).await;
+        // Record only a copy that now matches the source exactly.
+        let scanner = g.scanners.entry(dir.to_string()).or_default();
+        let (after, _) = tokio::task::block_in_place(|| scanner.scan(&self.root, dir))?;
+        let digest = manifest::digest(&after);
+        let matches = done && digest == reply.digest;
+        if matches {
+            g.state.record_copy(dir, &digest, reply.point, &reply.lineage, now);
+            tokio::task::block_in_place(|| g.state.save(&self.root))?;
+        }
+        Ok(Outcome {
+            diverged: if matches { None } else { diverged },
+            complete: matches,
+            left,
+            resync: resync.then_some(plan),
+        })
+    }
+
+    /// Carries out a plan on this (target) member; returns whether every
+    /// action succeeded and what was left undone.
+    async fn execute(
+        &self,
+        source: &Target,
+        dir: &str,
+        reply: &ManifestReply,
+        local: &Files,
+        plan: &Plan,
+        label: &str,
+    ) -> (bool, (u64, u64)) {
+        let mut ok = true;
+        let mut left = (0u64, 0u64);
+        let member = self.member.to_string();
+        for a in &plan.actions {
+            if self.must_stop() {
+                return (false, left);
+            }
+            let rel = a.path();
+            let v = vpath(dir, rel);
+            let result: Result<u64, String> = match a {
+                Action::Copy { .. } | Action::Update { .. } => {
+                    let quarantine = matches!(a, Action::Update { quarantine: true, .. });
+                    let q = if quarantine {
+                        tokio::task::block_in_place(|| store::quarantine(&self.root, label, &v, "conflict", &member))
+                    } else {
+                        Ok(())
+                    };
+                    match q {
+                        Err(e) => Err(e.to_string()),
+                        Ok(()) => self.fetch(source, dir, rel, &reply.files[rel]).await,
+                    }
+                }
+                Action::Delete { .. } => {
+                    tokio::task::block_in_place(|| store::remove(&self.root, &v)).map(|_| 0).map_err(|e| e.to_string())
+                }
+                Action::Quarantine { .. } => {
+                    tokio::task::block_in_place(|| store::quarantine(&self.root, label, &v, "onlyOnTarget", &member))
+                        .map(|_| 0)
+                        .map_err(|e| e.to_string())
+                }
+                Action::CopyBack { .. } | Action::UpdateSource { .. } => {
+                    let e = &local[rel];
+                    let q = u8::from(matches!(a, Action::UpdateSource { .. }));
+                    let path = format!(
+                        "/v1/sync/take?dir={}&path={}&size={}&hash={}&mtime={}&mode={}&quarantine={q}&label={}",
+                        wire::encode(dir),
+                        wire::encode(rel),
+                        e.size,
+                        e.hash,
+                        e.mtime,
+                        e.mode,
+                        wire::encode(label)
+                    );
+                    http::call(source, Method::POST, &path, Duration::from_secs(3600))
+                        .await
+                        .map(|_| e.size)
+                        .map_err(|e| e.to_string())
+                }
+            };
+            match result {
+                Ok(bytes) => {
+                    if bytes > 0 || matches!(a, Action::Copy { .. } | Action::Update { .. }) {
+                        let mut r = self.report();
+                        r.copied_files += 1;
+                        r.copied_bytes += bytes;
+                    }
+                }
+                Err(e) => {
+                    ok = false;
+                    left.0 += 1;
+                    left.1 += reply.files.get(rel).map_or(0, |e| e.size);
+                    self.failed(&format!("{} {v}", action_word(a)), &e);
+                }
+            }
+        }
+        (ok, left)
+    }
+}
+
+#[derive(Default)]
+struct Outcome {
+    diverged: Option<String>,
+    complete: bool,
+    left: (u64, u64),
+    resync: Option<Plan>,
+}
+
+fn add(total: &mut plan::Summary, s: &plan::Summary) {
+    total.copies += s.copies;
+    total.updates += s.updates;
+    total.quarantines += s.quarantines;
+    total.deletions += s.deletions;
+    total.copy_backs += s.copy_backs;
+    total.conflicts += s.conflicts;
+    total.bytes += s.bytes;
+}
+
+pub fn action_word(a: &Action) -> &'static str {
+    match a {
+        Action::Copy { .. } => "copy",
+        Action::Update { quarantine: true, .. } => "update (quarantine old)",
+        Action::Update { .. } => "update",
+        Action::Quarantine { .. } => "quarantine",
+        Action::Delete { .. } => "delete",
+        Action::CopyBack { .. } => "copy-back",
+        Action::UpdateSource { .. } => "update-source",
+    }
+}
