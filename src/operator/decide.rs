@@ -315,7 +315,7 @@ pub fn decide(
     };
     plan.vip = active;
     plan.standby = active.map(Member::peer).filter(|s| can_take_over(obs.member(*s), missed));
-    plan.resync = returning_member_resync(spec, obs, active, plan.lease.is_some(), clock);
+    plan.resync = returning_member_resync(spec, obs, active, plan.lease.is_some());
     status::compute(spec, obs, &mut plan, active, blocked, clock);
     plan
 }
@@ -341,7 +341,6 @@ fn returning_member_resync(
     obs: &Observed,
     active: Option<Member>,
     moving: bool,
-    clock: &Clock,
 ) -> Option<(Member, crate::proto::ResyncOrder)> {
     if !operations::syncs_files(spec) || spec.paused || moving {
         return None;
@@ -357,7 +356,6 @@ fn returning_member_resync(
     }
     let limit = i64::from(spec.max_clock_skew_seconds) * 1000;
     let clocks_agree = Member::BOTH.iter().all(|m| obs.member(*m).agent.skew_ms.is_some_and(|k| k.abs() <= limit));
-    let _ = clock;
     Some((
         target,
         crate::proto::ResyncOrder {

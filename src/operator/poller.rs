@@ -54,6 +54,14 @@ impl PollState {
     pub fn get_mut(&mut self, m: Member) -> &mut MemberPoll {
         &mut self.members[idx(m)]
     }
+    /// Records an answer the worker got outside the poll (drain, sync now).
+    pub fn answered(&mut self, m: Member, answer: AgentStatus) {
+        let p = self.get_mut(m);
+        p.last = Some(answer);
+        p.answered_at = Some(Instant::now());
+        p.missed = 0;
+    }
+
     pub fn observe(&self, m: Member) -> AgentObs {
         let p = self.get(m);
         AgentObs {

@@ -42,6 +42,10 @@ struct Memory {
     /// recorded (a transition, an acknowledged operation). The operator is the
     /// status's only writer, so its own last write is the truth.
     status: Option<crate::api::HighAvailabilityPairStatus>,
+    /// The resync order last sent and when: sent again only if the agent
+    /// has not taken it up within a while (it reports the label once its
+    /// next pull round ends).
+    resync_sent: Option<(String, Instant)>,
 }
 
 pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify>) {
@@ -58,6 +62,7 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
             failure: None,
             primary_usable_since: None,
             status: None,
+            resync_sent: None,
         };
         while let Some(pair) = ctx.pairs.get(&ObjectRef::new(&name).within(&ns)) {
             if pair.metadata.deletion_timestamp.is_some() {
@@ -147,42 +152,30 @@ async fn round(
         (None, _) => None,
     };
     let recheck = plan.recheck;
-    if let Some((member, epoch)) = plan.drain
-        && let Some(answer) = drain_agent(pair, &obs, member, epoch, client_tls.clone()).await
-    {
-        // The drained agent's answer is a fresh heartbeat: act on it now
-        // rather than at the next poll.
-        let mut p = poll.lock().unwrap_or_else(|p| p.into_inner());
-        let m = p.get_mut(member);
-        m.last = Some(answer);
-        m.answered_at = Some(Instant::now());
-        m.missed = 0;
-        notify.notify_one();
-    }
-    if let Some(member) = plan.sync_now
-        && let Some(answer) = sync_agent(pair, &obs, member, client_tls.clone()).await
-    {
-        // Where the standby stands after pulling: a switchover moves the
-        // Lease on it without waiting for the next poll.
-        let mut p = poll.lock().unwrap_or_else(|p| p.into_inner());
-        let m = p.get_mut(member);
-        m.last = Some(answer);
-        m.answered_at = Some(Instant::now());
-        m.missed = 0;
-        notify.notify_one();
+    // A planned handover: the active drains (its answer carries its final
+    // generation), the standby pulls now (its answer says whether it holds
+    // it). Each answer is a fresh heartbeat: act on it now rather than at
+    // the next poll.
+    let asks = [
+        plan.drain.map(|(m, epoch)| (m, format!("/v1/drain?epoch={epoch}"), Duration::from_secs(2))),
+        plan.sync_now.map(|m| (m, "/v1/sync?wait=1".to_string(), Duration::from_secs(8))),
+    ];
+    for (member, path, timeout) in asks.into_iter().flatten() {
+        if let Some(answer) = ask_agent(pair, &obs, member, &path, timeout, client_tls.clone()).await {
+            poll.lock().unwrap_or_else(|p| p.into_inner()).answered(member, answer);
+            notify.notify_one();
+        }
     }
     if let Some((member, order)) = &plan.resync
+        && mem.resync_sent.as_ref().is_none_or(|(l, t)| *l != order.label || t.elapsed() > Duration::from_secs(30))
         && let Some(target) = agent_target(pair, &obs, *member, client_tls.clone())
     {
-        let path = format!(
-            "/v1/sync/resync?label={}&onlyOnTarget={:?}&conflict={:?}&clocksAgree={}",
-            order.label,
-            order.only_on_target,
-            order.conflict,
-            u8::from(order.clocks_agree)
-        );
+        let path = format!("/v1/sync/resync?{}", order.to_query());
         match http::call(&target, hyper::Method::POST, &path, Duration::from_secs(2)).await {
-            Ok(_) => info!(%member, label = %order.label, "resync ordered: the member's diverged files are reconciled"),
+            Ok(_) => {
+                info!(%member, label = %order.label, "resync ordered: the member's diverged files are reconciled");
+                mem.resync_sent = Some((order.label.clone(), Instant::now()));
+            }
             Err(e) => warn!(%member, error = %e, "could not order a resync"),
         }
     }
@@ -321,36 +314,20 @@ fn wake_agent(
     });
 }
 
-/// Asks the active member's agent to stop serving and hold the Lease for a
-/// planned handover; returns the agent's status as it answered.
-async fn drain_agent(
+/// One call to a member's agent whose answer is its status (drain, sync
+/// now); `None` when it fails or answers for another member.
+async fn ask_agent(
     pair: &HighAvailabilityPair,
     obs: &Observed,
     member: Member,
-    epoch: i64,
+    path: &str,
+    timeout: Duration,
     client_tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Option<crate::proto::AgentStatus> {
     let target = agent_target(pair, obs, member, client_tls)?;
-    let path = format!("/v1/drain?epoch={epoch}");
-    let body = http::call(&target, hyper::Method::POST, &path, Duration::from_secs(2))
+    let body = http::call(&target, hyper::Method::POST, path, timeout)
         .await
-        .inspect_err(|e| warn!(%member, epoch, error = %e, "drain request failed"))
-        .ok()?;
-    serde_json::from_slice::<crate::proto::AgentStatus>(&body).ok().filter(|a| a.member == member && a.draining)
-}
-
-/// Asks a standby's agent to pull every synced directory now; returns its
-/// status once it has (or after a few seconds, while a long pull goes on).
-async fn sync_agent(
-    pair: &HighAvailabilityPair,
-    obs: &Observed,
-    member: Member,
-    client_tls: Option<Arc<rustls::ClientConfig>>,
-) -> Option<crate::proto::AgentStatus> {
-    let target = agent_target(pair, obs, member, client_tls)?;
-    let body = http::call(&target, hyper::Method::POST, "/v1/sync?wait=1", Duration::from_secs(8))
-        .await
-        .inspect_err(|e| warn!(%member, error = %e, "sync request failed"))
+        .inspect_err(|e| warn!(%member, path, error = %e, "agent request failed"))
         .ok()?;
     serde_json::from_slice::<crate::proto::AgentStatus>(&body).ok().filter(|a| a.member == member)
 }
