@@ -65,6 +65,11 @@ fn bad_pairs() -> Vec<Bad> {
             expect: &["spec.fileSync", "must not nest"],
         },
         Bad {
+            what: "whole volume beside another sync path",
+            patch: json!({"spec": {"storage": storage, "fileSync": {"paths": [{"path": "."}, {"path": "uploads"}]}}}),
+            expect: &["spec.fileSync", "'.' is the whole volume and must be the only path listed"],
+        },
+        Bad {
             what: "duplicate sync path",
             patch: json!({"spec": {"storage": storage, "fileSync": {"paths": [{"path": "a"}, {"path": "a", "class": "batch"}]}}}),
             expect: &["spec.fileSync.paths[1]", "Duplicate value"],

@@ -314,6 +314,7 @@ pub struct ExecCheck {
 #[x_kube(
     validation = Rule::new("self.realtimeIntervalSeconds < self.batchIntervalSeconds").message("spec.fileSync.realtimeIntervalSeconds must be shorter than batchIntervalSeconds"),
     validation = Rule::new("self.paths.all(a, self.paths.all(b, a.path == b.path || !b.path.startsWith(a.path + '/')))").message("spec.fileSync.paths must not nest: one listed directory lies inside another"),
+    validation = Rule::new("!self.paths.exists(p, p.path == '.') || size(self.paths) == 1").message("spec.fileSync.paths: '.' is the whole volume and must be the only path listed"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FileSyncSpec {

@@ -149,10 +149,13 @@ pub struct MemberStatus {
     /// Estimated difference between the member's clock and the operator's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_skew_seconds: Option<i64>,
-    /// Sync generation the member holds.
+    /// Generation of the member's synced files (the active numbers each
+    /// change; a standby holds the generation it last copied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_generation: Option<i64>,
-    /// Seconds since the member's last complete sync (standby only).
+    /// How far the standby's files are behind the active's: seconds since
+    /// the first change it does not have (0: it has everything). Standby
+    /// only, as the active member last reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_lag_seconds: Option<i64>,
 }
