@@ -12,7 +12,7 @@ use futures::Stream;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -76,6 +76,15 @@ pub async fn call_limited(
 }
 
 async fn send(target: &Target, method: Method, path: &str) -> Result<Response<Incoming>, CallError> {
+    send_with(target, method, path, &[]).await
+}
+
+async fn send_with(
+    target: &Target,
+    method: Method,
+    path: &str,
+    headers: &[(&'static str, &'static str)],
+) -> Result<Response<Incoming>, CallError> {
     let tcp = TcpStream::connect(target.addr).await.map_err(CallError::Connect)?;
     let _ = tcp.set_nodelay(true);
     let tls = TlsConnector::from(target.tls.clone())
@@ -86,44 +95,64 @@ async fn send(target: &Target, method: Method, path: &str) -> Result<Response<In
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, "agent")
-        .body(Full::new(Bytes::new()))?;
+    let mut req = Request::builder().method(method).uri(path).header(hyper::header::HOST, "agent");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new()))?;
     Ok(sender.send_request(req).await?)
+}
+
+/// A streamed answer: its headers, its body chunk by chunk, and once the
+/// body has ended, the trailers the sender put after it (if any).
+pub struct Streamed<S> {
+    pub headers: HeaderMap,
+    pub body: S,
+    pub trailers: Arc<std::sync::Mutex<Option<HeaderMap>>>,
 }
 
 /// A GET whose body is streamed: the headers must come within `timeout`,
 /// then each chunk within `idle` of the one before, so a large file may
-/// take as long as it needs while a stalled peer is dropped.
+/// take as long as it needs while a stalled peer is dropped. Asks for
+/// trailers (`TE: trailers`), which land in [`Streamed::trailers`].
 pub async fn stream(
     target: &Target,
     path: &str,
     timeout: Duration,
     idle: Duration,
-) -> Result<impl Stream<Item = Result<Bytes, CallError>> + Unpin + use<>, CallError> {
-    let resp =
-        tokio::time::timeout(timeout, send(target, Method::GET, path)).await.unwrap_or(Err(CallError::Timeout))?;
+) -> Result<Streamed<impl Stream<Item = Result<Bytes, CallError>> + Unpin + use<>>, CallError> {
+    let resp = tokio::time::timeout(timeout, send_with(target, Method::GET, path, &[("te", "trailers")]))
+        .await
+        .unwrap_or(Err(CallError::Timeout))?;
     if !resp.status().is_success() {
         return Err(CallError::Status(resp.status()));
     }
+    let headers = resp.headers().clone();
+    let trailers = Arc::new(std::sync::Mutex::new(None));
+    let slot = trailers.clone();
     let body = resp.into_body();
-    Ok(Box::pin(futures::stream::unfold(Some(body), move |body| async move {
-        let mut body = body?;
-        loop {
-            match tokio::time::timeout(idle, body.frame()).await {
-                Err(_) => return Some((Err(CallError::Timeout), None)),
-                Ok(None) => return None,
-                Ok(Some(Err(e))) => return Some((Err(CallError::Http(e)), None)),
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        return Some((Ok(data), Some(body)));
-                    }
+    let body = Box::pin(futures::stream::unfold(Some(body), move |body| {
+        let slot = slot.clone();
+        async move {
+            let mut body = body?;
+            loop {
+                match tokio::time::timeout(idle, body.frame()).await {
+                    Err(_) => return Some((Err(CallError::Timeout), None)),
+                    Ok(None) => return None,
+                    Ok(Some(Err(e))) => return Some((Err(CallError::Http(e)), None)),
+                    Ok(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => return Some((Ok(data), Some(body))),
+                        Err(frame) => {
+                            if let Ok(t) = frame.into_trailers() {
+                                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+                            }
+                        }
+                    },
                 }
             }
         }
-    })))
+    }));
+    Ok(Streamed { headers, body, trailers })
 }
 
 /// A GET whose answer is JSON.
@@ -145,13 +174,13 @@ pub fn reply(status: StatusCode, body: impl Into<Bytes>) -> Reply {
     r
 }
 
-/// A 200 whose body is streamed from `chunks`.
-pub fn stream_reply<S>(chunks: S) -> Reply
+/// A streamed answer that may end with trailers (sent only to a client
+/// that asked for them with `TE: trailers`).
+pub fn frames_reply<S>(frames: S) -> Reply
 where
-    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static,
+    S: Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send + Sync + 'static,
 {
-    use futures::StreamExt;
-    Response::new(BodyExt::boxed(StreamBody::new(chunks.map(|c| c.map(Frame::data)))))
+    Response::new(BodyExt::boxed(StreamBody::new(frames)))
 }
 
 pub fn json_reply<T: serde::Serialize>(value: &T) -> Reply {

@@ -140,7 +140,8 @@ async fn sync_endpoint(agent: &Agent, method: &Method, path: &str, query: Option
                 return reply(StatusCode::BAD_REQUEST, "dir and path required");
             };
             match syncer.open_file(&dir, &p) {
-                Ok(f) => http::stream_reply(super::sync::file_stream(f)),
+                Ok(f) => super::sync::file_reply(f)
+                    .unwrap_or_else(|e| reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
                 Err(SyncError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                     reply(StatusCode::NOT_FOUND, "no such file")
                 }

@@ -51,10 +51,17 @@ pub enum CopyError {
     Transfer(String),
 }
 
-/// Streams `body` into `vpath` under `root`, checks it against `entry`, and
-/// puts it in place with the entry's mode and mtime. Memory stays at one
-/// chunk whatever the file size.
-pub async fn install<S, E>(root: &Path, vpath: &str, entry: &Entry, mut body: S) -> Result<u64, CopyError>
+/// Streams `body` into `vpath` under `root` (at most `max` bytes), lets
+/// `settle` decide from the size and hash received which version this is
+/// (or refuse it), and puts it in place with that version's mode and mtime.
+/// Memory stays at one chunk whatever the file size.
+pub async fn install<S, E>(
+    root: &Path,
+    vpath: &str,
+    max: u64,
+    mut body: S,
+    settle: impl FnOnce(u64, &str) -> Result<Entry, CopyError>,
+) -> Result<Entry, CopyError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -64,28 +71,29 @@ where
     let mut file = tokio::fs::File::create(&tmp).await?;
     let mut h = Sha256::new();
     let mut n = 0u64;
-    let result: Result<(), CopyError> = async {
+    let result: Result<Entry, CopyError> = async {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| CopyError::Transfer(e.to_string()))?;
             n += chunk.len() as u64;
-            if n > entry.size {
-                return Err(CopyError::Changed { expected: entry.size, hash: entry.hash.clone() });
+            if n > max {
+                return Err(CopyError::Transfer(format!("the peer sent more than the {max} bytes announced")));
             }
             h.update(&chunk);
             file.write_all(&chunk).await?;
         }
-        if n != entry.size || hex(&h.finalize()) != entry.hash {
-            return Err(CopyError::Changed { expected: entry.size, hash: entry.hash.clone() });
-        }
+        let entry = settle(n, &hex(&h.finalize()))?;
         file.sync_all().await?;
-        Ok(())
+        Ok(entry)
     }
     .await;
     drop(file);
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let entry = match result {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     let placed = (|| {
         let f = std::fs::File::options().write(true).open(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o777))?;
@@ -98,7 +106,18 @@ where
         let _ = std::fs::remove_file(&tmp);
         return Err(e.into());
     }
-    Ok(n)
+    Ok(entry)
+}
+
+/// The usual `settle` for [`install`]: the copy must be exactly `expected`.
+pub fn exactly(expected: &Entry) -> impl FnOnce(u64, &str) -> Result<Entry, CopyError> + '_ {
+    move |n, hash| {
+        if n == expected.size && hash == expected.hash {
+            Ok(expected.clone())
+        } else {
+            Err(CopyError::Changed { expected: expected.size, hash: expected.hash.clone() })
+        }
+    }
 }
 
 fn mtime_of(ns: i64) -> SystemTime {
@@ -211,15 +230,19 @@ mod tests {
     async fn a_copy_lands_whole_with_its_mode_and_mtime_or_not_at_all() {
         let root = tempdir();
         let e = entry(b"hello world");
-        assert_eq!(install(&root, "a/b/c.txt", &e, body(vec![b"hello ", b"world"])).await.unwrap(), 11);
+        let got = install(&root, "a/b/c.txt", 11, body(vec![b"hello ", b"world"]), exactly(&e)).await.unwrap();
+        assert_eq!(got, e);
         let meta = std::fs::metadata(root.join("a/b/c.txt")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o640);
         assert_eq!(meta.modified().unwrap(), mtime_of(e.mtime));
         // Changed on the source mid-copy: nothing replaced, no temp left.
-        let err = install(&root, "a/b/c.txt", &e, body(vec![b"hello there"])).await.unwrap_err();
+        let err = install(&root, "a/b/c.txt", 11, body(vec![b"hello there"]), exactly(&e)).await.unwrap_err();
         assert!(matches!(err, CopyError::Changed { .. }));
-        let err = install(&root, "a/b/c.txt", &e, body(vec![b"hello world!"])).await.unwrap_err();
+        let err = install(&root, "a/b/c.txt", 12, body(vec![b"hello world!"]), exactly(&e)).await.unwrap_err();
         assert!(matches!(err, CopyError::Changed { .. }));
+        // A peer sending more than it announced is cut off.
+        let err = install(&root, "a/b/c.txt", 5, body(vec![b"hello ", b"world"]), exactly(&e)).await.unwrap_err();
+        assert!(matches!(err, CopyError::Transfer(_)));
         assert_eq!(std::fs::read(root.join("a/b/c.txt")).unwrap(), b"hello world");
         assert_eq!(std::fs::read_dir(tmp_dir(&root)).unwrap().count(), 0);
         std::fs::remove_dir_all(&root).unwrap();

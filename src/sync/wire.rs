@@ -3,7 +3,10 @@
 //! - `GET /v1/sync/manifest?dir=D&have=G` → [`ManifestReply`] (only from an
 //!   active or draining member; `have` is the generation the caller holds,
 //!   which lets the active count what its standby still lacks);
-//! - `GET /v1/sync/file?dir=D&path=P` → the file's bytes, streamed;
+//! - `GET /v1/sync/file?dir=D&path=P` → the file's bytes, streamed, with
+//!   header `x-hapair-size` (the size when opened: never more is sent) and,
+//!   when the file did not change while it was read, trailers naming the
+//!   exact version sent ([`SENT_SIZE`] and friends, see [`sent_entry`]);
 //! - `POST /v1/sync/take?dir=D&path=P&quarantine=0|1` → the member fetches
 //!   that file from its peer (a resync's copy-back or newest-wins update);
 //! - `POST /v1/sync` → the standby syncs every directory now.
@@ -15,9 +18,53 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::Files;
+use super::manifest::{Entry, Files};
 use super::path::{self, Refusal};
 use super::state::{MAX_LINEAGE, Point};
+
+/// Header: the size of the file when the source opened it.
+pub const SIZE_HEADER: &str = "x-hapair-size";
+/// Trailers: the version of the file the body holds, sent only when the
+/// file's size and mtime did not change while it was read. A file that
+/// keeps changing (an append-only log written every few milliseconds)
+/// still syncs: the standby takes the version it was sent, whatever the
+/// (older) manifest said.
+pub const SENT_SIZE: &str = "x-hapair-sent-size";
+pub const SENT_HASH: &str = "x-hapair-sent-hash";
+pub const SENT_MTIME: &str = "x-hapair-sent-mtime";
+pub const SENT_MODE: &str = "x-hapair-sent-mode";
+
+/// The trailers for a version of a file.
+pub fn sent_trailers(e: &Entry) -> hyper::HeaderMap {
+    let mut h = hyper::HeaderMap::new();
+    for (k, v) in [
+        (SENT_SIZE, e.size.to_string()),
+        (SENT_HASH, e.hash.clone()),
+        (SENT_MTIME, e.mtime.to_string()),
+        (SENT_MODE, e.mode.to_string()),
+    ] {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    h
+}
+
+/// The version a peer says it sent; `None` when the trailers are absent or
+/// malformed (then the copy must match the manifest instead).
+pub fn sent_entry(h: &hyper::HeaderMap) -> Option<Entry> {
+    let get = |k: &str| h.get(k)?.to_str().ok();
+    let hash = get(SENT_HASH)?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(Entry {
+        size: get(SENT_SIZE)?.parse().ok().filter(|s| *s <= i64::MAX as u64)?,
+        mtime: get(SENT_MTIME)?.parse().ok()?,
+        mode: get(SENT_MODE)?.parse::<u32>().ok()? & 0o777,
+        hash: hash.to_ascii_lowercase(),
+    })
+}
 
 /// Largest manifest accepted (bytes of JSON): about a million files.
 pub const MAX_MANIFEST: usize = 256 * 1024 * 1024;
@@ -115,6 +162,25 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sent_version_round_trips_and_malformed_trailers_are_ignored() {
+        let e = Entry { size: 11, mtime: -5, mode: 0o640, hash: "ab".repeat(32) };
+        assert_eq!(sent_entry(&sent_trailers(&e)), Some(e.clone()));
+        for (k, v) in [
+            (SENT_HASH, "zz".repeat(32)),
+            (SENT_HASH, "ab".into()),
+            (SENT_SIZE, "-1".into()),
+            (SENT_SIZE, u64::MAX.to_string()),
+            (SENT_MTIME, "soon".into()),
+            (SENT_MODE, "rwx".into()),
+        ] {
+            let mut h = sent_trailers(&e);
+            h.insert(k, v.parse().unwrap());
+            assert_eq!(sent_entry(&h), None, "{k}: {v}");
+        }
+        assert_eq!(sent_entry(&hyper::HeaderMap::new()), None);
+    }
 
     #[test]
     fn paths_survive_the_query_string_and_garbage_does_not_decode() {

@@ -5,7 +5,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Frame};
 
 use super::{GEN_HISTORY, Inner, SyncError, Syncer, vpath};
 use crate::http::Target;
@@ -14,7 +14,7 @@ use crate::sync::manifest;
 use crate::sync::path::{self, Refusal};
 use crate::sync::state::Point;
 use crate::sync::store;
-use crate::sync::wire::ManifestReply;
+use crate::sync::wire::{self, ManifestReply};
 
 impl Syncer {
     /// Scans every synced directory as the active member at `epoch`.
@@ -168,26 +168,85 @@ impl Syncer {
                 _ => {}
             }
         }
-        self.fetch(peer, dir, rel, entry).await.map_err(|e| SyncError::Io(io::Error::other(e)))
+        self.fetch(peer, dir, rel, entry).await.map(|e| e.size).map_err(|e| SyncError::Io(io::Error::other(e)))
     }
 }
 
-/// Streams an open file in 64 KiB chunks.
-pub fn file_stream(
+/// A file being served: its size when opened (never more is sent) and its
+/// bytes in 64 KiB chunks, ending with trailers that name the exact version
+/// sent when the file's size, mtime and ctime did not move while it was
+/// read. A file that changes mid-read gets no trailers; the copy must then
+/// match the manifest, or it is refused and tried again next round.
+fn file_stream(
     file: std::fs::File,
-) -> impl futures::Stream<Item = Result<Bytes, io::Error>> + Send + Sync + 'static {
+) -> io::Result<(u64, impl futures::Stream<Item = Result<Frame<Bytes>, io::Error>> + Send + Sync + 'static)> {
+    use sha2::Digest;
     use tokio::io::AsyncReadExt;
-    let file = tokio::fs::File::from_std(file);
-    futures::stream::unfold(Some(file), |f| async move {
-        let mut f = f?;
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), Some(f)))
+    let meta = file.metadata()?;
+    let opened = Stamp::of(&meta);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+    struct Reading {
+        file: tokio::fs::File,
+        left: u64,
+        sent: u64,
+        hash: sha2::Sha256,
+    }
+    let start =
+        Reading { file: tokio::fs::File::from_std(file), left: opened.size, sent: 0, hash: sha2::Sha256::new() };
+    let frames = futures::stream::unfold(Some(start), move |r| async move {
+        let mut r = r?;
+        if r.left > 0 {
+            let mut buf = vec![0u8; r.left.min(64 * 1024) as usize];
+            match r.file.read(&mut buf).await {
+                Ok(0) => r.left = 0,
+                Ok(n) => {
+                    buf.truncate(n);
+                    r.hash.update(&buf);
+                    r.left -= n as u64;
+                    r.sent += n as u64;
+                    return Some((Ok(Frame::data(Bytes::from(buf))), Some(r)));
+                }
+                Err(e) => return Some((Err(e), None)),
             }
-            Err(e) => Some((Err(e), None)),
         }
-    })
+        let now = r.file.metadata().await.ok().map(|m| Stamp::of(&m));
+        if now != Some(opened) || r.sent != opened.size {
+            return None;
+        }
+        let entry =
+            manifest::Entry { size: r.sent, mtime: opened.mtime, mode, hash: manifest::hex(&r.hash.finalize()) };
+        Some((Ok(Frame::trailers(wire::sent_trailers(&entry))), None))
+    });
+    Ok((opened.size, frames))
+}
+
+/// The answer to `GET /v1/sync/file`: the size header, the bytes, and the
+/// trailers (announced in `Trailer`, as HTTP/1.1 requires).
+pub fn file_reply(file: std::fs::File) -> io::Result<crate::http::Reply> {
+    let (size, frames) = file_stream(file)?;
+    let mut r = crate::http::frames_reply(frames);
+    let h = r.headers_mut();
+    h.insert(wire::SIZE_HEADER, size.into());
+    let names = [wire::SENT_SIZE, wire::SENT_HASH, wire::SENT_MTIME, wire::SENT_MODE].join(", ");
+    h.insert(hyper::header::TRAILER, hyper::header::HeaderValue::from_str(&names).map_err(io::Error::other)?);
+    Ok(r)
+}
+
+/// What tells a file's versions apart without reading it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    size: u64,
+    mtime: i64,
+    ctime: i64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            size: m.size(),
+            mtime: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        }
+    }
 }

@@ -40,7 +40,7 @@ use crate::sync::path::{self, Refusal};
 use crate::sync::state::{Point, SyncState};
 use crate::sync::{store, wire};
 
-pub use active::file_stream;
+pub use active::file_reply;
 
 /// Generations whose time of change is remembered for the lag.
 const GEN_HISTORY: usize = 4096;
@@ -152,14 +152,36 @@ impl Syncer {
     }
 
     /// Fetches one file from the peer into place.
-    pub async fn fetch(&self, peer: &Target, dir: &str, rel: &str, entry: &manifest::Entry) -> Result<u64, String> {
+    /// Copies one file from `peer`: the version the peer says it sent (a
+    /// file that keeps changing still arrives whole, as it was at one
+    /// moment), or else exactly `entry` from its manifest. Returns the
+    /// version now in place.
+    pub async fn fetch(
+        &self,
+        peer: &Target,
+        dir: &str,
+        rel: &str,
+        entry: &manifest::Entry,
+    ) -> Result<manifest::Entry, String> {
         let v = path::volume_path(dir, rel).map_err(|r| r.to_string())?;
         let path = format!("/v1/sync/file?dir={}&path={}", wire::encode(dir), wire::encode(rel));
-        let body = http::stream(peer, &path, Duration::from_secs(10), Duration::from_secs(30))
+        let got = http::stream(peer, &path, Duration::from_secs(10), Duration::from_secs(30))
             .await
             .map_err(|e| e.to_string())?;
-        let body = body.take_while(move |_| futures::future::ready(!self.abort.load(Ordering::SeqCst)));
-        store::install(&self.root, &v, entry, Box::pin(body)).await.map_err(|e| e.to_string())
+        let announced = got.headers.get(wire::SIZE_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let body = got.body.take_while(move |_| futures::future::ready(!self.abort.load(Ordering::SeqCst)));
+        let trailers = got.trailers;
+        let settle = move |n: u64, hash: &str| {
+            let sent = trailers.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match sent.as_ref().and_then(wire::sent_entry) {
+                Some(sent) if sent.size == n && sent.hash == hash => Ok(sent),
+                Some(_) => Err(store::CopyError::Transfer("the body does not match the version announced".into())),
+                None => store::exactly(entry)(n, hash),
+            }
+        };
+        store::install(&self.root, &v, announced.unwrap_or(entry.size), Box::pin(body), settle)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -208,5 +230,84 @@ mod tests {
         s.pull_round(&nowhere(), true).await;
         assert_eq!(s.status().errors, 1, "a standby tries, and counts the failure");
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A peer at `addr` serving files with `handler`, over the pair's mTLS.
+    fn peer<H, F>(handler: H) -> Target
+    where
+        H: Fn(hyper::Request<hyper::body::Incoming>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: std::future::Future<Output = http::Reply> + Send + 'static,
+    {
+        let m = crate::tls::generate_pair_material("db", "ns").unwrap();
+        let (cert, key) = crate::tls::member_cert_key(Member::Primary);
+        let id = |c: &str, k: &str| crate::tls::Identity {
+            ca: m[crate::tls::CA_CERT].clone(),
+            cert: m[c].clone(),
+            key: m[k].clone(),
+        };
+        let server = crate::tls::server_config(&id(&cert, &key)).unwrap();
+        let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std.set_nonblocking(true).unwrap();
+        let addr = std.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::from_std(std).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        tokio::spawn(http::serve(listener, Some(acceptor), Duration::from_secs(10), handler));
+        Target {
+            addr,
+            server_name: crate::tls::server_name(&crate::tls::member_server_name(Member::Primary, "db", "ns")).unwrap(),
+            tls: crate::tls::client_config(&id(crate::tls::CLIENT_CERT, crate::tls::CLIENT_KEY)).unwrap(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_that_changed_since_the_manifest_arrives_in_the_version_sent_and_lies_are_refused() {
+        let (src, dst) = (crate::sync::path::tests::tempdir(), crate::sync::path::tests::tempdir());
+        std::fs::write(src.join("log"), b"one\n").unwrap();
+        let (stale, _) = manifest::Scanner::default().scan(&src, ".").unwrap();
+        // The log grows after the manifest was taken (an appending app).
+        std::fs::write(src.join("log"), b"one\ntwo\n").unwrap();
+        let root = src.clone();
+        let honest = peer(move |_req, _| {
+            let root = root.clone();
+            async move { file_reply(std::fs::File::open(root.join("log")).unwrap()).unwrap() }
+        });
+        let s = syncer(dst.clone());
+        let got = s.fetch(&honest, ".", "log", &stale["log"]).await.unwrap();
+        let (now, _) = manifest::Scanner::default().scan(&src, ".").unwrap();
+        assert_eq!(got, now["log"], "the version sent, not the stale one");
+        assert_eq!(std::fs::read(dst.join("log")).unwrap(), b"one\ntwo\n");
+        let (copied, _) = manifest::Scanner::default().scan(&dst, ".").unwrap();
+        assert_eq!(copied["log"], now["log"], "same size, hash, mode and mtime");
+
+        // A peer whose trailers name another version than the body it sent.
+        let lie = manifest::Entry { size: 4, mtime: 0, mode: 0o644, hash: "00".repeat(32) };
+        let liar = peer(move |_req, _| {
+            let lie = lie.clone();
+            async move {
+                let frames = futures::stream::iter([
+                    Ok(hyper::body::Frame::data(hyper::body::Bytes::from_static(b"evil"))),
+                    Ok(hyper::body::Frame::trailers(wire::sent_trailers(&lie))),
+                ]);
+                let mut r = http::frames_reply(frames);
+                r.headers_mut().insert(hyper::header::TRAILER, wire::SENT_HASH.parse().unwrap());
+                r.headers_mut().append(hyper::header::TRAILER, wire::SENT_SIZE.parse().unwrap());
+                r.headers_mut().append(hyper::header::TRAILER, wire::SENT_MTIME.parse().unwrap());
+                r.headers_mut().append(hyper::header::TRAILER, wire::SENT_MODE.parse().unwrap());
+                r
+            }
+        });
+        assert!(s.fetch(&liar, ".", "log", &stale["log"]).await.unwrap_err().contains("does not match"));
+        // A peer sending more than it announced.
+        let flood = peer(|_req, _| async {
+            let frames =
+                futures::stream::iter([Ok(hyper::body::Frame::data(hyper::body::Bytes::from(vec![7u8; 4096])))]);
+            let mut r = http::frames_reply(frames);
+            r.headers_mut().insert(wire::SIZE_HEADER, 10u64.into());
+            r
+        });
+        assert!(s.fetch(&flood, ".", "log", &stale["log"]).await.unwrap_err().contains("more than"));
+        assert_eq!(std::fs::read(dst.join("log")).unwrap(), b"one\ntwo\n", "refused copies replaced nothing");
+        std::fs::remove_dir_all(&src).unwrap();
+        std::fs::remove_dir_all(&dst).unwrap();
     }
 }

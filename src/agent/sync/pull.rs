@@ -203,12 +203,21 @@ impl Syncer {
             return Ok(Outcome { diverged, complete: false, resync: Some(plan), ..Default::default() });
         }
         let label = order.map_or_else(|| "sync".to_string(), |o| o.label.clone());
-        let (done, left) = self.execute(source, dir, &reply, &local, &plan, &label).await;
-        // Record only a copy that now matches the source exactly.
+        let (done, left, newer) = self.execute(source, dir, &reply, &local, &plan, &label).await;
+        // Record only a copy that now matches the source exactly: its
+        // manifest, with the newer versions of files that changed since it
+        // was taken and arrived whole.
+        let expected = if newer.is_empty() {
+            reply.digest.clone()
+        } else {
+            let mut files = reply.files.clone();
+            files.extend(newer);
+            manifest::digest(&files)
+        };
         let scanner = g.scanners.entry(dir.to_string()).or_default();
         let (after, _) = tokio::task::block_in_place(|| scanner.scan(&self.root, dir))?;
         let digest = manifest::digest(&after);
-        let matches = done && digest == reply.digest;
+        let matches = done && digest == expected;
         if matches {
             g.state.record_copy(dir, &digest, reply.point, &reply.lineage, now);
             tokio::task::block_in_place(|| g.state.save(&self.root))?;
@@ -222,7 +231,8 @@ impl Syncer {
     }
 
     /// Carries out a plan on this (target) member; returns whether every
-    /// action succeeded and what was left undone.
+    /// action succeeded, what was left undone, and the files copied in a
+    /// newer version than the manifest's.
     async fn execute(
         &self,
         source: &Target,
@@ -231,13 +241,14 @@ impl Syncer {
         local: &Files,
         plan: &Plan,
         label: &str,
-    ) -> (bool, (u64, u64)) {
+    ) -> (bool, (u64, u64), Files) {
         let mut ok = true;
         let mut left = (0u64, 0u64);
+        let mut newer = Files::new();
         let member = self.member.to_string();
         for a in &plan.actions {
             if self.must_stop() {
-                return (false, left);
+                return (false, left, newer);
             }
             let rel = a.path();
             let v = vpath(dir, rel);
@@ -251,7 +262,13 @@ impl Syncer {
                     };
                     match q {
                         Err(e) => Err(e.to_string()),
-                        Ok(()) => self.fetch(source, dir, rel, &reply.files[rel]).await,
+                        Ok(()) => self.fetch(source, dir, rel, &reply.files[rel]).await.map(|got| {
+                            let size = got.size;
+                            if got != reply.files[rel] {
+                                newer.insert(rel.to_string(), got);
+                            }
+                            size
+                        }),
                     }
                 }
                 Action::Delete { .. } => {
@@ -297,7 +314,7 @@ impl Syncer {
                 }
             }
         }
-        (ok, left)
+        (ok, left, newer)
     }
 }
 
