@@ -61,7 +61,7 @@ lint: ## rustfmt check and clippy with warnings as errors.
 ##@ Tests
 
 # The fastest e2e scenarios, run by `make test`; `make e2e` runs them all.
-E2E_FAST := bootstraps killing_the_active an_active_cut_off the_plugin_shows files_written a_live_agent \
+E2E_FAST := bootstraps killing_the_active a_failover_under_writes an_active_cut_off the_plugin_shows files_written a_live_agent \
 	switchovers_under_writes a_former_active
 
 .PHONY: test

@@ -3,9 +3,14 @@
 //!
 //! - two members report `active` at the same epoch;
 //! - the VIP selector names a member other than the Lease holder for longer
-//!   than one reconcile (`grace`).
+//!   than one reconcile (`grace`);
+//! - a write that a member held as a synced standby (its files following the
+//!   current epoch, nothing diverged) is missing from its `writes.log` while
+//!   it is active: a failover or switchover lost what had been synced.
 
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +27,25 @@ struct Seen {
     both_active: u64,
     samples: u64,
     mismatch_since: Option<Instant>,
+    /// Per member: write numbers seen in its `writes.log` while it was a
+    /// standby following the epoch of the Lease.
+    synced: [HashSet<u64>; 2],
+    synced_checks: u64,
+}
+
+/// Write numbers in the complete lines of a `writes.log` (`EPOCH kN N`); a
+/// line still being appended is not counted.
+fn held_writes(data_dir: &Path) -> HashSet<u64> {
+    let text = std::fs::read_to_string(data_dir.join("writes.log")).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+    complete.lines().filter_map(|l| l.split(' ').nth(2)?.parse().ok()).collect()
+}
+
+fn index(m: Member) -> usize {
+    match m {
+        Member::Primary => 0,
+        Member::Secondary => 1,
+    }
 }
 
 pub struct Checker {
@@ -37,6 +61,7 @@ impl Checker {
         tls: Arc<rustls::ClientConfig>,
         agent_port: u16,
         grace: Duration,
+        data_dirs: [PathBuf; 2],
     ) -> Self {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (ns, pair, s) = (ns.to_string(), pair.to_string(), seen.clone());
@@ -45,7 +70,7 @@ impl Checker {
             let services: Api<Service> = Api::namespaced(client.clone(), &ns);
             let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
             loop {
-                let mut agents: Vec<AgentStatus> = Vec::new();
+                let mut agents: Vec<(Member, AgentStatus)> = Vec::new();
                 for m in Member::BOTH {
                     let Ok(Some(pod)) = pods.get_opt(&m.pod_name(&pair)).await else { continue };
                     let Some(ip) = pod.status.and_then(|s| s.pod_ip).and_then(|ip| ip.parse().ok()) else { continue };
@@ -54,7 +79,7 @@ impl Checker {
                     };
                     let t = Target { addr: SocketAddr::new(ip, agent_port), server_name: name, tls: tls.clone() };
                     if let Ok(a) = http::get_json::<AgentStatus>(&t, "/v1/status", Duration::from_millis(300)).await {
-                        agents.push(a);
+                        agents.push((m, a));
                     }
                 }
                 let lease = leases.get_opt(&pair).await.ok().flatten();
@@ -62,6 +87,11 @@ impl Checker {
                     .as_ref()
                     .and_then(|l| l.spec.as_ref()?.holder_identity.clone())
                     .and_then(|h| parse_identity(&h).map(|(m, _)| m));
+                let lease_epoch = lease.as_ref().and_then(|l| l.spec.as_ref()?.lease_transitions).map_or(0, i64::from);
+                // Read the files after the statuses: a standby that follows
+                // the epoch now held these writes from the active.
+                let files: Vec<(Member, HashSet<u64>)> =
+                    agents.iter().map(|(m, _)| (*m, held_writes(&data_dirs[index(*m)]))).collect();
                 let vip = services
                     .get_opt(&pair)
                     .await
@@ -72,7 +102,7 @@ impl Checker {
                 {
                     let mut s = s.lock().unwrap();
                     s.samples += 1;
-                    let actives: Vec<_> = agents.iter().filter(|a| a.role == Role::Active).collect();
+                    let actives: Vec<_> = agents.iter().map(|(_, a)| a).filter(|a| a.role == Role::Active).collect();
                     if actives.len() == 2 {
                         s.both_active += 1;
                     }
@@ -91,6 +121,26 @@ impl Checker {
                         }
                         _ => s.mismatch_since = None,
                     }
+                    for ((m, a), (_, held)) in agents.iter().zip(&files) {
+                        let follows =
+                            a.sync.as_ref().is_some_and(|y| y.diverged.is_empty() && y.point.epoch == lease_epoch);
+                        if a.role == Role::Standby && holder != Some(*m) && follows {
+                            s.synced[index(*m)].extend(held.iter().copied());
+                        } else if a.role == Role::Active && holder == Some(*m) && a.epoch == lease_epoch {
+                            s.synced_checks += 1;
+                            let lost: BTreeSet<u64> = s.synced[index(*m)].difference(held).copied().collect();
+                            if !lost.is_empty() {
+                                let msg = format!(
+                                    "{m} active at epoch {lease_epoch} lacks {} write(s) it held as a synced standby: {:?}",
+                                    lost.len(),
+                                    lost.iter().take(10).collect::<Vec<_>>()
+                                );
+                                if !s.violations.contains(&msg) {
+                                    s.violations.push(msg);
+                                }
+                            }
+                        }
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -103,6 +153,12 @@ impl Checker {
     /// this must stay 0: the old active fences before the standby promotes.
     pub fn both_active_samples(&self) -> u64 {
         self.seen.lock().unwrap().both_active
+    }
+
+    /// How many writes the checker saw synced to `member` while standby
+    /// (so a test can show the data clause had something to check).
+    pub fn synced_writes(&self, member: Member) -> usize {
+        self.seen.lock().unwrap().synced[index(member)].len()
     }
 
     /// Stops sampling and fails the test on any violation.

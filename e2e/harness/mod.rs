@@ -214,7 +214,8 @@ impl Harness {
     /// reconcile of a live operator, or longer when a test kills it).
     pub async fn checker_with_grace(&self, name: &str, grace: Duration) -> checker::Checker {
         let tls = self.pair_tls(name).await;
-        checker::Checker::start(self.client.clone(), &self.ns.name, name, tls, 7443, grace)
+        let dirs = [self.data_dir(name, Member::Primary), self.data_dir(name, Member::Secondary)];
+        checker::Checker::start(self.client.clone(), &self.ns.name, name, tls, 7443, grace, dirs)
     }
 
     /// Index of the operator replica holding the operators' Lease.
