@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
-use hapair::api::{ConditionStatus, HighAvailabilityPair, Member, OperationPhase, TransitionType};
+use hapair::api::{ConditionStatus, HighAvailabilityPair, Member, MemberState, OperationPhase, TransitionType};
 use harness::{Harness, Kill, test_pair};
 use serde_json::json;
 
@@ -199,5 +199,75 @@ async fn a_switchover_survives_an_operator_restart_in_the_middle() {
     assert_eq!(op_phase(&p, "sw-1"), Some(OperationPhase::Succeeded), "{:?}", p.status.as_ref().unwrap().operations);
     let s = p.status.unwrap();
     assert_eq!((s.active_member, s.epoch), (Some(Member::Secondary), 2), "moved exactly once");
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_standby_on_the_active_moves_the_role_and_on_the_standby_changes_nothing() {
+    let h = up("go-standby", json!({})).await;
+    let checker = h.checker("web").await;
+    let writer = h.writer("web");
+    let p = request(&h, "gs-1", json!({"goStandby": {"member": "primary"}})).await;
+    assert_eq!(op_phase(&p, "gs-1"), Some(OperationPhase::Succeeded), "{:?}", p.status.as_ref().unwrap().operations);
+    let s = p.status.unwrap();
+    assert_eq!((s.active_member, s.epoch), (Some(Member::Secondary), 2));
+    let t = s.last_transition.unwrap();
+    assert_eq!((t.type_, t.operation_id.as_deref()), (TransitionType::GoStandby, Some("gs-1")));
+    // The primary stays standby: go-standby is not a switchover that the
+    // operator would undo; it serves the VIP only when asked back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = h.pair("web").await;
+    assert_eq!(p.status.as_ref().unwrap().active_member, Some(Member::Secondary));
+    // Asking a standby to go standby is done at once and says so.
+    let p = request(&h, "gs-2", json!({"goStandby": {"member": "primary"}})).await;
+    let op = p.status.as_ref().unwrap().operations.iter().find(|o| o.id == "gs-2").cloned().unwrap();
+    assert_eq!((op.phase, op.reason.as_deref()), (OperationPhase::Succeeded, Some("AlreadyStandby")));
+    assert_eq!(p.status.unwrap().epoch, 2, "nothing moved");
+    let log = writer.stop().await;
+    assert!(log.acknowledged.iter().any(|(_, e)| *e == 2), "writes go on at epoch 2 through the VIP: {log:?}");
+    assert_eq!(checker.both_active_samples(), 0, "a planned handover never has two actives");
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_failback_waits_until_a_flapping_primary_has_been_healthy_for_the_delay() {
+    const DELAY: Duration = Duration::from_secs(6);
+    let h = up("failback", json!({"spec": {"failback": {"mode": "Automatic", "delaySeconds": 6}}})).await;
+    let checker = h.checker("web").await;
+    h.kill("web", Member::Primary, Kill::App);
+    h.wait_for("web", "failover to the secondary", WAIT, |p| {
+        p.status.as_ref().is_some_and(|s| s.active_member == Some(Member::Secondary) && s.epoch == 2)
+    })
+    .await;
+    // The primary comes back healthy, then crashes again within a couple of
+    // seconds, three times: never healthy for the whole delay.
+    let mut last_kill = std::time::Instant::now();
+    for round in 0..3 {
+        h.wait_for("web", &format!("the primary healthy again ({round})"), WAIT, |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.members
+                    .iter()
+                    .any(|m| m.name == Member::Primary && m.state == MemberState::PrimaryPreparingForFailback)
+            })
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let s = h.pair("web").await.status.unwrap();
+        assert_eq!((s.active_member, s.epoch), (Some(Member::Secondary), 2), "no failback to a flapping primary");
+        h.kill("web", Member::Primary, Kill::App);
+        last_kill = std::time::Instant::now();
+    }
+    // Once it stays up, the role goes back to it, not before the delay.
+    let p = h
+        .wait_for("web", "automatic failback", WAIT, |p| {
+            p.status.as_ref().is_some_and(|s| s.active_member == Some(Member::Primary))
+        })
+        .await;
+    let quiet = last_kill.elapsed();
+    assert!(quiet >= DELAY, "failback {quiet:?} after the last crash, within the {DELAY:?} hysteresis");
+    let s = p.status.unwrap();
+    let t = s.last_transition.unwrap();
+    assert_eq!((t.type_, t.reason.as_str(), s.epoch), (TransitionType::Failback, "AutomaticFailback", 3));
+    eprintln!("automatic failback {quiet:?} after the primary's last crash");
     checker.assert_clean();
 }
