@@ -12,6 +12,7 @@ pub mod http;
 pub mod metrics;
 pub mod operator;
 pub mod proto;
+pub mod resync;
 pub mod sync;
 pub mod telemetry;
 pub mod tls;

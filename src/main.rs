@@ -26,8 +26,8 @@ enum Command {
     Operator(hapair::operator::Config),
     /// Run the member sidecar: status endpoint, health check, Lease renewal.
     Agent(hapair::agent::Config),
-    /// Reconcile a returning member's files with the active member's (run as a Job).
-    Resync,
+    /// Reconcile a member's files with the active member's (the resync Job's program).
+    Resync(hapair::resync::Config),
     /// Run a split-brain repair step (run as a Job).
     Repair,
     /// Print the HighAvailabilityPair CustomResourceDefinition as YAML.
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         }
         Command::Operator(config) => run_async(&cli.log_level, cli.log_json, "operator", hapair::operator::run(config)),
         Command::Agent(config) => run_async(&cli.log_level, cli.log_json, "agent", hapair::agent::run(config)),
-        Command::Resync => not_yet("resync"),
+        Command::Resync(config) => run_async(&cli.log_level, cli.log_json, "resync", hapair::resync::run(config)),
         Command::Repair => not_yet("repair"),
     }
 }

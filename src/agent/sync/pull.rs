@@ -65,6 +65,7 @@ impl Syncer {
     /// directories, and batch ones when due (or everything with `all`).
     pub async fn pull_round(&self, source: &Target, all: bool) {
         let order = self.order.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let round_started = Utc::now();
         let mut diverged = BTreeMap::new();
         let mut complete = true;
         let mut pending = (0u64, 0u64);
@@ -135,7 +136,7 @@ impl Syncer {
                 label: order.label.clone(),
                 dry_run: order.dry_run,
                 done: false,
-                started_at: Utc::now(),
+                started_at: round_started,
                 finished_at: None,
                 summary: Default::default(),
                 warnings: vec![],
