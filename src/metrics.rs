@@ -59,6 +59,10 @@ pub struct OperatorMetrics {
     pub missed_heartbeats: IntGaugeVec,
     pub heartbeat_age: prometheus::GaugeVec,
     pub split_brain: IntGaugeVec,
+    pub sync_lag: prometheus::GaugeVec,
+    pub clock_skew: prometheus::GaugeVec,
+    pub resync_phase: IntGaugeVec,
+    pub resync_files: IntGaugeVec,
     pub leader: IntGauge,
 }
 
@@ -103,7 +107,32 @@ impl OperatorMetrics {
                 Opts::new("hapair_heartbeat_age_seconds", "Seconds since the member's agent last answered"),
                 &["namespace", "pair", "member"],
             )?,
-            split_brain: IntGaugeVec::new(Opts::new("hapair_split_brain", "1 while both members report active"), pair)?,
+            split_brain: IntGaugeVec::new(
+                Opts::new(
+                    "hapair_split_brain",
+                    "1 while the pair has a split brain (both members active, or changes made on a standby)",
+                ),
+                pair,
+            )?,
+            sync_lag: prometheus::GaugeVec::new(
+                Opts::new("hapair_sync_lag_seconds", "How far the standby's files are behind the active member's"),
+                &["namespace", "pair", "member"],
+            )?,
+            clock_skew: prometheus::GaugeVec::new(
+                Opts::new(
+                    "hapair_clock_skew_seconds",
+                    "Estimated difference between a member's clock and the operator's",
+                ),
+                &["namespace", "pair", "member"],
+            )?,
+            resync_phase: IntGaugeVec::new(
+                Opts::new("hapair_resync_phase", "1 for the phase of the pair's latest resync Job"),
+                &["namespace", "pair", "phase"],
+            )?,
+            resync_files: IntGaugeVec::new(
+                Opts::new("hapair_resync_files", "Files the pair's latest resync Job handled, by action"),
+                &["namespace", "pair", "action"],
+            )?,
             leader: IntGauge::new("hapair_operator_leader", "1 while this replica leads")?,
         };
         r.register(Box::new(m.reconciles.clone()))?;
@@ -117,6 +146,10 @@ impl OperatorMetrics {
         r.register(Box::new(m.missed_heartbeats.clone()))?;
         r.register(Box::new(m.heartbeat_age.clone()))?;
         r.register(Box::new(m.split_brain.clone()))?;
+        r.register(Box::new(m.sync_lag.clone()))?;
+        r.register(Box::new(m.clock_skew.clone()))?;
+        r.register(Box::new(m.resync_phase.clone()))?;
+        r.register(Box::new(m.resync_files.clone()))?;
         r.register(Box::new(m.leader.clone()))?;
         Ok(m)
     }

@@ -58,6 +58,14 @@ struct PodRun {
     reported: Option<serde_json::Value>,
 }
 
+/// A run-to-completion pod (the resync Job's): one process on the host.
+struct JobRun {
+    uid: String,
+    child: Option<Child>,
+    dir: PathBuf,
+    reported: Option<serde_json::Value>,
+}
+
 pub struct Kubelet {
     client: Client,
     ns: String,
@@ -68,6 +76,7 @@ pub struct Kubelet {
     api_upstream: SocketAddr,
     api_ca: String,
     pods: Mutex<HashMap<String, PodRun>>,
+    jobs: Mutex<HashMap<String, JobRun>>,
     next_ip: AtomicU32,
 }
 
@@ -99,6 +108,7 @@ impl Kubelet {
             api_upstream,
             api_ca,
             pods: Mutex::default(),
+            jobs: Mutex::default(),
             next_ip: AtomicU32::new(slot * 24),
         });
         let weak = Arc::downgrade(&k);
@@ -151,6 +161,12 @@ impl Kubelet {
         for pod in list.items {
             let name = pod.name_any();
             let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if pod.labels().get("app.kubernetes.io/component").map(String::as_str) == Some("resync") {
+                if let Err(e) = self.tend_job(&pod).await {
+                    eprintln!("kubelet: job pod {name}: {e}");
+                }
+                continue;
+            }
             let known = self.pods.lock().unwrap().get(&name).map(|r| r.uid.clone());
             if pod.metadata.deletion_timestamp.is_some() {
                 self.stop(&name).await;
@@ -376,6 +392,125 @@ impl Kubelet {
         }
         out.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
         out
+    }
+
+    /// Runs a resync Job's pod to completion: `hapair` with the container's
+    /// arguments and environment, on the host (it only talks to agents),
+    /// then reports the pod Succeeded or Failed with the termination message.
+    async fn tend_job(&self, pod: &Pod) -> Result<(), Box<dyn std::error::Error>> {
+        let name = pod.name_any();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        if pod.metadata.deletion_timestamp.is_some() {
+            if let Some(mut run) = self.jobs.lock().unwrap().remove(&name)
+                && let Some(child) = run.child.as_mut()
+            {
+                let _ = child.start_kill();
+            }
+            let _ = self
+                .pods_api()
+                .delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+                .await;
+            return Ok(());
+        }
+        if phase == "Succeeded" || phase == "Failed" {
+            return Ok(());
+        }
+        let known = self.jobs.lock().unwrap().get(&name).is_some_and(|r| r.uid == uid);
+        if !known {
+            let spec = pod.spec.clone().unwrap_or_default();
+            if spec.node_name.is_none() {
+                let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+                                     "target": {"apiVersion": "v1", "kind": "Node", "name": self.node}});
+                let _: Result<serde_json::Value, _> =
+                    self.pods_api().create_subresource("binding", &name, &PostParams::default(), &binding).await;
+            }
+            let dir = self.root.join(&name).join(&uid);
+            let mut volumes: HashMap<String, PathBuf> = HashMap::new();
+            for v in spec.volumes.iter().flatten() {
+                let path = dir.join("volumes").join(&v.name);
+                std::fs::create_dir_all(&path)?;
+                if let Some(secret) = &v.secret {
+                    let s: Secret = Api::namespaced(self.client.clone(), &self.ns)
+                        .get(secret.secret_name.as_deref().unwrap_or_default())
+                        .await?;
+                    let data = s.data.unwrap_or_default();
+                    for item in secret.items.iter().flatten() {
+                        std::fs::write(
+                            path.join(&item.path),
+                            data.get(&item.key).map(|b| b.0.clone()).unwrap_or_default(),
+                        )?;
+                    }
+                }
+                volumes.insert(v.name.clone(), path);
+            }
+            let c = &spec.containers[0];
+            let mut env = self.env(c, pod, Ipv4Addr::LOCALHOST, &mounts(c, &volumes));
+            env.insert("HAPAIR_TERMINATION_LOG".into(), dir.join("termination-log").display().to_string());
+            env.insert("RUST_LOG".into(), "info".into());
+            let child = Command::new(&self.hapair_bin)
+                .args(c.args.clone().unwrap_or_default())
+                .env_clear()
+                .envs(env)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.join("stdout.log"))?)
+                .stderr(std::fs::File::create(dir.join("stderr.log"))?)
+                .kill_on_drop(true)
+                .spawn()?;
+            self.jobs.lock().unwrap().insert(name.clone(), JobRun { uid, child: Some(child), dir, reported: None });
+        }
+        let status = {
+            let mut jobs = self.jobs.lock().unwrap();
+            let Some(run) = jobs.get_mut(&name) else { return Ok(()) };
+            let image = pod.spec.as_ref().and_then(|s| s.containers[0].image.clone()).unwrap_or_default();
+            let exit = run.child.as_mut().and_then(|c| c.try_wait().ok().flatten()).map(|e| e.code().unwrap_or(137));
+            let (phase, state) = match exit {
+                None => ("Running", json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}})),
+                Some(code) => {
+                    run.child = None;
+                    let message = std::fs::read_to_string(run.dir.join("termination-log"))
+                        .or_else(|_| std::fs::read_to_string(run.dir.join("stderr.log")))
+                        .unwrap_or_default();
+                    let tail: String = message.chars().rev().take(4096).collect::<Vec<_>>().into_iter().rev().collect();
+                    (
+                        if code == 0 { "Succeeded" } else { "Failed" },
+                        json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                               "message": tail, "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:00Z"}}),
+                    )
+                }
+            };
+            let status = json!({
+                "phase": phase,
+                "hostIP": "127.0.0.1",
+                "startTime": "2026-01-01T00:00:00Z",
+                "containerStatuses": [{"name": hapair::operator::build::RESYNC_CONTAINER, "image": image, "imageID": "",
+                    "ready": false, "restartCount": 0, "started": phase == "Running", "state": state}],
+            });
+            if run.reported.as_ref() == Some(&status) {
+                None
+            } else {
+                run.reported = Some(status.clone());
+                Some(status)
+            }
+        };
+        if let Some(status) = status {
+            self.pods_api()
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Kills a running resync Job pod's process (a Job killed mid-copy).
+    pub fn kill_job_pods(&self) -> usize {
+        let mut n = 0;
+        for run in self.jobs.lock().unwrap().values_mut() {
+            if let Some(c) = run.child.as_mut() {
+                let _ = c.start_kill();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Keeps a running pod's processes and status current.

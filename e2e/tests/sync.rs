@@ -9,7 +9,7 @@ mod harness;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hapair::api::{ConditionStatus, HighAvailabilityPair, Member, OperationPhase};
+use hapair::api::{ConditionStatus, HighAvailabilityPair, Member, OperationPhase, ResyncPhase};
 use hapair::http::{self, CallError};
 use hapair::proto::AgentStatus;
 use harness::{Harness, test_pair};
@@ -215,4 +215,25 @@ async fn a_former_active_returning_with_changes_its_successor_never_got_is_resyn
     assert_eq!(why, [("only-primary.txt", "onlyOnTarget", "primary"), ("shared.txt", "conflict", "primary")]);
     let p = h.wait_for("web", "Synced again", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
     assert_eq!(condition(&p, "SplitBrain"), Some(ConditionStatus::False), "a returning active is not a split brain");
+    // The resync ran as Job web-resync-2, and its outcome is in status.
+    let p = h
+        .wait_for("web", "the resync Job's outcome", WAIT, |p| {
+            p.status.as_ref().and_then(|s| s.resync.as_ref()).is_some_and(|r| r.phase == ResyncPhase::Succeeded)
+        })
+        .await;
+    let r = p.status.unwrap().resync.unwrap();
+    assert_eq!(
+        (r.job.as_str(), r.label.as_str(), r.target, r.dry_run),
+        ("web-resync-2", "resync-2", Some(Member::Primary), false)
+    );
+    assert_eq!((r.quarantined, r.conflicts, r.failed_runs), (2, 1, 0), "{r:?}");
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
+    let job = jobs.get("web-resync-2").await.unwrap();
+    assert_eq!(job.status.and_then(|s| s.succeeded), Some(1));
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
+    let reasons: Vec<String> =
+        events.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
+    for want in ["ResyncStarted", "ResyncSucceeded"] {
+        assert!(reasons.iter().any(|r| r == want), "no {want} Event in {reasons:?}");
+    }
 }

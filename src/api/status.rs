@@ -64,6 +64,77 @@ pub struct HighAvailabilityPairStatus {
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
     pub operations: Vec<OperationStatus>,
+    /// The most recent resync Job and what it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncStatus>,
+}
+
+/// A resync Job (`<pair>-resync-<epoch>`) and its outcome: what the target
+/// member's agent reported doing, by the pair's `resync` rules.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResyncStatus {
+    /// The Job's name.
+    #[schemars(length(max = 63))]
+    pub job: String,
+    /// Names the quarantine directory on the target:
+    /// `.hapair/quarantine/<label>/` under its data volume.
+    #[schemars(length(max = 100))]
+    pub label: String,
+    /// The member whose files were reconciled with the active member's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Member>,
+    /// Only planned, nothing changed.
+    #[serde(default)]
+    pub dry_run: bool,
+    pub phase: ResyncPhase,
+    /// Runs that failed and were retried (the Job's back-off).
+    #[serde(default)]
+    pub failed_runs: i32,
+    /// Files copied to the target (new and updated).
+    #[serde(default)]
+    pub copied: u64,
+    /// Target files moved to quarantine (only there, or the losing side of a conflict).
+    #[serde(default)]
+    pub quarantined: u64,
+    #[serde(default)]
+    pub deleted: u64,
+    /// Target files copied back to the active member (`onlyOnTarget: CopyBack`).
+    #[serde(default)]
+    pub copied_back: u64,
+    /// Files on both sides that differed.
+    #[serde(default)]
+    pub conflicts: u64,
+    #[serde(default)]
+    pub bytes: u64,
+    /// E.g. NewestWins refused while clocks disagree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub warnings: Vec<String>,
+    /// Dry run: the first planned actions, as `action path`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub plan: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<DateTime<Utc>>,
+    /// Milliseconds the target took, as it reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_millis: Option<i64>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+}
+
+/// Phase of a resync Job.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ResyncPhase {
+    #[default]
+    Running,
+    Succeeded,
+    Failed,
 }
 
 /// Mode of the pair (an HA appliance's configuration modes).

@@ -6,12 +6,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, Probe, SeccompProfile,
-    Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec,
+    Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role as RbacRole, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
@@ -326,6 +327,112 @@ pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContex
     pod
 }
 
+/// Label on a resync Job and its pod: which component this is.
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+/// Annotations on a resync Job: its order's label, target and dry-run flag.
+pub const ANN_RESYNC_LABEL: &str = "hapair.dev/resync-label";
+pub const ANN_RESYNC_TARGET: &str = "hapair.dev/resync-target";
+pub const ANN_RESYNC_DRY_RUN: &str = "hapair.dev/resync-dry-run";
+/// Container name of the resync Job.
+pub const RESYNC_CONTAINER: &str = "resync";
+
+/// Name of the resync Job for an order (`<pair>-resync-<epoch>` for the
+/// automatic one; the order's label names it).
+pub fn resync_job_name(pair: &str, label: &str) -> String {
+    let name = format!("{pair}-{label}");
+    // Job names become pod label values: at most 63 characters.
+    if name.len() <= 63 {
+        return name;
+    }
+    let digest: String = Sha256::digest(name.as_bytes())[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{digest}", name[..54].trim_end_matches('-'))
+}
+
+/// The resync Job: `hapair resync` driving `target`'s agent at `address`
+/// with the pair's client identity. Failed runs are retried by the Job
+/// controller with its exponential back-off (`backoffLimit`); every run
+/// plans afresh, so a retry finishes what a killed run began.
+pub fn resync_job(
+    pair: &HighAvailabilityPair,
+    target: Member,
+    address: std::net::SocketAddr,
+    order: &crate::proto::ResyncOrder,
+    ctx: &BuildContext,
+) -> Job {
+    let name = pair.name_any();
+    let job_name = resync_job_name(&name, &order.label);
+    let mut labels = labels(&name);
+    labels.insert(LABEL_COMPONENT.into(), "resync".into());
+    let word = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let env_vars = vec![
+        env("HAPAIR_PAIR", name.clone()),
+        field_env("HAPAIR_NAMESPACE", "metadata.namespace"),
+        env("HAPAIR_TARGET", target.as_str()),
+        env("HAPAIR_TARGET_ADDRESS", address.to_string()),
+        env("HAPAIR_TLS_DIR", TLS_DIR),
+        env("HAPAIR_RESYNC_LABEL", order.label.clone()),
+        env("HAPAIR_ONLY_ON_TARGET", word(serde_json::to_value(order.only_on_target).unwrap_or_default())),
+        env("HAPAIR_CONFLICT", word(serde_json::to_value(order.conflict).unwrap_or_default())),
+        env("HAPAIR_CLOCKS_AGREE", order.clocks_agree.to_string()),
+        env("HAPAIR_DRY_RUN", order.dry_run.to_string()),
+        env("HAPAIR_FULL", order.full.to_string()),
+    ];
+    let pod = PodSpec {
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(false),
+        containers: vec![Container {
+            name: RESYNC_CONTAINER.into(),
+            image: Some(ctx.agent_image.clone()),
+            args: Some(vec!["resync".into()]),
+            env: Some(env_vars),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "hapair-tls".into(),
+                mount_path: TLS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            }]),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            security_context: Some(restricted_security_context()),
+            ..Default::default()
+        }],
+        volumes: Some(vec![Volume {
+            name: "hapair-tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls_secret_name(&name)),
+                items: Some(vec![
+                    KeyToPath { key: tls::CA_CERT.into(), path: "ca.crt".into(), ..Default::default() },
+                    KeyToPath { key: tls::CLIENT_CERT.into(), path: "tls.crt".into(), ..Default::default() },
+                    KeyToPath { key: tls::CLIENT_KEY.into(), path: "tls.key".into(), ..Default::default() },
+                ]),
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let mut m = meta(pair, job_name);
+    m.labels = Some(labels.clone());
+    m.annotations = Some(BTreeMap::from([
+        (ANN_RESYNC_LABEL.to_string(), order.label.clone()),
+        (ANN_RESYNC_TARGET.to_string(), target.to_string()),
+        (ANN_RESYNC_DRY_RUN.to_string(), order.dry_run.to_string()),
+    ]));
+    Job {
+        metadata: m,
+        spec: Some(JobSpec {
+            backoff_limit: Some(4),
+            active_deadline_seconds: Some(3600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Pod Security "restricted" settings for every container hapair adds.
 pub fn restricted_security_context() -> SecurityContext {
     SecurityContext {
@@ -422,6 +529,53 @@ mod tests {
 
     fn ctx() -> BuildContext {
         BuildContext { agent_image: "hapair:test".into() }
+    }
+
+    #[test]
+    fn the_resync_job_says_exactly_what_the_resync_program_reads() {
+        use clap::{Args, FromArgMatches};
+        let order = crate::proto::ResyncOrder {
+            label: "resync-4".into(),
+            only_on_target: crate::api::OnlyOnTarget::CopyBack,
+            conflict: crate::api::ConflictRule::NewestWins,
+            clocks_agree: true,
+            dry_run: false,
+            full: true,
+        };
+        let addr: std::net::SocketAddr = "10.1.2.3:7443".parse().unwrap();
+        let job = resync_job(&pair(""), Member::Primary, addr, &order, &ctx());
+        assert_eq!(job.metadata.name.as_deref(), Some("db-resync-4"));
+        assert_eq!(job.metadata.owner_references.as_ref().unwrap()[0].uid, "u1");
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(4));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.automount_service_account_token, Some(false), "the Job needs no API access");
+        let c = &pod.containers[0];
+        assert_eq!(c.security_context, Some(restricted_security_context()));
+        // Every variable is one the program reads; together they give back the order.
+        let cmd = crate::resync::Config::augment_args(clap::Command::new("resync"));
+        let mut argv = vec!["resync".to_string()];
+        for e in c.env.iter().flatten() {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_env().is_some_and(|v| v == e.name.as_str()))
+                .unwrap_or_else(|| panic!("{} is read by nobody", e.name));
+            let value = e.value.clone().unwrap_or_else(|| "prod".into());
+            let long = format!("--{}", arg.get_long().unwrap());
+            match value.as_str() {
+                "true" => argv.push(long),
+                "false" => {}
+                v => argv.extend([long, v.to_string()]),
+            }
+        }
+        let matches = cmd.try_get_matches_from(argv).unwrap();
+        let config = crate::resync::Config::from_arg_matches(&matches).unwrap();
+        assert_eq!(config.order(), order);
+        assert_eq!((config.target, config.target_address, config.pair.as_str()), (Member::Primary, addr, "db"));
+        // Long names are cut to a valid label value, and stay unique.
+        let long = resync_job_name(&"p".repeat(60), "resync-12");
+        assert!(long.len() <= 63 && long != resync_job_name(&"p".repeat(60), "resync-13"));
     }
 
     #[test]

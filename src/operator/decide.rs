@@ -47,7 +47,7 @@ pub struct Plan {
     pub drain: Option<(Member, i64)>,
     /// Ask this member's agent to pull every synced directory now.
     pub sync_now: Option<Member>,
-    /// Order this member's agent to resync its diverged directories.
+    /// Run the resync Job for this member (the target) and order.
     pub resync: Option<(Member, crate::proto::ResyncOrder)>,
     /// Member the VIP Service should select once the Lease action is done.
     pub vip: Option<Member>,
@@ -317,6 +317,7 @@ pub fn decide(
     plan.standby = active.map(Member::peer).filter(|s| can_take_over(obs.member(*s), missed));
     plan.resync = returning_member_resync(spec, obs, active, plan.lease.is_some());
     status::compute(spec, obs, &mut plan, active, blocked, clock);
+    status::resync(obs, &mut plan);
     plan
 }
 
@@ -350,7 +351,10 @@ fn returning_member_resync(
     let epoch = obs.lease.as_ref()?.epoch;
     let sync = obs.member(target).agent.last.as_ref()?.sync.as_ref()?;
     let label = format!("resync-{epoch}");
-    let ordered = sync.resync.as_ref().is_some_and(|r| r.label == label && !r.dry_run);
+    // Once per label: a Job that failed for good is reported, not re-run
+    // (a resync request runs a new one).
+    let ordered = sync.resync.as_ref().is_some_and(|r| r.label == label && !r.dry_run)
+        || obs.resync_jobs.iter().any(|j| j.label == label);
     if sync.diverged.is_empty() || !sync.changed_while_standby.is_empty() || ordered {
         return None;
     }

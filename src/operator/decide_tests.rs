@@ -533,3 +533,73 @@ fn max_sync_lag_holds_back_an_automatic_failover_to_a_standby_too_far_behind() {
     // Without file sync the limit has nothing to measure and does not apply.
     assert!(takeover(&decide(&spec("failover: {maxSyncLagSeconds: 30}"), None, &lagging(45.0), &clock())).is_some());
 }
+
+#[test]
+fn a_diverged_returning_member_gets_one_resync_job_whose_outcome_lands_in_status() {
+    use crate::api::ResyncPhase;
+    use crate::operator::observe::{JobObs, JobPhase};
+    let s = spec("storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}");
+    let mut obs = enabled();
+    obs.secondary.agent.last.as_mut().unwrap().sync = Some(crate::proto::SyncStatus {
+        diverged: [(".".to_string(), "changes of epoch 1 the active never had".to_string())].into(),
+        ..Default::default()
+    });
+    let plan = decide(&s, None, &obs, &clock());
+    let (target, order) = plan.resync.clone().expect("a resync is ordered");
+    assert_eq!((target, order.label.as_str(), order.dry_run), (Member::Secondary, "resync-1", false));
+    // Once its Job exists, no second one: the outcome is recorded instead.
+    let job = |phase, failed_runs, message: Option<&str>| JobObs {
+        name: "db-resync-1".into(),
+        label: "resync-1".into(),
+        target: Some(Member::Secondary),
+        dry_run: false,
+        created: Some(Utc::now()),
+        phase,
+        failed_runs,
+        message: message.map(str::to_string),
+        finished: None,
+    };
+    obs.resync_jobs = vec![job(JobPhase::Running, 0, None)];
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!(plan.resync, None);
+    let r = plan.status.resync.clone().unwrap();
+    assert_eq!((r.job.as_str(), r.phase, r.target), ("db-resync-1", ResyncPhase::Running, Some(Member::Secondary)));
+    assert!(plan.events.iter().any(|e| e.reason == "ResyncStarted"));
+    // The target reports what it did; the Job completes.
+    let started = Utc::now();
+    obs.secondary.agent.last.as_mut().unwrap().sync.as_mut().unwrap().resync = Some(crate::proto::ResyncReport {
+        label: "resync-1".into(),
+        dry_run: false,
+        done: true,
+        started_at: started,
+        finished_at: Some(started + chrono::Duration::milliseconds(250)),
+        summary: crate::sync::Summary {
+            copies: 3,
+            updates: 1,
+            quarantines: 2,
+            conflicts: 1,
+            bytes: 99,
+            ..Default::default()
+        },
+        warnings: vec![],
+        actions: vec![],
+    });
+    obs.resync_jobs = vec![job(JobPhase::Succeeded, 1, None)];
+    let done = decide(&s, Some(&plan.status), &obs, &clock());
+    let r = done.status.resync.clone().unwrap();
+    assert_eq!((r.phase, r.copied, r.quarantined, r.conflicts, r.bytes), (ResyncPhase::Succeeded, 4, 2, 1, 99));
+    assert_eq!((r.failed_runs, r.duration_millis), (1, Some(250)), "a retried run is counted");
+    let ev = done.events.iter().find(|e| e.reason == "ResyncSucceeded").expect("an Event");
+    assert!(ev.note.contains("4 copied, 2 quarantined"), "{}", ev.note);
+    assert!(!done.events.iter().any(|e| e.reason == "ResyncStarted"), "started once");
+    // Seen again: no new Event.
+    assert!(decide(&s, Some(&done.status), &obs, &clock()).events.iter().all(|e| !e.reason.starts_with("Resync")));
+    // A Job that failed for good is reported as a warning, and not re-run.
+    obs.resync_jobs =
+        vec![job(JobPhase::Failed, 5, Some("BackoffLimitExceeded: Job has reached the specified backoff limit"))];
+    let failed = decide(&s, Some(&plan.status), &obs, &clock());
+    assert_eq!(failed.status.resync.as_ref().unwrap().phase, ResyncPhase::Failed);
+    let ev = failed.events.iter().find(|e| e.reason == "ResyncFailed").expect("a warning Event");
+    assert!(ev.warning && ev.note.contains("after 5 run(s): BackoffLimitExceeded"), "{}", ev.note);
+    assert_eq!(failed.resync, None);
+}

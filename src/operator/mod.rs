@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::WatchStreamExt;
@@ -73,6 +74,7 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub services: Store<Service>,
     pub leases: Store<Lease>,
+    pub jobs: Store<Job>,
     pub build: BuildContext,
     pub metrics: OperatorMetrics,
     pub recorder: Recorder,
@@ -108,7 +110,42 @@ impl Context {
             self.metrics.mode.with_label_values(&[&ns, &name, &mode_name]).set(i64::from(status.mode == Some(mode)));
         }
         self.metrics.epoch.with_label_values(&[&ns, &name]).set(status.epoch);
-        self.metrics.split_brain.with_label_values(&[&ns, &name]).set(i64::from(status.mode == Some(Mode::SplitBrain)));
+        let split = status.mode == Some(Mode::SplitBrain)
+            || status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "SplitBrain" && c.status == crate::api::ConditionStatus::True);
+        self.metrics.split_brain.with_label_values(&[&ns, &name]).set(i64::from(split));
+        for ms in &status.members {
+            let member = ms.name.to_string();
+            match ms.sync_lag_seconds {
+                Some(lag) => self.metrics.sync_lag.with_label_values(&[&ns, &name, &member]).set(lag as f64),
+                None => {
+                    let _ = self.metrics.sync_lag.remove_label_values(&[&ns, &name, &member]);
+                }
+            }
+            if let Some(skew) = ms.clock_skew_seconds {
+                self.metrics.clock_skew.with_label_values(&[&ns, &name, &member]).set(skew as f64);
+            }
+        }
+        if let Some(r) = &status.resync {
+            for (phase, word) in [
+                (crate::api::ResyncPhase::Running, "Running"),
+                (crate::api::ResyncPhase::Succeeded, "Succeeded"),
+                (crate::api::ResyncPhase::Failed, "Failed"),
+            ] {
+                self.metrics.resync_phase.with_label_values(&[&ns, &name, word]).set(i64::from(r.phase == phase));
+            }
+            for (action, n) in [
+                ("copied", r.copied),
+                ("quarantined", r.quarantined),
+                ("deleted", r.deleted),
+                ("copiedBack", r.copied_back),
+                ("conflicts", r.conflicts),
+            ] {
+                self.metrics.resync_files.with_label_values(&[&ns, &name, action]).set(n as i64);
+            }
+        }
         for m in Member::BOTH {
             let member = m.to_string();
             self.metrics
@@ -126,6 +163,16 @@ impl Context {
     fn forget(&self, ns: &str, name: &str) {
         let _ = self.metrics.epoch.remove_label_values(&[ns, name]);
         let _ = self.metrics.split_brain.remove_label_values(&[ns, name]);
+        for m in ["primary", "secondary"] {
+            let _ = self.metrics.sync_lag.remove_label_values(&[ns, name, m]);
+            let _ = self.metrics.clock_skew.remove_label_values(&[ns, name, m]);
+        }
+        for p in ["Running", "Succeeded", "Failed"] {
+            let _ = self.metrics.resync_phase.remove_label_values(&[ns, name, p]);
+        }
+        for a in ["copied", "quarantined", "deleted", "copiedBack", "conflicts"] {
+            let _ = self.metrics.resync_files.remove_label_values(&[ns, name, a]);
+        }
     }
 }
 
@@ -148,27 +195,34 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     info!(%identity, "leading: observing every pair before the first decision");
 
     let selector = watcher::Config::default().labels(LABEL_PAIR);
-    let (pairs_api, pods_api, services_api, leases_api) = match &config.watch_namespace {
+    let (pairs_api, pods_api, services_api, leases_api, jobs_api) = match &config.watch_namespace {
         Some(ns) => (
             Api::<HighAvailabilityPair>::namespaced(client.clone(), ns),
             Api::<Pod>::namespaced(client.clone(), ns),
             Api::<Service>::namespaced(client.clone(), ns),
             Api::<Lease>::namespaced(client.clone(), ns),
+            Api::<Job>::namespaced(client.clone(), ns),
         ),
-        None => {
-            (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()))
-        }
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
     };
     let (pairs, pairs_w) = reflector::store();
     let (pods, pods_w) = reflector::store();
     let (services, services_w) = reflector::store();
     let (leases, leases_w) = reflector::store();
+    let (jobs, jobs_w) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
         pairs,
         pods,
         services,
         leases,
+        jobs,
         build: BuildContext { agent_image: config.agent_image.clone() },
         metrics,
         recorder: Recorder::new(
@@ -219,12 +273,14 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(owned_stream!(pods_w, pods_api));
     tokio::spawn(owned_stream!(services_w, services_api));
     tokio::spawn(owned_stream!(leases_w, leases_api));
+    tokio::spawn(owned_stream!(jobs_w, jobs_api));
     // A new leader decides nothing until it has seen everything.
     let _ = tokio::join!(
         ctx.pairs.wait_until_ready(),
         ctx.pods.wait_until_ready(),
         ctx.services.wait_until_ready(),
-        ctx.leases.wait_until_ready()
+        ctx.leases.wait_until_ready(),
+        ctx.jobs.wait_until_ready()
     );
     for p in ctx.pairs.state() {
         let _ = tx.send((p.namespace().unwrap_or_default(), p.name_any()));

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::ResourceExt;
@@ -112,6 +113,65 @@ impl LeaseObs {
     }
 }
 
+/// A resync Job, as far as decisions and status go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobObs {
+    pub name: String,
+    /// The order's label (`resync-<epoch>`, or the request's).
+    pub label: String,
+    pub target: Option<Member>,
+    pub dry_run: bool,
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
+    pub phase: JobPhase,
+    /// Runs that failed so far (each retried by the Job controller).
+    pub failed_runs: i32,
+    /// Why it failed for good (the Job's Failed condition).
+    pub message: Option<String>,
+    pub finished: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobPhase {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// An API timestamp on chrono's clock.
+fn chrono_of(t: k8s_openapi::jiff::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
+}
+
+impl JobObs {
+    /// `None` for a Job that is not a resync Job.
+    pub fn of(job: &Job) -> Option<Self> {
+        use super::build::{ANN_RESYNC_DRY_RUN, ANN_RESYNC_LABEL, ANN_RESYNC_TARGET};
+        let ann = job.annotations();
+        let status = job.status.clone().unwrap_or_default();
+        let condition =
+            |t: &str| status.conditions.iter().flatten().find(|c| c.type_ == t && c.status == "True").cloned();
+        let (phase, message, finished) = if let Some(c) = condition("Complete") {
+            (JobPhase::Succeeded, None, c.last_transition_time.and_then(|t| chrono_of(t.0)))
+        } else if let Some(c) = condition("Failed") {
+            let why = [c.reason, c.message].into_iter().flatten().collect::<Vec<_>>().join(": ");
+            (JobPhase::Failed, Some(why), c.last_transition_time.and_then(|t| chrono_of(t.0)))
+        } else {
+            (JobPhase::Running, None, None)
+        };
+        Some(JobObs {
+            name: job.name_any(),
+            label: ann.get(ANN_RESYNC_LABEL)?.clone(),
+            target: ann.get(ANN_RESYNC_TARGET).and_then(|m| m.parse().ok()),
+            dry_run: ann.get(ANN_RESYNC_DRY_RUN).is_some_and(|v| v == "true"),
+            created: job.metadata.creation_timestamp.as_ref().and_then(|t| chrono_of(t.0)),
+            phase,
+            failed_runs: status.failed.unwrap_or(0),
+            message,
+            finished,
+        })
+    }
+}
+
 /// Everything `decide` looks at for one pair.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Observed {
@@ -131,6 +191,8 @@ pub struct Observed {
     /// How long the primary has been continuously able to serve (for the
     /// automatic failback's hysteresis).
     pub primary_usable_for: Option<Duration>,
+    /// The pair's resync Jobs, oldest first.
+    pub resync_jobs: Vec<JobObs>,
 }
 
 impl Observed {

@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::Context;
 use super::act;
 use super::decide::{Clock, decide};
-use super::observe::{LeaseObs, MemberObs, Observed, PodObs, selected_member, service_hash};
+use super::observe::{JobObs, LeaseObs, MemberObs, Observed, PodObs, selected_member, service_hash};
 use super::poller::{Endpoint, PollState, poll_member};
 use crate::api::{HighAvailabilityPair, Member};
 use crate::http::{self, Target, reply};
@@ -42,10 +42,6 @@ struct Memory {
     /// recorded (a transition, an acknowledged operation). The operator is the
     /// status's only writer, so its own last write is the truth.
     status: Option<crate::api::HighAvailabilityPairStatus>,
-    /// The resync order last sent and when: sent again only if the agent
-    /// has not taken it up within a while (it reports the label once its
-    /// next pull round ends).
-    resync_sent: Option<(String, Instant)>,
 }
 
 pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify>) {
@@ -62,7 +58,6 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
             failure: None,
             primary_usable_since: None,
             status: None,
-            resync_sent: None,
         };
         while let Some(pair) = ctx.pairs.get(&ObjectRef::new(&name).within(&ns)) {
             if pair.metadata.deletion_timestamp.is_some() {
@@ -167,16 +162,14 @@ async fn round(
         }
     }
     if let Some((member, order)) = &plan.resync
-        && mem.resync_sent.as_ref().is_none_or(|(l, t)| *l != order.label || t.elapsed() > Duration::from_secs(30))
-        && let Some(target) = agent_target(pair, &obs, *member, client_tls.clone())
+        && let Some(addr) = agent_address(pair, &obs, *member)
     {
-        let path = format!("/v1/sync/resync?{}", order.to_query());
-        match http::call(&target, hyper::Method::POST, &path, Duration::from_secs(2)).await {
-            Ok(_) => {
-                info!(%member, label = %order.label, "resync ordered: the member's diverged files are reconciled");
-                mem.resync_sent = Some((order.label.clone(), Instant::now()));
-            }
-            Err(e) => warn!(%member, error = %e, "could not order a resync"),
+        let job = super::build::resync_job(pair, *member, addr, order, &ctx.build);
+        let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(ctx.client.clone(), &ns);
+        match jobs.create(&Default::default(), &job).await {
+            Ok(_) => info!(%member, label = %order.label, job = %job.name_any(), "resync Job started"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => warn!(%member, error = %e, "could not start the resync Job"),
         }
     }
     let failure_started = mem.failure.as_ref().map(|(_, t)| *t);
@@ -248,6 +241,14 @@ fn gather(ctx: &Context, pair: &HighAvailabilityPair, poll: &Mutex<PollState>, m
         obs.standby_exists = true;
         obs.standby_member = selected_member(&sb);
     }
+    obs.resync_jobs = ctx
+        .jobs
+        .state()
+        .iter()
+        .filter(|j| j.namespace().as_deref() == Some(ns.as_str()) && owned(&j.metadata))
+        .filter_map(|j| JobObs::of(j))
+        .collect();
+    obs.resync_jobs.sort_by_key(|j| (j.created, j.name.clone()));
     obs.failure_for = mem.failure.as_ref().map(|(_, t)| t.elapsed());
     let missed = pair.spec.heartbeat.missed_threshold as u32;
     if super::status::usable(obs.member(Member::Primary), missed) == super::status::Usable::Yes {
@@ -332,6 +333,12 @@ async fn ask_agent(
     serde_json::from_slice::<crate::proto::AgentStatus>(&body).ok().filter(|a| a.member == member)
 }
 
+/// A member's agent address, from its pod's IP.
+fn agent_address(pair: &HighAvailabilityPair, obs: &Observed, member: Member) -> Option<SocketAddr> {
+    let ip = obs.member(member).pod.as_ref()?.ip.as_ref()?.parse::<std::net::IpAddr>().ok()?;
+    Some(SocketAddr::new(ip, pair.spec.agent.port as u16))
+}
+
 fn agent_target(
     pair: &HighAvailabilityPair,
     obs: &Observed,
@@ -339,11 +346,10 @@ fn agent_target(
     client_tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Option<Target> {
     let tls = client_tls?;
-    let ip = obs.member(member).pod.as_ref()?.ip.clone()?;
+    let addr = agent_address(pair, obs, member)?;
     let ns = pair.namespace().unwrap_or_default();
-    let addr = ip.parse::<std::net::IpAddr>().ok()?;
     let server_name = tls::server_name(&tls::member_server_name(member, &pair.name_any(), &ns)).ok()?;
-    Some(Target { addr: SocketAddr::new(addr, pair.spec.agent.port as u16), server_name, tls })
+    Some(Target { addr, server_name, tls })
 }
 
 pub async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>) {
