@@ -237,3 +237,57 @@ async fn a_former_active_returning_with_changes_its_successor_never_got_is_resyn
         assert!(reasons.iter().any(|r| r == want), "no {want} Event in {reasons:?}");
     }
 }
+
+/// Requests an operation and waits for its outcome.
+async fn request(h: &Harness, id: &str, action: serde_json::Value) -> HighAvailabilityPair {
+    let mut op = json!({"id": id});
+    common::merge(&mut op, &action);
+    h.merge_spec("web", json!({"operation": op})).await;
+    h.wait_for("web", &format!("operation {id}"), Duration::from_secs(90), |p| {
+        p.status.as_ref().is_some_and(|s| s.operations.iter().any(|o| o.id == id && o.phase.is_terminal()))
+    })
+    .await
+}
+
+fn outcome(p: &HighAvailabilityPair, id: &str) -> (OperationPhase, String) {
+    let o = p.status.as_ref().unwrap().operations.iter().find(|o| o.id == id).unwrap();
+    (o.phase, format!("{}: {}", o.reason.clone().unwrap_or_default(), o.message.clone().unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_request_plans_then_quarantines_what_only_the_standby_has_and_a_rerun_changes_nothing() {
+    let h = up("sync-request").await;
+    let standby = h.data_dir("web", Member::Secondary);
+    std::fs::write(standby.join("stray.txt"), b"left on the standby by hand").unwrap();
+    // Dry run: the plan, in status, and nothing touched.
+    let p = request(&h, "dry-1", json!({"resync": {"dryRun": true}})).await;
+    assert_eq!(outcome(&p, "dry-1").0, OperationPhase::Succeeded, "{:?}", outcome(&p, "dry-1"));
+    let r = p.status.unwrap().resync.unwrap();
+    assert!(r.dry_run && r.plan.contains(&"quarantine stray.txt".to_string()), "{r:?}");
+    assert_eq!(std::fs::read(standby.join("stray.txt")).unwrap(), b"left on the standby by hand");
+    // For real, with the Job's first pod killed mid-run: the Job controller
+    // runs it again and it finishes the job.
+    // (A merge patch keeps fields of the previous request: say dryRun.)
+    h.merge_spec("web", json!({"operation": {"id": "rs-1", "resync": {"dryRun": false}}})).await;
+    let start = Instant::now();
+    let mut killed = 0;
+    while killed == 0 && start.elapsed() < WAIT {
+        killed = h.kubelet.kill_job_pods();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let p = request(&h, "rs-1", json!({"resync": {"dryRun": false}})).await;
+    assert_eq!(outcome(&p, "rs-1").0, OperationPhase::Succeeded, "{:?}", outcome(&p, "rs-1"));
+    let r = p.status.unwrap().resync.unwrap();
+    assert_eq!((r.job.as_str(), r.quarantined, r.dry_run), ("web-resync-1-rs-1", 1, false), "{r:?}");
+    assert!(r.failed_runs >= i32::from(killed > 0), "the killed run counts: {r:?}");
+    assert!(!standby.join("stray.txt").exists());
+    let kept = standby.join(".hapair/quarantine/resync-1-rs-1/files/stray.txt");
+    assert_eq!(std::fs::read(kept).unwrap(), b"left on the standby by hand");
+    // Again: nothing left to do.
+    let p = request(&h, "rs-2", json!({"resync": {"dryRun": false}})).await;
+    assert_eq!(outcome(&p, "rs-2").0, OperationPhase::Succeeded);
+    let r = p.status.unwrap().resync.unwrap();
+    assert_eq!((r.copied, r.quarantined, r.deleted, r.conflicts), (0, 0, 0, 0), "{r:?}");
+    let p = h.wait_for("web", "Synced", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
+    eprintln!("resync request: killed {killed} run(s); conditions {:?}", p.status.unwrap().conditions);
+}

@@ -143,11 +143,13 @@ async fn follow(pairs: &Api<HighAvailabilityPair>, name: &str, id: &str) -> Resu
             }
             if op.phase.is_terminal() {
                 let reason = op.reason.clone().unwrap_or_default();
+                let resync = p.status.as_ref().and_then(|s| s.resync.as_ref()).filter(|r| r.label.ends_with(id));
                 return match op.phase {
                     OperationPhase::Succeeded => Ok(format!(
-                        "operation {id} succeeded in {:.1}s: {}",
+                        "operation {id} succeeded in {:.1}s: {}{}",
                         start.elapsed().as_secs_f64(),
-                        op.message.clone().unwrap_or_default()
+                        op.message.clone().unwrap_or_default(),
+                        resync.map_or(String::new(), |r| format!("\n{}", resync_lines(r).trim_end()))
                     )),
                     phase => Err(CliError::Outcome {
                         id: id.into(),
@@ -165,6 +167,35 @@ async fn follow(pairs: &Api<HighAvailabilityPair>, name: &str, id: &str) -> Resu
 fn age(t: chrono::DateTime<Utc>) -> String {
     let s = (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0;
     if s < 120.0 { format!("{s:.1}s") } else { format!("{:.0}m", s / 60.0) }
+}
+
+/// The latest resync Job: outcome, counts, and a dry run's plan.
+pub fn resync_lines(r: &crate::api::ResyncStatus) -> String {
+    let mut out = format!(
+        "Resync: Job {} {:?}{} of {}: {} copied, {} quarantined, {} deleted, {} copied back, {} conflicts, {} bytes{}{}\n",
+        r.job,
+        r.phase,
+        if r.dry_run { " (dry run)" } else { "" },
+        r.target.map_or("-".into(), |m| m.to_string()),
+        r.copied,
+        r.quarantined,
+        r.deleted,
+        r.copied_back,
+        r.conflicts,
+        r.bytes,
+        if r.failed_runs > 0 { format!(", {} failed run(s)", r.failed_runs) } else { String::new() },
+        r.message.as_deref().map_or(String::new(), |m| format!(" ({m})"))
+    );
+    if r.quarantined > 0 {
+        out.push_str(&format!("  quarantine: .hapair/quarantine/{}/ on the target's volume\n", r.label));
+    }
+    for w in &r.warnings {
+        out.push_str(&format!("  warning: {w}\n"));
+    }
+    for a in &r.plan {
+        out.push_str(&format!("  {a}\n"));
+    }
+    out
 }
 
 /// One screen, like an appliance's `ha status`.
@@ -254,6 +285,9 @@ pub fn status_screen(pair: &HighAvailabilityPair, lease: Option<&Lease>) -> Stri
             t.confirmed_failover_seconds,
             t.unconfirmed_failover_seconds
         );
+    }
+    if let Some(r) = &s.resync {
+        out.push_str(&resync_lines(r));
     }
     if let Some(op) = s.operations.first() {
         let _ = writeln!(

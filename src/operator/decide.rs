@@ -193,6 +193,7 @@ pub fn decide(
                     plan.recheck = plan.recheck.min(Duration::from_millis(200));
                 }
                 Step::Wait => plan.recheck = plan.recheck.min(Duration::from_millis(200)),
+                Step::Resync { target, order } => plan.resync = Some((target, order)),
                 Step::Idle => {}
             }
             if plan.lease.is_some() {
@@ -315,7 +316,9 @@ pub fn decide(
     };
     plan.vip = active;
     plan.standby = active.map(Member::peer).filter(|s| can_take_over(obs.member(*s), missed));
-    plan.resync = returning_member_resync(spec, obs, active, plan.lease.is_some());
+    if plan.resync.is_none() {
+        plan.resync = returning_member_resync(spec, obs, active, plan.lease.is_some());
+    }
     status::compute(spec, obs, &mut plan, active, blocked, clock);
     status::resync(obs, &mut plan);
     plan
@@ -358,8 +361,7 @@ fn returning_member_resync(
     if sync.diverged.is_empty() || !sync.changed_while_standby.is_empty() || ordered {
         return None;
     }
-    let limit = i64::from(spec.max_clock_skew_seconds) * 1000;
-    let clocks_agree = Member::BOTH.iter().all(|m| obs.member(*m).agent.skew_ms.is_some_and(|k| k.abs() <= limit));
+    let clocks_agree = operations::clocks_agree(spec, obs);
     Some((
         target,
         crate::proto::ResyncOrder {

@@ -470,7 +470,7 @@ fn go_standby_of_a_standby_needs_nothing_and_of_the_active_hands_over() {
 #[test]
 fn requests_that_cannot_be_honoured_are_refused_never_ignored() {
     for (op, reason) in [
-        ("{id: r-1, resync: {dryRun: true}}", "NotAvailable"),
+        ("{id: r-1, resync: {dryRun: true}}", "NoFileSync"),
         ("{id: r-2, resolveSplitBrain: {keep: primary}}", "NotAvailable"),
     ] {
         let plan = decide(&with_op("", op), None, &enabled(), &clock());
@@ -602,4 +602,50 @@ fn a_diverged_returning_member_gets_one_resync_job_whose_outcome_lands_in_status
     let ev = failed.events.iter().find(|e| e.reason == "ResyncFailed").expect("a warning Event");
     assert!(ev.warning && ev.note.contains("after 5 run(s): BackoffLimitExceeded"), "{}", ev.note);
     assert_eq!(failed.resync, None);
+}
+
+#[test]
+fn a_resync_request_runs_one_job_and_ends_with_it() {
+    use crate::operator::observe::{JobObs, JobPhase};
+    let files = "storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}";
+    let s = with_op(files, "{id: rs-1, resync: {dryRun: true}}");
+    let mut obs = enabled();
+    // A standby that does not report file sync cannot be resynced.
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!(op_status(&plan).reason.as_deref(), Some("StandbyUnreachable"));
+    obs.secondary.agent.last.as_mut().unwrap().sync = Some(Default::default());
+    let plan = decide(&with_op(&format!("{files}\npaused: true"), "{id: rs-1, resync: {}}"), None, &obs, &clock());
+    assert_eq!(op_status(&plan).reason.as_deref(), Some("Paused"));
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!(op_status(&plan).phase, OperationPhase::Running);
+    let (target, order) = plan.resync.clone().expect("the Job is started");
+    assert_eq!(
+        (target, order.label.as_str(), order.dry_run, order.full),
+        (Member::Secondary, "resync-1-rs-1", true, true)
+    );
+    let job = |phase, message: Option<&str>| JobObs {
+        name: "db-resync-1-rs-1".into(),
+        label: "resync-1-rs-1".into(),
+        target: Some(Member::Secondary),
+        dry_run: true,
+        created: Some(Utc::now()),
+        phase,
+        failed_runs: 0,
+        message: message.map(str::to_string),
+        finished: None,
+    };
+    obs.resync_jobs = vec![job(JobPhase::Running, None)];
+    let running = decide(&s, Some(&plan.status), &obs, &clock());
+    assert_eq!((running.resync.as_ref(), op_status(&running).phase), (None, OperationPhase::Running), "one Job");
+    obs.resync_jobs = vec![job(JobPhase::Succeeded, None)];
+    let done = decide(&s, Some(&running.status), &obs, &clock());
+    let op = op_status(&done);
+    assert_eq!(op.phase, OperationPhase::Succeeded);
+    assert!(op.message.as_deref().unwrap().contains("dry run, nothing changed"), "{:?}", op.message);
+    obs.resync_jobs = vec![job(JobPhase::Failed, Some("BackoffLimitExceeded"))];
+    let failed = decide(&s, Some(&running.status), &obs, &clock());
+    assert_eq!(
+        (op_status(&failed).phase, op_status(&failed).reason.as_deref()),
+        (OperationPhase::Failed, Some("ResyncFailed"))
+    );
 }

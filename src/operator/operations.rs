@@ -12,8 +12,10 @@
 //!   `FailoverRequired`); `force` skips the standby's health checks and
 //!   records that data may be missing;
 //! - **go-standby** of a member that is not active: nothing to do;
-//! - **resolve split brain** and **resync**: refused until the resync Job
-//!   exists (a returning former active is resynced automatically).
+//! - **resync**: the standby's files are reconciled with the active
+//!   member's by a resync Job (`dryRun`: only planned); succeeded or failed
+//!   with the Job, the counts in the message and in `status.resync`;
+//! - **resolve split brain**: refused until split-brain repair exists.
 //!
 //! A request that cannot be honoured is refused with a reason, never ignored.
 
@@ -40,6 +42,8 @@ pub enum Step {
     SyncWait { member: Member },
     /// Waiting for agents (draining, promoting).
     Wait,
+    /// Run the resync Job for `target` with this order (once per label).
+    Resync { target: Member, order: crate::proto::ResyncOrder },
 }
 
 /// Whether the pair syncs files (a planned handover then waits for them).
@@ -94,10 +98,11 @@ fn target(
             let m = req.go_standby.as_ref().map(|g| g.member).unwrap_or(Member::Secondary);
             Ok(m.peer())
         }
-        OperationKind::ResolveSplitBrain | OperationKind::Resync => Err((
+        OperationKind::Resync => holder.map(Member::peer).ok_or(("NoActiveMember", "no member holds the lease".into())),
+        OperationKind::ResolveSplitBrain => Err((
             "NotAvailable",
-            "split-brain resolution and resync requests need the resync Job, which this version does not have yet \
-             (a returning former active is resynced automatically)"
+            "split-brain resolution by request is not available in this version; the returning member's \
+             changes are kept in quarantine by the automatic resync"
                 .into(),
         )),
     }
@@ -127,6 +132,9 @@ pub fn step(
         }
         return Step::Idle;
     };
+    if kind == OperationKind::Resync {
+        return resync(spec, status, obs, req, existing, last_holder, epoch, now);
+    }
     let op = match existing {
         Some(o) if o.phase.is_terminal() => return Step::Idle,
         Some(o) => o,
@@ -249,6 +257,101 @@ pub fn step(
     // active never take writes at the same time.
     let takeover = Step::Takeover { to, type_, force: false, id: req.id.clone(), reason };
     handover(obs, to, epoch, holder, syncs_files(spec), takeover)
+}
+
+/// A resync request: the standby (at the time of the request) is
+/// reconciled with the active member by a Job labelled
+/// `resync-<epoch>-<id>`, every directory (not only diverged ones), by the
+/// pair's `resync` rules; `dryRun` only plans. Done when the Job is.
+#[allow(clippy::too_many_arguments)]
+fn resync(
+    spec: &HighAvailabilityPairSpec,
+    status: &mut HighAvailabilityPairStatus,
+    obs: &Observed,
+    req: &OperationRequest,
+    existing: Option<OperationStatus>,
+    holder: Option<Member>,
+    epoch: i64,
+    now: DateTime<Utc>,
+) -> Step {
+    use super::observe::JobPhase;
+    let kind = OperationKind::Resync;
+    let missed = spec.heartbeat.missed_threshold as u32;
+    let op = match existing {
+        Some(o) if o.phase.is_terminal() => return Step::Idle,
+        Some(o) => o,
+        None => {
+            let answers = |m: Member| {
+                let a = &obs.member(m).agent;
+                a.missed < missed && a.last.as_ref().is_some_and(|s| s.role == Role::Standby && s.sync.is_some())
+            };
+            let problem: Option<(&str, String)> = match target(req, kind, holder) {
+                Err((r, m)) => Some((r, m)),
+                Ok(_) if !syncs_files(spec) => {
+                    Some(("NoFileSync", "the pair syncs no files: set spec.storage and spec.fileSync.paths".into()))
+                }
+                Ok(_) if spec.paused => Some(("Paused", "the pair is paused (spec.paused)".into())),
+                Ok(t) if !answers(t) => {
+                    Some(("StandbyUnreachable", format!("{t} does not answer as a standby syncing files")))
+                }
+                Ok(_) => None,
+            };
+            if let Some((reason, message)) = problem {
+                ack(status, refused(req, kind, reason, message, now));
+                return Step::Idle;
+            }
+            let t = holder.map(Member::peer);
+            let mut op = accepted(req, kind, t, epoch, now);
+            op.message = t.map(|t| format!("resync of {t}'s files from the active member"));
+            ack(status, op.clone());
+            op
+        }
+    };
+    let Some(target) = op.target else { return Step::Idle };
+    let label = format!("resync-{}-{}", op.start_epoch.unwrap_or(epoch), req.id);
+    let dry_run = req.resync.as_ref().is_some_and(|r| r.dry_run);
+    let Some(job) = obs.resync_jobs.iter().find(|j| j.label == label) else {
+        let order = crate::proto::ResyncOrder {
+            label,
+            only_on_target: spec.resync.only_on_target,
+            conflict: spec.resync.conflict,
+            clocks_agree: clocks_agree(spec, obs),
+            dry_run,
+            full: true,
+        };
+        return Step::Resync { target, order };
+    };
+    match job.phase {
+        JobPhase::Running => {}
+        JobPhase::Succeeded => {
+            let report = obs.member(target).agent.last.as_ref().and_then(|a| a.sync.as_ref()?.resync.clone());
+            let counts = report.filter(|r| r.label == job.label).map_or(String::new(), |r| {
+                let x = r.summary;
+                format!(
+                    ": {} copied, {} quarantined, {} deleted, {} copied back, {} conflicts",
+                    x.copies + x.updates,
+                    x.quarantines,
+                    x.deletions,
+                    x.copy_backs,
+                    x.conflicts
+                )
+            });
+            let what = if dry_run { "planned (dry run, nothing changed)" } else { "done" };
+            finish(status, &req.id, OperationPhase::Succeeded, "Done", format!("Job {} {what}{counts}", job.name), now);
+        }
+        JobPhase::Failed => {
+            let why = job.message.clone().unwrap_or_else(|| "no reason given".into());
+            finish(status, &req.id, OperationPhase::Failed, "ResyncFailed", format!("Job {}: {why}", job.name), now);
+        }
+    }
+    Step::Idle
+}
+
+/// Whether both members' clocks agree with the operator's within
+/// `maxClockSkewSeconds` (NewestWins is honoured only then).
+pub fn clocks_agree(spec: &HighAvailabilityPairSpec, obs: &Observed) -> bool {
+    let limit = i64::from(spec.max_clock_skew_seconds) * 1000;
+    Member::BOTH.iter().all(|m| obs.member(*m).agent.skew_ms.is_some_and(|k| k.abs() <= limit))
 }
 
 /// A planned handover to `to`: drain the active member, let `to` pull the
