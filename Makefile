@@ -62,7 +62,7 @@ lint: ## rustfmt check and clippy with warnings as errors.
 
 # The fastest e2e scenarios, run by `make test`; `make e2e` runs them all.
 E2E_FAST := bootstraps killing_the_active a_failover_under_writes an_active_cut_off the_plugin_shows files_written a_live_agent \
-	switchovers_under_writes a_former_active a_resync_request
+	switchovers_under_writes a_former_active a_resync_request a_split_brain_is_repaired
 
 .PHONY: test
 test: check-generated unit testbed-up integration e2e-fast ## Generated files, unit tests, API tests and the fastest e2e scenarios on the testbed.

@@ -96,6 +96,10 @@ pub struct SyncStatus {
     /// Active: seconds since the first change the standby does not have
     /// (0 when it has everything).
     pub peer_lag_seconds: Option<f64>,
+    /// Active: when its files last changed (a split brain's "most recent
+    /// writer" compares it with the standby's evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_at: Option<DateTime<Utc>>,
     /// Active: files and bytes the standby still needs. Standby: what is
     /// left of its current copy.
     pub pending_files: u64,

@@ -256,9 +256,14 @@ fn outcome(p: &HighAvailabilityPair, id: &str) -> (OperationPhase, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resync_request_plans_then_quarantines_what_only_the_standby_has_and_a_rerun_changes_nothing() {
-    let h = up("sync-request").await;
+    // A file left on the standby is a split brain; policy Manual leaves its
+    // repair to these requests (the default would quarantine it at once).
+    let h = split_brain_up("sync-request", json!({"policy": "Manual"})).await;
     let standby = h.data_dir("web", Member::Secondary);
     std::fs::write(standby.join("stray.txt"), b"left on the standby by hand").unwrap();
+    h.wait_for("web", "the Manual policy's own diff", WAIT, |p| split_reason(p).1.contains("resolveSplitBrain")).await;
+    // (Job creation times have whole seconds: let the request's Job be the newest.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     // Dry run: the plan, in status, and nothing touched.
     let p = request(&h, "dry-1", json!({"resync": {"dryRun": true}})).await;
     assert_eq!(outcome(&p, "dry-1").0, OperationPhase::Succeeded, "{:?}", outcome(&p, "dry-1"));
@@ -290,4 +295,135 @@ async fn a_resync_request_plans_then_quarantines_what_only_the_standby_has_and_a
     assert_eq!((r.copied, r.quarantined, r.deleted, r.conflicts), (0, 0, 0, 0), "{r:?}");
     let p = h.wait_for("web", "Synced", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
     eprintln!("resync request: killed {killed} run(s); conditions {:?}", p.status.unwrap().conditions);
+}
+
+async fn split_brain_up(name: &str, policy: serde_json::Value) -> Harness {
+    let h = Harness::new(name).await;
+    let mut extra = synced_pair();
+    extra["spec"]["splitBrain"] = policy;
+    h.apply(&test_pair("web", 1, extra)).await;
+    h.wait_enabled("web", Duration::from_secs(60)).await;
+    h.wait_for("web", "Synced", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
+    // The standby has recorded a copy of the active's files.
+    std::fs::write(h.data_dir("web", Member::Primary).join("seed.txt"), b"from the active").unwrap();
+    until(&h.data_dir("web", Member::Secondary).join("seed.txt"), "seed", |c| c.is_some()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h
+}
+
+/// Someone writes into the standby's volume behind the pair's back.
+async fn write_behind_the_pairs_back(h: &Harness) -> std::path::PathBuf {
+    let standby = h.data_dir("web", Member::Secondary);
+    std::fs::write(standby.join("stray.txt"), b"written on the standby").unwrap();
+    h.wait_for("web", "SplitBrain", WAIT, |p| condition(p, "SplitBrain") == Some(ConditionStatus::True)).await;
+    standby
+}
+
+fn split_reason(p: &HighAvailabilityPair) -> (String, String) {
+    let c = p.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "SplitBrain").unwrap();
+    (c.reason.clone(), c.message.clone())
+}
+
+fn quarantined(dir: &Path, name: &str) -> Option<Vec<u8>> {
+    let q = dir.join(".hapair/quarantine");
+    std::fs::read_dir(&q).ok()?.flatten().find_map(|l| std::fs::read(l.path().join("files").join(name)).ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_brain_is_repaired_by_keeping_the_primary_and_quarantining_the_standbys_writes() {
+    let h = split_brain_up("split-force", json!({"policy": "ForceSecondaryStandby", "keep": "Primary"})).await;
+    let checker = h.checker("web").await;
+    let standby = write_behind_the_pairs_back(&h).await;
+    let p = h
+        .wait_for("web", "repaired", WAIT, |p| {
+            condition(p, "SplitBrain") == Some(ConditionStatus::False)
+                && p.status.as_ref().is_some_and(|s| s.mode == Some(hapair::api::Mode::Enabled))
+        })
+        .await;
+    let s = p.status.unwrap();
+    assert_eq!((s.active_member, s.epoch), (Some(Member::Primary), 1), "the primary kept the role");
+    let r = s.resync.unwrap();
+    assert!(r.label.starts_with("splitbrain-1-") && r.quarantined == 1, "{r:?}");
+    assert!(!standby.join("stray.txt").exists());
+    assert_eq!(quarantined(&standby, "stray.txt").as_deref(), Some(&b"written on the standby"[..]));
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_split_brain_shows_the_difference_and_a_resolve_keeping_the_standby_hands_it_the_role() {
+    let h = split_brain_up("split-manual", json!({"policy": "Manual"})).await;
+    let checker = h.checker("web").await;
+    let standby = write_behind_the_pairs_back(&h).await;
+    let p = h
+        .wait_for("web", "the difference", WAIT, |p| {
+            p.status.as_ref().and_then(|s| s.resync.as_ref()).is_some_and(|r| r.dry_run && !r.plan.is_empty())
+                && split_reason(p).1.contains("resolveSplitBrain")
+        })
+        .await;
+    assert!(p.status.as_ref().unwrap().resync.as_ref().unwrap().plan.contains(&"quarantine stray.txt".to_string()));
+    assert!(split_reason(&p).1.contains("resolveSplitBrain"), "{:?}", split_reason(&p));
+    assert_eq!(p.status.as_ref().unwrap().mode, Some(hapair::api::Mode::SplitBrain));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(standby.join("stray.txt").exists(), "Manual changes nothing by itself");
+    // Keep the standby's side: it becomes active, the primary follows it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-hapair"))
+        .args([
+            "--kubeconfig",
+            &common::kubeconfig_path(),
+            "-n",
+            &h.ns.name,
+            "resolve",
+            "web",
+            "--keep",
+            "secondary",
+            "--wait",
+        ])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("succeeded"), "{text}");
+    let p = h.pair("web").await;
+    let s = p.status.unwrap();
+    assert_eq!(s.active_member, Some(Member::Secondary));
+    assert_eq!(s.last_transition.unwrap().type_, hapair::api::TransitionType::SplitBrainResolved);
+    until(&h.data_dir("web", Member::Primary).join("stray.txt"), "the kept file on the primary", |c| {
+        c.as_deref() == Some(b"written on the standby")
+    })
+    .await;
+    checker.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolate_secondary_stops_it_and_a_resolve_brings_it_back_resynced() {
+    let h = split_brain_up("split-isolate", json!({"policy": "IsolateSecondary"})).await;
+    let checker = h.checker("web").await;
+    let standby = write_behind_the_pairs_back(&h).await;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
+    let p = h
+        .wait_for("web", "the secondary isolated", WAIT, |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.isolated_member == Some(Member::Secondary) && s.mode == Some(hapair::api::Mode::Alone)
+            })
+        })
+        .await;
+    assert_eq!(split_reason(&p).0, "SecondaryIsolated");
+    let start = Instant::now();
+    while pods.get_opt("web-secondary").await.unwrap().is_some() {
+        assert!(start.elapsed() < WAIT, "the secondary's pod is still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(pods.get_opt("web-secondary").await.unwrap().is_none(), "it stays down");
+    h.merge_spec("web", json!({"operation": {"id": "resolve-1", "resolveSplitBrain": {"keep": "primary"}}})).await;
+    let p = h
+        .wait_for("web", "resolved", Duration::from_secs(60), |p| {
+            p.status.as_ref().is_some_and(|s| s.operations.iter().any(|o| o.id == "resolve-1" && o.phase.is_terminal()))
+        })
+        .await;
+    let op = p.status.as_ref().unwrap().operations.iter().find(|o| o.id == "resolve-1").unwrap().clone();
+    assert_eq!(op.phase, OperationPhase::Succeeded, "{op:?}");
+    h.wait_enabled("web", WAIT).await;
+    assert!(!standby.join("stray.txt").exists());
+    assert_eq!(quarantined(&standby, "stray.txt").as_deref(), Some(&b"written on the standby"[..]));
+    checker.assert_clean();
 }

@@ -64,6 +64,10 @@ pub struct HighAvailabilityPairStatus {
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
     pub operations: Vec<OperationStatus>,
+    /// Member whose pod is stopped by `splitBrain.policy: IsolateSecondary`
+    /// until a resolve request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolated_member: Option<Member>,
     /// The most recent resync Job and what it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<ResyncStatus>,

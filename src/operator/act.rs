@@ -131,10 +131,20 @@ pub async fn ensure_members(
     pair: &HighAvailabilityPair,
     obs: &Observed,
     holder: Option<Member>,
+    isolated: Option<Member>,
 ) -> Result<(), ActError> {
     let ns = pair.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for m in Member::BOTH {
+        // An isolated member (split-brain policy IsolateSecondary) has no
+        // pod until a resolve request; the active member is never isolated.
+        if isolated == Some(m) && holder != Some(m) {
+            if let Some(p) = obs.member(m).pod.as_ref().filter(|p| !p.deleting) {
+                info!(pod = %p.name, "stopping the isolated member's pod (split brain)");
+                pods.delete(&p.name, &DeleteParams::default()).await.map(|_| ()).or_else(not_found)?;
+            }
+            continue;
+        }
         let desired = build::member_pod(pair, m, &ctx.build);
         match &obs.member(m).pod {
             None => {

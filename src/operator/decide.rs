@@ -49,6 +49,8 @@ pub struct Plan {
     pub sync_now: Option<Member>,
     /// Run the resync Job for this member (the target) and order.
     pub resync: Option<(Member, crate::proto::ResyncOrder)>,
+    /// Why a split brain is not being repaired right now.
+    pub split_brain_hold: Option<String>,
     /// Member the VIP Service should select once the Lease action is done.
     pub vip: Option<Member>,
     pub standby: Option<Member>,
@@ -133,6 +135,7 @@ pub fn decide(
         drain: None,
         sync_now: None,
         resync: None,
+        split_brain_hold: None,
         vip: None,
         standby: None,
         status: current.cloned().unwrap_or_default(),
@@ -157,7 +160,14 @@ pub fn decide(
             // without a takeover (manual mode "does nothing else").
             plan.vip = holder;
             let step = match operations::step(spec, &mut plan.status, obs, clock.now) {
-                Step::Idle => automatic_failback(spec, obs, holder, failure.is_some(), lease.epoch),
+                Step::Idle => match automatic_failback(spec, obs, holder, failure.is_some(), lease.epoch) {
+                    Step::Idle if failure.is_none() && !spec.paused => {
+                        let (step, hold) = split_brain_step(spec, obs, &mut plan.status, holder, lease.epoch, None);
+                        plan.split_brain_hold = hold;
+                        step
+                    }
+                    s => s,
+                },
                 s => s,
             };
             match step {
@@ -373,6 +383,44 @@ fn returning_member_resync(
             full: false,
         },
     ))
+}
+
+/// One round of split-brain repair by the policy, or by `keep` (a resolve
+/// request): the step to take and, when holding, why.
+pub fn split_brain_step(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    status: &mut HighAvailabilityPairStatus,
+    holder: Option<Member>,
+    epoch: i64,
+    keep: Option<Member>,
+) -> (Step, Option<String>) {
+    use super::split_brain::{Repair, evidence, repair};
+    let missed = spec.heartbeat.missed_threshold as u32;
+    let Some(h) = holder else { return (Step::Idle, None) };
+    let Some((standby, since)) = evidence(obs, holder) else { return (Step::Idle, None) };
+    if status.isolated_member == Some(standby) {
+        return (Step::Idle, None);
+    }
+    match repair(spec, obs, h, standby, since, epoch, keep) {
+        Repair::Resync { target, order } => (Step::Resync { target, order }, None),
+        Repair::HandOver { to } if can_take_over(obs.member(to), missed) => {
+            let takeover = Step::Takeover {
+                to,
+                type_: TransitionType::SplitBrainResolved,
+                force: false,
+                id: String::new(),
+                reason: "SplitBrainRepair".into(),
+            };
+            (operations::handover(obs, to, epoch, holder, false, takeover), None)
+        }
+        Repair::HandOver { to } => (Step::Idle, Some(format!("the side to keep, {to}, cannot serve now"))),
+        Repair::Isolate => {
+            status.isolated_member = Some(Member::Secondary);
+            (Step::Idle, None)
+        }
+        Repair::Hold(why) => (Step::Idle, Some(why)),
+    }
 }
 
 /// How far behind the active member `holder` last said its standby's files

@@ -471,7 +471,7 @@ fn go_standby_of_a_standby_needs_nothing_and_of_the_active_hands_over() {
 fn requests_that_cannot_be_honoured_are_refused_never_ignored() {
     for (op, reason) in [
         ("{id: r-1, resync: {dryRun: true}}", "NoFileSync"),
-        ("{id: r-2, resolveSplitBrain: {keep: primary}}", "NotAvailable"),
+        ("{id: r-2, resolveSplitBrain: {keep: primary}}", "NoSplitBrain"),
     ] {
         let plan = decide(&with_op("", op), None, &enabled(), &clock());
         assert_eq!(
@@ -648,4 +648,164 @@ fn a_resync_request_runs_one_job_and_ends_with_it() {
         (op_status(&failed).phase, op_status(&failed).reason.as_deref()),
         (OperationPhase::Failed, Some("ResyncFailed"))
     );
+}
+
+/// Enabled, with the secondary reporting files changed while standby (first
+/// seen at `since`) and the primary having last written at `active_wrote`.
+fn split(since: DateTime<Utc>, active_wrote: Option<DateTime<Utc>>) -> (Observed, String) {
+    let mut obs = enabled();
+    obs.primary.agent.last.as_mut().unwrap().sync =
+        Some(crate::proto::SyncStatus { last_change_at: active_wrote, ..Default::default() });
+    obs.secondary.agent.last.as_mut().unwrap().sync = Some(crate::proto::SyncStatus {
+        changed_while_standby: [(".".to_string(), since)].into(),
+        ..Default::default()
+    });
+    (obs, format!("splitbrain-1-{}", since.timestamp()))
+}
+
+fn files(extra: &str) -> HighAvailabilityPairSpec {
+    spec(&format!("storage: {{size: 1Gi, mountPath: /data}}\nfileSync: {{paths: [{{path: .}}]}}\n{extra}"))
+}
+
+fn finished_job(label: &str, dry_run: bool) -> crate::operator::observe::JobObs {
+    crate::operator::observe::JobObs {
+        name: format!("db-{label}"),
+        label: label.into(),
+        target: Some(Member::Secondary),
+        dry_run,
+        created: Some(Utc::now()),
+        phase: crate::operator::observe::JobPhase::Succeeded,
+        failed_runs: 0,
+        message: None,
+        finished: None,
+    }
+}
+
+fn diff_report(obs: &mut Observed, label: &str, only_standby: u64, only_active: u64) {
+    let s = obs.secondary.agent.last.as_mut().unwrap().sync.as_mut().unwrap();
+    s.resync = Some(crate::proto::ResyncReport {
+        label: label.into(),
+        dry_run: true,
+        done: true,
+        started_at: Utc::now(),
+        finished_at: Some(Utc::now()),
+        summary: crate::sync::Summary { quarantines: only_standby, copies: only_active, ..Default::default() },
+        warnings: vec![],
+        actions: vec!["quarantine notes.txt".into()],
+    });
+}
+
+#[test]
+fn a_standby_written_behind_the_pairs_back_is_a_split_brain_resynced_from_the_kept_primary() {
+    let t = Utc::now() - chrono::Duration::seconds(30);
+    let (obs, label) = split(t, Some(Utc::now()));
+    let plan = decide(&files(""), None, &obs, &clock());
+    assert_eq!(plan.status.mode, Some(Mode::SplitBrain));
+    assert_eq!(condition(&plan, "SplitBrain"), (ConditionStatus::True, "ChangedWhileStandby".into()));
+    assert!(plan.events.iter().any(|e| e.reason == "SplitBrain" && e.warning));
+    let (target, order) = plan.resync.clone().expect("the loser is resynced");
+    assert_eq!(
+        (target, order.label.as_str(), order.dry_run, order.full),
+        (Member::Secondary, label.as_str(), false, true)
+    );
+    assert_eq!(plan.lease, None, "the kept side is already active");
+    // Its Job ran and the evidence is gone: Enabled again, with an Event.
+    let mut obs = enabled();
+    obs.resync_jobs = vec![finished_job(&label, false)];
+    let after = decide(&files(""), Some(&plan.status), &obs, &clock());
+    assert_eq!(after.status.mode, Some(Mode::Enabled));
+    assert!(after.events.iter().any(|e| e.reason == "SplitBrainResolved"));
+}
+
+#[test]
+fn keeping_the_most_recent_writer_hands_the_role_to_a_standby_that_wrote_last() {
+    let s = files("splitBrain: {keep: MostRecent}");
+    let (obs, _) = split(Utc::now(), Some(Utc::now() - chrono::Duration::seconds(60)));
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!(plan.drain, Some((Member::Primary, 1)), "the active drains first");
+    let mut drained = obs.clone();
+    drained.primary.agent.last.as_mut().unwrap().draining = true;
+    let plan = decide(&s, None, &drained, &clock());
+    let Some(LeaseAction::Takeover { to, transition, .. }) = plan.lease else { panic!("{:?}", plan.lease) };
+    assert_eq!((to, transition.type_), (Member::Secondary, TransitionType::SplitBrainResolved));
+    // The active wrote last: it is kept, the standby resynced.
+    let (obs, _) = split(Utc::now() - chrono::Duration::seconds(60), Some(Utc::now()));
+    assert_eq!(decide(&s, None, &obs, &clock()).resync.map(|r| r.0), Some(Member::Secondary));
+}
+
+#[test]
+fn keeping_the_side_with_most_changes_computes_the_difference_first() {
+    let s = files("splitBrain: {keep: MostChanges}");
+    let (mut obs, label) = split(Utc::now(), None);
+    let diff = format!("{label}-diff");
+    let plan = decide(&s, None, &obs, &clock());
+    let (_, order) = plan.resync.expect("a dry run first");
+    assert_eq!((order.label.as_str(), order.dry_run), (diff.as_str(), true));
+    obs.resync_jobs = vec![finished_job(&diff, true)];
+    diff_report(&mut obs, &diff, 5, 1);
+    assert_eq!(decide(&s, None, &obs, &clock()).drain, Some((Member::Primary, 1)), "the standby changed more");
+    diff_report(&mut obs, &diff, 1, 5);
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!(plan.resync.map(|r| (r.0, r.1.label)), Some((Member::Secondary, label)), "the active changed more");
+}
+
+#[test]
+fn manual_policy_shows_the_difference_and_waits_for_a_resolve_request() {
+    let s = files("splitBrain: {policy: Manual}");
+    let (mut obs, label) = split(Utc::now(), None);
+    let diff = format!("{label}-diff");
+    assert_eq!(decide(&s, None, &obs, &clock()).resync.map(|r| r.1.dry_run), Some(true));
+    obs.resync_jobs = vec![finished_job(&diff, true)];
+    diff_report(&mut obs, &diff, 1, 0);
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!((plan.resync.as_ref(), plan.drain, plan.lease.as_ref()), (None, None, None), "nothing changes");
+    let (st, reason) = condition(&plan, "SplitBrain");
+    assert_eq!((st, reason.as_str()), (ConditionStatus::True, "ChangedWhileStandby"));
+    let msg = &plan.status.conditions.iter().find(|c| c.type_ == "SplitBrain").unwrap().message;
+    assert!(msg.contains("resolveSplitBrain"), "{msg}");
+    // Resolve, keeping the secondary: the active drains and hands over.
+    let r = with_op(
+        "storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}\nsplitBrain: {policy: Manual}",
+        "{id: rs-1, resolveSplitBrain: {keep: secondary}}",
+    );
+    let plan = decide(&r, None, &obs, &clock());
+    assert_eq!((op_status(&plan).phase, plan.drain), (OperationPhase::Running, Some((Member::Primary, 1))));
+    // Nothing to resolve on a healthy pair.
+    let plan = decide(&r, None, &enabled(), &clock());
+    assert_eq!(op_status(&plan).reason.as_deref(), Some("NoSplitBrain"));
+}
+
+#[test]
+fn isolate_secondary_stops_it_until_a_resolve_request() {
+    let s = files("splitBrain: {policy: IsolateSecondary}");
+    let (obs, _) = split(Utc::now(), None);
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!(plan.status.isolated_member, Some(Member::Secondary));
+    assert_eq!(plan.status.mode, Some(Mode::Alone));
+    assert_eq!(condition(&plan, "SplitBrain").1, "SecondaryIsolated");
+    assert_eq!((plan.resync.as_ref(), plan.lease.as_ref()), (None, None));
+    // It stays isolated (its pod gone, its agent silent).
+    let mut gone = enabled();
+    gone.secondary = MemberObs::default();
+    let plan = decide(&s, Some(&plan.status), &gone, &clock());
+    assert_eq!(plan.status.isolated_member, Some(Member::Secondary));
+    // A resolve request lets it back.
+    let r = with_op(
+        "storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}\nsplitBrain: {policy: IsolateSecondary}",
+        "{id: rs-1, resolveSplitBrain: {keep: primary}}",
+    );
+    let back = decide(&r, Some(&plan.status), &gone, &clock());
+    assert_eq!((back.status.isolated_member, op_status(&back).phase), (None, OperationPhase::Running));
+    // Back, but still holding its stray files: not resolved yet.
+    let (returned, _) = split(Utc::now(), None);
+    let running = decide(&r, Some(&back.status), &returned, &clock());
+    assert_eq!(op_status(&running).phase, OperationPhase::Running);
+    assert!(running.resync.is_some(), "its files are resynced from the primary");
+    let mut followed = enabled();
+    followed.secondary.agent.last.as_mut().unwrap().sync = Some(Default::default());
+    let restarted = decide(&r, Some(&running.status), &followed, &clock());
+    assert_eq!(op_status(&restarted).phase, OperationPhase::Running, "no sync completed since it started");
+    followed.secondary.agent.last.as_mut().unwrap().sync.as_mut().unwrap().in_sync_at = Some(Utc::now());
+    let done = decide(&r, Some(&running.status), &followed, &clock());
+    assert_eq!(op_status(&done).phase, OperationPhase::Succeeded);
 }

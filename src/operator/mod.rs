@@ -14,6 +14,7 @@ mod leader;
 pub mod observe;
 pub mod operations;
 mod poller;
+pub mod split_brain;
 pub mod status;
 mod worker;
 

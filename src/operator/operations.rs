@@ -15,7 +15,10 @@
 //! - **resync**: the standby's files are reconciled with the active
 //!   member's by a resync Job (`dryRun`: only planned); succeeded or failed
 //!   with the Job, the counts in the message and in `status.resync`;
-//! - **resolve split brain**: refused until split-brain repair exists.
+//! - **resolve split brain**: the named side is kept: the other is (made)
+//!   standby and resynced from it, its versions quarantined; an isolated
+//!   secondary is started again first. Succeeded once no evidence is left
+//!   and the kept side is active.
 //!
 //! A request that cannot be honoured is refused with a reason, never ignored.
 
@@ -99,12 +102,7 @@ fn target(
             Ok(m.peer())
         }
         OperationKind::Resync => holder.map(Member::peer).ok_or(("NoActiveMember", "no member holds the lease".into())),
-        OperationKind::ResolveSplitBrain => Err((
-            "NotAvailable",
-            "split-brain resolution by request is not available in this version; the returning member's \
-             changes are kept in quarantine by the automatic resync"
-                .into(),
-        )),
+        OperationKind::ResolveSplitBrain => Ok(req.resolve_split_brain.as_ref().map_or(Member::Primary, |r| r.keep)),
     }
 }
 
@@ -134,6 +132,9 @@ pub fn step(
     };
     if kind == OperationKind::Resync {
         return resync(spec, status, obs, req, existing, last_holder, epoch, now);
+    }
+    if kind == OperationKind::ResolveSplitBrain {
+        return resolve(spec, status, obs, req, existing, holder, epoch, now);
     }
     let op = match existing {
         Some(o) if o.phase.is_terminal() => return Step::Idle,
@@ -345,6 +346,105 @@ fn resync(
         }
     }
     Step::Idle
+}
+
+/// A resolve request: keep the named side. Accepted only while there is a
+/// split brain (evidence, or an isolated secondary).
+#[allow(clippy::too_many_arguments)]
+fn resolve(
+    spec: &HighAvailabilityPairSpec,
+    status: &mut HighAvailabilityPairStatus,
+    obs: &Observed,
+    req: &OperationRequest,
+    existing: Option<OperationStatus>,
+    holder: Option<Member>,
+    epoch: i64,
+    now: DateTime<Utc>,
+) -> Step {
+    let kind = OperationKind::ResolveSplitBrain;
+    let keep = req.resolve_split_brain.as_ref().map_or(Member::Primary, |r| r.keep);
+    let evidence = super::split_brain::evidence(obs, holder);
+    let op = match existing {
+        Some(o) if o.phase.is_terminal() => return Step::Idle,
+        Some(o) => o,
+        None => {
+            let problem: Option<(&str, String)> = if spec.paused {
+                Some(("Paused", "the pair is paused (spec.paused)".into()))
+            } else if holder.is_none() {
+                Some(("NoActiveMember", "no member holds the lease".into()))
+            } else if evidence.is_none() && status.isolated_member.is_none() {
+                Some(("NoSplitBrain", "no member reports changes made while it was not active".into()))
+            } else {
+                None
+            };
+            if let Some((reason, message)) = problem {
+                ack(status, refused(req, kind, reason, message, now));
+                return Step::Idle;
+            }
+            let mut op = accepted(req, kind, Some(keep), epoch, now);
+            op.message = Some(format!("keeping {keep}'s files; the other side is resynced from it"));
+            ack(status, op.clone());
+            op
+        }
+    };
+    if status.isolated_member.take().is_some() {
+        // The isolated member's pod is created again; once it answers, its
+        // evidence is repaired like any other.
+        return Step::Wait;
+    }
+    // Resolved: the kept side serves and the other follows it again (it
+    // answers, has completed a sync since it started, nothing diverged and
+    // no evidence).
+    let follows = {
+        let a = &obs.member(keep.peer()).agent;
+        a.missed == 0
+            && a.last
+                .as_ref()
+                .and_then(|l| l.sync.as_ref())
+                .is_some_and(|s| s.changed_while_standby.is_empty() && s.diverged.is_empty() && s.in_sync_at.is_some())
+    };
+    if evidence.is_none() && holder == Some(keep) && follows {
+        finish(
+            status,
+            &req.id,
+            OperationPhase::Succeeded,
+            "Done",
+            format!("{keep} kept and active at epoch {epoch}; {} follows it again", keep.peer()),
+            now,
+        );
+        return Step::Idle;
+    }
+    let started = op.start_time.unwrap_or(now);
+    if (now - started).to_std().unwrap_or_default() > std::time::Duration::from_secs(3600) {
+        finish(status, &req.id, OperationPhase::Failed, "TimedOut", "not resolved within an hour".into(), now);
+        return Step::Idle;
+    }
+    match holder {
+        // No evidence left, but the kept side is the standby: hand over.
+        Some(h) if evidence.is_none() && h != keep => {
+            if !can_take_over(obs.member(keep), spec.heartbeat.missed_threshold as u32) {
+                return Step::Wait;
+            }
+            let takeover = Step::Takeover {
+                to: keep,
+                type_: TransitionType::SplitBrainResolved,
+                force: false,
+                id: req.id.clone(),
+                reason: "SplitBrainResolved".into(),
+            };
+            handover(obs, keep, epoch, holder, false, takeover)
+        }
+        _ => {
+            let (step, _) = super::decide::split_brain_step(spec, obs, status, holder, epoch, Some(keep));
+            match step {
+                Step::Takeover { to, type_, force, reason, .. } => {
+                    Step::Takeover { to, type_, force, id: req.id.clone(), reason }
+                }
+                Step::Idle => Step::Wait,
+                s => s,
+            }
+        }
+    }
 }
 
 /// Whether both members' clocks agree with the operator's within

@@ -124,15 +124,27 @@ pub fn compute(
         .collect();
     let settled = obs.lease.as_ref().is_none_or(|l| l.unchanged_for >= l.duration);
     let both_active = serving.len() == 2 && (serving[0] == serving[1] || settled);
+    // A member whose files changed while it was standby wrote outside its epoch.
+    let evidence: Vec<String> = Member::BOTH
+        .into_iter()
+        .filter_map(|m| {
+            let s = obs.member(m).agent.last.as_ref()?.sync.as_ref()?;
+            (!s.changed_while_standby.is_empty()).then(|| {
+                let dirs: Vec<&str> = s.changed_while_standby.keys().map(String::as_str).collect();
+                format!("{m} changed {} while not active", dirs.join(", "))
+            })
+        })
+        .collect();
+    let isolated = s.isolated_member;
     let active_ok = active.is_some_and(|a| usable(a) == Usable::Yes);
     let standby_ok = active.is_some_and(|a| usable(a.peer()) == Usable::Yes);
     let mode = if spec.paused {
         Mode::Paused
-    } else if both_active {
+    } else if both_active || (!evidence.is_empty() && isolated.is_none()) {
         Mode::SplitBrain
     } else if obs.lease.is_none() && plan.lease.is_none() {
         Mode::Initializing
-    } else if active_ok && standby_ok {
+    } else if active_ok && standby_ok && isolated.is_none() {
         Mode::Enabled
     } else {
         Mode::Alone
@@ -277,40 +289,40 @@ pub fn compute(
         plan.events.push(PlanEvent { warning: true, reason: "FailoverRequired".into(), note: message.clone() });
     }
     set_condition(c, "FailoverRequired", required, reason, message, now, generation);
-    // A member whose files changed while it was standby wrote outside its epoch.
-    let evidence: Vec<String> = Member::BOTH
-        .into_iter()
-        .filter_map(|m| {
-            let s = obs.member(m).agent.last.as_ref()?.sync.as_ref()?;
-            (!s.changed_while_standby.is_empty()).then(|| {
-                let dirs: Vec<&str> = s.changed_while_standby.keys().map(String::as_str).collect();
-                format!("{m} changed {} while not active", dirs.join(", "))
-            })
-        })
-        .collect();
-    let split = both_active || !evidence.is_empty();
-    if split && !c.iter().any(|x| x.type_ == "SplitBrain" && x.status == ConditionStatus::True) {
+    let split = both_active || !evidence.is_empty() || isolated.is_some();
+    let mut message = if both_active {
+        "both members report active".to_string()
+    } else if let Some(m) = isolated {
+        format!(
+            "{m}'s pod is stopped (splitBrain.policy IsolateSecondary); the other member serves alone until a \
+             resolveSplitBrain request"
+        )
+    } else {
+        evidence.join("; ")
+    };
+    if let Some(why) = &plan.split_brain_hold {
+        message = format!("{message}; {why}");
+    }
+    let was = c.iter().any(|x| x.type_ == "SplitBrain" && x.status == ConditionStatus::True);
+    if split && !was {
+        plan.events.push(PlanEvent { warning: true, reason: "SplitBrain".into(), note: message.clone() });
+    } else if was && !split {
         plan.events.push(PlanEvent {
-            warning: true,
-            reason: "SplitBrain".into(),
-            note: if both_active { "both members report active".into() } else { evidence.join("; ") },
+            warning: false,
+            reason: "SplitBrainResolved".into(),
+            note: "no member reports changes made while it was not active any more".into(),
         });
     }
-    set_condition(
-        c,
-        "SplitBrain",
-        split,
-        if both_active {
-            "BothMembersActive"
-        } else if split {
-            "ChangedWhileStandby"
-        } else {
-            "OneActive"
-        },
-        if both_active { "both members report active".into() } else { evidence.join("; ") },
-        now,
-        generation,
-    );
+    let reason = if both_active {
+        "BothMembersActive"
+    } else if isolated.is_some() {
+        "SecondaryIsolated"
+    } else if split {
+        "ChangedWhileStandby"
+    } else {
+        "OneActive"
+    };
+    set_condition(c, "SplitBrain", split, reason, message.chars().take(1024).collect(), now, generation);
     if super::operations::syncs_files(spec) {
         let (ok, reason, message) = synced(spec, obs, active);
         set_condition(c, "Synced", ok, reason, message, now, generation);

@@ -137,9 +137,10 @@ async fn round(
         act::ensure_supporting(ctx, pair).await?;
         mem.supporting = Some((pair.metadata.generation, Instant::now()));
     }
-    act::ensure_members(ctx, pair, &obs, holder).await?;
-    let clock = Clock { pair: name.clone(), now: chrono::Utc::now(), generation: pair.metadata.generation };
     let current = mem.status.clone().or_else(|| pair.status.clone());
+    let isolated = current.as_ref().and_then(|s| s.isolated_member);
+    act::ensure_members(ctx, pair, &obs, holder, isolated).await?;
+    let clock = Clock { pair: name.clone(), now: chrono::Utc::now(), generation: pair.metadata.generation };
     let plan = decide(&pair.spec, current.as_ref(), &obs, &clock);
     mem.failure = match (&plan.failure, mem.failure.take()) {
         (Some(reason), Some((r, t))) if *reason == r => Some((r, t)),

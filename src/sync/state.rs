@@ -103,10 +103,16 @@ impl SyncState {
     }
 
     /// Becoming active at `epoch`: the point held so far closes the
-    /// previous epoch in the lineage.
+    /// previous epoch in the lineage, and what this member changed while it
+    /// was not active is no longer evidence of a split brain: its files are
+    /// now the ones the other member follows (and the other member's own
+    /// unsynced changes go to quarantine when it is resynced).
     pub fn begin_epoch(&mut self, epoch: i64) {
         if self.point.epoch == epoch {
             return;
+        }
+        for d in self.dirs.values_mut() {
+            d.changed_while_standby = None;
         }
         if self.point != Point::default() {
             self.lineage.retain(|p| p.epoch != self.point.epoch);
@@ -138,6 +144,7 @@ impl SyncState {
                 d.digest = Some(digest.to_string());
                 d.as_of = self.point;
                 d.recorded_active = true;
+                d.changed_while_standby = None;
                 true
             }
             None if d.recorded_active => {
@@ -285,6 +292,11 @@ mod tests {
         assert!(a.record_scan("up", "d2", None, now));
         assert!(a.split_brain_evidence().is_empty());
         assert_eq!(a.dirs["up"].as_of, p(2, 2));
+        // The standby with evidence is made active (a split brain resolved
+        // by keeping its side): its files become the epoch's, no evidence.
+        assert!(s.record_scan("up", "dx", Some(2), now));
+        assert!(s.split_brain_evidence().is_empty());
+        assert_eq!((s.point, s.lineage.clone()), (p(2, 2), vec![p(1, 1)]));
     }
 
     #[test]

@@ -63,6 +63,7 @@ impl Syncer {
         let mut r = self.report();
         r.point = point;
         r.skipped = skipped;
+        r.last_change_at = g.gen_times.back().map(|(_, t)| *t);
         Self::active_backlog(g, &mut r, now);
         Ok(point)
     }

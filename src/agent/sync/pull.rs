@@ -179,9 +179,12 @@ impl Syncer {
         let scanner = g.scanners.entry(dir.to_string()).or_default();
         let (local, _) = tokio::task::block_in_place(|| scanner.scan(&self.root, dir))?;
         let local_digest = (!local.is_empty()).then(|| manifest::digest(&local));
-        if (local_digest.is_some() || g.state.dirs.get(dir).is_some_and(|d| d.digest.is_some()))
-            && g.state.record_scan(dir, local_digest.as_deref().unwrap_or(EMPTY_DIGEST), None, now)
-        {
+        let evidence_before = g.state.split_brain_evidence().len();
+        let moved = (local_digest.is_some() || g.state.dirs.get(dir).is_some_and(|d| d.digest.is_some()))
+            && g.state.record_scan(dir, local_digest.as_deref().unwrap_or(EMPTY_DIGEST), None, now);
+        // New split-brain evidence is saved at once: it must survive a
+        // restart of this agent (or of its pod, isolated by the policy).
+        if moved || g.state.split_brain_evidence().len() > evidence_before {
             tokio::task::block_in_place(|| g.state.save(&self.root))?;
         }
         let verdict = g.state.verdict(dir, local_digest.as_deref(), reply.point, &reply.lineage);
