@@ -62,6 +62,7 @@ pub struct OperatorMetrics {
     pub sync_lag: prometheus::GaugeVec,
     pub clock_skew: prometheus::GaugeVec,
     pub resync_phase: IntGaugeVec,
+    pub standby_outage: prometheus::GaugeVec,
     pub resync_files: IntGaugeVec,
     pub leader: IntGauge,
 }
@@ -125,6 +126,13 @@ impl OperatorMetrics {
                 ),
                 &["namespace", "pair", "member"],
             )?,
+            standby_outage: prometheus::GaugeVec::new(
+                Opts::new(
+                    "hapair_standby_outage_ratio",
+                    "Share of the standby-outage budget used (1 = spec.standbyOutage limit reached)",
+                ),
+                pair,
+            )?,
             resync_phase: IntGaugeVec::new(
                 Opts::new("hapair_resync_phase", "1 for the phase of the pair's latest resync Job"),
                 &["namespace", "pair", "phase"],
@@ -149,6 +157,7 @@ impl OperatorMetrics {
         r.register(Box::new(m.sync_lag.clone()))?;
         r.register(Box::new(m.clock_skew.clone()))?;
         r.register(Box::new(m.resync_phase.clone()))?;
+        r.register(Box::new(m.standby_outage.clone()))?;
         r.register(Box::new(m.resync_files.clone()))?;
         r.register(Box::new(m.leader.clone()))?;
         Ok(m)

@@ -809,3 +809,38 @@ fn isolate_secondary_stops_it_until_a_resolve_request() {
     let done = decide(&r, Some(&running.status), &followed, &clock());
     assert_eq!(op_status(&done).phase, OperationPhase::Succeeded);
 }
+
+#[test]
+fn a_long_standby_outage_warns_at_75_and_90_percent_and_at_the_limit() {
+    use crate::operator::status::quantity_bytes;
+    let s = files("standbyOutage: {maxDurationSeconds: 100, maxBacklog: 1Ki}");
+    let away = |secs: u64, backlog: u64| {
+        let mut obs = enabled();
+        obs.secondary.agent.missed = 3;
+        obs.secondary.agent.since_answer = Some(Duration::from_secs(secs));
+        obs.primary.agent.last.as_mut().unwrap().sync =
+            Some(crate::proto::SyncStatus { pending_bytes: backlog, ..Default::default() });
+        obs
+    };
+    let within = decide(&s, None, &away(10, 0), &clock());
+    assert_eq!(condition(&within, "StandbyOutage"), (ConditionStatus::False, "WithinLimits".into()));
+    let mut status = within.status.clone();
+    for (secs, backlog, reason) in [(80, 0, "Above75Percent"), (50, 950, "Above90Percent"), (120, 0, "LimitExceeded")] {
+        let plan = decide(&s, Some(&status), &away(secs, backlog), &clock());
+        assert_eq!(condition(&plan, "StandbyOutage"), (ConditionStatus::True, reason.into()), "{secs}s {backlog}B");
+        let ev = plan.events.iter().find(|e| e.reason == format!("StandbyOutage{reason}")).expect("an Event");
+        assert!(ev.warning);
+        // Seen again at the same level: no second Event.
+        let again = decide(&s, Some(&plan.status), &away(secs, backlog), &clock());
+        assert!(again.events.iter().all(|e| !e.reason.starts_with("StandbyOutage")));
+        status = plan.status;
+    }
+    assert_eq!(
+        (quantity_bytes("10Gi"), quantity_bytes("1.5k"), quantity_bytes("2e3"), quantity_bytes("12")),
+        (Some(10 << 30), Some(1500), Some(2000), Some(12))
+    );
+    assert_eq!(quantity_bytes("2E"), Some(2_000_000_000_000_000_000));
+    for bad in ["", "Gi", "10Zi", "-1", "ten"] {
+        assert_eq!(quantity_bytes(bad), None, "{bad}");
+    }
+}

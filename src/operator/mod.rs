@@ -129,6 +129,8 @@ impl Context {
                 self.metrics.clock_skew.with_label_values(&[&ns, &name, &member]).set(skew as f64);
             }
         }
+        let outage = status::standby_outage(&pair.spec, obs, status.active_member);
+        self.metrics.standby_outage.with_label_values(&[&ns, &name]).set(outage.ratio);
         if let Some(r) = &status.resync {
             for (phase, word) in [
                 (crate::api::ResyncPhase::Running, "Running"),
@@ -164,6 +166,7 @@ impl Context {
     fn forget(&self, ns: &str, name: &str) {
         let _ = self.metrics.epoch.remove_label_values(&[ns, name]);
         let _ = self.metrics.split_brain.remove_label_values(&[ns, name]);
+        let _ = self.metrics.standby_outage.remove_label_values(&[ns, name]);
         for m in ["primary", "secondary"] {
             let _ = self.metrics.sync_lag.remove_label_values(&[ns, name, m]);
             let _ = self.metrics.clock_skew.remove_label_values(&[ns, name, m]);
