@@ -161,7 +161,10 @@ impl Kubelet {
         for pod in list.items {
             let name = pod.name_any();
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            if pod.labels().get("app.kubernetes.io/component").map(String::as_str) == Some("resync") {
+            // Run-to-completion pods: the resync Job's (`hapair resync`) and a
+            // split-brain repair Job's (run here as `hapair` with its args).
+            if matches!(pod.labels().get("app.kubernetes.io/component").map(String::as_str), Some("resync" | "repair"))
+            {
                 if let Err(e) = self.tend_job(&pod).await {
                     eprintln!("kubelet: job pod {name}: {e}");
                 }
@@ -426,6 +429,7 @@ impl Kubelet {
                     self.pods_api().create_subresource("binding", &name, &PostParams::default(), &binding).await;
             }
             let dir = self.root.join(&name).join(&uid);
+            std::fs::create_dir_all(&dir)?;
             let mut volumes: HashMap<String, PathBuf> = HashMap::new();
             for v in spec.volumes.iter().flatten() {
                 let path = dir.join("volumes").join(&v.name);
@@ -483,7 +487,7 @@ impl Kubelet {
                 "phase": phase,
                 "hostIP": "127.0.0.1",
                 "startTime": "2026-01-01T00:00:00Z",
-                "containerStatuses": [{"name": hapair::operator::build::RESYNC_CONTAINER, "image": image, "imageID": "",
+                "containerStatuses": [{"name": pod.spec.as_ref().map_or(String::new(), |s| s.containers[0].name.clone()), "image": image, "imageID": "",
                     "ready": false, "restartCount": 0, "started": phase == "Running", "state": state}],
             });
             if run.reported.as_ref() == Some(&status) {

@@ -331,7 +331,14 @@ fn quarantined(dir: &Path, name: &str) -> Option<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_brain_is_repaired_by_keeping_the_primary_and_quarantining_the_standbys_writes() {
-    let h = split_brain_up("split-force", json!({"policy": "ForceSecondaryStandby", "keep": "Primary"})).await;
+    // The repair Job (the user's container) runs after the file resync; in
+    // this harness its container runs as `hapair` with its args.
+    let repair = json!({"name": "repair", "image": "hapair", "args": ["crd"]});
+    let h = split_brain_up(
+        "split-force",
+        json!({"policy": "ForceSecondaryStandby", "keep": "Primary", "repairJob": repair}),
+    )
+    .await;
     let checker = h.checker("web").await;
     let standby = write_behind_the_pairs_back(&h).await;
     let p = h
@@ -346,6 +353,10 @@ async fn a_split_brain_is_repaired_by_keeping_the_primary_and_quarantining_the_s
     assert!(r.label.starts_with("splitbrain-1-") && r.quarantined == 1, "{r:?}");
     assert!(!standby.join("stray.txt").exists());
     assert_eq!(quarantined(&standby, "stray.txt").as_deref(), Some(&b"written on the standby"[..]));
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
+    let repair_job = format!("web-{}-repair", r.label);
+    let job = jobs.get(&repair_job).await.unwrap();
+    assert_eq!(job.status.and_then(|s| s.succeeded), Some(1), "Enabled only after the repair Job succeeded");
     checker.assert_clean();
 }
 

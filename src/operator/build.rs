@@ -433,6 +433,58 @@ pub fn resync_job(
     }
 }
 
+/// The split-brain repair Job (`splitBrain.repairJob`): the user's
+/// container, run once the file resync labelled `label` has succeeded, with
+/// the kept member, the epoch and both members' agent addresses in its
+/// environment. Its Job carries the label `<label>-repair`.
+pub fn repair_job(
+    pair: &HighAvailabilityPair,
+    container: &Container,
+    label: &str,
+    kept: Member,
+    epoch: i64,
+    addresses: [Option<std::net::SocketAddr>; 2],
+) -> Job {
+    let name = pair.name_any();
+    let repair_label = format!("{label}-repair");
+    let mut labels = labels(&name);
+    labels.insert(LABEL_COMPONENT.into(), "repair".into());
+    let mut c = container.clone();
+    let env_vars = c.env.get_or_insert_with(Vec::new);
+    env_vars.extend([
+        env("HAPAIR_PAIR", name.clone()),
+        env("HAPAIR_KEPT_MEMBER", kept.as_str()),
+        env("HAPAIR_EPOCH", epoch.to_string()),
+        env("HAPAIR_PRIMARY_ADDRESS", addresses[0].map(|a| a.to_string()).unwrap_or_default()),
+        env("HAPAIR_SECONDARY_ADDRESS", addresses[1].map(|a| a.to_string()).unwrap_or_default()),
+    ]);
+    let mut m = meta(pair, resync_job_name(&name, &repair_label));
+    m.labels = Some(labels.clone());
+    m.annotations = Some(BTreeMap::from([
+        (ANN_RESYNC_LABEL.to_string(), repair_label),
+        (ANN_RESYNC_TARGET.to_string(), kept.to_string()),
+        (ANN_RESYNC_DRY_RUN.to_string(), "false".into()),
+    ]));
+    Job {
+        metadata: m,
+        spec: Some(JobSpec {
+            backoff_limit: Some(4),
+            active_deadline_seconds: Some(3600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    containers: vec![c],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Pod Security "restricted" settings for every container hapair adds.
 pub fn restricted_security_context() -> SecurityContext {
     SecurityContext {

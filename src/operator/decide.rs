@@ -51,6 +51,10 @@ pub struct Plan {
     pub resync: Option<(Member, crate::proto::ResyncOrder)>,
     /// Why a split brain is not being repaired right now.
     pub split_brain_hold: Option<String>,
+    /// Start the user's repair Job after the split-brain resync so labelled.
+    pub repair: Option<String>,
+    /// The repair Job is due, running or failed: not `Enabled` yet.
+    pub repair_pending: Option<(&'static str, String)>,
     /// Member the VIP Service should select once the Lease action is done.
     pub vip: Option<Member>,
     pub standby: Option<Member>,
@@ -136,6 +140,8 @@ pub fn decide(
         sync_now: None,
         resync: None,
         split_brain_hold: None,
+        repair: None,
+        repair_pending: None,
         vip: None,
         standby: None,
         status: current.cloned().unwrap_or_default(),
@@ -327,7 +333,30 @@ pub fn decide(
     plan.vip = active;
     plan.standby = active.map(Member::peer).filter(|s| can_take_over(obs.member(*s), missed));
     if plan.resync.is_none() {
-        plan.resync = returning_member_resync(spec, obs, active, plan.lease.is_some());
+        // After a split brain resolved by keeping the standby's side, the
+        // former active's resync is that repair's resync (its repair Job
+        // follows it).
+        let after_split =
+            plan.status.last_transition.as_ref().is_some_and(|t| t.type_ == TransitionType::SplitBrainResolved);
+        plan.resync = returning_member_resync(spec, obs, active, plan.lease.is_some(), after_split);
+    }
+    match super::split_brain::repair_job(spec, obs) {
+        super::split_brain::RepairJob::None => {}
+        super::split_brain::RepairJob::Start { label } => {
+            plan.repair_pending = Some(("RepairJobRunning", format!("starting the repair Job after {label}")));
+            if !spec.paused && plan.lease.is_none() {
+                plan.repair = Some(label);
+            }
+        }
+        super::split_brain::RepairJob::Running { job } => {
+            plan.repair_pending = Some(("RepairJobRunning", format!("waiting for the repair Job {job}")));
+        }
+        super::split_brain::RepairJob::Failed { job, why } => {
+            plan.repair_pending = Some((
+                "RepairJobFailed",
+                format!("the repair Job {job} failed ({why}); fix the cause and delete the Job to run it again"),
+            ));
+        }
     }
     status::compute(spec, obs, &mut plan, active, blocked, clock);
     status::resync(obs, &mut plan);
@@ -355,6 +384,7 @@ fn returning_member_resync(
     obs: &Observed,
     active: Option<Member>,
     moving: bool,
+    after_split: bool,
 ) -> Option<(Member, crate::proto::ResyncOrder)> {
     if !operations::syncs_files(spec) || spec.paused || moving {
         return None;
@@ -363,7 +393,7 @@ fn returning_member_resync(
     let target = a.peer();
     let epoch = obs.lease.as_ref()?.epoch;
     let sync = obs.member(target).agent.last.as_ref()?.sync.as_ref()?;
-    let label = format!("resync-{epoch}");
+    let label = if after_split { format!("splitbrain-{epoch}-handover") } else { format!("resync-{epoch}") };
     // Once per label: a Job that failed for good is reported, not re-run
     // (a resync request runs a new one).
     let ordered = sync.resync.as_ref().is_some_and(|r| r.label == label && !r.dry_run)

@@ -844,3 +844,66 @@ fn a_long_standby_outage_warns_at_75_and_90_percent_and_at_the_limit() {
         assert_eq!(quantity_bytes(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn the_users_repair_job_runs_after_the_split_brain_resync_and_gates_enabled() {
+    use crate::operator::observe::JobPhase;
+    let s = files("splitBrain: {repairJob: {name: fix, image: db-tools, args: [reindex]}}");
+    let t = Utc::now() - chrono::Duration::seconds(30);
+    let (_, label) = split(t, None);
+    let mut obs = enabled();
+    let mut resync = finished_job(&label, false);
+    resync.phase = JobPhase::Running;
+    obs.resync_jobs = vec![resync];
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!((plan.repair.as_ref(), plan.status.mode), (None, Some(Mode::SplitBrain)), "files repaired, Job not done");
+    obs.resync_jobs = vec![finished_job(&label, false)];
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!(plan.repair.as_deref(), Some(label.as_str()));
+    assert_eq!(plan.status.mode, Some(Mode::SplitBrain), "not Enabled before the repair Job succeeds");
+    assert_eq!(condition(&plan, "SplitBrain"), (ConditionStatus::True, "RepairJobRunning".into()));
+    let mut repair = finished_job(&format!("{label}-repair"), false);
+    repair.phase = JobPhase::Running;
+    obs.resync_jobs.push(repair.clone());
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!((plan.repair.as_ref(), plan.status.mode), (None, Some(Mode::SplitBrain)));
+    assert_eq!(plan.status.resync.as_ref().unwrap().label, label, "status.resync stays the file resync");
+    repair.phase = JobPhase::Failed;
+    repair.message = Some("BackoffLimitExceeded".into());
+    *obs.resync_jobs.last_mut().unwrap() = repair.clone();
+    let failed = decide(&s, None, &obs, &clock());
+    assert_eq!(condition(&failed, "SplitBrain"), (ConditionStatus::True, "RepairJobFailed".into()));
+    repair.phase = JobPhase::Succeeded;
+    *obs.resync_jobs.last_mut().unwrap() = repair;
+    let done = decide(&s, Some(&failed.status), &obs, &clock());
+    assert_eq!(done.status.mode, Some(Mode::Enabled));
+    assert!(done.events.iter().any(|e| e.reason == "SplitBrainResolved"));
+    // Without a repairJob, nothing waits.
+    obs.resync_jobs.truncate(1);
+    assert_eq!(decide(&files(""), None, &obs, &clock()).status.mode, Some(Mode::Enabled));
+    // The Job: the user's container with the repair's facts in its environment.
+    let pair: crate::api::HighAvailabilityPair = serde_json::from_value(serde_json::json!({
+        "apiVersion": "hapair.dev/v1alpha1", "kind": "HighAvailabilityPair",
+        "metadata": {"name": "db", "namespace": "prod", "uid": "u1"},
+        "spec": serde_json::to_value(&s).unwrap()
+    }))
+    .unwrap();
+    let addr = Some("10.0.0.1:7443".parse().unwrap());
+    let job = crate::operator::build::repair_job(
+        &pair,
+        s.split_brain.repair_job.as_ref().unwrap(),
+        &label,
+        Member::Primary,
+        1,
+        [addr, None],
+    );
+    let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+    let env: std::collections::BTreeMap<_, _> =
+        c.env.iter().flatten().map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default())).collect();
+    assert_eq!((env["HAPAIR_KEPT_MEMBER"].as_str(), env["HAPAIR_EPOCH"].as_str()), ("primary", "1"));
+    assert_eq!(
+        (env["HAPAIR_PRIMARY_ADDRESS"].as_str(), env["HAPAIR_SECONDARY_ADDRESS"].as_str()),
+        ("10.0.0.1:7443", "")
+    );
+    assert_eq!(c.args.as_deref(), Some(&["reindex".to_string()][..]));
+}

@@ -147,3 +147,50 @@ pub fn repair(
         Some(j) => Repair::Hold(format!("resyncing {standby} from {holder} (Job {})", j.name)),
     }
 }
+
+/// Where the user's repair Job (`splitBrain.repairJob`) stands: it runs
+/// once after each split-brain repair's file resync has succeeded, and the
+/// pair is not `Enabled` again before it succeeds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RepairJob {
+    /// Nothing due.
+    None,
+    /// Start it for the resync labelled so.
+    Start {
+        label: String,
+    },
+    Running {
+        job: String,
+    },
+    Failed {
+        job: String,
+        why: String,
+    },
+}
+
+pub fn repair_job(spec: &HighAvailabilityPairSpec, obs: &Observed) -> RepairJob {
+    if spec.split_brain.repair_job.is_none() {
+        return RepairJob::None;
+    }
+    let repaired =
+        obs.resync_jobs.iter().rev().find(|j| {
+            j.label.starts_with("splitbrain-") && !j.label.ends_with("-diff") && !j.label.ends_with("-repair")
+        });
+    let Some(resync) = repaired else { return RepairJob::None };
+    match resync.phase {
+        // The files may be repaired before its Job reports Complete.
+        JobPhase::Running => return RepairJob::Running { job: resync.name.clone() },
+        JobPhase::Failed => return RepairJob::None,
+        JobPhase::Succeeded => {}
+    }
+    let label = format!("{}-repair", resync.label);
+    match obs.resync_jobs.iter().find(|j| j.label == label) {
+        None => RepairJob::Start { label: resync.label.clone() },
+        Some(j) if j.phase == JobPhase::Running => RepairJob::Running { job: j.name.clone() },
+        Some(j) if j.phase == JobPhase::Failed => RepairJob::Failed {
+            job: j.name.clone(),
+            why: j.message.clone().unwrap_or_else(|| "no reason given".into()),
+        },
+        Some(_) => RepairJob::None,
+    }
+}

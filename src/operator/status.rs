@@ -140,7 +140,7 @@ pub fn compute(
     let standby_ok = active.is_some_and(|a| usable(a.peer()) == Usable::Yes);
     let mode = if spec.paused {
         Mode::Paused
-    } else if both_active || (!evidence.is_empty() && isolated.is_none()) {
+    } else if both_active || (!evidence.is_empty() && isolated.is_none()) || plan.repair_pending.is_some() {
         Mode::SplitBrain
     } else if obs.lease.is_none() && plan.lease.is_none() {
         Mode::Initializing
@@ -289,7 +289,7 @@ pub fn compute(
         plan.events.push(PlanEvent { warning: true, reason: "FailoverRequired".into(), note: message.clone() });
     }
     set_condition(c, "FailoverRequired", required, reason, message, now, generation);
-    let split = both_active || !evidence.is_empty() || isolated.is_some();
+    let split = both_active || !evidence.is_empty() || isolated.is_some() || plan.repair_pending.is_some();
     let mut message = if both_active {
         "both members report active".to_string()
     } else if let Some(m) = isolated {
@@ -297,6 +297,8 @@ pub fn compute(
             "{m}'s pod is stopped (splitBrain.policy IsolateSecondary); the other member serves alone until a \
              resolveSplitBrain request"
         )
+    } else if let (true, Some((_, why))) = (evidence.is_empty(), &plan.repair_pending) {
+        why.clone()
     } else {
         evidence.join("; ")
     };
@@ -317,6 +319,8 @@ pub fn compute(
         "BothMembersActive"
     } else if isolated.is_some() {
         "SecondaryIsolated"
+    } else if let (true, Some((reason, _))) = (evidence.is_empty(), &plan.repair_pending) {
+        reason
     } else if split {
         "ChangedWhileStandby"
     } else {
@@ -519,7 +523,8 @@ fn synced(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member
 pub fn resync(obs: &Observed, plan: &mut Plan) {
     use super::observe::JobPhase;
     use crate::api::{ResyncPhase, ResyncStatus};
-    let Some(job) = obs.resync_jobs.last() else { return };
+    // The user's repair Jobs are reported by the SplitBrain condition.
+    let Some(job) = obs.resync_jobs.iter().rfind(|j| !j.label.ends_with("-repair")) else { return };
     let prev = plan.status.resync.clone().filter(|r| r.job == job.name);
     let report = job
         .target

@@ -173,6 +173,19 @@ async fn round(
             Err(e) => warn!(%member, error = %e, "could not start the resync Job"),
         }
     }
+    if let (Some(label), Some(container), Some(kept)) =
+        (&plan.repair, pair.spec.split_brain.repair_job.as_ref(), plan.vip)
+    {
+        let epoch = obs.lease.as_ref().map_or(0, |l| l.epoch);
+        let addresses = [agent_address(pair, &obs, Member::Primary), agent_address(pair, &obs, Member::Secondary)];
+        let job = super::build::repair_job(pair, container, label, kept, epoch, addresses);
+        let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(ctx.client.clone(), &ns);
+        match jobs.create(&Default::default(), &job).await {
+            Ok(_) => info!(job = %job.name_any(), %kept, "split-brain repair Job started"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => warn!(error = %e, "could not start the split-brain repair Job"),
+        }
+    }
     let failure_started = mem.failure.as_ref().map(|(_, t)| *t);
     let outcome = act::apply_plan(ctx, pair, &obs, plan, current.as_ref(), failure_started).await?;
     mem.status = outcome.status.clone().or(mem.status.take());
