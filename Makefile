@@ -90,9 +90,9 @@ e2e: testbed-up ## Every end-to-end scenario (members run as processes; needs ro
 ##@ Benchmarks
 
 .PHONY: bench
-bench: testbed-up ## Failover (confirmed, unconfirmed; 1 s x 3, 5 s x 3) and switchover timings: prints BENCH lines.
+bench: testbed-up ## Failover (confirmed, unconfirmed; 1 s x 3, 5 s x 3), switchover and file sync throughput: prints BENCH lines.
 	$(CARGO) build --release --examples
-	$(TESTBED_ENV) $(CARGO) bench --bench failover 2>target/bench.log | tee target/bench.txt
+	$(TESTBED_ENV) $(CARGO) bench --bench failover --bench sync 2>target/bench.log | tee target/bench.txt
 	@echo "per-run figures in target/bench.log"
 
 ##@ Testbed (real etcd, kube-apiserver, kube-controller-manager on loopback)

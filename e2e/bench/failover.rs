@@ -14,7 +14,7 @@
 //! outage, and acknowledged writes the new active lacks (must be 0).
 //!
 //! `HAPAIR_BENCH_RUNS` sets the runs per series (default 20);
-//! `HAPAIR_BENCH_ONLY=failover|switchover` runs one part.
+//! `HAPAIR_BENCH_ONLY=failover|switchover|sync` runs one part.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -14,7 +14,7 @@ mod lease;
 mod probe;
 mod role;
 mod server;
-mod sync;
+pub mod sync;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

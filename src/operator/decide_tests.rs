@@ -856,7 +856,11 @@ fn the_users_repair_job_runs_after_the_split_brain_resync_and_gates_enabled() {
     resync.phase = JobPhase::Running;
     obs.resync_jobs = vec![resync];
     let plan = decide(&s, None, &obs, &clock());
-    assert_eq!((plan.repair.as_ref(), plan.status.mode), (None, Some(Mode::SplitBrain)), "files repaired, Job not done");
+    assert_eq!(
+        (plan.repair.as_ref(), plan.status.mode),
+        (None, Some(Mode::SplitBrain)),
+        "files repaired, Job not done"
+    );
     obs.resync_jobs = vec![finished_job(&label, false)];
     let plan = decide(&s, None, &obs, &clock());
     assert_eq!(plan.repair.as_deref(), Some(label.as_str()));

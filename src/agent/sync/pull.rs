@@ -236,7 +236,10 @@ impl Syncer {
 
     /// Carries out a plan on this (target) member; returns whether every
     /// action succeeded, what was left undone, and the files copied in a
-    /// newer version than the manifest's.
+    /// newer version than the manifest's. Removals, quarantines and
+    /// copy-backs go first, in plan order; then the copies, up to
+    /// [`FETCH_CONCURRENCY`] at a time (each is its own connection, so many
+    /// small files are not a round trip each in a row).
     async fn execute(
         &self,
         source: &Target,
@@ -246,35 +249,20 @@ impl Syncer {
         plan: &Plan,
         label: &str,
     ) -> (bool, (u64, u64), Files) {
-        let mut ok = true;
-        let mut left = (0u64, 0u64);
-        let mut newer = Files::new();
+        use futures::StreamExt;
         let member = self.member.to_string();
-        for a in &plan.actions {
+        // Owned actions: the copies' futures must not borrow the plan (a
+        // stream of borrowed items does not satisfy tokio::spawn's bounds).
+        let (copies, others): (Vec<Action>, Vec<Action>) =
+            plan.actions.iter().cloned().partition(|a| matches!(a, Action::Copy { .. } | Action::Update { .. }));
+        let mut results: Vec<(Action, Result<u64, String>)> = Vec::new();
+        for a in others {
             if self.must_stop() {
-                return (false, left, newer);
+                results.push((a, Err("stopped: the member is being promoted".into())));
+                continue;
             }
-            let rel = a.path();
-            let v = vpath(dir, rel);
-            let result: Result<u64, String> = match a {
-                Action::Copy { .. } | Action::Update { .. } => {
-                    let quarantine = matches!(a, Action::Update { quarantine: true, .. });
-                    let q = if quarantine {
-                        tokio::task::block_in_place(|| store::quarantine(&self.root, label, &v, "conflict", &member))
-                    } else {
-                        Ok(())
-                    };
-                    match q {
-                        Err(e) => Err(e.to_string()),
-                        Ok(()) => self.fetch(source, dir, rel, &reply.files[rel]).await.map(|got| {
-                            let size = got.size;
-                            if got != reply.files[rel] {
-                                newer.insert(rel.to_string(), got);
-                            }
-                            size
-                        }),
-                    }
-                }
+            let v = vpath(dir, a.path());
+            let result = match &a {
                 Action::Delete { .. } => {
                     tokio::task::block_in_place(|| store::remove(&self.root, &v)).map(|_| 0).map_err(|e| e.to_string())
                 }
@@ -284,6 +272,7 @@ impl Syncer {
                         .map_err(|e| e.to_string())
                 }
                 Action::CopyBack { .. } | Action::UpdateSource { .. } => {
+                    let rel = a.path();
                     let e = &local[rel];
                     let q = u8::from(matches!(a, Action::UpdateSource { .. }));
                     let path = format!(
@@ -301,7 +290,44 @@ impl Syncer {
                         .map(|_| e.size)
                         .map_err(|e| e.to_string())
                 }
+                Action::Copy { .. } | Action::Update { .. } => unreachable!("partitioned above"),
             };
+            results.push((a, result));
+        }
+        let newer = std::sync::Mutex::new(Files::new());
+        let fetched: Vec<(Action, Result<u64, String>)> = futures::stream::iter(copies)
+            .map(|a: Action| {
+                let (member, newer) = (&member, &newer);
+                async move {
+                    if self.must_stop() {
+                        return (a, Err("stopped: the member is being promoted".to_string()));
+                    }
+                    let rel = a.path().to_string();
+                    let rel = rel.as_str();
+                    let v = vpath(dir, rel);
+                    if matches!(a, Action::Update { quarantine: true, .. })
+                        && let Err(e) =
+                            tokio::task::block_in_place(|| store::quarantine(&self.root, label, &v, "conflict", member))
+                    {
+                        return (a, Err(e.to_string()));
+                    }
+                    let result = self.fetch(source, dir, rel, &reply.files[rel]).await.map(|got| {
+                        let size = got.size;
+                        if got != reply.files[rel] {
+                            newer.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.to_string(), got);
+                        }
+                        size
+                    });
+                    (a, result)
+                }
+            })
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .collect()
+            .await;
+        results.extend(fetched);
+        let mut ok = true;
+        let mut left = (0u64, 0u64);
+        for (a, result) in results {
             match result {
                 Ok(bytes) => {
                     if bytes > 0 || matches!(a, Action::Copy { .. } | Action::Update { .. }) {
@@ -313,14 +339,17 @@ impl Syncer {
                 Err(e) => {
                     ok = false;
                     left.0 += 1;
-                    left.1 += reply.files.get(rel).map_or(0, |e| e.size);
-                    self.failed(&format!("{} {v}", action_word(a)), &e);
+                    left.1 += reply.files.get(a.path()).map_or(0, |e| e.size);
+                    self.failed(&format!("{} {}", action_word(&a), vpath(dir, a.path())), &e);
                 }
             }
         }
-        (ok, left, newer)
+        (ok, left, newer.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
 }
+
+/// Files fetched at once by one pull.
+const FETCH_CONCURRENCY: usize = 8;
 
 #[derive(Default)]
 struct Outcome {
