@@ -87,6 +87,25 @@ e2e: testbed-up ## Every end-to-end scenario (members run as processes; needs ro
 	$(CARGO) build --examples
 	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync -- --test-threads 3
 
+##@ Fuzzing
+
+FUZZ_TARGETS := manifest path order
+FUZZ_SECONDS ?= 60
+# cargo-fuzz is installed once per machine, outside the checkout.
+FUZZ_ROOT ?= $(HOME)/.cache/hapair/cargo-fuzz
+
+.PHONY: fuzz
+fuzz: ## libFuzzer on what peers and users hand the agent (nightly toolchain; FUZZ_SECONDS per target).
+	@command -v cargo-fuzz >/dev/null || [ -x $(FUZZ_ROOT)/bin/cargo-fuzz ] || \
+	  $(CARGO) install cargo-fuzz --locked --root $(FUZZ_ROOT)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t target/fuzz-artifacts/$$t; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
+	  PATH="$(FUZZ_ROOT)/bin:$$PATH" CARGO_TARGET_DIR=$(CURDIR)/target/fuzz \
+	    $(CARGO) +nightly fuzz run $$t --fuzz-dir e2e/fuzz target/fuzz-corpus/$$t e2e/fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=target/fuzz-artifacts/$$t/ 2>&1 | tail -3; \
+	done
+
 ##@ Benchmarks
 
 .PHONY: bench

@@ -6,6 +6,8 @@
 //! piece that decides is pure and tested on its own; the pieces that touch
 //! files refuse to leave the synced directories.
 
+#[doc(hidden)]
+pub mod fuzz;
 pub mod manifest;
 pub mod path;
 pub mod plan;
