@@ -65,7 +65,7 @@ E2E_FAST := bootstraps killing_the_active a_failover_under_writes an_active_cut_
 	switchovers_under_writes a_former_active a_resync_request a_split_brain_is_repaired
 
 .PHONY: test
-test: check-generated unit testbed-up integration e2e-fast ## Generated files, unit tests, API tests and the fastest e2e scenarios on the testbed.
+test: check-generated unit fuzz-brief testbed-up integration e2e-fast ## Generated files, unit tests, a brief fuzz, API tests and the fastest e2e scenarios on the testbed.
 
 .PHONY: unit
 unit: ## Unit tests (no cluster).
@@ -91,8 +91,14 @@ e2e: testbed-up ## Every end-to-end scenario (members run as processes; needs ro
 
 FUZZ_TARGETS := manifest path order
 FUZZ_SECONDS ?= 60
-# cargo-fuzz is installed once per machine, outside the checkout.
+# cargo-fuzz and the instrumented build live outside the checkout, so only
+# the first run on a machine pays for them.
 FUZZ_ROOT ?= $(HOME)/.cache/hapair/cargo-fuzz
+FUZZ_TARGET_DIR ?= $(HOME)/.cache/hapair/fuzz-target
+
+.PHONY: fuzz-brief
+fuzz-brief: ## Each fuzz target for 5 s (part of make test).
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=5
 
 .PHONY: fuzz
 fuzz: ## libFuzzer on what peers and users hand the agent (nightly toolchain; FUZZ_SECONDS per target).
@@ -101,7 +107,7 @@ fuzz: ## libFuzzer on what peers and users hand the agent (nightly toolchain; FU
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p target/fuzz-corpus/$$t target/fuzz-artifacts/$$t; \
 	  echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
-	  PATH="$(FUZZ_ROOT)/bin:$$PATH" CARGO_TARGET_DIR=$(CURDIR)/target/fuzz \
+	  PATH="$(FUZZ_ROOT)/bin:$$PATH" CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) \
 	    $(CARGO) +nightly fuzz run $$t --fuzz-dir e2e/fuzz target/fuzz-corpus/$$t e2e/fuzz/corpus/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=target/fuzz-artifacts/$$t/ 2>&1 | tail -3; \
 	done
