@@ -55,6 +55,9 @@ pub struct Plan {
     pub repair: Option<String>,
     /// The repair Job is due, running or failed: not `Enabled` yet.
     pub repair_pending: Option<(&'static str, String)>,
+    /// A standby back from an outage past its limit gets a full resync:
+    /// the condition's reason and message meanwhile.
+    pub outage_resync: Option<(&'static str, String)>,
     /// Member the VIP Service should select once the Lease action is done.
     pub vip: Option<Member>,
     pub standby: Option<Member>,
@@ -142,6 +145,7 @@ pub fn decide(
         split_brain_hold: None,
         repair: None,
         repair_pending: None,
+        outage_resync: None,
         vip: None,
         standby: None,
         status: current.cloned().unwrap_or_default(),
@@ -333,6 +337,9 @@ pub fn decide(
     plan.vip = active;
     plan.standby = active.map(Member::peer).filter(|s| can_take_over(obs.member(*s), missed));
     if plan.resync.is_none() {
+        outage_resync(spec, obs, active, &mut plan);
+    }
+    if plan.resync.is_none() {
         // After a split brain resolved by keeping the standby's side, the
         // former active's resync is that repair's resync (its repair Job
         // follows it).
@@ -450,6 +457,56 @@ pub fn split_brain_step(
             (Step::Idle, None)
         }
         Repair::Hold(why) => (Step::Idle, Some(why)),
+    }
+}
+
+/// A standby that comes back after its outage went past the
+/// `standbyOutage` limit gets a full resync (every directory, by the
+/// `resync` rules, so what only it holds is quarantined rather than
+/// deleted) instead of the usual incremental pull; the pair reports
+/// `StandbyOutage` (`FullResync`) until that Job has succeeded.
+fn outage_resync(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member>, plan: &mut Plan) {
+    use super::observe::JobPhase;
+    let Some(a) = active else { return };
+    let standby = a.peer();
+    let Some(c) = plan.status.conditions.iter().find(|c| {
+        c.type_ == "StandbyOutage" && matches!(c.reason.as_str(), "LimitExceeded" | "FullResync" | "FullResyncFailed")
+    }) else {
+        return;
+    };
+    let label = format!("outage-{}-{}", obs.lease.as_ref().map_or(0, |l| l.epoch), c.last_transition_time.timestamp());
+    let back = {
+        let x = &obs.member(standby).agent;
+        x.missed == 0 && x.last.as_ref().is_some_and(|l| l.sync.is_some())
+    };
+    match obs.resync_jobs.iter().find(|j| j.label == label) {
+        None if back && !spec.paused && operations::syncs_files(spec) => {
+            plan.resync = Some((
+                standby,
+                crate::proto::ResyncOrder {
+                    label: label.clone(),
+                    only_on_target: spec.resync.only_on_target,
+                    conflict: spec.resync.conflict,
+                    clocks_agree: operations::clocks_agree(spec, obs),
+                    dry_run: false,
+                    full: true,
+                },
+            ));
+            plan.outage_resync = Some(("FullResync", format!("{standby} is back: full resync {label} starting")));
+        }
+        None => {
+            plan.outage_resync = Some(("LimitExceeded", format!("{standby} is still away past the outage limit")));
+        }
+        Some(j) if j.phase == JobPhase::Running => {
+            plan.outage_resync = Some(("FullResync", format!("{standby} is back: full resync Job {} running", j.name)));
+        }
+        Some(j) if j.phase == JobPhase::Failed => {
+            plan.outage_resync = Some((
+                "FullResyncFailed",
+                format!("the full resync Job {} failed; request a resync to try again", j.name),
+            ));
+        }
+        Some(_) => {}
     }
 }
 

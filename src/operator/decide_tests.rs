@@ -911,3 +911,33 @@ fn the_users_repair_job_runs_after_the_split_brain_resync_and_gates_enabled() {
     );
     assert_eq!(c.args.as_deref(), Some(&["reindex".to_string()][..]));
 }
+
+#[test]
+fn a_standby_back_from_an_outage_past_the_limit_gets_a_full_resync_then_the_pair_recovers() {
+    use crate::operator::observe::JobPhase;
+    let s = files("standbyOutage: {maxDurationSeconds: 100}");
+    let mut away = enabled();
+    away.secondary.agent.missed = 3;
+    away.secondary.agent.since_answer = Some(Duration::from_secs(150));
+    let past = decide(&s, None, &away, &clock());
+    assert_eq!(condition(&past, "StandbyOutage"), (ConditionStatus::True, "LimitExceeded".into()));
+    assert_eq!(past.resync, None, "nothing to resync while it is away");
+    // Back: a full resync, by the resync rules.
+    let mut back = enabled();
+    back.secondary.agent.last.as_mut().unwrap().sync = Some(Default::default());
+    let plan = decide(&s, Some(&past.status), &back, &clock());
+    let (target, order) = plan.resync.clone().expect("a full resync");
+    assert_eq!((target, order.full, order.dry_run), (Member::Secondary, true, false));
+    assert!(order.label.starts_with("outage-1-"), "{}", order.label);
+    assert_eq!(condition(&plan, "StandbyOutage"), (ConditionStatus::True, "FullResync".into()));
+    let mut job = finished_job(&order.label, false);
+    job.phase = JobPhase::Running;
+    back.resync_jobs = vec![job.clone()];
+    let running = decide(&s, Some(&plan.status), &back, &clock());
+    assert_eq!((running.resync.as_ref(), condition(&running, "StandbyOutage").1.as_str()), (None, "FullResync"));
+    job.phase = JobPhase::Succeeded;
+    back.resync_jobs = vec![job];
+    let done = decide(&s, Some(&running.status), &back, &clock());
+    assert_eq!(condition(&done, "StandbyOutage"), (ConditionStatus::False, "WithinLimits".into()));
+    assert_eq!(done.status.mode, Some(Mode::Enabled));
+}

@@ -360,7 +360,7 @@ pub fn compute(
     let outage = standby_outage(spec, obs, active);
     let level = outage.level();
     let was = c.iter().find(|x| x.type_ == "StandbyOutage").map(|x| x.reason.clone()).unwrap_or_default();
-    let reason = match level {
+    let mut reason = match level {
         100 => "LimitExceeded",
         90 => "Above90Percent",
         75 => "Above75Percent",
@@ -373,15 +373,22 @@ pub fn compute(
             note: outage.message.clone(),
         });
     }
-    set_condition(
-        c,
-        "StandbyOutage",
-        level > 0,
-        reason,
-        if level > 0 { outage.message.clone() } else { String::new() },
-        now,
-        generation,
-    );
+    let mut message = if level > 0 { outage.message.clone() } else { String::new() };
+    // Past the limit, the condition stays until the full resync is done.
+    if let Some((r, m)) = &plan.outage_resync
+        && outage_rank(reason) < 100
+    {
+        if was != *r && *r != "LimitExceeded" {
+            plan.events.push(PlanEvent {
+                warning: *r == "FullResyncFailed",
+                reason: format!("StandbyOutage{r}"),
+                note: m.clone(),
+            });
+        }
+        (reason, message) = (r, m.clone());
+    }
+    let outage_on = reason != "WithinLimits";
+    set_condition(c, "StandbyOutage", outage_on, reason, message, now, generation);
     set_condition(
         c,
         "Paused",
