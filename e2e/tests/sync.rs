@@ -438,3 +438,59 @@ async fn isolate_secondary_stops_it_and_a_resolve_brings_it_back_resynced() {
     assert_eq!(quarantined(&standby, "stray.txt").as_deref(), Some(&b"written on the standby"[..]));
     checker.assert_clean();
 }
+
+/// Write numbers in every `writes.log` version under `dir`: the live one and
+/// any quarantined one.
+fn writes_anywhere(dir: &Path) -> std::collections::HashSet<u64> {
+    let mut texts = vec![std::fs::read_to_string(dir.join("writes.log")).unwrap_or_default()];
+    if let Ok(labels) = std::fs::read_dir(dir.join(".hapair/quarantine")) {
+        for l in labels.flatten() {
+            texts.push(std::fs::read_to_string(l.path().join("files/writes.log")).unwrap_or_default());
+        }
+    }
+    texts
+        .iter()
+        .flat_map(|t| t.lines().filter_map(|l| l.split(' ').nth(2)?.parse().ok()).collect::<Vec<u64>>())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_with_writes_on_both_sides_is_repaired_keeping_the_primary_and_loses_nothing() {
+    let h = split_brain_up("split-partition", json!({"policy": "ForceSecondaryStandby", "keep": "Primary"})).await;
+    let writer = h.writer("web");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The primary loses the API server: it fences, the secondary takes over
+    // and takes the writes.
+    h.partition("web", Member::Primary, true);
+    h.wait_for("web", "the secondary active", WAIT, |p| {
+        p.status.as_ref().is_some_and(|s| s.active_member == Some(Member::Secondary))
+    })
+    .await;
+    // Meanwhile something writes on the fenced primary's volume too.
+    let primary = h.data_dir("web", Member::Primary);
+    std::fs::write(primary.join("while-fenced.txt"), b"written on the fenced primary").unwrap();
+    h.partition("web", Member::Primary, false);
+    // Detected, and repaired by keeping the primary: it serves again.
+    h.wait_for("web", "SplitBrain", WAIT, |p| condition(p, "SplitBrain") == Some(ConditionStatus::True)).await;
+    let p = h
+        .wait_for("web", "the primary kept and the pair repaired", Duration::from_secs(60), |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.active_member == Some(Member::Primary) && s.mode == Some(hapair::api::Mode::Enabled))
+                && condition(p, "SplitBrain") == Some(ConditionStatus::False)
+        })
+        .await;
+    let log = writer.stop().await;
+    let s = p.status.unwrap();
+    assert!(s.history.iter().any(|t| t.type_ == hapair::api::TransitionType::SplitBrainResolved), "{:?}", s.history);
+    // Nothing lost: every acknowledged write is in the primary's log, or in
+    // the secondary's quarantined one; the fenced-time file is kept.
+    let secondary = h.data_dir("web", Member::Secondary);
+    let kept: std::collections::HashSet<u64> =
+        writes_anywhere(&primary).union(&writes_anywhere(&secondary)).copied().collect();
+    let lost: Vec<u64> = log.acknowledged.iter().map(|(n, _)| *n).filter(|n| !kept.contains(n)).collect();
+    assert!(log.acknowledged.iter().any(|(_, e)| *e == 2), "writes were taken at epoch 2");
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert_eq!(std::fs::read(primary.join("while-fenced.txt")).unwrap(), b"written on the fenced primary");
+    until(&secondary.join("while-fenced.txt"), "the kept file on the secondary", |c| c.is_some()).await;
+}

@@ -64,6 +64,10 @@ impl Syncer {
         r.point = point;
         r.skipped = skipped;
         r.last_change_at = g.gen_times.back().map(|(_, t)| *t);
+        // As active its files are the reference: nothing diverges, and what
+        // it changed while standby is no longer evidence (see begin_epoch).
+        r.diverged.clear();
+        r.changed_while_standby = g.state.split_brain_evidence().into_iter().collect();
         Self::active_backlog(g, &mut r, now);
         Ok(point)
     }

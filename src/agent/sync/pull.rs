@@ -66,6 +66,9 @@ impl Syncer {
     pub async fn pull_round(&self, source: &Target, all: bool) {
         let order = self.order.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let round_started = Utc::now();
+        // Directories an order left alone: changed while standby (split-brain
+        // evidence), which only a split-brain repair or a request resolves.
+        let mut held: Vec<String> = Vec::new();
         let mut diverged = BTreeMap::new();
         let mut complete = true;
         let mut pending = (0u64, 0u64);
@@ -92,6 +95,9 @@ impl Syncer {
             }
             match self.pull_dir(source, &p.path, order.as_ref()).await {
                 Ok(outcome) => {
+                    if outcome.held {
+                        held.push(p.path.clone());
+                    }
                     if let Some(why) = outcome.diverged {
                         diverged.insert(p.path.clone(), why);
                     }
@@ -148,8 +154,18 @@ impl Syncer {
             if order.dry_run {
                 report.actions = resync_actions;
             }
-            // Done when nothing diverges any more (or, for a dry run, once planned).
-            if order.dry_run || (complete && diverged.is_empty()) {
+            for dir in &held {
+                let w = format!(
+                    "left {dir} alone: it changed while this member was standby; the split-brain policy decides"
+                );
+                if !report.warnings.contains(&w) {
+                    report.warnings.push(w);
+                }
+            }
+            // Done when nothing diverges any more (or, for a dry run, once
+            // planned), apart from what it must leave alone.
+            let open = diverged.keys().filter(|d| !held.contains(d)).count();
+            if order.dry_run || (open == 0 && (complete || !held.is_empty())) {
                 report.done = true;
                 report.finished_at = Some(Utc::now());
                 *self.order.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -196,6 +212,13 @@ impl Syncer {
         let (plan, resync, diverged) = match (&verdict, order) {
             (Verdict::Follows, Some(o)) if o.full => (plan::resync(&reply.files, &local, &rules(o)), true, None),
             (Verdict::Follows, _) => (plan::mirror(&reply.files, &local), false, None),
+            // A returning member's resync (not a full one: not a split-brain
+            // repair or a request) does not touch changes made while standby.
+            (Verdict::Diverged(why), Some(o))
+                if !o.full && g.state.dirs.get(dir).is_some_and(|d| d.changed_while_standby.is_some()) =>
+            {
+                return Ok(Outcome { diverged: Some(why.clone()), complete: false, held: true, ..Default::default() });
+            }
             (Verdict::Diverged(why), Some(o)) => {
                 (plan::resync(&reply.files, &local, &rules(o)), true, Some(why.clone()))
             }
@@ -229,6 +252,7 @@ impl Syncer {
         Ok(Outcome {
             diverged: if matches { None } else { diverged },
             complete: matches,
+            held: false,
             left,
             resync: resync.then_some(plan),
         })
@@ -354,6 +378,8 @@ const FETCH_CONCURRENCY: usize = 8;
 #[derive(Default)]
 struct Outcome {
     diverged: Option<String>,
+    /// Left alone by the order: split-brain evidence.
+    held: bool,
     complete: bool,
     left: (u64, u64),
     resync: Option<Plan>,
