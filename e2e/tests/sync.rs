@@ -454,24 +454,35 @@ fn writes_anywhere(dir: &Path) -> std::collections::HashSet<u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partition_with_writes_on_both_sides_is_repaired_keeping_the_primary_and_loses_nothing() {
-    let h = split_brain_up("split-partition", json!({"policy": "ForceSecondaryStandby", "keep": "Primary"})).await;
+/// A split brain made by a partition: the primary is cut off from the API
+/// server under writes, fences, the secondary takes over and the writes,
+/// and something writes on the fenced primary's volume too. Once healed,
+/// `policy` (with a resolve request keeping the primary when it waits for
+/// one) must end with the primary serving and every acknowledged write in a
+/// live or quarantined log.
+async fn partition_split_brain(name: &str, policy: serde_json::Value, resolve_at_epoch: Option<i64>) {
+    let h = split_brain_up(name, policy).await;
     let writer = h.writer("web");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // The primary loses the API server: it fences, the secondary takes over
-    // and takes the writes.
     h.partition("web", Member::Primary, true);
     h.wait_for("web", "the secondary active", WAIT, |p| {
         p.status.as_ref().is_some_and(|s| s.active_member == Some(Member::Secondary))
     })
     .await;
-    // Meanwhile something writes on the fenced primary's volume too.
     let primary = h.data_dir("web", Member::Primary);
     std::fs::write(primary.join("while-fenced.txt"), b"written on the fenced primary").unwrap();
     h.partition("web", Member::Primary, false);
-    // Detected, and repaired by keeping the primary: it serves again.
     h.wait_for("web", "SplitBrain", WAIT, |p| condition(p, "SplitBrain") == Some(ConditionStatus::True)).await;
+    if let Some(epoch) = resolve_at_epoch {
+        h.wait_for("web", "the policy waiting", WAIT, |p| {
+            split_reason(p).1.contains("resolveSplitBrain") && p.status.as_ref().is_some_and(|s| s.epoch == epoch)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(h.pair("web").await.status.unwrap().epoch, epoch, "the policy waits for the resolve");
+        h.merge_spec("web", json!({"operation": {"id": "keep-primary", "resolveSplitBrain": {"keep": "primary"}}}))
+            .await;
+    }
     let p = h
         .wait_for("web", "the primary kept and the pair repaired", Duration::from_secs(60), |p| {
             p.status
@@ -483,8 +494,6 @@ async fn a_partition_with_writes_on_both_sides_is_repaired_keeping_the_primary_a
     let log = writer.stop().await;
     let s = p.status.unwrap();
     assert!(s.history.iter().any(|t| t.type_ == hapair::api::TransitionType::SplitBrainResolved), "{:?}", s.history);
-    // Nothing lost: every acknowledged write is in the primary's log, or in
-    // the secondary's quarantined one; the fenced-time file is kept.
     let secondary = h.data_dir("web", Member::Secondary);
     let kept: std::collections::HashSet<u64> =
         writes_anywhere(&primary).union(&writes_anywhere(&secondary)).copied().collect();
@@ -493,4 +502,21 @@ async fn a_partition_with_writes_on_both_sides_is_repaired_keeping_the_primary_a
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert_eq!(std::fs::read(primary.join("while-fenced.txt")).unwrap(), b"written on the fenced primary");
     until(&secondary.join("while-fenced.txt"), "the kept file on the secondary", |c| c.is_some()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_with_writes_on_both_sides_is_repaired_keeping_the_primary_and_loses_nothing() {
+    partition_split_brain("split-partition", json!({"policy": "ForceSecondaryStandby", "keep": "Primary"}), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_split_brain_under_manual_waits_for_the_resolve_and_loses_nothing() {
+    partition_split_brain("split-partition-manual", json!({"policy": "Manual"}), Some(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_split_brain_under_isolate_secondary_hands_the_primary_the_role_and_loses_nothing() {
+    // The primary takes the role back, the secondary is stopped until the
+    // resolve request.
+    partition_split_brain("split-partition-isolate", json!({"policy": "IsolateSecondary"}), Some(3)).await;
 }

@@ -442,6 +442,12 @@ pub fn split_brain_step(
     match repair(spec, obs, h, standby, since, epoch, keep) {
         Repair::Resync { target, order } => (Step::Resync { target, order }, None),
         Repair::HandOver { to } if can_take_over(obs.member(to), missed) => {
+            // IsolateSecondary with the secondary active: the primary takes
+            // over, then the secondary is stopped (never while it holds the
+            // Lease) until a resolve request.
+            if keep.is_none() && spec.split_brain.policy == crate::api::SplitBrainPolicy::IsolateSecondary {
+                status.isolated_member = Some(Member::Secondary);
+            }
             let takeover = Step::Takeover {
                 to,
                 type_: TransitionType::SplitBrainResolved,

@@ -941,3 +941,22 @@ fn a_standby_back_from_an_outage_past_the_limit_gets_a_full_resync_then_the_pair
     assert_eq!(condition(&done, "StandbyOutage"), (ConditionStatus::False, "WithinLimits".into()));
     assert_eq!(done.status.mode, Some(Mode::Enabled));
 }
+
+#[test]
+fn isolate_secondary_with_the_secondary_active_hands_over_then_isolates_it() {
+    let s = files("splitBrain: {policy: IsolateSecondary}");
+    // The primary, standby, holds changes made while standby.
+    let mut obs = enabled();
+    obs.primary = member(Member::Primary, Role::Standby, Some(true));
+    obs.secondary = member(Member::Secondary, Role::Active, Some(true));
+    obs.lease = Some(lease(Member::Secondary, 2, Duration::from_secs(1)));
+    obs.vip_member = Some(Member::Secondary);
+    obs.primary.agent.last.as_mut().unwrap().sync = Some(crate::proto::SyncStatus {
+        changed_while_standby: [(".".to_string(), Utc::now())].into(),
+        ..Default::default()
+    });
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!(plan.drain, Some((Member::Secondary, 2)), "the secondary drains for the primary");
+    assert_eq!(plan.status.isolated_member, Some(Member::Secondary), "and is isolated once it no longer holds");
+    assert_eq!(condition(&plan, "SplitBrain").1, "SecondaryIsolated");
+}
