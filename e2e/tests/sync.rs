@@ -230,11 +230,20 @@ async fn a_former_active_returning_with_changes_its_successor_never_got_is_resyn
     let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
     let job = jobs.get("web-resync-2").await.unwrap();
     assert_eq!(job.status.and_then(|s| s.succeeded), Some(1));
+    // Events are published right after the status write that records them.
     let events: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
-    let reasons: Vec<String> =
-        events.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
-    for want in ["ResyncStarted", "ResyncSucceeded"] {
-        assert!(reasons.iter().any(|r| r == want), "no {want} Event in {reasons:?}");
+    let start = Instant::now();
+    loop {
+        let reasons: Vec<String> =
+            events.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
+        if ["ResyncStarted", "ResyncSucceeded"].iter().all(|w| reasons.iter().any(|r| r == w)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no ResyncStarted and ResyncSucceeded Events in {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
