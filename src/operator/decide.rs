@@ -408,18 +408,7 @@ fn returning_member_resync(
     if sync.diverged.is_empty() || !sync.changed_while_standby.is_empty() || ordered {
         return None;
     }
-    let clocks_agree = operations::clocks_agree(spec, obs);
-    Some((
-        target,
-        crate::proto::ResyncOrder {
-            label,
-            only_on_target: spec.resync.only_on_target,
-            conflict: spec.resync.conflict,
-            clocks_agree,
-            dry_run: false,
-            full: false,
-        },
-    ))
+    Some((target, operations::resync_order(spec, obs, label, false, false)))
 }
 
 /// One round of split-brain repair by the policy, or by `keep` (a resolve
@@ -487,17 +476,7 @@ fn outage_resync(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option
     };
     match obs.resync_jobs.iter().find(|j| j.label == label) {
         None if back && !spec.paused && operations::syncs_files(spec) => {
-            plan.resync = Some((
-                standby,
-                crate::proto::ResyncOrder {
-                    label: label.clone(),
-                    only_on_target: spec.resync.only_on_target,
-                    conflict: spec.resync.conflict,
-                    clocks_agree: operations::clocks_agree(spec, obs),
-                    dry_run: false,
-                    full: true,
-                },
-            ));
+            plan.resync = Some((standby, operations::resync_order(spec, obs, label.clone(), false, true)));
             plan.outage_resync = Some(("FullResync", format!("{standby} is back: full resync {label} starting")));
         }
         None => {

@@ -312,15 +312,7 @@ fn resync(
     let label = format!("resync-{}-{}", op.start_epoch.unwrap_or(epoch), req.id);
     let dry_run = req.resync.as_ref().is_some_and(|r| r.dry_run);
     let Some(job) = obs.resync_jobs.iter().find(|j| j.label == label) else {
-        let order = crate::proto::ResyncOrder {
-            label,
-            only_on_target: spec.resync.only_on_target,
-            conflict: spec.resync.conflict,
-            clocks_agree: clocks_agree(spec, obs),
-            dry_run,
-            full: true,
-        };
-        return Step::Resync { target, order };
+        return Step::Resync { target, order: resync_order(spec, obs, label, dry_run, true) };
     };
     match job.phase {
         JobPhase::Running => {}
@@ -444,6 +436,26 @@ fn resolve(
                 s => s,
             }
         }
+    }
+}
+
+/// An order for a resync Job by the pair's `resync` rules (NewestWins only
+/// while the clocks agree); `full` reconciles every directory, not only
+/// diverged ones.
+pub fn resync_order(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    label: String,
+    dry_run: bool,
+    full: bool,
+) -> crate::proto::ResyncOrder {
+    crate::proto::ResyncOrder {
+        label,
+        only_on_target: spec.resync.only_on_target,
+        conflict: spec.resync.conflict,
+        clocks_agree: clocks_agree(spec, obs),
+        dry_run,
+        full,
     }
 }
 

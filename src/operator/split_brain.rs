@@ -53,14 +53,7 @@ pub fn labels(epoch: i64, since: DateTime<Utc>) -> (String, String) {
 }
 
 fn order(spec: &HighAvailabilityPairSpec, obs: &Observed, label: String, dry_run: bool) -> ResyncOrder {
-    ResyncOrder {
-        label,
-        only_on_target: spec.resync.only_on_target,
-        conflict: spec.resync.conflict,
-        clocks_agree: operations::clocks_agree(spec, obs),
-        dry_run,
-        full: true,
-    }
+    operations::resync_order(spec, obs, label, dry_run, true)
 }
 
 /// The repair for the split brain seen on `standby` (evidence since
