@@ -418,8 +418,14 @@ pub fn resync_job(
         (ANN_RESYNC_TARGET.to_string(), target.to_string()),
         (ANN_RESYNC_DRY_RUN.to_string(), order.dry_run.to_string()),
     ]));
+    run_to_completion(m, labels, pod)
+}
+
+/// A Job the operator owns: retried by the Job controller with its back-off
+/// (`backoffLimit: 4`), given up after an hour.
+fn run_to_completion(metadata: ObjectMeta, labels: BTreeMap<String, String>, pod: PodSpec) -> Job {
     Job {
-        metadata: m,
+        metadata,
         spec: Some(JobSpec {
             backoff_limit: Some(4),
             active_deadline_seconds: Some(3600),
@@ -465,24 +471,13 @@ pub fn repair_job(
         (ANN_RESYNC_TARGET.to_string(), kept.to_string()),
         (ANN_RESYNC_DRY_RUN.to_string(), "false".into()),
     ]));
-    Job {
-        metadata: m,
-        spec: Some(JobSpec {
-            backoff_limit: Some(4),
-            active_deadline_seconds: Some(3600),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    automount_service_account_token: Some(false),
-                    containers: vec![c],
-                    ..Default::default()
-                }),
-            },
-            ..Default::default()
-        }),
+    let pod = PodSpec {
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(false),
+        containers: vec![c],
         ..Default::default()
-    }
+    };
+    run_to_completion(m, labels, pod)
 }
 
 /// Pod Security "restricted" settings for every container hapair adds.
