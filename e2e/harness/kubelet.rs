@@ -227,26 +227,7 @@ impl Kubelet {
         let ip = netns::pod_ip(self.next_ip.fetch_add(1, Ordering::SeqCst));
         let ns_name = netns::create(ip)?;
         let dir = self.root.join(&name).join(&uid);
-        // Volumes as directories.
-        let mut volumes: HashMap<String, PathBuf> = HashMap::new();
-        for v in spec.volumes.iter().flatten() {
-            let path = if let Some(pvc) = &v.persistent_volume_claim {
-                self.root.join("pvc").join(&pvc.claim_name)
-            } else {
-                dir.join("volumes").join(&v.name)
-            };
-            std::fs::create_dir_all(&path)?;
-            if let Some(secret) = &v.secret {
-                let sname = secret.secret_name.clone().unwrap_or_default();
-                let s: Secret = Api::namespaced(self.client.clone(), &self.ns).get(&sname).await?;
-                let data = s.data.unwrap_or_default();
-                for item in secret.items.iter().flatten() {
-                    let bytes = data.get(&item.key).map(|b| b.0.clone()).unwrap_or_default();
-                    std::fs::write(path.join(&item.path), bytes)?;
-                }
-            }
-            volumes.insert(v.name.clone(), path);
-        }
+        let volumes = self.volumes(&spec, &dir).await?;
         let proxy = ApiProxy::start(netns::HOST_IP, self.api_upstream).await?;
         let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
         let token = self.token(&sa, &name, &uid).await?;
@@ -397,6 +378,37 @@ impl Kubelet {
         out
     }
 
+    /// Lays out a pod's volumes as directories under `dir` (claims under the
+    /// shared `pvc/`), with the listed items of Secret volumes written in.
+    async fn volumes(
+        &self,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        dir: &Path,
+    ) -> Result<HashMap<String, PathBuf>, Box<dyn std::error::Error>> {
+        std::fs::create_dir_all(dir)?;
+        let mut volumes = HashMap::new();
+        for v in spec.volumes.iter().flatten() {
+            let path = match &v.persistent_volume_claim {
+                Some(pvc) => self.root.join("pvc").join(&pvc.claim_name),
+                None => dir.join("volumes").join(&v.name),
+            };
+            std::fs::create_dir_all(&path)?;
+            if let Some(secret) = &v.secret {
+                let sname = secret.secret_name.clone().unwrap_or_default();
+                let s: Secret = Api::namespaced(self.client.clone(), &self.ns).get(&sname).await?;
+                let data = s.data.unwrap_or_default();
+                for item in secret.items.iter().flatten() {
+                    std::fs::write(
+                        path.join(&item.path),
+                        data.get(&item.key).map(|b| b.0.clone()).unwrap_or_default(),
+                    )?;
+                }
+            }
+            volumes.insert(v.name.clone(), path);
+        }
+        Ok(volumes)
+    }
+
     /// Runs a resync Job's pod to completion: `hapair` with the container's
     /// arguments and environment, on the host (it only talks to agents),
     /// then reports the pod Succeeded or Failed with the termination message.
@@ -429,25 +441,7 @@ impl Kubelet {
                     self.pods_api().create_subresource("binding", &name, &PostParams::default(), &binding).await;
             }
             let dir = self.root.join(&name).join(&uid);
-            std::fs::create_dir_all(&dir)?;
-            let mut volumes: HashMap<String, PathBuf> = HashMap::new();
-            for v in spec.volumes.iter().flatten() {
-                let path = dir.join("volumes").join(&v.name);
-                std::fs::create_dir_all(&path)?;
-                if let Some(secret) = &v.secret {
-                    let s: Secret = Api::namespaced(self.client.clone(), &self.ns)
-                        .get(secret.secret_name.as_deref().unwrap_or_default())
-                        .await?;
-                    let data = s.data.unwrap_or_default();
-                    for item in secret.items.iter().flatten() {
-                        std::fs::write(
-                            path.join(&item.path),
-                            data.get(&item.key).map(|b| b.0.clone()).unwrap_or_default(),
-                        )?;
-                    }
-                }
-                volumes.insert(v.name.clone(), path);
-            }
+            let volumes = self.volumes(&spec, &dir).await?;
             let c = &spec.containers[0];
             let mut env = self.env(c, pod, Ipv4Addr::LOCALHOST, &mounts(c, &volumes));
             env.insert("HAPAIR_TERMINATION_LOG".into(), dir.join("termination-log").display().to_string());
