@@ -552,3 +552,7 @@ fn bootstrap(spec: &HighAvailabilityPairSpec, obs: &Observed, plan: &mut Plan) {
 #[cfg(test)]
 #[path = "decide_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "decide_sync_tests.rs"]
+mod sync_tests;

@@ -7,14 +7,14 @@ use crate::api::{ConditionStatus, MemberState, Mode, Role};
 use crate::operator::observe::{AgentObs, LeaseObs, PodObs};
 use crate::proto::AgentStatus;
 
-fn spec(extra: &str) -> HighAvailabilityPairSpec {
+pub(super) fn spec(extra: &str) -> HighAvailabilityPairSpec {
     serde_yaml::from_str(&format!(
         "template: {{spec: {{containers: [{{name: app, image: x}}]}}}}\nservice: {{ports: [{{name: http, port: 80}}]}}\n{extra}"
     ))
     .unwrap()
 }
 
-fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs {
+pub(super) fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs {
     let uid = format!("{m}-uid");
     MemberObs {
         pod: Some(PodObs {
@@ -47,7 +47,7 @@ fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs {
     }
 }
 
-fn lease(holder: Member, epoch: i64, unchanged_for: Duration) -> LeaseObs {
+pub(super) fn lease(holder: Member, epoch: i64, unchanged_for: Duration) -> LeaseObs {
     LeaseObs {
         holder: Some((holder, format!("{holder}-uid"))),
         epoch,
@@ -63,7 +63,7 @@ fn lease(holder: Member, epoch: i64, unchanged_for: Duration) -> LeaseObs {
 }
 
 /// Primary active at epoch 1, secondary standby, both healthy.
-fn enabled() -> Observed {
+pub(super) fn enabled() -> Observed {
     Observed {
         primary: member(Member::Primary, Role::Active, Some(true)),
         secondary: member(Member::Secondary, Role::Standby, Some(true)),
@@ -74,18 +74,18 @@ fn enabled() -> Observed {
     }
 }
 
-fn clock() -> Clock {
+pub(super) fn clock() -> Clock {
     Clock { pair: "db".into(), now: Utc::now(), generation: Some(1) }
 }
 
-fn takeover(plan: &Plan) -> Option<(Member, i64, &str)> {
+pub(super) fn takeover(plan: &Plan) -> Option<(Member, i64, &str)> {
     match &plan.lease {
         Some(LeaseAction::Takeover { to, epoch, transition, .. }) => Some((*to, *epoch, transition.reason.as_str())),
         _ => None,
     }
 }
 
-fn condition(plan: &Plan, t: &str) -> (ConditionStatus, String) {
+pub(super) fn condition(plan: &Plan, t: &str) -> (ConditionStatus, String) {
     let c = plan.status.conditions.iter().find(|c| c.type_ == t).unwrap();
     (c.status, c.reason.clone())
 }
@@ -348,11 +348,11 @@ fn a_member_that_released_the_lease_takes_it_back_once_healthy_when_no_failover_
 
 use crate::api::{OperationKind, OperationPhase};
 
-fn with_op(extra: &str, op: &str) -> HighAvailabilityPairSpec {
+pub(super) fn with_op(extra: &str, op: &str) -> HighAvailabilityPairSpec {
     spec(&format!("{extra}\noperation: {op}"))
 }
 
-fn op_status(plan: &Plan) -> &crate::api::OperationStatus {
+pub(super) fn op_status(plan: &Plan) -> &crate::api::OperationStatus {
     plan.status.operations.first().expect("the request is acknowledged")
 }
 
@@ -532,431 +532,4 @@ fn max_sync_lag_holds_back_an_automatic_failover_to_a_standby_too_far_behind() {
     assert!(!transition.data_loss_possible, "a standby that had everything loses nothing");
     // Without file sync the limit has nothing to measure and does not apply.
     assert!(takeover(&decide(&spec("failover: {maxSyncLagSeconds: 30}"), None, &lagging(45.0), &clock())).is_some());
-}
-
-#[test]
-fn a_diverged_returning_member_gets_one_resync_job_whose_outcome_lands_in_status() {
-    use crate::api::ResyncPhase;
-    use crate::operator::observe::{JobObs, JobPhase};
-    let s = spec("storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}");
-    let mut obs = enabled();
-    obs.secondary.agent.last.as_mut().unwrap().sync = Some(crate::proto::SyncStatus {
-        diverged: [(".".to_string(), "changes of epoch 1 the active never had".to_string())].into(),
-        ..Default::default()
-    });
-    let plan = decide(&s, None, &obs, &clock());
-    let (target, order) = plan.resync.clone().expect("a resync is ordered");
-    assert_eq!((target, order.label.as_str(), order.dry_run), (Member::Secondary, "resync-1", false));
-    // Once its Job exists, no second one: the outcome is recorded instead.
-    let job = |phase, failed_runs, message: Option<&str>| JobObs {
-        name: "db-resync-1".into(),
-        label: "resync-1".into(),
-        target: Some(Member::Secondary),
-        dry_run: false,
-        created: Some(Utc::now()),
-        phase,
-        failed_runs,
-        message: message.map(str::to_string),
-        finished: None,
-    };
-    obs.resync_jobs = vec![job(JobPhase::Running, 0, None)];
-    let plan = decide(&s, None, &obs, &clock());
-    assert_eq!(plan.resync, None);
-    let r = plan.status.resync.clone().unwrap();
-    assert_eq!((r.job.as_str(), r.phase, r.target), ("db-resync-1", ResyncPhase::Running, Some(Member::Secondary)));
-    assert!(plan.events.iter().any(|e| e.reason == "ResyncStarted"));
-    // The target reports what it did; the Job completes.
-    let started = Utc::now();
-    obs.secondary.agent.last.as_mut().unwrap().sync.as_mut().unwrap().resync = Some(crate::proto::ResyncReport {
-        label: "resync-1".into(),
-        dry_run: false,
-        done: true,
-        started_at: started,
-        finished_at: Some(started + chrono::Duration::milliseconds(250)),
-        summary: crate::sync::Summary {
-            copies: 3,
-            updates: 1,
-            quarantines: 2,
-            conflicts: 1,
-            bytes: 99,
-            ..Default::default()
-        },
-        warnings: vec![],
-        actions: vec![],
-    });
-    obs.resync_jobs = vec![job(JobPhase::Succeeded, 1, None)];
-    let done = decide(&s, Some(&plan.status), &obs, &clock());
-    let r = done.status.resync.clone().unwrap();
-    assert_eq!((r.phase, r.copied, r.quarantined, r.conflicts, r.bytes), (ResyncPhase::Succeeded, 4, 2, 1, 99));
-    assert_eq!((r.failed_runs, r.duration_millis), (1, Some(250)), "a retried run is counted");
-    let ev = done.events.iter().find(|e| e.reason == "ResyncSucceeded").expect("an Event");
-    assert!(ev.note.contains("4 copied, 2 quarantined"), "{}", ev.note);
-    assert!(!done.events.iter().any(|e| e.reason == "ResyncStarted"), "started once");
-    // Seen again: no new Event.
-    assert!(decide(&s, Some(&done.status), &obs, &clock()).events.iter().all(|e| !e.reason.starts_with("Resync")));
-    // A Job that failed for good is reported as a warning, and not re-run.
-    obs.resync_jobs =
-        vec![job(JobPhase::Failed, 5, Some("BackoffLimitExceeded: Job has reached the specified backoff limit"))];
-    let failed = decide(&s, Some(&plan.status), &obs, &clock());
-    assert_eq!(failed.status.resync.as_ref().unwrap().phase, ResyncPhase::Failed);
-    let ev = failed.events.iter().find(|e| e.reason == "ResyncFailed").expect("a warning Event");
-    assert!(ev.warning && ev.note.contains("after 5 run(s): BackoffLimitExceeded"), "{}", ev.note);
-    assert_eq!(failed.resync, None);
-}
-
-#[test]
-fn a_resync_request_runs_one_job_and_ends_with_it() {
-    use crate::operator::observe::{JobObs, JobPhase};
-    let files = "storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}";
-    let s = with_op(files, "{id: rs-1, resync: {dryRun: true}}");
-    let mut obs = enabled();
-    // A standby that does not report file sync cannot be resynced.
-    let plan = decide(&s, None, &obs, &clock());
-    assert_eq!(op_status(&plan).reason.as_deref(), Some("StandbyUnreachable"));
-    obs.secondary.agent.last.as_mut().unwrap().sync = Some(Default::default());
-    let plan = decide(&with_op(&format!("{files}\npaused: true"), "{id: rs-1, resync: {}}"), None, &obs, &clock());
-    assert_eq!(op_status(&plan).reason.as_deref(), Some("Paused"));
-    let plan = decide(&s, None, &obs, &clock());
-    assert_eq!(op_status(&plan).phase, OperationPhase::Running);
-    let (target, order) = plan.resync.clone().expect("the Job is started");
-    assert_eq!(
-        (target, order.label.as_str(), order.dry_run, order.full),
-        (Member::Secondary, "resync-1-rs-1", true, true)
-    );
-    let job = |phase, message: Option<&str>| JobObs {
-        name: "db-resync-1-rs-1".into(),
-        label: "resync-1-rs-1".into(),
-        target: Some(Member::Secondary),
-        dry_run: true,
-        created: Some(Utc::now()),
-        phase,
-        failed_runs: 0,
-        message: message.map(str::to_string),
-        finished: None,
-    };
-    obs.resync_jobs = vec![job(JobPhase::Running, None)];
-    let running = decide(&s, Some(&plan.status), &obs, &clock());
-    assert_eq!((running.resync.as_ref(), op_status(&running).phase), (None, OperationPhase::Running), "one Job");
-    obs.resync_jobs = vec![job(JobPhase::Succeeded, None)];
-    let done = decide(&s, Some(&running.status), &obs, &clock());
-    let op = op_status(&done);
-    assert_eq!(op.phase, OperationPhase::Succeeded);
-    assert!(op.message.as_deref().unwrap().contains("dry run, nothing changed"), "{:?}", op.message);
-    obs.resync_jobs = vec![job(JobPhase::Failed, Some("BackoffLimitExceeded"))];
-    let failed = decide(&s, Some(&running.status), &obs, &clock());
-    assert_eq!(
-        (op_status(&failed).phase, op_status(&failed).reason.as_deref()),
-        (OperationPhase::Failed, Some("ResyncFailed"))
-    );
-}
-
-/// Enabled, with the secondary reporting files changed while standby (first
-/// seen at `since`) and the primary having last written at `active_wrote`.
-fn split(since: DateTime<Utc>, active_wrote: Option<DateTime<Utc>>) -> (Observed, String) {
-    let mut obs = enabled();
-    obs.primary.agent.last.as_mut().unwrap().sync =
-        Some(crate::proto::SyncStatus { last_change_at: active_wrote, ..Default::default() });
-    obs.secondary.agent.last.as_mut().unwrap().sync = Some(crate::proto::SyncStatus {
-        changed_while_standby: [(".".to_string(), since)].into(),
-        ..Default::default()
-    });
-    (obs, format!("splitbrain-1-{}", since.timestamp()))
-}
-
-fn files(extra: &str) -> HighAvailabilityPairSpec {
-    spec(&format!("storage: {{size: 1Gi, mountPath: /data}}\nfileSync: {{paths: [{{path: .}}]}}\n{extra}"))
-}
-
-fn finished_job(label: &str, dry_run: bool) -> crate::operator::observe::JobObs {
-    crate::operator::observe::JobObs {
-        name: format!("db-{label}"),
-        label: label.into(),
-        target: Some(Member::Secondary),
-        dry_run,
-        created: Some(Utc::now()),
-        phase: crate::operator::observe::JobPhase::Succeeded,
-        failed_runs: 0,
-        message: None,
-        finished: None,
-    }
-}
-
-fn diff_report(obs: &mut Observed, label: &str, only_standby: u64, only_active: u64) {
-    let s = obs.secondary.agent.last.as_mut().unwrap().sync.as_mut().unwrap();
-    s.resync = Some(crate::proto::ResyncReport {
-        label: label.into(),
-        dry_run: true,
-        done: true,
-        started_at: Utc::now(),
-        finished_at: Some(Utc::now()),
-        summary: crate::sync::Summary { quarantines: only_standby, copies: only_active, ..Default::default() },
-        warnings: vec![],
-        actions: vec!["quarantine notes.txt".into()],
-    });
-}
-
-#[test]
-fn a_standby_written_behind_the_pairs_back_is_a_split_brain_resynced_from_the_kept_primary() {
-    let t = Utc::now() - chrono::Duration::seconds(30);
-    let (obs, label) = split(t, Some(Utc::now()));
-    let plan = decide(&files(""), None, &obs, &clock());
-    assert_eq!(plan.status.mode, Some(Mode::SplitBrain));
-    assert_eq!(condition(&plan, "SplitBrain"), (ConditionStatus::True, "ChangedWhileStandby".into()));
-    assert!(plan.events.iter().any(|e| e.reason == "SplitBrain" && e.warning));
-    let (target, order) = plan.resync.clone().expect("the loser is resynced");
-    assert_eq!(
-        (target, order.label.as_str(), order.dry_run, order.full),
-        (Member::Secondary, label.as_str(), false, true)
-    );
-    assert_eq!(plan.lease, None, "the kept side is already active");
-    // Its Job ran and the evidence is gone: Enabled again, with an Event.
-    let mut obs = enabled();
-    obs.resync_jobs = vec![finished_job(&label, false)];
-    let after = decide(&files(""), Some(&plan.status), &obs, &clock());
-    assert_eq!(after.status.mode, Some(Mode::Enabled));
-    assert!(after.events.iter().any(|e| e.reason == "SplitBrainResolved"));
-}
-
-#[test]
-fn keeping_the_most_recent_writer_hands_the_role_to_a_standby_that_wrote_last() {
-    let s = files("splitBrain: {keep: MostRecent}");
-    let (obs, _) = split(Utc::now(), Some(Utc::now() - chrono::Duration::seconds(60)));
-    let plan = decide(&s, None, &obs, &clock());
-    assert_eq!(plan.drain, Some((Member::Primary, 1)), "the active drains first");
-    let mut drained = obs.clone();
-    drained.primary.agent.last.as_mut().unwrap().draining = true;
-    let plan = decide(&s, None, &drained, &clock());
-    let Some(LeaseAction::Takeover { to, transition, .. }) = plan.lease else { panic!("{:?}", plan.lease) };
-    assert_eq!((to, transition.type_), (Member::Secondary, TransitionType::SplitBrainResolved));
-    // The active wrote last: it is kept, the standby resynced.
-    let (obs, _) = split(Utc::now() - chrono::Duration::seconds(60), Some(Utc::now()));
-    assert_eq!(decide(&s, None, &obs, &clock()).resync.map(|r| r.0), Some(Member::Secondary));
-}
-
-#[test]
-fn keeping_the_side_with_most_changes_computes_the_difference_first() {
-    let s = files("splitBrain: {keep: MostChanges}");
-    let (mut obs, label) = split(Utc::now(), None);
-    let diff = format!("{label}-diff");
-    let plan = decide(&s, None, &obs, &clock());
-    let (_, order) = plan.resync.expect("a dry run first");
-    assert_eq!((order.label.as_str(), order.dry_run), (diff.as_str(), true));
-    obs.resync_jobs = vec![finished_job(&diff, true)];
-    diff_report(&mut obs, &diff, 5, 1);
-    assert_eq!(decide(&s, None, &obs, &clock()).drain, Some((Member::Primary, 1)), "the standby changed more");
-    diff_report(&mut obs, &diff, 1, 5);
-    let plan = decide(&s, None, &obs, &clock());
-    assert_eq!(plan.resync.map(|r| (r.0, r.1.label)), Some((Member::Secondary, label)), "the active changed more");
-}
-
-#[test]
-fn manual_policy_shows_the_difference_and_waits_for_a_resolve_request() {
-    let s = files("splitBrain: {policy: Manual}");
-    let (mut obs, label) = split(Utc::now(), None);
-    let diff = format!("{label}-diff");
-    assert_eq!(decide(&s, None, &obs, &clock()).resync.map(|r| r.1.dry_run), Some(true));
-    obs.resync_jobs = vec![finished_job(&diff, true)];
-    diff_report(&mut obs, &diff, 1, 0);
-    let plan = decide(&s, None, &obs, &clock());
-    assert_eq!((plan.resync.as_ref(), plan.drain, plan.lease.as_ref()), (None, None, None), "nothing changes");
-    let (st, reason) = condition(&plan, "SplitBrain");
-    assert_eq!((st, reason.as_str()), (ConditionStatus::True, "ChangedWhileStandby"));
-    let msg = &plan.status.conditions.iter().find(|c| c.type_ == "SplitBrain").unwrap().message;
-    assert!(msg.contains("resolveSplitBrain"), "{msg}");
-    // Resolve, keeping the secondary: the active drains and hands over.
-    let r = with_op(
-        "storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}\nsplitBrain: {policy: Manual}",
-        "{id: rs-1, resolveSplitBrain: {keep: secondary}}",
-    );
-    let plan = decide(&r, None, &obs, &clock());
-    assert_eq!((op_status(&plan).phase, plan.drain), (OperationPhase::Running, Some((Member::Primary, 1))));
-    // Nothing to resolve on a healthy pair.
-    let plan = decide(&r, None, &enabled(), &clock());
-    assert_eq!(op_status(&plan).reason.as_deref(), Some("NoSplitBrain"));
-}
-
-#[test]
-fn isolate_secondary_stops_it_until_a_resolve_request() {
-    let s = files("splitBrain: {policy: IsolateSecondary}");
-    let (obs, _) = split(Utc::now(), None);
-    let plan = decide(&s, None, &obs, &clock());
-    assert_eq!(plan.status.isolated_member, Some(Member::Secondary));
-    assert_eq!(plan.status.mode, Some(Mode::Alone));
-    assert_eq!(condition(&plan, "SplitBrain").1, "SecondaryIsolated");
-    assert_eq!((plan.resync.as_ref(), plan.lease.as_ref()), (None, None));
-    // It stays isolated (its pod gone, its agent silent).
-    let mut gone = enabled();
-    gone.secondary = MemberObs::default();
-    let plan = decide(&s, Some(&plan.status), &gone, &clock());
-    assert_eq!(plan.status.isolated_member, Some(Member::Secondary));
-    // A resolve request lets it back.
-    let r = with_op(
-        "storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}\nsplitBrain: {policy: IsolateSecondary}",
-        "{id: rs-1, resolveSplitBrain: {keep: primary}}",
-    );
-    let back = decide(&r, Some(&plan.status), &gone, &clock());
-    assert_eq!((back.status.isolated_member, op_status(&back).phase), (None, OperationPhase::Running));
-    // Back, but still holding its stray files: not resolved yet.
-    let (returned, _) = split(Utc::now(), None);
-    let running = decide(&r, Some(&back.status), &returned, &clock());
-    assert_eq!(op_status(&running).phase, OperationPhase::Running);
-    assert!(running.resync.is_some(), "its files are resynced from the primary");
-    let mut followed = enabled();
-    followed.secondary.agent.last.as_mut().unwrap().sync = Some(Default::default());
-    let restarted = decide(&r, Some(&running.status), &followed, &clock());
-    assert_eq!(op_status(&restarted).phase, OperationPhase::Running, "no sync completed since it started");
-    followed.secondary.agent.last.as_mut().unwrap().sync.as_mut().unwrap().in_sync_at = Some(Utc::now());
-    let done = decide(&r, Some(&running.status), &followed, &clock());
-    assert_eq!(op_status(&done).phase, OperationPhase::Succeeded);
-}
-
-#[test]
-fn a_long_standby_outage_warns_at_75_and_90_percent_and_at_the_limit() {
-    use crate::operator::status::quantity_bytes;
-    let s = files("standbyOutage: {maxDurationSeconds: 100, maxBacklog: 1Ki}");
-    let away = |secs: u64, backlog: u64| {
-        let mut obs = enabled();
-        obs.secondary.agent.missed = 3;
-        obs.secondary.agent.since_answer = Some(Duration::from_secs(secs));
-        obs.primary.agent.last.as_mut().unwrap().sync =
-            Some(crate::proto::SyncStatus { pending_bytes: backlog, ..Default::default() });
-        obs
-    };
-    let within = decide(&s, None, &away(10, 0), &clock());
-    assert_eq!(condition(&within, "StandbyOutage"), (ConditionStatus::False, "WithinLimits".into()));
-    let mut status = within.status.clone();
-    for (secs, backlog, reason) in [(80, 0, "Above75Percent"), (50, 950, "Above90Percent"), (120, 0, "LimitExceeded")] {
-        let plan = decide(&s, Some(&status), &away(secs, backlog), &clock());
-        assert_eq!(condition(&plan, "StandbyOutage"), (ConditionStatus::True, reason.into()), "{secs}s {backlog}B");
-        let ev = plan.events.iter().find(|e| e.reason == format!("StandbyOutage{reason}")).expect("an Event");
-        assert!(ev.warning);
-        // Seen again at the same level: no second Event.
-        let again = decide(&s, Some(&plan.status), &away(secs, backlog), &clock());
-        assert!(again.events.iter().all(|e| !e.reason.starts_with("StandbyOutage")));
-        status = plan.status;
-    }
-    assert_eq!(
-        (quantity_bytes("10Gi"), quantity_bytes("1.5k"), quantity_bytes("2e3"), quantity_bytes("12")),
-        (Some(10 << 30), Some(1500), Some(2000), Some(12))
-    );
-    assert_eq!(quantity_bytes("2E"), Some(2_000_000_000_000_000_000));
-    for bad in ["", "Gi", "10Zi", "-1", "ten"] {
-        assert_eq!(quantity_bytes(bad), None, "{bad}");
-    }
-}
-
-#[test]
-fn the_users_repair_job_runs_after_the_split_brain_resync_and_gates_enabled() {
-    use crate::operator::observe::JobPhase;
-    let s = files("splitBrain: {repairJob: {name: fix, image: db-tools, args: [reindex]}}");
-    let t = Utc::now() - chrono::Duration::seconds(30);
-    let (_, label) = split(t, None);
-    let mut obs = enabled();
-    let mut resync = finished_job(&label, false);
-    resync.phase = JobPhase::Running;
-    obs.resync_jobs = vec![resync];
-    let plan = decide(&s, None, &obs, &clock());
-    assert_eq!(
-        (plan.repair.as_ref(), plan.status.mode),
-        (None, Some(Mode::SplitBrain)),
-        "files repaired, Job not done"
-    );
-    obs.resync_jobs = vec![finished_job(&label, false)];
-    let plan = decide(&s, None, &obs, &clock());
-    assert_eq!(plan.repair.as_deref(), Some(label.as_str()));
-    assert_eq!(plan.status.mode, Some(Mode::SplitBrain), "not Enabled before the repair Job succeeds");
-    assert_eq!(condition(&plan, "SplitBrain"), (ConditionStatus::True, "RepairJobRunning".into()));
-    let mut repair = finished_job(&format!("{label}-repair"), false);
-    repair.phase = JobPhase::Running;
-    obs.resync_jobs.push(repair.clone());
-    let plan = decide(&s, None, &obs, &clock());
-    assert_eq!((plan.repair.as_ref(), plan.status.mode), (None, Some(Mode::SplitBrain)));
-    assert_eq!(plan.status.resync.as_ref().unwrap().label, label, "status.resync stays the file resync");
-    repair.phase = JobPhase::Failed;
-    repair.message = Some("BackoffLimitExceeded".into());
-    *obs.resync_jobs.last_mut().unwrap() = repair.clone();
-    let failed = decide(&s, None, &obs, &clock());
-    assert_eq!(condition(&failed, "SplitBrain"), (ConditionStatus::True, "RepairJobFailed".into()));
-    repair.phase = JobPhase::Succeeded;
-    *obs.resync_jobs.last_mut().unwrap() = repair;
-    let done = decide(&s, Some(&failed.status), &obs, &clock());
-    assert_eq!(done.status.mode, Some(Mode::Enabled));
-    assert!(done.events.iter().any(|e| e.reason == "SplitBrainResolved"));
-    // Without a repairJob, nothing waits.
-    obs.resync_jobs.truncate(1);
-    assert_eq!(decide(&files(""), None, &obs, &clock()).status.mode, Some(Mode::Enabled));
-    // The Job: the user's container with the repair's facts in its environment.
-    let pair: crate::api::HighAvailabilityPair = serde_json::from_value(serde_json::json!({
-        "apiVersion": "hapair.dev/v1alpha1", "kind": "HighAvailabilityPair",
-        "metadata": {"name": "db", "namespace": "prod", "uid": "u1"},
-        "spec": serde_json::to_value(&s).unwrap()
-    }))
-    .unwrap();
-    let addr = Some("10.0.0.1:7443".parse().unwrap());
-    let job = crate::operator::build::repair_job(
-        &pair,
-        s.split_brain.repair_job.as_ref().unwrap(),
-        &label,
-        Member::Primary,
-        1,
-        [addr, None],
-    );
-    let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
-    let env: std::collections::BTreeMap<_, _> =
-        c.env.iter().flatten().map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default())).collect();
-    assert_eq!((env["HAPAIR_KEPT_MEMBER"].as_str(), env["HAPAIR_EPOCH"].as_str()), ("primary", "1"));
-    assert_eq!(
-        (env["HAPAIR_PRIMARY_ADDRESS"].as_str(), env["HAPAIR_SECONDARY_ADDRESS"].as_str()),
-        ("10.0.0.1:7443", "")
-    );
-    assert_eq!(c.args.as_deref(), Some(&["reindex".to_string()][..]));
-}
-
-#[test]
-fn a_standby_back_from_an_outage_past_the_limit_gets_a_full_resync_then_the_pair_recovers() {
-    use crate::operator::observe::JobPhase;
-    let s = files("standbyOutage: {maxDurationSeconds: 100}");
-    let mut away = enabled();
-    away.secondary.agent.missed = 3;
-    away.secondary.agent.since_answer = Some(Duration::from_secs(150));
-    let past = decide(&s, None, &away, &clock());
-    assert_eq!(condition(&past, "StandbyOutage"), (ConditionStatus::True, "LimitExceeded".into()));
-    assert_eq!(past.resync, None, "nothing to resync while it is away");
-    // Back: a full resync, by the resync rules.
-    let mut back = enabled();
-    back.secondary.agent.last.as_mut().unwrap().sync = Some(Default::default());
-    let plan = decide(&s, Some(&past.status), &back, &clock());
-    let (target, order) = plan.resync.clone().expect("a full resync");
-    assert_eq!((target, order.full, order.dry_run), (Member::Secondary, true, false));
-    assert!(order.label.starts_with("outage-1-"), "{}", order.label);
-    assert_eq!(condition(&plan, "StandbyOutage"), (ConditionStatus::True, "FullResync".into()));
-    let mut job = finished_job(&order.label, false);
-    job.phase = JobPhase::Running;
-    back.resync_jobs = vec![job.clone()];
-    let running = decide(&s, Some(&plan.status), &back, &clock());
-    assert_eq!((running.resync.as_ref(), condition(&running, "StandbyOutage").1.as_str()), (None, "FullResync"));
-    job.phase = JobPhase::Succeeded;
-    back.resync_jobs = vec![job];
-    let done = decide(&s, Some(&running.status), &back, &clock());
-    assert_eq!(condition(&done, "StandbyOutage"), (ConditionStatus::False, "WithinLimits".into()));
-    assert_eq!(done.status.mode, Some(Mode::Enabled));
-}
-
-#[test]
-fn isolate_secondary_with_the_secondary_active_hands_over_then_isolates_it() {
-    let s = files("splitBrain: {policy: IsolateSecondary}");
-    // The primary, standby, holds changes made while standby.
-    let mut obs = enabled();
-    obs.primary = member(Member::Primary, Role::Standby, Some(true));
-    obs.secondary = member(Member::Secondary, Role::Active, Some(true));
-    obs.lease = Some(lease(Member::Secondary, 2, Duration::from_secs(1)));
-    obs.vip_member = Some(Member::Secondary);
-    obs.primary.agent.last.as_mut().unwrap().sync = Some(crate::proto::SyncStatus {
-        changed_while_standby: [(".".to_string(), Utc::now())].into(),
-        ..Default::default()
-    });
-    let plan = decide(&s, None, &obs, &clock());
-    assert_eq!(plan.drain, Some((Member::Secondary, 2)), "the secondary drains for the primary");
-    assert_eq!(plan.status.isolated_member, Some(Member::Secondary), "and is isolated once it no longer holds");
-    assert_eq!(condition(&plan, "SplitBrain").1, "SecondaryIsolated");
 }
