@@ -126,6 +126,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let order = config.order();
     let deadline = Instant::now() + Duration::from_secs(config.timeout_seconds);
     let mut last: String;
+    let mut said = String::new();
     // The order, once the target answers as a standby.
     let since = loop {
         match http::get_json::<AgentStatus>(&target, "/v1/status", Duration::from_secs(5)).await {
@@ -146,6 +147,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             Ok(s) => last = format!("{} is {:?}", config.target, s.role),
             Err(e) => last = format!("status: {e}"),
         }
+        waiting(&mut said, &last);
         if Instant::now() >= deadline {
             return Err(ResyncError::Timeout { target: config.target, secs: config.timeout_seconds, last }.into());
         }
@@ -183,10 +185,21 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             }
             Err(e) => last = format!("status: {e}"),
         }
+        waiting(&mut said, &last);
         if Instant::now() >= deadline {
             return Err(ResyncError::Timeout { target: config.target, secs: config.timeout_seconds, last }.into());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Tells the Job's log what the program waits for, once per change (the
+/// counts of a running resync change often: those only every line's start).
+fn waiting(said: &mut String, now: &str) {
+    let key = now.split(':').next().unwrap_or(now);
+    if said.split(':').next() != Some(key) || said.is_empty() {
+        eprintln!("waiting: {now}");
+        *said = now.to_string();
     }
 }
 

@@ -21,7 +21,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::common::{self, TestNamespace};
 pub use kubelet::Kill;
@@ -31,7 +31,13 @@ pub struct Harness {
     pub ns: TestNamespace,
     pub kubelet: Arc<kubelet::Kubelet>,
     pub dir: PathBuf,
-    operators: Vec<Child>,
+    operators: Vec<OperatorReplica>,
+}
+
+/// One operator replica, restarted when it exits until told to stop.
+struct OperatorReplica {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 fn bin_dir() -> PathBuf {
@@ -81,34 +87,62 @@ impl Harness {
         self.start_operator_with(&[])
     }
 
+    /// Starts replica `operator-<i>` and, like its Deployment would,
+    /// starts it again whenever it exits by itself (an operator that loses
+    /// leadership stops on purpose); `kill_operator` ends it for good. A
+    /// replica given extra environment (fault injection) is not restarted:
+    /// its test plays the Deployment.
     pub fn start_operator_with(&mut self, env: &[(&str, &str)]) -> usize {
         let i = self.operators.len();
-        let log = std::fs::File::create(self.dir.join(format!("operator.{i}.log"))).unwrap();
-        let child = Command::new(hapair_bin())
-            .arg("operator")
-            .env("KUBECONFIG", common::kubeconfig_path())
-            .env("HAPAIR_WATCH_NAMESPACE", &self.ns.name)
-            .env("POD_NAMESPACE", &self.ns.name)
-            .env("POD_NAME", format!("operator-{i}"))
-            .env("HAPAIR_METRICS_ADDR", "127.0.0.1:0")
-            .env("HAPAIR_HEALTH_ADDR", "127.0.0.1:0")
-            .env("HAPAIR_LEADER_LEASE_SECONDS", "4")
-            .env("HAPAIR_AGENT_IMAGE", "hapair:e2e")
-            .env("RUST_LOG", std::env::var("HAPAIR_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .envs(env.iter().copied())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("operator starts");
-        self.operators.push(child);
+        let restart = env.is_empty();
+        let log_path = self.dir.join(format!("operator.{i}.log"));
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let ns = self.ns.name.clone();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+                let mut child = Command::new(hapair_bin())
+                    .arg("operator")
+                    .env("KUBECONFIG", common::kubeconfig_path())
+                    .env("HAPAIR_WATCH_NAMESPACE", &ns)
+                    .env("POD_NAMESPACE", &ns)
+                    .env("POD_NAME", format!("operator-{i}"))
+                    .env("HAPAIR_METRICS_ADDR", "127.0.0.1:0")
+                    .env("HAPAIR_HEALTH_ADDR", "127.0.0.1:0")
+                    .env("HAPAIR_LEADER_LEASE_SECONDS", "4")
+                    .env("HAPAIR_AGENT_IMAGE", "hapair:e2e")
+                    .env("RUST_LOG", std::env::var("HAPAIR_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("operator starts");
+                tokio::select! {
+                    _ = child.wait() => {}
+                    _ = stopped.changed() => {
+                        let _ = child.kill().await;
+                        return;
+                    }
+                }
+                if !restart {
+                    return;
+                }
+                // The kubelet's restart back-off, shortened.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        self.operators.push(OperatorReplica { stop, task });
         i
     }
 
-    /// kill -9 of one operator replica.
+    /// kill -9 of one operator replica; it is not restarted.
     pub async fn kill_operator(&mut self, i: usize) {
-        let _ = self.operators[i].kill().await;
+        let o = &mut self.operators[i];
+        let _ = o.stop.send(true);
+        let _ = (&mut o.task).await;
     }
 
     pub fn pairs(&self) -> Api<HighAvailabilityPair> {
@@ -275,8 +309,9 @@ pub fn test_pair(name: &str, interval: i32, extra: Value) -> Value {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        for o in &mut self.operators {
-            let _ = o.start_kill();
+        for o in &self.operators {
+            // Dropping the task drops its child, which kills it.
+            o.task.abort();
         }
         if std::env::var_os("HAPAIR_E2E_KEEP").is_none() && !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -97,7 +97,7 @@ fn a_resync_request_runs_one_job_and_ends_with_it() {
         (target, order.label.as_str(), order.dry_run, order.full),
         (Member::Secondary, "resync-1-rs-1", true, true)
     );
-    let job = |phase, message: Option<&str>| JobObs {
+    let job = |phase, message: Option<&str>, finished_ago: Option<i64>| JobObs {
         name: "db-resync-1-rs-1".into(),
         label: "resync-1-rs-1".into(),
         target: Some(Member::Secondary),
@@ -106,17 +106,39 @@ fn a_resync_request_runs_one_job_and_ends_with_it() {
         phase,
         failed_runs: 0,
         message: message.map(str::to_string),
-        finished: None,
+        finished: finished_ago.map(|s| Utc::now() - chrono::Duration::seconds(s)),
     };
-    obs.resync_jobs = vec![job(JobPhase::Running, None)];
+    obs.resync_jobs = vec![job(JobPhase::Running, None, None)];
     let running = decide(&s, Some(&plan.status), &obs, &clock());
     assert_eq!((running.resync.as_ref(), op_status(&running).phase), (None, OperationPhase::Running), "one Job");
-    obs.resync_jobs = vec![job(JobPhase::Succeeded, None)];
-    let done = decide(&s, Some(&running.status), &obs, &clock());
+    // The Job is done before this operator has polled the target's report:
+    // the request waits for it (a few heartbeat intervals at most).
+    obs.resync_jobs = vec![job(JobPhase::Succeeded, None, Some(0))];
+    let early = decide(&s, Some(&running.status), &obs, &clock());
+    assert_eq!(op_status(&early).phase, OperationPhase::Running, "waits for the report");
+    let mut reported = obs.clone();
+    reported.secondary.agent.last.as_mut().unwrap().sync.as_mut().unwrap().resync = Some(crate::proto::ResyncReport {
+        label: "resync-1-rs-1".into(),
+        dry_run: true,
+        done: true,
+        started_at: Utc::now(),
+        finished_at: Some(Utc::now()),
+        summary: crate::sync::plan::Summary { quarantines: 1, ..Default::default() },
+        warnings: vec![],
+        actions: vec!["quarantine stray.txt".into()],
+    });
+    let done = decide(&s, Some(&running.status), &reported, &clock());
     let op = op_status(&done);
     assert_eq!(op.phase, OperationPhase::Succeeded);
-    assert!(op.message.as_deref().unwrap().contains("dry run, nothing changed"), "{:?}", op.message);
-    obs.resync_jobs = vec![job(JobPhase::Failed, Some("BackoffLimitExceeded"))];
+    let message = op.message.as_deref().unwrap();
+    assert!(message.contains("dry run, nothing changed") && message.contains("1 quarantined"), "{message}");
+    assert_eq!(done.status.resync.as_ref().unwrap().plan, ["quarantine stray.txt"], "status carries the plan");
+    // A target that lost its report (restarted) does not hold the request up.
+    obs.resync_jobs = vec![job(JobPhase::Succeeded, None, Some(60))];
+    let lost = decide(&s, Some(&running.status), &obs, &clock());
+    assert_eq!(op_status(&lost).phase, OperationPhase::Succeeded);
+    assert!(op_status(&lost).message.as_deref().unwrap().contains("no longer reports"));
+    obs.resync_jobs = vec![job(JobPhase::Failed, Some("BackoffLimitExceeded"), Some(0))];
     let failed = decide(&s, Some(&running.status), &obs, &clock());
     assert_eq!(
         (op_status(&failed).phase, op_status(&failed).reason.as_deref()),

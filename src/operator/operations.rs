@@ -318,7 +318,15 @@ fn resync(
         JobPhase::Running => {}
         JobPhase::Succeeded => {
             let report = obs.member(target).agent.last.as_ref().and_then(|a| a.sync.as_ref()?.resync.clone());
-            let counts = report.filter(|r| r.label == job.label).map_or(String::new(), |r| {
+            let report = report.filter(|r| r.label == job.label && r.done);
+            // The Job saw the target's finished report before this operator's
+            // next poll of it: wait for that poll (a few intervals at most),
+            // so the outcome and `status.resync` carry the counts and plan.
+            let waited = job.finished.map_or(0, |f| (now - f).num_seconds());
+            if report.is_none() && waited < i64::from(3 * spec.heartbeat.interval_seconds) {
+                return Step::Idle;
+            }
+            let counts = report.map_or(": the target no longer reports the counts".into(), |r| {
                 let x = r.summary;
                 format!(
                     ": {} copied, {} quarantined, {} deleted, {} copied back, {} conflicts",

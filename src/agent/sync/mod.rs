@@ -232,6 +232,29 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_order_whose_source_cannot_be_pulled_is_not_reported_done() {
+        let root = crate::sync::path::tests::tempdir();
+        std::fs::write(root.join("stray.txt"), b"only here").unwrap();
+        let s = syncer(root.clone());
+        for dry_run in [true, false] {
+            s.set_order(crate::proto::ResyncOrder {
+                label: format!("resync-{}", u8::from(dry_run)),
+                only_on_target: crate::api::OnlyOnTarget::Quarantine,
+                conflict: crate::api::ConflictRule::SourceWins,
+                clocks_agree: true,
+                dry_run,
+                full: true,
+            });
+            s.pull_round(&nowhere(), true).await;
+            let r = s.status().resync.expect("the order is reported");
+            assert!(!r.done, "dry run {dry_run}: an empty plan from a failed pull is not a plan: {r:?}");
+            assert_eq!(r.summary, Default::default());
+        }
+        assert!(root.join("stray.txt").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     /// A peer at `addr` serving files with `handler`, over the pair's mTLS.
     fn peer<H, F>(handler: H) -> Target
     where

@@ -75,6 +75,8 @@ impl Syncer {
         let mut resync_summary = plan::Summary::default();
         let mut resync_actions = Vec::new();
         let mut resync_warnings = Vec::new();
+        // A directory whose pull failed was neither planned nor repaired.
+        let mut failed = false;
         for p in &self.spec.paths {
             if self.must_stop() {
                 return;
@@ -116,10 +118,12 @@ impl Syncer {
                     self.report().garbage += 1;
                     self.failed("ignored a malformed manifest", &why);
                     complete = false;
+                    failed = true;
                 }
                 Err(e) => {
                     self.failed(&format!("sync of {} failed", p.path), &e);
                     complete = false;
+                    failed = true;
                 }
             }
         }
@@ -148,12 +152,16 @@ impl Syncer {
                 warnings: vec![],
                 actions: vec![],
             });
-            add(&mut report.summary, &resync_summary);
-            report.warnings.extend(resync_warnings);
-            report.warnings.dedup();
             if order.dry_run {
+                // A plan is whole per round: a retried round replaces it.
+                report.summary = resync_summary;
+                report.warnings = resync_warnings;
                 report.actions = resync_actions;
+            } else {
+                add(&mut report.summary, &resync_summary);
+                report.warnings.extend(resync_warnings);
             }
+            report.warnings.dedup();
             for dir in &held {
                 let w = format!(
                     "left {dir} alone: it changed while this member was standby; the split-brain policy decides"
@@ -163,9 +171,10 @@ impl Syncer {
                 }
             }
             // Done when nothing diverges any more (or, for a dry run, once
-            // planned), apart from what it must leave alone.
+            // planned), apart from what it must leave alone; never while a
+            // directory could not be pulled (an empty plan would be a lie).
             let open = diverged.keys().filter(|d| !held.contains(d)).count();
-            if order.dry_run || (open == 0 && (complete || !held.is_empty())) {
+            if !failed && (order.dry_run || (open == 0 && (complete || !held.is_empty()))) {
                 report.done = true;
                 report.finished_at = Some(Utc::now());
                 *self.order.lock().unwrap_or_else(|p| p.into_inner()) = None;
