@@ -80,7 +80,7 @@ integration: ## API tests against the running testbed's real API server.
 .PHONY: e2e-fast
 e2e-fast: testbed-up
 	$(CARGO) build --examples
-	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync -- --test-threads 3 $(E2E_FAST)
+	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync -- --test-threads 2 $(E2E_FAST)
 
 .PHONY: e2e
 e2e: testbed-up ## Every end-to-end scenario (members run as processes; needs root for network namespaces).

@@ -17,6 +17,10 @@ use hyper::{Method, StatusCode};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
+/// Heartbeat interval of these pairs: 2 s (a 6 s Lease) rides out the
+/// second-long API stalls of a loaded machine, which at 1 s fence the active
+/// and fail over in the middle of a scenario about files.
+const SYNC_INTERVAL: i32 = 2;
 
 fn synced_pair() -> serde_json::Value {
     json!({"spec": {
@@ -31,7 +35,7 @@ fn condition(p: &HighAvailabilityPair, t: &str) -> Option<ConditionStatus> {
 
 async fn up(name: &str) -> Harness {
     let h = Harness::new(name).await;
-    h.apply(&test_pair("web", 1, synced_pair())).await;
+    h.apply(&test_pair("web", SYNC_INTERVAL, synced_pair())).await;
     h.wait_enabled("web", Duration::from_secs(60)).await;
     h.wait_for("web", "Synced", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
     h
@@ -187,7 +191,7 @@ async fn a_former_active_returning_with_changes_its_successor_never_got_is_resyn
     let mut extra = synced_pair();
     extra["spec"]["fileSync"]["realtimeIntervalSeconds"] = json!(60);
     extra["spec"]["fileSync"]["batchIntervalSeconds"] = json!(120);
-    h.apply(&test_pair("web", 1, extra)).await;
+    h.apply(&test_pair("web", SYNC_INTERVAL, extra)).await;
     h.wait_enabled("web", Duration::from_secs(60)).await;
     until(&secondary.join("shared.txt"), "first copy", |c| c.as_deref() == Some(b"version 1")).await;
     h.wait_for("web", "Synced", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
@@ -314,7 +318,7 @@ async fn split_brain_up(name: &str, policy: serde_json::Value) -> Harness {
     let h = Harness::new(name).await;
     let mut extra = synced_pair();
     extra["spec"]["splitBrain"] = policy;
-    h.apply(&test_pair("web", 1, extra)).await;
+    h.apply(&test_pair("web", SYNC_INTERVAL, extra)).await;
     h.wait_enabled("web", Duration::from_secs(60)).await;
     h.wait_for("web", "Synced", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
     // The standby has recorded a copy of the active's files.
