@@ -54,7 +54,7 @@ up() {
   say "Installing the CRD and starting the operator"
   k apply --server-side -f crds/hapair.dev_highavailabilitypairs.yaml
   k create namespace "$ns" --dry-run=client -o yaml | k apply -f - >/dev/null
-  KUBECONFIG=$kubeconfig HAPAIR_WATCH_NAMESPACE=$ns POD_NAMESPACE=$ns HAPAIR_AGENT_IMAGE=hapair:demo \
+  KUBECONFIG=$kubeconfig HAPAIR_WATCH_NAMESPACES=$ns POD_NAMESPACE=$ns HAPAIR_AGENT_IMAGE=hapair:demo \
     HAPAIR_METRICS_ADDR=127.0.0.1:0 HAPAIR_HEALTH_ADDR=127.0.0.1:0 \
     setsid target/debug/hapair operator >"$state/operator.log" 2>&1 </dev/null &
   echo $! >"$state/operator.pid"

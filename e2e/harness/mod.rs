@@ -105,7 +105,7 @@ impl Harness {
                 let mut child = Command::new(hapair_bin())
                     .arg("operator")
                     .env("KUBECONFIG", common::kubeconfig_path())
-                    .env("HAPAIR_WATCH_NAMESPACE", &ns)
+                    .env("HAPAIR_WATCH_NAMESPACES", &ns)
                     .env("POD_NAMESPACE", &ns)
                     .env("POD_NAME", format!("operator-{i}"))
                     .env("HAPAIR_METRICS_ADDR", "127.0.0.1:0")

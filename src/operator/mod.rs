@@ -16,6 +16,7 @@ pub mod operations;
 mod poller;
 pub mod split_brain;
 pub mod status;
+pub mod stores;
 mod worker;
 
 use std::collections::HashMap;
@@ -28,9 +29,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
+use stores::Stores;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -45,9 +47,9 @@ pub struct Config {
     /// Image of the agent sidecar injected into member pods (the operator's own image).
     #[arg(long, env = "HAPAIR_AGENT_IMAGE", default_value = concat!("hapair:", env!("CARGO_PKG_VERSION")))]
     pub agent_image: String,
-    /// Watch only this namespace (default: all).
-    #[arg(long, env = "HAPAIR_WATCH_NAMESPACE")]
-    pub watch_namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default: all).
+    #[arg(long, env = "HAPAIR_WATCH_NAMESPACES", default_value = "")]
+    pub watch_namespaces: String,
     /// Address of the Prometheus /metrics endpoint.
     #[arg(long, env = "HAPAIR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -71,11 +73,11 @@ type Workers = HashMap<(String, String), Arc<Notify>>;
 /// What every worker shares.
 pub struct Context {
     pub client: Client,
-    pub pairs: Store<HighAvailabilityPair>,
-    pub pods: Store<Pod>,
-    pub services: Store<Service>,
-    pub leases: Store<Lease>,
-    pub jobs: Store<Job>,
+    pub pairs: Stores<HighAvailabilityPair>,
+    pub pods: Stores<Pod>,
+    pub services: Stores<Service>,
+    pub leases: Stores<Lease>,
+    pub jobs: Stores<Job>,
     pub build: BuildContext,
     pub metrics: OperatorMetrics,
     pub recorder: Recorder,
@@ -199,34 +201,47 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     info!(%identity, "leading: observing every pair before the first decision");
 
     let selector = watcher::Config::default().labels(LABEL_PAIR);
-    let (pairs_api, pods_api, services_api, leases_api, jobs_api) = match &config.watch_namespace {
-        Some(ns) => (
-            Api::<HighAvailabilityPair>::namespaced(client.clone(), ns),
-            Api::<Pod>::namespaced(client.clone(), ns),
-            Api::<Service>::namespaced(client.clone(), ns),
-            Api::<Lease>::namespaced(client.clone(), ns),
-            Api::<Job>::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
+    let namespaces: Vec<Option<String>> = match stores::parse_namespaces(&config.watch_namespaces) {
+        list if list.is_empty() => vec![None],
+        list => list.into_iter().map(Some).collect(),
     };
-    let (pairs, pairs_w) = reflector::store();
-    let (pods, pods_w) = reflector::store();
-    let (services, services_w) = reflector::store();
-    let (leases, leases_w) = reflector::store();
-    let (jobs, jobs_w) = reflector::store();
+    info!(namespaces = ?namespaces, "watching");
+    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    // One reflector per kind and namespace.
+    let mut writers = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut readers = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ns in &namespaces {
+        let (r, w) = reflector::store::<HighAvailabilityPair>();
+        readers.0.push((ns.clone(), r));
+        writers.0.push((w, api::<HighAvailabilityPair>(&client, ns)));
+        let (r, w) = reflector::store::<Pod>();
+        readers.1.push((ns.clone(), r));
+        writers.1.push((w, api::<Pod>(&client, ns)));
+        let (r, w) = reflector::store::<Service>();
+        readers.2.push((ns.clone(), r));
+        writers.2.push((w, api::<Service>(&client, ns)));
+        let (r, w) = reflector::store::<Lease>();
+        readers.3.push((ns.clone(), r));
+        writers.3.push((w, api::<Lease>(&client, ns)));
+        let (r, w) = reflector::store::<Job>();
+        readers.4.push((ns.clone(), r));
+        writers.4.push((w, api::<Job>(&client, ns)));
+    }
     let ctx = Arc::new(Context {
         client: client.clone(),
-        pairs,
-        pods,
-        services,
-        leases,
-        jobs,
+        pairs: Stores::new(readers.0),
+        pods: Stores::new(readers.1),
+        services: Stores::new(readers.2),
+        leases: Stores::new(readers.3),
+        jobs: Stores::new(readers.4),
         build: BuildContext { agent_image: config.agent_image.clone() },
         metrics,
         recorder: Recorder::new(
@@ -245,19 +260,22 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     // Malformed pairs are reported, not fatal: the watch goes on.
-    let send = keyed(tx.clone());
-    let pair_stream = reflector::reflector(pairs_w, watcher::watcher(pairs_api, watcher::Config::default()))
-        .default_backoff()
-        .for_each(move |ev| {
-            match ev {
-                Ok(Event::Apply(p)) | Ok(Event::InitApply(p)) | Ok(Event::Delete(p)) => {
-                    send(p.namespace(), Some(p.name_any()))
+    for (writer, api) in writers.0 {
+        let send = keyed(tx.clone());
+        let pair_stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .for_each(move |ev| {
+                match ev {
+                    Ok(Event::Apply(p)) | Ok(Event::InitApply(p)) | Ok(Event::Delete(p)) => {
+                        send(p.namespace(), Some(p.name_any()))
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "watching pairs"),
                 }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "watching pairs"),
-            }
-            futures::future::ready(())
-        });
+                futures::future::ready(())
+            });
+        tokio::spawn(pair_stream);
+    }
     macro_rules! owned_stream {
         ($writer:expr, $api:expr) => {{
             let send = keyed(tx.clone());
@@ -273,13 +291,20 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             })
         }};
     }
-    tokio::spawn(pair_stream);
-    tokio::spawn(owned_stream!(pods_w, pods_api));
-    tokio::spawn(owned_stream!(services_w, services_api));
-    tokio::spawn(owned_stream!(leases_w, leases_api));
-    tokio::spawn(owned_stream!(jobs_w, jobs_api));
+    for (w, api) in writers.1 {
+        tokio::spawn(owned_stream!(w, api));
+    }
+    for (w, api) in writers.2 {
+        tokio::spawn(owned_stream!(w, api));
+    }
+    for (w, api) in writers.3 {
+        tokio::spawn(owned_stream!(w, api));
+    }
+    for (w, api) in writers.4 {
+        tokio::spawn(owned_stream!(w, api));
+    }
     // A new leader decides nothing until it has seen everything.
-    let _ = tokio::join!(
+    tokio::join!(
         ctx.pairs.wait_until_ready(),
         ctx.pods.wait_until_ready(),
         ctx.services.wait_until_ready(),

@@ -255,13 +255,8 @@ fn gather(ctx: &Context, pair: &HighAvailabilityPair, poll: &Mutex<PollState>, m
         obs.standby_exists = true;
         obs.standby_member = selected_member(&sb);
     }
-    obs.resync_jobs = ctx
-        .jobs
-        .state()
-        .iter()
-        .filter(|j| j.namespace().as_deref() == Some(ns.as_str()) && owned(&j.metadata))
-        .filter_map(|j| JobObs::of(j))
-        .collect();
+    obs.resync_jobs =
+        ctx.jobs.in_namespace(&ns).iter().filter(|j| owned(&j.metadata)).filter_map(|j| JobObs::of(j)).collect();
     obs.resync_jobs.sort_by_key(|j| (j.created, j.name.clone()));
     obs.failure_for = mem.failure.as_ref().map(|(_, t)| t.elapsed());
     let missed = pair.spec.heartbeat.missed_threshold as u32;
