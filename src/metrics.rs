@@ -5,6 +5,14 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 
 use crate::api::Role;
 
+/// The name of every metric hapair exports (operator and agent).
+pub fn metric_names() -> Vec<String> {
+    let (agent, operator) = (Registry::new(), Registry::new());
+    let mut all = AgentMetrics::register(&agent).expect("agent metrics").collectors();
+    all.extend(OperatorMetrics::register(&operator).expect("operator metrics").collectors());
+    all.iter().flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone())).collect()
+}
+
 pub struct AgentMetrics {
     pub lease_renew_failures: IntCounter,
     pub fenced_total: IntCounter,
@@ -31,12 +39,22 @@ impl AgentMetrics {
             role: IntGaugeVec::new(Opts::new("hapair_agent_role", "1 for the member's current role"), &["role"])?,
             fenced: IntGauge::new("hapair_agent_fenced", "1 while the agent is fenced")?,
         };
-        r.register(Box::new(m.lease_renew_failures.clone()))?;
-        r.register(Box::new(m.fenced_total.clone()))?;
-        r.register(Box::new(m.health_check_failures.clone()))?;
-        r.register(Box::new(m.role.clone()))?;
-        r.register(Box::new(m.fenced.clone()))?;
+        for c in m.collectors() {
+            r.register(c)?;
+        }
         Ok(m)
+    }
+
+    /// Every metric, for registration and for checks of what dashboards
+    /// and alerts may use.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.lease_renew_failures.clone()),
+            Box::new(self.fenced_total.clone()),
+            Box::new(self.health_check_failures.clone()),
+            Box::new(self.role.clone()),
+            Box::new(self.fenced.clone()),
+        ]
     }
 
     pub fn set_role(&self, role: Role) {
@@ -46,6 +64,9 @@ impl AgentMetrics {
         self.fenced.set(i64::from(role == Role::Fenced));
     }
 }
+
+/// A condition's `type`, `status` and `reason` labels.
+pub type ConditionSeries = [String; 3];
 
 pub struct OperatorMetrics {
     pub reconciles: IntCounterVec,
@@ -64,10 +85,33 @@ pub struct OperatorMetrics {
     pub resync_phase: IntGaugeVec,
     pub standby_outage: prometheus::GaugeVec,
     pub resync_files: IntGaugeVec,
+    pub condition: IntGaugeVec,
+    pub member_fenced: IntGaugeVec,
+    pub last_transition: prometheus::GaugeVec,
     pub leader: IntGauge,
+    /// The condition series last published per pair, to drop stale ones
+    /// when a condition's status or reason changes.
+    pub published_conditions: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<ConditionSeries>>>,
 }
 
 impl OperatorMetrics {
+    /// Publishes the pair's conditions (`[]` forgets them all).
+    pub fn set_conditions(&self, ns: &str, pair: &str, now: Vec<[String; 3]>) {
+        let mut published = self.published_conditions.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (ns.to_string(), pair.to_string());
+        for old in published.get(&key).into_iter().flatten().filter(|o| !now.contains(o)) {
+            let _ = self.condition.remove_label_values(&[ns, pair, &old[0], &old[1], &old[2]]);
+        }
+        for c in &now {
+            self.condition.with_label_values(&[ns, pair, &c[0], &c[1], &c[2]]).set(1);
+        }
+        if now.is_empty() {
+            published.remove(&key);
+        } else {
+            published.insert(key, now);
+        }
+    }
+
     pub fn register(r: &Registry) -> prometheus::Result<Self> {
         let pair = &["namespace", "pair"];
         let m = OperatorMetrics {
@@ -141,25 +185,95 @@ impl OperatorMetrics {
                 Opts::new("hapair_resync_files", "Files the pair's latest resync Job handled, by action"),
                 &["namespace", "pair", "action"],
             )?,
+            condition: IntGaugeVec::new(
+                Opts::new("hapair_condition", "1 for each of the pair's status conditions, with its status and reason"),
+                &["namespace", "pair", "type", "status", "reason"],
+            )?,
+            member_fenced: IntGaugeVec::new(
+                Opts::new("hapair_member_fenced", "1 while the member's agent reports itself fenced"),
+                &["namespace", "pair", "member"],
+            )?,
+            last_transition: prometheus::GaugeVec::new(
+                Opts::new(
+                    "hapair_last_transition_timestamp_seconds",
+                    "When the active member last changed, by transition type (from the pair's history)",
+                ),
+                &["namespace", "pair", "type"],
+            )?,
             leader: IntGauge::new("hapair_operator_leader", "1 while this replica leads")?,
+            published_conditions: Default::default(),
         };
-        r.register(Box::new(m.reconciles.clone()))?;
-        r.register(Box::new(m.reconcile_errors.clone()))?;
-        r.register(Box::new(m.reconcile_duration.clone()))?;
-        r.register(Box::new(m.failovers.clone()))?;
-        r.register(Box::new(m.failover_duration.clone()))?;
-        r.register(Box::new(m.mode.clone()))?;
-        r.register(Box::new(m.epoch.clone()))?;
-        r.register(Box::new(m.active_member.clone()))?;
-        r.register(Box::new(m.missed_heartbeats.clone()))?;
-        r.register(Box::new(m.heartbeat_age.clone()))?;
-        r.register(Box::new(m.split_brain.clone()))?;
-        r.register(Box::new(m.sync_lag.clone()))?;
-        r.register(Box::new(m.clock_skew.clone()))?;
-        r.register(Box::new(m.resync_phase.clone()))?;
-        r.register(Box::new(m.standby_outage.clone()))?;
-        r.register(Box::new(m.resync_files.clone()))?;
-        r.register(Box::new(m.leader.clone()))?;
+        for c in m.collectors() {
+            r.register(c)?;
+        }
         Ok(m)
+    }
+
+    /// Every metric, for registration and for checks of what dashboards
+    /// and alerts may use.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.reconciles.clone()),
+            Box::new(self.reconcile_errors.clone()),
+            Box::new(self.reconcile_duration.clone()),
+            Box::new(self.failovers.clone()),
+            Box::new(self.failover_duration.clone()),
+            Box::new(self.mode.clone()),
+            Box::new(self.epoch.clone()),
+            Box::new(self.active_member.clone()),
+            Box::new(self.missed_heartbeats.clone()),
+            Box::new(self.heartbeat_age.clone()),
+            Box::new(self.split_brain.clone()),
+            Box::new(self.sync_lag.clone()),
+            Box::new(self.clock_skew.clone()),
+            Box::new(self.resync_phase.clone()),
+            Box::new(self.condition.clone()),
+            Box::new(self.member_fenced.clone()),
+            Box::new(self.last_transition.clone()),
+            Box::new(self.standby_outage.clone()),
+            Box::new(self.resync_files.clone()),
+            Box::new(self.leader.clone()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod condition_tests {
+    use super::*;
+
+    fn series(r: &Registry) -> Vec<String> {
+        r.gather()
+            .iter()
+            .filter(|f| f.name() == "hapair_condition")
+            .flat_map(|f| {
+                f.get_metric()
+                    .iter()
+                    .map(|x| x.get_label().iter().map(|l| l.value()).collect::<Vec<_>>().join("/"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_condition_that_changes_reason_leaves_no_stale_series() {
+        let r = Registry::new();
+        let m = OperatorMetrics::register(&r).unwrap();
+        let c = |t: &str, s: &str, why: &str| [t.to_string(), s.to_string(), why.to_string()];
+        m.set_conditions(
+            "ns",
+            "db",
+            vec![c("StandbyOutage", "True", "Over75Percent"), c("Paused", "False", "Running")],
+        );
+        m.set_conditions(
+            "ns",
+            "db",
+            vec![c("StandbyOutage", "True", "Over90Percent"), c("Paused", "False", "Running")],
+        );
+        let mut got = series(&r);
+        got.sort();
+        // Labels come sorted by name: namespace, pair, reason, status, type.
+        assert_eq!(got, ["ns/db/Over90Percent/True/StandbyOutage", "ns/db/Running/False/Paused"]);
+        m.set_conditions("ns", "db", vec![]);
+        assert!(series(&r).is_empty(), "a deleted pair leaves nothing behind");
     }
 }

@@ -113,6 +113,19 @@ impl Context {
             self.metrics.mode.with_label_values(&[&ns, &name, &mode_name]).set(i64::from(status.mode == Some(mode)));
         }
         self.metrics.epoch.with_label_values(&[&ns, &name]).set(status.epoch);
+        let conditions =
+            status.conditions.iter().map(|c| [c.type_.clone(), format!("{:?}", c.status), c.reason.clone()]).collect();
+        self.metrics.set_conditions(&ns, &name, conditions);
+        // History is newest first: the first of each type is its latest.
+        let mut seen = Vec::new();
+        for t in &status.history {
+            let type_ = format!("{:?}", t.type_);
+            if !seen.contains(&type_) {
+                let at = t.time.timestamp_millis() as f64 / 1000.0;
+                self.metrics.last_transition.with_label_values(&[&ns, &name, &type_]).set(at);
+                seen.push(type_);
+            }
+        }
         let split = status.mode == Some(Mode::SplitBrain)
             || status
                 .conditions
@@ -158,6 +171,8 @@ impl Context {
                 .with_label_values(&[&ns, &name, &member])
                 .set(i64::from(status.active_member == Some(m)));
             let a = &obs.member(m).agent;
+            let fenced = a.last.as_ref().is_some_and(|s| s.role == crate::api::Role::Fenced);
+            self.metrics.member_fenced.with_label_values(&[&ns, &name, &member]).set(i64::from(fenced));
             self.metrics.missed_heartbeats.with_label_values(&[&ns, &name, &member]).set(i64::from(a.missed));
             if let Some(age) = a.since_answer {
                 self.metrics.heartbeat_age.with_label_values(&[&ns, &name, &member]).set(age.as_secs_f64());
@@ -166,12 +181,17 @@ impl Context {
     }
 
     fn forget(&self, ns: &str, name: &str) {
+        self.metrics.set_conditions(ns, name, vec![]);
+        for t in ["Bootstrap", "Failover", "Switchover", "Failback", "GoStandby", "SplitBrainResolved"] {
+            let _ = self.metrics.last_transition.remove_label_values(&[ns, name, t]);
+        }
         let _ = self.metrics.epoch.remove_label_values(&[ns, name]);
         let _ = self.metrics.split_brain.remove_label_values(&[ns, name]);
         let _ = self.metrics.standby_outage.remove_label_values(&[ns, name]);
         for m in ["primary", "secondary"] {
             let _ = self.metrics.sync_lag.remove_label_values(&[ns, name, m]);
             let _ = self.metrics.clock_skew.remove_label_values(&[ns, name, m]);
+            let _ = self.metrics.member_fenced.remove_label_values(&[ns, name, m]);
         }
         for p in ["Running", "Succeeded", "Failed"] {
             let _ = self.metrics.resync_phase.remove_label_values(&[ns, name, p]);
