@@ -27,13 +27,19 @@ CRD_FILE := crds/hapair.dev_highavailabilitypairs.yaml
 GENERATED := target/generated
 
 .PHONY: generate
-generate: generated-files ## Write the generated CRD to crds/ and the API reference into README.md.
+generate: generated-files ## Write the generated CRD (crds/, the chart), the API reference (README.md) and deploy/.
 	cp $(GENERATED)/crd.yaml $(CRD_FILE)
+	cp $(GENERATED)/crd.yaml charts/hapair/$(CRD_FILE)
 	cp $(GENERATED)/README.md README.md
+	cp -r $(GENERATED)/deploy/. deploy/
 
 .PHONY: check-generated
-check-generated: generated-files ## Fail when crds/ or the README's API reference differ from the code.
-	@diff -u $(CRD_FILE) $(GENERATED)/crd.yaml && diff -u README.md $(GENERATED)/README.md \
+check-generated: generated-files ## Fail when crds/, the chart's CRD, deploy/ or the README's API reference differ from their sources.
+	@diff -u $(CRD_FILE) $(GENERATED)/crd.yaml && diff -u charts/hapair/$(CRD_FILE) $(GENERATED)/crd.yaml \
+	  && diff -u README.md $(GENERATED)/README.md \
+	  && diff -u deploy/base/crd.yaml $(GENERATED)/deploy/base/crd.yaml \
+	  && diff -u deploy/base/hapair.yaml $(GENERATED)/deploy/base/hapair.yaml \
+	  && diff -u deploy/overlays/monitoring/monitoring.yaml $(GENERATED)/deploy/overlays/monitoring/monitoring.yaml \
 	  || { echo "generated files are stale: run 'make generate' and commit the result" >&2; exit 1; }
 
 .PHONY: generated-files
@@ -48,6 +54,8 @@ generated-files:
 	   !skip { print } \
 	   /<!-- api-reference:start -->/ { while ((getline line < ref) > 0) print line; skip = 1 }' \
 	  README.md > $(GENERATED)/README.md
+	@e2e/tools/build.sh >/dev/null
+	@rm -rf $(GENERATED)/deploy && deploy/render.sh $$(e2e/tools/build.sh --dir)/helm $(GENERATED)/deploy $(GENERATED)/crd.yaml
 
 .PHONY: fmt
 fmt: ## Format the code.
@@ -65,7 +73,7 @@ E2E_FAST := bootstraps killing_the_active a_failover_under_writes an_active_cut_
 	switchovers_under_writes a_former_active a_resync_request a_split_brain_is_repaired
 
 .PHONY: test
-test: check-generated unit fuzz-brief testbed-up integration e2e-fast ## Generated files, unit tests, a brief fuzz, API tests and the fastest e2e scenarios on the testbed.
+test: check-generated unit fuzz-brief chart image-check testbed-up integration chart-cluster e2e-fast ## Generated files, unit tests, a brief fuzz, chart and image checks, API tests and the fastest e2e scenarios on the testbed.
 
 .PHONY: unit
 unit: ## Unit tests (no cluster).
@@ -111,6 +119,43 @@ fuzz: ## libFuzzer on what peers and users hand the agent (nightly toolchain; FU
 	    $(CARGO) +nightly fuzz run $$t --fuzz-dir e2e/fuzz target/fuzz-corpus/$$t e2e/fuzz/corpus/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=target/fuzz-artifacts/$$t/ 2>&1 | tail -3; \
 	done
+
+##@ Shipping
+
+IMAGE_REPO ?= ghcr.io/hapair/hapair
+VERSION := $(shell awk -F'"' '/^version *=/ {print $$2; exit}' Cargo.toml)
+IMAGE_TAG ?= $(VERSION)
+MUSL := x86_64-unknown-linux-musl
+IMAGE_ARCHIVE = target/image/hapair-$(IMAGE_TAG).oci.tar
+TOOLS_BIN = $(shell e2e/tools/build.sh --dir)
+
+.PHONY: image
+image: ## Build the container image (static binary, empty base, non-root) as an OCI archive under target/image/.
+	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL) || rustup target add $(MUSL)
+	CC_x86_64_unknown_linux_musl=$${CC_x86_64_unknown_linux_musl:-$$(command -v x86_64-linux-musl-gcc || command -v musl-gcc || echo gcc)} \
+	  $(CARGO) build --release --target $(MUSL) --bin hapair
+	e2e/image/build.sh target/$(MUSL)/release/hapair $(IMAGE_ARCHIVE) $(IMAGE_REPO) $(IMAGE_TAG)
+
+.PHONY: image-ref
+image-ref: ## Print the image reference `make image` builds (the chart's default image).
+	@echo $(IMAGE_REPO):$(IMAGE_TAG)
+
+.PHONY: image-check
+image-check: image ## Inspect the OCI archive: digests, non-root user, a static binary that runs.
+	HAPAIR_IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) HAPAIR_IMAGE_REF=$(IMAGE_REPO):$(IMAGE_TAG) $(CARGO) test --test image
+
+.PHONY: tools
+tools: ## Build (or reuse) helm and promtool from their pinned Go modules.
+	@e2e/tools/build.sh >/dev/null
+
+.PHONY: chart
+chart: tools ## Chart checks: lint, values schema, RBAC, alerts (promtool), dashboard.
+	$(CARGO) test --test chart -- --skip the_api_server --skip every_pod --skip helm_installs --skip kubectl_apply
+
+.PHONY: chart-cluster
+chart-cluster: tools testbed-up ## Chart checks on the testbed: server-side dry run, Pod Security, helm install/upgrade/uninstall, kustomize.
+	$(CARGO) build --bins --examples
+	$(TESTBED_ENV) $(CARGO) test --test chart -- --test-threads 2 the_api_server every_pod helm_installs kubectl_apply
 
 ##@ Benchmarks
 

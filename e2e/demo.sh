@@ -62,8 +62,8 @@ up() {
     setsid target/debug/examples/hapair-e2e-kubelet "$ns" >"$state/kubelet.log" 2>&1 </dev/null &
   echo $! >"$state/kubelet.pid"
 
-  say "Applying deploy/examples/pair.yaml"
-  k apply -f deploy/examples/pair.yaml
+  say "Applying deploy/examples/minimal.yaml"
+  k apply -f deploy/examples/minimal.yaml
   enabled() { [ "$(k get hap web -o jsonpath='{.status.mode}')" = Enabled ]; }
   wait_for "the pair to reach Enabled" 90 enabled
   k get hap web

@@ -156,9 +156,12 @@ impl Kubelet {
     }
 
     async fn sync(&self) -> Result<(), kube::Error> {
-        let list = self.pods_api().list(&ListParams::default().labels("hapair.dev/pair")).await?;
-        let present: Vec<String> = list.items.iter().map(|p| p.name_any()).collect();
-        for pod in list.items {
+        let mut items = self.pods_api().list(&ListParams::default().labels("hapair.dev/pair")).await?.items;
+        // The operator's own pods, when a test installs it with its chart or
+        // manifests (its Deployment's pods, run as `hapair operator`).
+        items.extend(self.pods_api().list(&ListParams::default().labels(OPERATOR_POD_LABELS)).await?.items);
+        let present: Vec<String> = items.iter().map(|p| p.name_any()).collect();
+        for pod in items {
             let name = pod.name_any();
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             // Run-to-completion pods: the resync Job's (`hapair resync`) and a
@@ -240,7 +243,13 @@ impl Kubelet {
         for c in &spec.containers {
             let mounts = mounts(c, &volumes);
             let env = self.env(c, pod, ip, &mounts);
-            if c.name == hapair::api::AGENT_CONTAINER {
+            if is_operator(c) {
+                let mut env = env;
+                env.insert("KUBECONFIG".into(), kubeconfig.display().to_string());
+                probe_port =
+                    env.get("HAPAIR_HEALTH_ADDR").and_then(|a| a.parse::<SocketAddr>().ok()).map_or(8081, |a| a.port());
+                agent_cmd = Some((c.args.clone().unwrap_or_default(), env));
+            } else if c.name == hapair::api::AGENT_CONTAINER {
                 let mut env = env;
                 env.insert("KUBECONFIG".into(), kubeconfig.display().to_string());
                 env.insert("RUST_LOG".into(), std::env::var("HAPAIR_E2E_AGENT_LOG").unwrap_or_else(|_| "warn".into()));
@@ -603,6 +612,14 @@ impl Kubelet {
             "containerStatuses": statuses,
         })
     }
+}
+
+/// Labels of the pods of hapair's operator Deployment (chart and manifests).
+const OPERATOR_POD_LABELS: &str = "app.kubernetes.io/name=hapair,app.kubernetes.io/component=operator";
+
+/// The operator's container: the hapair image run as `hapair operator`.
+fn is_operator(c: &Container) -> bool {
+    c.args.as_ref().and_then(|a| a.first()).is_some_and(|a| a == "operator")
 }
 
 fn set_ready(status: &mut serde_json::Value, ready: bool) {

@@ -82,6 +82,19 @@ impl Harness {
         h
     }
 
+    /// A namespace and its kubelet, but no operator: the test installs one
+    /// (with the Helm chart or the plain manifests) and the kubelet runs it.
+    pub async fn without_operator(name: &str) -> Self {
+        let client = common::client().await;
+        let ns = TestNamespace::new(&client, name).await;
+        let dir = std::env::temp_dir().join(format!("hapair-e2e-{}", ns.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (upstream, ca) = upstream_and_ca();
+        let kubelet =
+            kubelet::Kubelet::start(client.clone(), &ns.name, dir.clone(), hapair_bin(), app_bin(), upstream, ca).await;
+        Harness { client, ns, kubelet, dir, operators: Vec::new() }
+    }
+
     /// Starts one more operator replica; returns its index.
     pub fn start_operator(&mut self) -> usize {
         self.start_operator_with(&[])
