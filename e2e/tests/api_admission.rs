@@ -155,6 +155,11 @@ fn bad_pairs() -> Vec<Bad> {
             expect: &["spec.splitBrain.keep must be Primary"],
         },
         Bad {
+            what: "agent port without room for its probe port",
+            patch: json!({"spec": {"agent": {"port": 65535}}}),
+            expect: &["spec.agent.port", "65534"],
+        },
+        Bad {
             what: "agent port taken by the application",
             patch: json!({"spec": {"agent": {"port": 8080}}}),
             expect: &["spec.agent.port is used by a port of spec.service"],

@@ -343,7 +343,7 @@ spec:
 "#;
     let mut pair: HighAvailabilityPair = serde_yaml::from_str(yaml).unwrap();
     pair.metadata.namespace = Some(ns.name.clone());
-    let ctx = hapair::operator::build::BuildContext { agent_image: "hapair:test".into() };
+    let ctx = hapair::operator::build::BuildContext { agent_image: "hapair:test".into(), agent_network_policy: None };
     for m in Member::BOTH {
         admit(format!("member pod {m}"), hapair::operator::build::member_pod(&pair, m, &ctx)).await;
     }
@@ -422,16 +422,36 @@ async fn helm_installs_upgrades_and_uninstalls_an_operator_that_brings_a_pair_to
     let ns = h.ns.name.clone();
     let watch = format!("watchNamespaces={{{ns}}}");
     // The operator runs with the chart's own RBAC (Roles in just this namespace).
-    let (ok, out, err) =
-        run(helm(&ns).args(["install", "hapair"]).arg(chart()).args(["--set", &watch, "--set", "logLevel=info"]));
+    let np = "networkPolicy.agent.enabled=true";
+    let (ok, out, err) = run(helm(&ns).args(["install", "hapair"]).arg(chart()).args([
+        "--set",
+        &watch,
+        "--set",
+        "logLevel=info",
+        "--set",
+        np,
+    ]));
     assert!(ok, "helm install: {out}{err}");
     wait_operator(&h, "hapair").await;
     h.apply(&example_pair()).await;
     h.wait_enabled("web", std::time::Duration::from_secs(90)).await;
+    // The operator made the pair's NetworkPolicy (the chart granted it that),
+    // admitting this release's operator pods to the agent port.
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = Api::namespaced(h.client.clone(), &ns);
+    let policy = policies.get("web-hapair-agent").await.expect("the pair's agent NetworkPolicy");
+    let rule = &policy.spec.unwrap().ingress.unwrap()[0];
+    let op = rule.from.as_ref().unwrap()[1].pod_selector.as_ref().unwrap().match_labels.clone().unwrap();
+    assert_eq!(op["app.kubernetes.io/instance"], "hapair");
 
     // Upgrade: a new setting rolls the Deployment; the pair stays served.
-    let (ok, out, err) =
-        run(helm(&ns).args(["upgrade", "hapair"]).arg(chart()).args(["--set", &watch, "--set", "logLevel=debug"]));
+    let (ok, out, err) = run(helm(&ns).args(["upgrade", "hapair"]).arg(chart()).args([
+        "--set",
+        &watch,
+        "--set",
+        "logLevel=debug",
+        "--set",
+        np,
+    ]));
     assert!(ok, "helm upgrade: {out}{err}");
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(h.client.clone(), &ns);
     let d = deployments.get("hapair").await.unwrap();

@@ -475,9 +475,10 @@ impl Default for StandbyOutageSpec {
 #[serde(rename_all = "camelCase")]
 pub struct AgentSpec {
     /// Port of the agent's mTLS endpoint (status, file sync); must not be used
-    /// by the application.
+    /// by the application. The next port is the agent's plain probe and
+    /// metrics port, so at most 65534.
     #[serde(default = "default_agent_port")]
-    #[schemars(range(min = 1024, max = 65535))]
+    #[schemars(range(min = 1024, max = 65534))]
     pub port: i32,
     /// Resources of the sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]

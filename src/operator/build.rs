@@ -38,6 +38,9 @@ pub const AGENT_DATA_DIR: &str = "/var/lib/hapair/data";
 pub struct BuildContext {
     /// Image of the agent sidecar: the operator's own image.
     pub agent_image: String,
+    /// With `--agent-network-policy`: the operator's pods, the agents' other
+    /// allowed clients.
+    pub agent_network_policy: Option<super::netpol::OperatorPods>,
 }
 
 fn owner(pair: &HighAvailabilityPair) -> OwnerReference {
@@ -51,7 +54,7 @@ fn labels(pair: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn meta(pair: &HighAvailabilityPair, name: String) -> ObjectMeta {
+pub(super) fn meta(pair: &HighAvailabilityPair, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: pair.namespace(),
@@ -62,7 +65,7 @@ fn meta(pair: &HighAvailabilityPair, name: String) -> ObjectMeta {
 }
 
 /// Stamps `ANN_HASH` with a hash of the object as built.
-fn stamp<T: serde::Serialize>(obj: &mut T, meta: impl Fn(&mut T) -> &mut ObjectMeta) {
+pub(super) fn stamp<T: serde::Serialize>(obj: &mut T, meta: impl Fn(&mut T) -> &mut ObjectMeta) {
     let hash = hash_of(&*obj);
     meta(obj).annotations.get_or_insert_with(Default::default).insert(ANN_HASH.to_string(), hash);
 }
@@ -575,7 +578,7 @@ mod tests {
     }
 
     fn ctx() -> BuildContext {
-        BuildContext { agent_image: "hapair:test".into() }
+        BuildContext { agent_image: "hapair:test".into(), agent_network_policy: None }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod act;
 pub mod build;
 pub mod decide;
 mod leader;
+pub mod netpol;
 pub mod observe;
 pub mod operations;
 mod poller;
@@ -65,6 +66,19 @@ pub struct Config {
     /// This replica's identity in leader election (default: host name and PID).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Give each pair a NetworkPolicy letting only its own pods and this
+    /// operator's pods reach the agents' mTLS port.
+    #[arg(long, env = "HAPAIR_AGENT_NETWORK_POLICY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub agent_network_policy: bool,
+    /// Labels of the operator's pods (in the namespace of `--leader-namespace`)
+    /// for that NetworkPolicy, as `key=value,...`.
+    #[arg(long, env = "HAPAIR_OPERATOR_SELECTOR", default_value = "app.kubernetes.io/name=hapair,app.kubernetes.io/component=operator", value_parser = parse_operator_selector)]
+    pub operator_selector: std::collections::BTreeMap<String, String>,
+}
+
+fn parse_operator_selector(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    netpol::parse_selector(s)
+        .ok_or_else(|| format!("{s:?} is not a label list like app.kubernetes.io/name=hapair,tier=ops"))
 }
 
 /// Running workers by (namespace, pair), each with the handle that wakes it.
@@ -262,7 +276,13 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         services: Stores::new(readers.2),
         leases: Stores::new(readers.3),
         jobs: Stores::new(readers.4),
-        build: BuildContext { agent_image: config.agent_image.clone() },
+        build: BuildContext {
+            agent_image: config.agent_image.clone(),
+            agent_network_policy: config.agent_network_policy.then(|| netpol::OperatorPods {
+                namespace: config.leader_namespace.clone(),
+                labels: config.operator_selector.clone(),
+            }),
+        },
         metrics,
         recorder: Recorder::new(
             client.clone(),
