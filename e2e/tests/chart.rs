@@ -535,5 +535,28 @@ async fn kubectl_apply_of_the_plain_manifests_is_idempotent_and_the_operator_nev
     assert!(ok && diff.trim().is_empty(), "drift after the operator worked: {diff}{err}");
     let (ok, diff, err) = run(kubectl().args(["diff", "--server-side", "--field-manager=gitops", "-k"]).arg(&dir));
     assert!(ok && diff.trim().is_empty(), "the manifests drifted: {diff}{err}");
+
+    // This namespace enforces Pod Security `restricted` (the base's Namespace,
+    // renamed by the overlay): a pair whose template breaks it cannot get its
+    // pods, and the pair says so in a Warning Event quoting the API server.
+    let mut loose = example_pair();
+    loose["metadata"]["name"] = json!("loose");
+    loose["spec"]["template"]["spec"].as_object_mut().unwrap().remove("securityContext");
+    h.apply(&loose).await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), &ns);
+    let start = std::time::Instant::now();
+    loop {
+        let found = events.list(&Default::default()).await.unwrap().items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("ReconcileFailed")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("loose")
+        });
+        if let Some(e) = found {
+            let note = e.note.unwrap_or_default();
+            assert!(note.contains("PodSecurity") && note.contains("in a row failed"), "{note}");
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "no ReconcileFailed Event for the refused pair");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

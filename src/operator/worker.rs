@@ -59,6 +59,7 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
             primary_usable_since: None,
             status: None,
         };
+        let mut failing = Failing::default();
         while let Some(pair) = ctx.pairs.get(&ObjectRef::new(&name).within(&ns)) {
             if pair.metadata.deletion_timestamp.is_some() {
                 break;
@@ -66,11 +67,27 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
             let started = Instant::now();
             ctx.metrics.reconciles.with_label_values(&[&ns, &name]).inc();
             let recheck = match round(&ctx, &pair, &poll, &mut poller, &mut client_tls, &mut mem, &notify).await {
-                Ok(r) => r,
+                Ok(r) => {
+                    failing = Failing::default();
+                    r
+                }
                 Err(e) => {
                     warn!(error = %e, "reconcile failed");
                     ctx.metrics.reconcile_errors.with_label_values(&[&ns, &name, e.metric_label()]).inc();
-                    Duration::from_millis(500)
+                    let conflict = e.metric_label() == "conflict";
+                    if let Some(note) = failing.failed(&e.to_string(), conflict) {
+                        let ev = kube::runtime::events::Event {
+                            type_: kube::runtime::events::EventType::Warning,
+                            reason: "ReconcileFailed".into(),
+                            note: Some(note),
+                            action: "Reconcile".into(),
+                            secondary: None,
+                        };
+                        if let Err(err) = ctx.recorder.publish(&ev, &kube::Resource::object_ref(&*pair, &())).await {
+                            warn!(error = %err, "cannot publish event");
+                        }
+                    }
+                    failing.backoff(conflict)
                 }
             };
             ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
@@ -398,5 +415,66 @@ pub async fn serve_metrics(addr: SocketAddr, registry: prometheus::Registry) {
             .await
         }
         Err(e) => warn!(%addr, error = %e, "cannot serve metrics"),
+    }
+}
+
+/// Reconciles failing in a row: retried with a growing back-off (a watch
+/// event still wakes the worker at once), and told on the pair as a Warning
+/// Event once they keep failing — the same error at most every 5 minutes.
+/// Conflicts are optimistic concurrency at work: retried quickly, never told.
+#[derive(Default)]
+struct Failing {
+    in_a_row: u32,
+    told: Option<(String, Instant)>,
+}
+
+impl Failing {
+    /// Counts a failure; the Event's note when it is time to tell.
+    fn failed(&mut self, error: &str, conflict: bool) -> Option<String> {
+        self.in_a_row += 1;
+        if conflict || self.in_a_row < 3 {
+            return None;
+        }
+        let again = self.told.as_ref().is_none_or(|(e, t)| e != error || t.elapsed() >= Duration::from_secs(300));
+        if !again {
+            return None;
+        }
+        self.told = Some((error.to_string(), Instant::now()));
+        let note = format!("{} reconciles in a row failed: {error}", self.in_a_row);
+        Some(note.chars().take(1024).collect())
+    }
+
+    fn backoff(&self, conflict: bool) -> Duration {
+        if conflict {
+            return Duration::from_millis(500);
+        }
+        let exp = self.in_a_row.saturating_sub(1).min(6);
+        (Duration::from_millis(500) * 2u32.pow(exp)).min(Duration::from_secs(30))
+    }
+}
+
+#[cfg(test)]
+mod failing_tests {
+    use super::*;
+
+    #[test]
+    fn a_lasting_error_is_told_once_and_retried_ever_more_slowly() {
+        let mut f = Failing::default();
+        assert_eq!(f.failed("forbidden", false), None);
+        assert_eq!(f.backoff(false), Duration::from_millis(500));
+        assert_eq!(f.failed("forbidden", false), None);
+        let told = f.failed("forbidden", false).expect("the third failure in a row is told");
+        assert!(told.starts_with("3 reconciles in a row failed: forbidden"), "{told}");
+        assert_eq!(f.failed("forbidden", false), None, "the same error is not told again at once");
+        assert!(f.failed("quota exceeded", false).is_some(), "a new error is");
+        for _ in 0..10 {
+            f.failed("quota exceeded", false);
+        }
+        assert_eq!(f.backoff(false), Duration::from_secs(30), "capped");
+        assert_eq!(f.backoff(true), Duration::from_millis(500), "conflicts retry quickly");
+        let mut c = Failing::default();
+        for _ in 0..5 {
+            assert_eq!(c.failed("409 conflict", true), None, "conflicts are never told");
+        }
     }
 }
