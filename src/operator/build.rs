@@ -6,13 +6,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, Probe, SeccompProfile,
+    Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role as RbacRole, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
@@ -23,6 +22,11 @@ use sha2::{Digest, Sha256};
 use crate::api::{AGENT_CONTAINER, HighAvailabilityPair, LABEL_MEMBER, LABEL_PAIR, LABEL_ROLE, Member};
 use crate::proto::{ANN_INTERVAL, ANN_MISSED, lease_identity};
 use crate::tls;
+
+pub use super::jobs::{
+    ANN_RESYNC_DRY_RUN, ANN_RESYNC_LABEL, ANN_RESYNC_TARGET, LABEL_COMPONENT, RESYNC_CONTAINER, repair_job, resync_job,
+    resync_job_name,
+};
 
 /// Annotation with a hash of what the operator last applied to an object;
 /// equal hash, nothing to write.
@@ -47,7 +51,7 @@ fn owner(pair: &HighAvailabilityPair) -> OwnerReference {
     pair.controller_owner_ref(&()).expect("a stored pair has a name and uid")
 }
 
-fn labels(pair: &str) -> BTreeMap<String, String> {
+pub(super) fn labels(pair: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_PAIR.to_string(), pair.to_string()),
         ("app.kubernetes.io/managed-by".to_string(), "hapair".to_string()),
@@ -158,7 +162,7 @@ pub fn pvc(pair: &HighAvailabilityPair, member: Member) -> Option<PersistentVolu
     })
 }
 
-fn field_env(name: &str, path: &str) -> EnvVar {
+pub(super) fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
@@ -169,7 +173,7 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
+pub(super) fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
 }
 
@@ -328,159 +332,6 @@ pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContex
     };
     pod.metadata.annotations.get_or_insert_with(Default::default).insert(ANN_HASH.into(), hash);
     pod
-}
-
-/// Label on a resync Job and its pod: which component this is.
-pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
-/// Annotations on a resync Job: its order's label, target and dry-run flag.
-pub const ANN_RESYNC_LABEL: &str = "hapair.dev/resync-label";
-pub const ANN_RESYNC_TARGET: &str = "hapair.dev/resync-target";
-pub const ANN_RESYNC_DRY_RUN: &str = "hapair.dev/resync-dry-run";
-/// Container name of the resync Job.
-pub const RESYNC_CONTAINER: &str = "resync";
-
-/// Name of the resync Job for an order (`<pair>-resync-<epoch>` for the
-/// automatic one; the order's label names it).
-pub fn resync_job_name(pair: &str, label: &str) -> String {
-    let name = format!("{pair}-{label}");
-    // Job names become pod label values: at most 63 characters.
-    if name.len() <= 63 {
-        return name;
-    }
-    let digest: String = Sha256::digest(name.as_bytes())[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{digest}", name[..54].trim_end_matches('-'))
-}
-
-/// The resync Job: `hapair resync` driving `target`'s agent at `address`
-/// with the pair's client identity. Failed runs are retried by the Job
-/// controller with its exponential back-off (`backoffLimit`); every run
-/// plans afresh, so a retry finishes what a killed run began.
-pub fn resync_job(
-    pair: &HighAvailabilityPair,
-    target: Member,
-    address: std::net::SocketAddr,
-    order: &crate::proto::ResyncOrder,
-    ctx: &BuildContext,
-) -> Job {
-    let name = pair.name_any();
-    let job_name = resync_job_name(&name, &order.label);
-    let mut labels = labels(&name);
-    labels.insert(LABEL_COMPONENT.into(), "resync".into());
-    let word = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    let env_vars = vec![
-        env("HAPAIR_PAIR", name.clone()),
-        field_env("HAPAIR_NAMESPACE", "metadata.namespace"),
-        env("HAPAIR_TARGET", target.as_str()),
-        env("HAPAIR_TARGET_ADDRESS", address.to_string()),
-        env("HAPAIR_TLS_DIR", TLS_DIR),
-        env("HAPAIR_RESYNC_LABEL", order.label.clone()),
-        env("HAPAIR_ONLY_ON_TARGET", word(serde_json::to_value(order.only_on_target).unwrap_or_default())),
-        env("HAPAIR_CONFLICT", word(serde_json::to_value(order.conflict).unwrap_or_default())),
-        env("HAPAIR_CLOCKS_AGREE", order.clocks_agree.to_string()),
-        env("HAPAIR_DRY_RUN", order.dry_run.to_string()),
-        env("HAPAIR_FULL", order.full.to_string()),
-    ];
-    let pod = PodSpec {
-        restart_policy: Some("Never".into()),
-        automount_service_account_token: Some(false),
-        containers: vec![Container {
-            name: RESYNC_CONTAINER.into(),
-            image: Some(ctx.agent_image.clone()),
-            args: Some(vec!["resync".into()]),
-            env: Some(env_vars),
-            volume_mounts: Some(vec![VolumeMount {
-                name: "hapair-tls".into(),
-                mount_path: TLS_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            }]),
-            termination_message_policy: Some("FallbackToLogsOnError".into()),
-            security_context: Some(restricted_security_context()),
-            ..Default::default()
-        }],
-        volumes: Some(vec![Volume {
-            name: "hapair-tls".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(tls_secret_name(&name)),
-                items: Some(vec![
-                    KeyToPath { key: tls::CA_CERT.into(), path: "ca.crt".into(), ..Default::default() },
-                    KeyToPath { key: tls::CLIENT_CERT.into(), path: "tls.crt".into(), ..Default::default() },
-                    KeyToPath { key: tls::CLIENT_KEY.into(), path: "tls.key".into(), ..Default::default() },
-                ]),
-                default_mode: Some(0o400),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    };
-    let mut m = meta(pair, job_name);
-    m.labels = Some(labels.clone());
-    m.annotations = Some(BTreeMap::from([
-        (ANN_RESYNC_LABEL.to_string(), order.label.clone()),
-        (ANN_RESYNC_TARGET.to_string(), target.to_string()),
-        (ANN_RESYNC_DRY_RUN.to_string(), order.dry_run.to_string()),
-    ]));
-    run_to_completion(m, labels, pod)
-}
-
-/// A Job the operator owns: retried by the Job controller with its back-off
-/// (`backoffLimit: 4`), given up after an hour.
-fn run_to_completion(metadata: ObjectMeta, labels: BTreeMap<String, String>, pod: PodSpec) -> Job {
-    Job {
-        metadata,
-        spec: Some(JobSpec {
-            backoff_limit: Some(4),
-            active_deadline_seconds: Some(3600),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
-                spec: Some(pod),
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// The split-brain repair Job (`splitBrain.repairJob`): the user's
-/// container, run once the file resync labelled `label` has succeeded, with
-/// the kept member, the epoch and both members' agent addresses in its
-/// environment. Its Job carries the label `<label>-repair`.
-pub fn repair_job(
-    pair: &HighAvailabilityPair,
-    container: &Container,
-    label: &str,
-    kept: Member,
-    epoch: i64,
-    addresses: [Option<std::net::SocketAddr>; 2],
-) -> Job {
-    let name = pair.name_any();
-    let repair_label = format!("{label}-repair");
-    let mut labels = labels(&name);
-    labels.insert(LABEL_COMPONENT.into(), "repair".into());
-    let mut c = container.clone();
-    let env_vars = c.env.get_or_insert_with(Vec::new);
-    env_vars.extend([
-        env("HAPAIR_PAIR", name.clone()),
-        env("HAPAIR_KEPT_MEMBER", kept.as_str()),
-        env("HAPAIR_EPOCH", epoch.to_string()),
-        env("HAPAIR_PRIMARY_ADDRESS", addresses[0].map(|a| a.to_string()).unwrap_or_default()),
-        env("HAPAIR_SECONDARY_ADDRESS", addresses[1].map(|a| a.to_string()).unwrap_or_default()),
-    ]);
-    let mut m = meta(pair, resync_job_name(&name, &repair_label));
-    m.labels = Some(labels.clone());
-    m.annotations = Some(BTreeMap::from([
-        (ANN_RESYNC_LABEL.to_string(), repair_label),
-        (ANN_RESYNC_TARGET.to_string(), kept.to_string()),
-        (ANN_RESYNC_DRY_RUN.to_string(), "false".into()),
-    ]));
-    let pod = PodSpec {
-        restart_policy: Some("Never".into()),
-        automount_service_account_token: Some(false),
-        containers: vec![c],
-        ..Default::default()
-    };
-    run_to_completion(m, labels, pod)
 }
 
 /// Pod Security "restricted" settings for every container hapair adds.

@@ -10,6 +10,7 @@
 pub mod act;
 pub mod build;
 pub mod decide;
+pub mod jobs;
 mod leader;
 pub mod netpol;
 pub mod observe;
