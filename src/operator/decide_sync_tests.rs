@@ -138,6 +138,9 @@ fn a_resync_request_runs_one_job_and_ends_with_it() {
     let lost = decide(&s, Some(&running.status), &obs, &clock());
     assert_eq!(op_status(&lost).phase, OperationPhase::Succeeded);
     assert!(op_status(&lost).message.as_deref().unwrap().contains("no longer reports"));
+    obs.resync_jobs = vec![job(JobPhase::Succeeded, None, None)];
+    let untimed = decide(&s, Some(&running.status), &obs, &clock());
+    assert_eq!(op_status(&untimed).phase, OperationPhase::Succeeded, "no finish time: nothing to wait out");
     obs.resync_jobs = vec![job(JobPhase::Failed, Some("BackoffLimitExceeded"), Some(0))];
     let failed = decide(&s, Some(&running.status), &obs, &clock());
     assert_eq!(

@@ -322,7 +322,8 @@ fn resync(
             // The Job saw the target's finished report before this operator's
             // next poll of it: wait for that poll (a few intervals at most),
             // so the outcome and `status.resync` carry the counts and plan.
-            let waited = job.finished.map_or(0, |f| (now - f).num_seconds());
+            // (A Job with no finish time on record is not waited for.)
+            let waited = job.finished.map_or(i64::MAX, |f| (now - f).num_seconds());
             if report.is_none() && waited < i64::from(3 * spec.heartbeat.interval_seconds) {
                 return Step::Idle;
             }
