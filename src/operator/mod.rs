@@ -16,6 +16,7 @@ pub mod netpol;
 pub mod observe;
 pub mod operations;
 mod poller;
+pub mod resync_status;
 pub mod split_brain;
 pub mod status;
 pub mod stores;
@@ -33,7 +34,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use stores::Stores;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -241,42 +242,19 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         list => list.into_iter().map(Some).collect(),
     };
     info!(namespaces = ?namespaces, "watching");
-    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     // One reflector per kind and namespace.
-    let mut writers = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut readers = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ns in &namespaces {
-        let (r, w) = reflector::store::<HighAvailabilityPair>();
-        readers.0.push((ns.clone(), r));
-        writers.0.push((w, api::<HighAvailabilityPair>(&client, ns)));
-        let (r, w) = reflector::store::<Pod>();
-        readers.1.push((ns.clone(), r));
-        writers.1.push((w, api::<Pod>(&client, ns)));
-        let (r, w) = reflector::store::<Service>();
-        readers.2.push((ns.clone(), r));
-        writers.2.push((w, api::<Service>(&client, ns)));
-        let (r, w) = reflector::store::<Lease>();
-        readers.3.push((ns.clone(), r));
-        writers.3.push((w, api::<Lease>(&client, ns)));
-        let (r, w) = reflector::store::<Job>();
-        readers.4.push((ns.clone(), r));
-        writers.4.push((w, api::<Job>(&client, ns)));
-    }
+    let (pairs, pair_feeds) = Stores::<HighAvailabilityPair>::reflect(&client, &namespaces);
+    let (pods, pod_feeds) = Stores::<Pod>::reflect(&client, &namespaces);
+    let (services, service_feeds) = Stores::<Service>::reflect(&client, &namespaces);
+    let (leases, lease_feeds) = Stores::<Lease>::reflect(&client, &namespaces);
+    let (jobs, job_feeds) = Stores::<Job>::reflect(&client, &namespaces);
     let ctx = Arc::new(Context {
         client: client.clone(),
-        pairs: Stores::new(readers.0),
-        pods: Stores::new(readers.1),
-        services: Stores::new(readers.2),
-        leases: Stores::new(readers.3),
-        jobs: Stores::new(readers.4),
+        pairs,
+        pods,
+        services,
+        leases,
+        jobs,
         build: BuildContext {
             agent_image: config.agent_image.clone(),
             agent_network_policy: config.agent_network_policy.then(|| netpol::OperatorPods {
@@ -301,7 +279,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     // Malformed pairs are reported, not fatal: the watch goes on.
-    for (writer, api) in writers.0 {
+    for (writer, api) in pair_feeds {
         let send = keyed(tx.clone());
         let pair_stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
             .default_backoff()
@@ -332,16 +310,16 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             })
         }};
     }
-    for (w, api) in writers.1 {
+    for (w, api) in pod_feeds {
         tokio::spawn(owned_stream!(w, api));
     }
-    for (w, api) in writers.2 {
+    for (w, api) in service_feeds {
         tokio::spawn(owned_stream!(w, api));
     }
-    for (w, api) in writers.3 {
+    for (w, api) in lease_feeds {
         tokio::spawn(owned_stream!(w, api));
     }
-    for (w, api) in writers.4 {
+    for (w, api) in job_feeds {
         tokio::spawn(owned_stream!(w, api));
     }
     // A new leader decides nothing until it has seen everything.

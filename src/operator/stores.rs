@@ -4,12 +4,36 @@
 
 use std::sync::Arc;
 
-use kube::Resource;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::{Api, Client, Resource};
 
 /// One store per watched namespace, or a single cluster-wide one.
 pub struct Stores<K: Resource<DynamicType = ()> + Clone + 'static> {
     by_namespace: Vec<(Option<String>, Store<K>)>,
+}
+
+/// What feeds one namespace's store: its writer and the Api to watch.
+pub type Feed<K> = (Writer<K>, Api<K>);
+
+impl<K> Stores<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + 'static,
+{
+    /// A store per namespace (`None`: one cluster-wide), and what feeds each.
+    pub fn reflect(client: &Client, namespaces: &[Option<String>]) -> (Self, Vec<Feed<K>>) {
+        let mut stores = Vec::new();
+        let mut feeds = Vec::new();
+        for ns in namespaces {
+            let (store, writer) = reflector::store::<K>();
+            let api = match ns {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            stores.push((ns.clone(), store));
+            feeds.push((writer, api));
+        }
+        (Stores::new(stores), feeds)
+    }
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
