@@ -366,7 +366,7 @@ pub fn decide(
         }
     }
     status::compute(spec, obs, &mut plan, active, blocked, clock);
-    status::resync(obs, &mut plan);
+    super::resync_status::resync(obs, &mut plan);
     plan
 }
 
