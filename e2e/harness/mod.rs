@@ -69,15 +69,8 @@ impl Harness {
 
     /// Like `new`, the first operator replica started with extra environment.
     pub async fn new_with(name: &str, operator_env: &[(&str, &str)]) -> Self {
-        let client = common::client().await;
-        common::install_crd(&client).await;
-        let ns = TestNamespace::new(&client, name).await;
-        let dir = std::env::temp_dir().join(format!("hapair-e2e-{}", ns.name));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (upstream, ca) = upstream_and_ca();
-        let kubelet =
-            kubelet::Kubelet::start(client.clone(), &ns.name, dir.clone(), hapair_bin(), app_bin(), upstream, ca).await;
-        let mut h = Harness { client, ns, kubelet, dir, operators: Vec::new() };
+        common::install_crd(&common::client().await).await;
+        let mut h = Self::without_operator(name).await;
         h.start_operator_with(operator_env);
         h
     }
