@@ -500,25 +500,25 @@ async fn kubectl_apply_of_the_plain_manifests_is_idempotent_and_the_operator_nev
     let (ok, again, err) = apply();
     assert!(ok, "{err}");
     // Server-side apply reports every object, changed or not: compare what the
-    // API server stored instead.
-    let (_, before, _) = run(kubectl().args([
-        "get",
-        "deployment,serviceaccount,rolebinding,service",
-        "-n",
-        &ns,
-        "-o",
-        "jsonpath={.items[*].metadata.resourceVersion}",
-    ]));
+    // API server stored instead, namespaced and cluster-wide objects alike.
+    let versions = || {
+        let rv = "jsonpath={.items[*].metadata.resourceVersion}";
+        let (ok1, mine, e1) =
+            run(kubectl().args(["get", "deployment,serviceaccount,rolebinding,service", "-n", &ns, "-o", rv]));
+        let (ok2, cluster, e2) = run(kubectl().args([
+            "get",
+            "clusterrole/hapair",
+            "customresourcedefinition/highavailabilitypairs.hapair.dev",
+            "-o",
+            rv,
+        ]));
+        assert!(ok1 && ok2, "{e1}{e2}");
+        format!("{mine} {cluster}")
+    };
+    let before = versions();
     let (ok, _, _) = apply();
     assert!(ok);
-    let (_, after, _) = run(kubectl().args([
-        "get",
-        "deployment,serviceaccount,rolebinding,service",
-        "-n",
-        &ns,
-        "-o",
-        "jsonpath={.items[*].metadata.resourceVersion}",
-    ]));
+    let after = versions();
     assert_eq!(before, after, "a second apply changed something: {again}");
 
     wait_operator(&h, "hapair").await;
