@@ -11,7 +11,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
-use super::build::{BuildContext, TLS_DIR, env, field_env, labels, meta, restricted_security_context, tls_secret_name};
+use super::build::{
+    BuildContext, TLS_DIR, TLS_FILE_MODE, env, field_env, labels, meta, restricted_security_context, tls_secret_name,
+};
 use crate::api::{HighAvailabilityPair, Member};
 use crate::tls;
 
@@ -92,7 +94,7 @@ pub fn resync_job(
                     KeyToPath { key: tls::CLIENT_CERT.into(), path: "tls.crt".into(), ..Default::default() },
                     KeyToPath { key: tls::CLIENT_KEY.into(), path: "tls.key".into(), ..Default::default() },
                 ]),
-                default_mode: Some(0o400),
+                default_mode: Some(TLS_FILE_MODE),
                 ..Default::default()
             }),
             ..Default::default()
