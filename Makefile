@@ -73,13 +73,14 @@ E2E_FAST := bootstraps killing_the_active a_failover_under_writes an_active_cut_
 	switchovers_under_writes a_former_active a_resync_request a_split_brain_is_repaired
 
 .PHONY: test
-test: check-generated unit fuzz-brief chart image-check testbed-up integration chart-cluster e2e-fast ## Generated files, unit tests, a brief fuzz, chart and image checks, API tests and the fastest e2e scenarios on the testbed.
+test: check-generated unit fuzz-brief chart image-check testbed-up integration chart-cluster e2e-fast e2e-nodes ## Generated files, unit tests, a brief fuzz, chart and image checks, API tests, the fastest e2e scenarios and the node faults on the testbed.
 
 .PHONY: unit
 unit: ## Unit tests (no cluster).
 	$(CARGO) test --lib --bins
 
-TESTBED_ENV = RUST_BACKTRACE=0 HAPAIR_TESTBED_KUBECONFIG=$(TESTBED_KUBECONFIG) HAPAIR_TESTBED_BIN=$(TESTBED_BIN)
+TESTBED_ENV = RUST_BACKTRACE=0 HAPAIR_TESTBED_KUBECONFIG=$(TESTBED_KUBECONFIG) HAPAIR_TESTBED_BIN=$(TESTBED_BIN) \
+  HAPAIR_IMAGE_REF=$(IMAGE_REPO):$(IMAGE_TAG)
 
 .PHONY: integration
 integration: ## API tests against the running testbed's real API server.
@@ -87,13 +88,16 @@ integration: ## API tests against the running testbed's real API server.
 
 .PHONY: e2e-fast
 e2e-fast: testbed-up
-	$(CARGO) build --examples
 	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync -- --test-threads 2 $(E2E_FAST)
 
 .PHONY: e2e
-e2e: testbed-up ## Every end-to-end scenario (members run as processes; needs root for network namespaces).
-	$(CARGO) build --examples
+e2e: testbed-up ## Every end-to-end scenario, on the testbed's real nodes (needs root).
 	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync -- --test-threads 3
+	@$(MAKE) --no-print-directory e2e-nodes
+
+.PHONY: e2e-nodes
+e2e-nodes: testbed-up ## Whole nodes frozen, partitioned and killed under a pair; members kept apart (one test at a time).
+	$(TESTBED_ENV) $(CARGO) test --test nodes -- --test-threads 1
 
 ##@ Fuzzing
 
@@ -154,26 +158,38 @@ chart: tools ## Chart checks: lint, values schema, RBAC, alerts (promtool), dash
 
 .PHONY: chart-cluster
 chart-cluster: tools testbed-up ## Chart checks on the testbed: server-side dry run, Pod Security, helm install/upgrade/uninstall, kustomize.
-	$(CARGO) build --bins --examples
 	$(TESTBED_ENV) $(CARGO) test --test chart -- --test-threads 2 the_api_server every_pod helm_installs kubectl_apply
 
 ##@ Benchmarks
 
 .PHONY: bench
 bench: testbed-up ## Failover (confirmed, unconfirmed; 1 s x 3, 5 s x 3), switchover and file sync throughput: prints BENCH lines.
-	$(CARGO) build --release --examples
 	$(TESTBED_ENV) $(CARGO) bench --bench failover --bench sync 2>target/bench.log | tee target/bench.txt
 	@echo "per-run figures in target/bench.log"
 
-##@ Testbed (real etcd, kube-apiserver, kube-controller-manager on loopback)
+##@ Testbed (a real control plane and two real worker nodes on this machine)
 
 .PHONY: testbed-build
-testbed-build: ## Build (or reuse) the pinned control-plane binaries.
+testbed-build: ## Build (or reuse) the pinned Kubernetes binaries and CNI plugins.
 	e2e/testbed/build.sh >/dev/null
 
+TESTBED_IMAGES := target/image
+E2E_APP := target/$(MUSL)/release/examples/hapair-e2e-app
+
+.PHONY: testbed-images
+testbed-images: image ## The images the nodes run (imported, never pulled): hapair, the test application, the pause program.
+	@mkdir -p $(TESTBED_IMAGES)
+	gcc -static -Os -o $(TESTBED_IMAGES)/pause e2e/image/pause.c
+	IMAGE_NAME=pause IMAGE_CMD='[]' IMAGE_USER=65535 \
+	  e2e/image/build.sh $(TESTBED_IMAGES)/pause $(TESTBED_IMAGES)/e2e-pause.oci.tar hapair.dev/e2e/pause 1
+	CC_x86_64_unknown_linux_musl=$${CC_x86_64_unknown_linux_musl:-$$(command -v x86_64-linux-musl-gcc || command -v musl-gcc || echo gcc)} \
+	  $(CARGO) build --release --target $(MUSL) --example hapair-e2e-app
+	IMAGE_NAME=hapair-e2e-app IMAGE_CMD='[]' \
+	  e2e/image/build.sh $(E2E_APP) $(TESTBED_IMAGES)/e2e-app.oci.tar hapair.dev/e2e/app 1
+
 .PHONY: testbed-up
-testbed-up: ## Start the testbed (no-op when running); prints the kubeconfig path.
-	@$(TESTBED) up
+testbed-up: testbed-images ## Start the testbed (no-op when running); prints the kubeconfig path.
+	@HAPAIR_TESTBED_IMAGES=$(TESTBED_IMAGES) $(TESTBED) up
 
 .PHONY: testbed-down
 testbed-down: ## Stop the testbed and remove its state.
@@ -182,8 +198,8 @@ testbed-down: ## Stop the testbed and remove its state.
 ##@ Running hapair
 
 .PHONY: demo
-demo: ## Run hapair on a local control plane: a pair comes up, its active is killed, the failover is shown.
-	@e2e/demo.sh up
+demo: testbed-images ## Run hapair on a local Kubernetes with two real nodes: a pair comes up, its active is killed, the failover is shown.
+	@HAPAIR_TESTBED_IMAGES=$(TESTBED_IMAGES) e2e/demo.sh up
 
 .PHONY: demo-down
 demo-down: ## Stop what `make demo` started (and the testbed).

@@ -7,6 +7,11 @@
 //! - `GET /read?key=K`: the stored value, 404 when unknown.
 //! - `GET /healthz`: 200.
 //! - `GET /role`: the role and epoch it sees.
+//!
+//! Every answer carries `x-hapair-member`: the pod's hostname, which the
+//! operator sets to the member's name, so a client through the VIP knows who
+//! answered. `--data-dir` is used when it exists (a pair with storage mounts
+//! its claim there) and ignored otherwise.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -20,6 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 struct App {
+    member: String,
     run_dir: PathBuf,
     data_dir: Option<PathBuf>,
     store: Mutex<HashMap<String, String>>,
@@ -91,15 +97,30 @@ async fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
-    let app = Arc::new(App { run_dir, data_dir, store: Mutex::default() });
+    let data_dir = data_dir.filter(|d| d.is_dir());
+    let member = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    let app = Arc::new(App { member, run_dir, data_dir, store: Mutex::default() });
     let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
+    // Leave on SIGTERM as a well-behaved application does; without it the
+    // kubelet waits out the whole grace period before it kills us.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = term.recv() => return,
+        };
+        let Ok((tcp, _)) = accepted else { continue };
         let app = app.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&app, req)) }
+                async move {
+                    let mut r = handle(&app, req);
+                    if let Ok(v) = hyper::header::HeaderValue::from_str(&app.member) {
+                        r.headers_mut().insert("x-hapair-member", v);
+                    }
+                    Ok::<_, std::convert::Infallible>(r)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
         });

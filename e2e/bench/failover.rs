@@ -1,13 +1,13 @@
-//! `make bench`: failover timings on the real control plane with members as
-//! processes. For heartbeat 1 s × 3 and 5 s × 3, runs confirmed failures
-//! (kill -9 of the active application) and unconfirmed ones (the active's
-//! node lost: agent and application killed, nothing reported) repeatedly and
+//! `make bench`: failover timings on the testbed's real nodes. For heartbeat
+//! 1 s × 3 and 5 s × 3, runs confirmed failures (kill -9 of the active's
+//! application container) and unconfirmed ones (the active's pod frozen,
+//! agent and application alike: nothing reports anything) repeatedly and
 //! prints one line per figure: `BENCH <name> <value> <unit>`.
 //!
 //! - detection: from the kill to the Lease move (the commit point);
 //! - lease_to_selector: from the Lease move to the VIP selector write;
 //! - outage: what a client sees, first failed to first successful write
-//!   through the VIP's EndpointSlices.
+//!   through the Service's ClusterIP (kube-proxy's rules, keep-alive).
 //!
 //! Then planned switchovers (`spec.operation`) of a pair that syncs its
 //! data volume, under writes: from the request to its success, the client
@@ -71,10 +71,10 @@ async fn series(interval: i32, kind: Kill, runs: usize) -> Series {
         vip_writable(&h).await;
         let s = p.status.unwrap();
         let (victim, epoch) = (s.active_member.unwrap(), s.epoch);
-        let writer = h.writer("web");
+        let writer = h.writer("web").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let killed = chrono::Utc::now();
-        h.kill("web", victim, kind);
+        h.kill("web", victim, kind).await;
         let p = wait(&h, "failover", |p| p.status.as_ref().is_some_and(|s| s.epoch > epoch)).await;
         vip_writable(&h).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -89,11 +89,9 @@ async fn series(interval: i32, kind: Kill, runs: usize) -> Series {
             t.lease_to_selector_millis.unwrap_or(0),
             out.outage.last().unwrap()
         );
-        if kind == Kill::Node {
-            // The lost node's pod goes away; the operator recreates it as standby.
-            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
-            let dp = kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
-            let _ = pods.delete(&victim.pod_name("web"), &dp).await;
+        if kind == Kill::Freeze {
+            // Thawed, the old active finds it lost the Lease and returns as standby.
+            h.thaw_all();
         }
     }
     out
@@ -113,7 +111,7 @@ async fn switchovers(runs: usize) -> (Vec<f64>, Vec<f64>, usize) {
     for run in 0..runs {
         wait(&h, "Enabled", |p| p.status.as_ref().is_some_and(|s| s.mode == Some(Mode::Enabled))).await;
         vip_writable(&h).await;
-        let writer = h.writer("web");
+        let writer = h.writer("web").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let id = format!("sw-{run}");
         let start = Instant::now();
@@ -130,7 +128,7 @@ async fn switchovers(runs: usize) -> (Vec<f64>, Vec<f64>, usize) {
         let s = p.status.unwrap();
         let op = s.operations.iter().find(|o| o.id == id).unwrap();
         assert_eq!(op.phase, hapair::api::OperationPhase::Succeeded, "{op:?}");
-        let missing = log.missing_from(&h.data_dir("web", s.active_member.unwrap()));
+        let missing = log.missing_from(&h.data_dir("web", s.active_member.unwrap()).await);
         lost += missing.len();
         eprintln!(
             "switchover run {run}: {:.0} ms, outage {:.0} ms, {} acknowledged, {} lost",
@@ -163,7 +161,7 @@ async fn main() {
         return;
     }
     for interval in [1, 5] {
-        for (kind, name) in [(Kill::App, "confirmed"), (Kill::Node, "unconfirmed")] {
+        for (kind, name) in [(Kill::App, "confirmed"), (Kill::Freeze, "unconfirmed")] {
             let s = series(interval, kind, runs).await;
             for (metric, v) in
                 [("detection", &s.detection), ("lease_to_selector", &s.lease_to_selector), ("outage", &s.outage)]

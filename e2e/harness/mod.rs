@@ -1,37 +1,50 @@
-//! The end-to-end harness: a real control plane (the testbed), the real
-//! operator binary, a kubelet stand-in running each member's agent and test
-//! application as processes, a client that reaches the pair only through the
-//! VIP Service's EndpointSlices (as kube-proxy would), and the safety checker.
+//! The end-to-end harness on the testbed's real Kubernetes: the real
+//! operator binary, member pods run by real kubelets and containerd on two
+//! nodes (the agent from hapair's image, the test application from its own),
+//! a client that reaches the pair only through its Service's ClusterIP and
+//! kube-proxy's rules, the faults a test injects, and the safety checker.
 #![allow(dead_code)]
 
 pub mod checker;
-pub mod kubelet;
-pub mod netns;
-pub mod proxy;
+pub mod client;
+pub mod nodes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hapair::api::{HighAvailabilityPair, Member, Mode};
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::Value;
 use tokio::process::Command;
 
 use crate::common::{self, TestNamespace};
-pub use kubelet::Kill;
+pub use client::Answer;
+
+/// How a test stops a member.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kill {
+    /// kill -9 of the application container: the kubelet reports it
+    /// terminated (a confirmed failure) and restarts it.
+    App,
+    /// The member's pod frozen, agent and application alike, while its node
+    /// and kubelet run on: nothing confirms the failure, heartbeats just stop.
+    Freeze,
+}
 
 pub struct Harness {
     pub client: Client,
     pub ns: TestNamespace,
-    pub kubelet: Arc<kubelet::Kubelet>,
     pub dir: PathBuf,
     operators: Vec<OperatorReplica>,
+    /// Faults to undo when the test ends, pass or fail: frozen pods' cgroups
+    /// and pods cut from the API server.
+    frozen: Mutex<Vec<PathBuf>>,
+    cut: Mutex<Vec<Pod>>,
 }
 
 /// One operator replica, restarted when it exits until told to stop.
@@ -48,19 +61,15 @@ pub fn hapair_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hapair"))
 }
 
-pub fn app_bin() -> PathBuf {
-    let p = bin_dir().join("examples").join("hapair-e2e-app");
-    assert!(p.exists(), "{} is missing: build it with `cargo build --examples` (make e2e does)", p.display());
-    p
+/// The hapair image the nodes hold (`make testbed-images` imports it): the
+/// agent sidecar of every member pod, and the operator's image in the chart
+/// tests.
+pub fn hapair_image() -> String {
+    std::env::var("HAPAIR_IMAGE_REF").unwrap_or_else(|_| format!("ghcr.io/hapair/hapair:{}", env!("CARGO_PKG_VERSION")))
 }
 
-fn upstream_and_ca() -> (SocketAddr, String) {
-    let text = std::fs::read_to_string(common::kubeconfig_path()).unwrap();
-    let v: Value = serde_yaml::from_str(&text).unwrap();
-    let cluster = &v["clusters"][0]["cluster"];
-    let server = cluster["server"].as_str().unwrap().trim_start_matches("https://").to_string();
-    (server.parse().unwrap(), cluster["certificate-authority-data"].as_str().unwrap().to_string())
-}
+/// The e2e test application's image (`e2e/app`, static, on an empty base).
+pub const APP_IMAGE: &str = "hapair.dev/e2e/app:1";
 
 impl Harness {
     pub async fn new(name: &str) -> Self {
@@ -75,17 +84,16 @@ impl Harness {
         h
     }
 
-    /// A namespace and its kubelet, but no operator: the test installs one
-    /// (with the Helm chart or the plain manifests) and the kubelet runs it.
+    /// A namespace, but no operator: the test installs one (with the Helm
+    /// chart or the plain manifests) and the nodes run it.
     pub async fn without_operator(name: &str) -> Self {
         let client = common::client().await;
+        // Local volumes earlier tests released become Available again.
+        nodes::testbed(&["recycle"]).expect("local volumes recycled");
         let ns = TestNamespace::new(&client, name).await;
         let dir = std::env::temp_dir().join(format!("hapair-e2e-{}", ns.name));
         std::fs::create_dir_all(&dir).unwrap();
-        let (upstream, ca) = upstream_and_ca();
-        let kubelet =
-            kubelet::Kubelet::start(client.clone(), &ns.name, dir.clone(), hapair_bin(), app_bin(), upstream, ca).await;
-        Harness { client, ns, kubelet, dir, operators: Vec::new() }
+        Harness { client, ns, dir, operators: Vec::new(), frozen: Mutex::default(), cut: Mutex::default() }
     }
 
     /// Starts one more operator replica; returns its index.
@@ -117,7 +125,7 @@ impl Harness {
                     .env("HAPAIR_METRICS_ADDR", "127.0.0.1:0")
                     .env("HAPAIR_HEALTH_ADDR", "127.0.0.1:0")
                     .env("HAPAIR_LEADER_LEASE_SECONDS", "4")
-                    .env("HAPAIR_AGENT_IMAGE", "hapair:e2e")
+                    .env("HAPAIR_AGENT_IMAGE", hapair_image())
                     .env("RUST_LOG", std::env::var("HAPAIR_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -198,12 +206,68 @@ impl Harness {
         .await
     }
 
-    pub fn kill(&self, name: &str, member: Member, how: Kill) {
-        self.kubelet.kill(&member.pod_name(name), how);
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
-    pub fn partition(&self, name: &str, member: Member, cut: bool) {
-        self.kubelet.partition_from_api(&member.pod_name(name), cut);
+    pub async fn member_pod(&self, name: &str, member: Member) -> Pod {
+        self.pods().get(&member.pod_name(name)).await.unwrap()
+    }
+
+    pub async fn kill(&self, name: &str, member: Member, how: Kill) {
+        let mut pod = self.member_pod(name, member).await;
+        match how {
+            Kill::App => {
+                // The kubelet reports a restarted container a moment after
+                // it runs, and a killed one a moment after it died: retry
+                // until the container the status names is the one running.
+                let start = Instant::now();
+                loop {
+                    match nodes::kill_container(&pod, "app") {
+                        Ok(()) => break,
+                        Err(e) if start.elapsed() > Duration::from_secs(60) => panic!("{e}"),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                    pod = self.member_pod(name, member).await;
+                }
+            }
+            Kill::Freeze => self.frozen.lock().unwrap().push(nodes::freeze_pod(&pod, true)),
+        }
+    }
+
+    /// Thaws every pod this test froze.
+    pub fn thaw_all(&self) {
+        for cg in self.frozen.lock().unwrap().drain(..) {
+            nodes::set_freezer(&cg, false);
+        }
+    }
+
+    /// Cuts (or restores) a member's pod from the API server only: its
+    /// peer, the operator and clients still reach it.
+    pub async fn partition(&self, name: &str, member: Member, cut: bool) {
+        let pod = self.member_pod(name, member).await;
+        nodes::cut_pod_from_api(&pod, cut);
+        let mut list = self.cut.lock().unwrap();
+        list.retain(|p| p.metadata.uid != pod.metadata.uid);
+        if cut {
+            list.push(pod);
+        }
+    }
+
+    /// Kills the running containers of the pair's resync Job pods (a Job
+    /// interrupted mid-copy); returns how many were killed.
+    pub async fn kill_job_pods(&self) -> usize {
+        let lp = ListParams::default().labels("app.kubernetes.io/component=resync");
+        let mut killed = 0;
+        for pod in self.pods().list(&lp).await.unwrap().items {
+            for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+                // Only what runs: a finished container has nothing to kill.
+                if nodes::kill_container(&pod, &c.name).is_ok() {
+                    killed += 1;
+                }
+            }
+        }
+        killed
     }
 
     pub async fn merge_spec(&self, name: &str, patch: Value) {
@@ -226,9 +290,30 @@ impl Harness {
         .unwrap()
     }
 
-    /// The host directory standing for a member's data volume (its PVC).
-    pub fn data_dir(&self, pair: &str, member: Member) -> PathBuf {
-        self.dir.join("pvc").join(format!("{pair}-{member}-data"))
+    /// The directory on the node's disk behind a member's data volume: the
+    /// local PersistentVolume its claim bound to. A pair without storage has
+    /// none, and gets a path that does not exist.
+    pub async fn data_dir(&self, pair: &str, member: Member) -> PathBuf {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let claim = format!("{pair}-{member}-data");
+        if self.pair(pair).await.spec.storage.is_none() {
+            return self.dir.join("no-storage").join(&claim);
+        }
+        let start = Instant::now();
+        loop {
+            match claims.get_opt(&claim).await.unwrap() {
+                None => {}
+                Some(c) => {
+                    if let Some(pv) = c.spec.and_then(|s| s.volume_name).filter(|v| !v.is_empty()) {
+                        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+                        let pv = pvs.get(&pv).await.unwrap();
+                        return PathBuf::from(pv.spec.unwrap().local.expect("a local volume").path);
+                    }
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "claim {claim} did not bind");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// How to reach a member's agent over mTLS, with the given client TLS.
@@ -254,7 +339,7 @@ impl Harness {
     /// reconcile of a live operator, or longer when a test kills it).
     pub async fn checker_with_grace(&self, name: &str, grace: Duration) -> checker::Checker {
         let tls = self.pair_tls(name).await;
-        let dirs = [self.data_dir(name, Member::Primary), self.data_dir(name, Member::Secondary)];
+        let dirs = [self.data_dir(name, Member::Primary).await, self.data_dir(name, Member::Secondary).await];
         checker::Checker::start(self.client.clone(), &self.ns.name, name, tls, 7443, grace, dirs)
     }
 
@@ -266,33 +351,20 @@ impl Harness {
         l.spec?.holder_identity?.strip_prefix("operator-")?.parse().ok()
     }
 
-    /// One request through the VIP: the ready endpoints of the Service's
-    /// EndpointSlices, as kube-proxy sees them.
-    pub async fn vip(&self, service: &str, path: &str) -> Result<(u16, String), String> {
-        VipClient { client: self.client.clone(), ns: self.ns.name.clone() }.request(service, path).await
+    /// The ClusterIP and first port of a Service: the pair's virtual IP.
+    pub async fn cluster_ip(&self, service: &str) -> SocketAddr {
+        let svc = Api::<Service>::namespaced(self.client.clone(), &self.ns.name).get(service).await.unwrap();
+        let spec = svc.spec.unwrap();
+        let ip = spec.cluster_ip.expect("a ClusterIP").parse().unwrap();
+        SocketAddr::new(ip, spec.ports.unwrap()[0].port as u16)
     }
-}
 
-/// A minimal HTTP/1.1 request with a one-second deadline.
-pub async fn http_request(target: &str, path: &str) -> Result<(u16, String), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(target).await.map_err(|e| e.to_string())?;
-        let method = if path.starts_with("/write") { "POST" } else { "GET" };
-        s.write_all(
-            format!("{method} {path} HTTP/1.1\r\nhost: vip\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let code = text.get(9..12).and_then(|c| c.parse().ok()).ok_or("bad response")?;
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-        Ok((code, body))
-    };
-    tokio::time::timeout(Duration::from_secs(1), io).await.map_err(|_| "timeout".to_string())?
+    /// One request through the VIP, on a connection of its own, from the
+    /// client's network namespace: kube-proxy's rules pick the member.
+    pub async fn vip(&self, service: &str, path: &str) -> Result<(u16, String), String> {
+        let mut conn = client::VipConnection::new(self.cluster_ip(service).await);
+        conn.request(path).await.map(|a| (a.code, a.body))
+    }
 }
 
 /// A pair for the scenarios: the test application behind the VIP on 8080,
@@ -303,7 +375,14 @@ pub fn test_pair(name: &str, interval: i32, extra: Value) -> Value {
         "kind": "HighAvailabilityPair",
         "metadata": {"name": name},
         "spec": {
-            "template": {"spec": {"containers": [{"name": "app", "image": "hapair-e2e-app", "ports": [{"containerPort": 8080}]}]}},
+            "template": {"spec": {
+                // The claim's files belong to the image's user (65532) on the node's disk.
+                "securityContext": {"fsGroup": 65532},
+                "containers": [{"name": "app", "image": APP_IMAGE, "ports": [{"containerPort": 8080}],
+                                "args": ["--listen", "0.0.0.0:8080", "--data-dir", "/data"],
+                                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                                    "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]},
+                                                    "seccompProfile": {"type": "RuntimeDefault"}}}]}},
             "service": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
             "heartbeat": {"intervalSeconds": interval, "missedThreshold": 3},
             "healthCheck": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2}
@@ -315,6 +394,11 @@ pub fn test_pair(name: &str, interval: i32, extra: Value) -> Value {
 
 impl Drop for Harness {
     fn drop(&mut self) {
+        // A frozen or cut pod would outlive its namespace's deletion.
+        self.thaw_all();
+        for pod in self.cut.lock().unwrap().drain(..) {
+            nodes::cut_pod_from_api(&pod, false);
+        }
         for o in &self.operators {
             // Dropping the task drops its child, which kills it.
             o.task.abort();
@@ -329,32 +413,42 @@ impl Drop for Harness {
 /// acknowledged and the longest run of failed requests.
 pub struct Writer {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// The epoch of the latest acknowledged write.
+    epoch: Arc<std::sync::atomic::AtomicI64>,
     task: tokio::task::JoinHandle<WriteLog>,
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct WriteLog {
+    /// Write number and the epoch it was acknowledged at.
     pub acknowledged: Vec<(u64, i64)>,
+    /// Who acknowledged each write, in order: (write number, member).
+    pub answered_by: Vec<(u64, String)>,
     pub failed: u64,
     /// From the first failed request to the next successful one, the longest.
     pub longest_outage: Duration,
 }
 
 impl Harness {
-    pub fn writer(&self, name: &str) -> Writer {
+    /// Writes through the VIP on one keep-alive connection (dialled again
+    /// after a failure or a refusal), every 20 ms, until stopped.
+    pub async fn writer(&self, name: &str) -> Writer {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (client, ns, svc, flag) = (self.client.clone(), self.ns.name.clone(), name.to_string(), stop.clone());
+        let epoch = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let (addr, flag, latest) = (self.cluster_ip(name).await, stop.clone(), epoch.clone());
         let task = tokio::spawn(async move {
-            let h = VipClient { client, ns };
+            let mut conn = client::VipConnection::new(addr);
             let mut log = WriteLog::default();
             let mut failing_since: Option<Instant> = None;
             let mut n = 0u64;
             while !flag.load(std::sync::atomic::Ordering::SeqCst) {
                 n += 1;
-                match h.request(&svc, &format!("/write?key=k{n}&value={n}")).await {
-                    Ok((200, body)) => {
+                match conn.request(&format!("/write?key=k{n}&value={n}")).await {
+                    Ok(Answer { code: 200, body, member }) => {
                         let epoch = body.trim_start_matches("epoch=").parse().unwrap_or(0);
                         log.acknowledged.push((n, epoch));
+                        log.answered_by.push((n, member));
+                        latest.store(epoch, std::sync::atomic::Ordering::SeqCst);
                         if let Some(t) = failing_since.take() {
                             log.longest_outage = log.longest_outage.max(t.elapsed());
                         }
@@ -368,7 +462,7 @@ impl Harness {
             }
             log
         });
-        Writer { stop, task }
+        Writer { stop, epoch, task }
     }
 }
 
@@ -384,36 +478,18 @@ impl WriteLog {
 }
 
 impl Writer {
+    /// Waits until the writer itself (on its own connection, not a fresh
+    /// one) has had a write acknowledged at `epoch` or later.
+    pub async fn wait_epoch(&self, epoch: i64, timeout: Duration) {
+        let start = Instant::now();
+        while self.epoch.load(std::sync::atomic::Ordering::SeqCst) < epoch {
+            assert!(start.elapsed() < timeout, "no write acknowledged at epoch {epoch} within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stop(self) -> WriteLog {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.task.await.unwrap()
-    }
-}
-
-/// The VIP client on its own, for background tasks.
-struct VipClient {
-    client: Client,
-    ns: String,
-}
-
-impl VipClient {
-    async fn request(&self, service: &str, path: &str) -> Result<(u16, String), String> {
-        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.ns);
-        let list = slices
-            .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
-            .await
-            .map_err(|e| e.to_string())?;
-        let target = list.items.iter().find_map(|s| {
-            let port = s.ports.iter().flatten().find_map(|p| p.port).unwrap_or(8080);
-            s.endpoints
-                .iter()
-                .find(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-                .and_then(|e| e.addresses.first())
-                .map(|a| format!("{a}:{port}"))
-        });
-        match target {
-            Some(t) => http_request(&t, path).await,
-            None => Err("no ready endpoint".into()),
-        }
     }
 }

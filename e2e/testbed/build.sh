@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the pinned control-plane binaries (etcd, kube-apiserver,
-# kube-controller-manager, kubectl) from their published Go modules into a
-# cache outside the repository, keyed by the pinned versions.
+# Builds the pinned Kubernetes binaries from their published Go modules into a
+# cache outside the repository, keyed by the pinned versions: the control plane
+# (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) and
+# what every worker node runs (kubelet, kube-proxy), all from the one pinned
+# k8s.io/kubernetes module so nodes and control plane never skew.
 #
 # Resumable: each binary is written to a temporary name and renamed only when
 # complete, and Go's own build cache keeps every package already compiled, so an
@@ -47,5 +49,29 @@ build() { # name package
 build etcd go.etcd.io/etcd/server/v3
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
+build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 build kubectl k8s.io/kubernetes/cmd/kubectl
+build kubelet k8s.io/kubernetes/cmd/kubelet
+build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
+
+# The CNI reference plugins the nodes' pods are wired with, from their own
+# module at a pinned version (`go install pkg@version` resolves it alone, so
+# its dependencies never mix with the Kubernetes module graph above).
+cni_version=v1.10.0
+for plugin in main/bridge main/loopback main/host-device ipam/host-local meta/portmap; do
+  name=${plugin#*/}
+  if [ -x "$bindir/cni/$name" ]; then
+    echo "testbed: cni $name cached" >&2
+    continue
+  fi
+  echo "testbed: building cni $name ($cni_version)" >&2
+  tmp="$bindir/.cni.partial.$$"
+  mkdir -p "$tmp" "$bindir/cni"
+  trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && CGO_ENABLED=0 GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" \
+    "github.com/containernetworking/plugins/plugins/$plugin@$cni_version")
+  mv -f "$tmp/$name" "$bindir/cni/$name"
+  rm -rf "$tmp"
+  trap - EXIT
+done
 echo "$bindir"

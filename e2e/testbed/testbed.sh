@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# A real, minimal Kubernetes control plane on loopback for hapair's tests:
-# etcd, kube-apiserver (RBAC on, service-account tokens working) and
-# kube-controller-manager (EndpointSlices, Jobs, garbage collection, namespaces,
-# service accounts). There are no nodes: the e2e harness plays the kubelet.
+# A real, small Kubernetes for hapair's tests: etcd, kube-apiserver (RBAC and
+# the Node authorizer on, service-account tokens working),
+# kube-controller-manager (every controller but the cloud's and node IPAM) and
+# kube-scheduler, plus real worker nodes (nodes.sh: kubelet, containerd, runc,
+# CNI, kube-proxy, each node in its own network namespace) and local
+# PersistentVolumes on each node under a WaitForFirstConsumer StorageClass.
 #
 #   testbed.sh up        start (or confirm running); prints the kubeconfig path
 #   testbed.sh down      stop and remove state; harmless when already stopped
 #   testbed.sh status    exit 0 when running and ready
 #   testbed.sh kubeconfig  print the kubeconfig path
+#   testbed.sh node freeze|thaw|partition|heal|kill|restart N
+#                        fail node N (1, 2, …) one of the three ways nodes
+#                        fail, or bring it back
+#   testbed.sh node cut-api N POD_IP on|off   cut one pod off the API server
+#   testbed.sh node ctr N ARGS...  ctr against node N's containerd
+#   testbed.sh client CMD...  run CMD in the test client's network namespace
+#   testbed.sh recycle   make Released local volumes Available again (wiped)
+#
+# Needs root (network namespaces, cgroups, mounts), containerd and runc,
+# iptables, nftables and conntrack (.ci/run installs them), and the images in
+# $HAPAIR_TESTBED_IMAGES (make testbed-images builds them).
 #
 # State lives in $HAPAIR_TESTBED_DIR (default: target/testbed of this checkout),
 # so two checkouts never share a control plane. Ports are chosen free at start,
@@ -17,6 +30,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 state=${HAPAIR_TESTBED_DIR:-$repo/target/testbed}
 kubeconfig=$state/kubeconfig
+# shellcheck source=e2e/testbed/nodes.sh
+. "$here/nodes.sh"
+# Local PersistentVolumes made per node (pairs with storage claim two each).
+PV_PER_NODE=${HAPAIR_TESTBED_PVS:-24}
 
 log() { echo "testbed: $*" >&2; }
 
@@ -26,8 +43,13 @@ alive() { # name
 }
 
 ready() {
+  local n
   [ -f "$kubeconfig" ] && alive etcd && alive kube-apiserver && alive kube-controller-manager &&
-    "$bindir/kubectl" --kubeconfig "$kubeconfig" --request-timeout=5s get --raw /readyz >/dev/null 2>&1
+    alive kube-scheduler || return 1
+  for n in $(seq 1 "$NODE_COUNT"); do
+    [ -f "$(node_dir "$n")/kubelet.pid" ] && kill -0 "$(cat "$(node_dir "$n")/kubelet.pid")" 2>/dev/null || return 1
+  done
+  "$bindir/kubectl" --kubeconfig "$kubeconfig" --request-timeout=5s get --raw /readyz >/dev/null 2>&1
 }
 
 port_free() {
@@ -37,15 +59,15 @@ port_free() {
 pick_ports() {
   if [ -n "${HAPAIR_TESTBED_PORT_BASE:-}" ]; then
     local b=$HAPAIR_TESTBED_PORT_BASE
-    etcd_port=$b etcd_peer_port=$((b + 1)) api_port=$((b + 2)) kcm_port=$((b + 3))
+    etcd_port=$b etcd_peer_port=$((b + 1)) api_port=$((b + 2)) kcm_port=$((b + 3)) sched_port=$((b + 4))
     return
   fi
   local picked=() p
-  while [ ${#picked[@]} -lt 4 ]; do
+  while [ ${#picked[@]} -lt 5 ]; do
     p=$((20000 + RANDOM % 30000))
     if port_free "$p" && [[ " ${picked[*]} " != *" $p "* ]]; then picked+=("$p"); fi
   done
-  etcd_port=${picked[0]} etcd_peer_port=${picked[1]} api_port=${picked[2]} kcm_port=${picked[3]}
+  etcd_port=${picked[0]} etcd_peer_port=${picked[1]} api_port=${picked[2]} kcm_port=${picked[3]} sched_port=${picked[4]}
 }
 
 make_pki() {
@@ -57,7 +79,7 @@ make_pki() {
     -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
     -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >"$pki/apiserver.ext"
+  printf 'subjectAltName=IP:127.0.0.1,IP:%s,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' "$HOST_IP" >"$pki/apiserver.ext"
   openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 3650 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt" 2>/dev/null
   # Service-account token signing key pair.
@@ -70,6 +92,42 @@ make_pki() {
     "$admin" "$kcm" >"$pki/tokens.csv"
   echo "$admin" >"$pki/admin.token"
   echo "$kcm" >"$pki/kcm.token"
+  sign_cert kube-scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+  # The API server's identity towards the kubelets (logs, exec).
+  sign_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
+}
+
+sign_cert() { # name subject extensions
+  local pki=$state/pki
+  [ -f "$pki/$1.crt" ] && return
+  openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$pki/$1.key" -out "$pki/$1.csr" 2>/dev/null
+  printf '%s\n' "$3" >"$pki/$1.ext"
+  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$pki/$1.ext" -out "$pki/$1.crt" 2>/dev/null
+}
+
+write_kubeconfig_cert() { # file user cert key
+  local ca
+  ca=$(base64 -w0 <"$state/pki/ca.crt")
+  cat >"$1.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster:
+    server: https://$HOST_IP:$api_port
+    certificate-authority-data: $ca
+users:
+- name: $2
+  user:
+    client-certificate: $3
+    client-key: $4
+contexts:
+- name: testbed
+  context: {cluster: testbed, user: $2}
+current-context: testbed
+EOF
+  mv "$1.tmp" "$1"
 }
 
 write_kubeconfig() { # file user tokenfile
@@ -81,7 +139,7 @@ kind: Config
 clusters:
 - name: testbed
   cluster:
-    server: https://127.0.0.1:$api_port
+    server: https://$HOST_IP:$api_port
     certificate-authority-data: $ca
 users:
 - name: $2
@@ -119,12 +177,14 @@ up() {
   bindir=$("$here/build.sh")
   if ready; then
     log "already running"
+    refresh_images
     echo "$kubeconfig"
     return
   fi
   down_quiet
   mkdir -p "$state"
   pick_ports
+  host_network
   make_pki
   local pki=$state/pki
   start etcd --name testbed --data-dir "$state/etcd" \
@@ -134,13 +194,15 @@ up() {
     --unsafe-no-fsync --quota-backend-bytes 2147483648 --log-level warn
   wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
   start kube-apiserver --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --bind-address "$HOST_IP" --advertise-address "$HOST_IP" --secure-port "$api_port" \
     --cert-dir "$state/apiserver-certs" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" --token-auth-file "$pki/tokens.csv" \
     --authorization-mode Node,RBAC \
     --service-account-issuer https://kubernetes.default.svc --api-audiences https://kubernetes.default.svc \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=false --profiling=false \
+    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
     --storage-media-type application/json --v 1
   write_kubeconfig "$state/kcm.kubeconfig" system:kube-controller-manager "$pki/kcm.token"
   write_kubeconfig "$kubeconfig" hapair-admin "$pki/admin.token"
@@ -151,21 +213,42 @@ up() {
     --leader-elect=false --use-service-account-credentials \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
-    --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-persistentvolume-binder,-attachdetach,-ttl' \
+    --controllers '*,-nodeipam,-cloud-node-lifecycle' \
     --concurrent-gc-syncs 5 --v 1
   wait_for kube-controller-manager 60 curl -sfk "https://127.0.0.1:$kcm_port/healthz"
   # Service-account tokens work when the controllers (which use them) have
   # created the default ServiceAccount and its root CA ConfigMap.
   wait_for "service accounts" 60 "$bindir/kubectl" --kubeconfig "$kubeconfig" -n default get serviceaccount default
   wait_for "root CA publisher" 60 "$bindir/kubectl" --kubeconfig "$kubeconfig" -n default get configmap kube-root-ca.crt
-  printf 'etcd=%s\napiserver=%s\ncontroller-manager=%s\nbin=%s\n' "$etcd_port" "$api_port" "$kcm_port" "$bindir" >"$state/ports"
-  log "ready: kube-apiserver on https://127.0.0.1:$api_port"
+  write_kubeconfig_cert "$state/scheduler.kubeconfig" kube-scheduler "$pki/kube-scheduler.crt" "$pki/kube-scheduler.key"
+  start kube-scheduler --kubeconfig "$state/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$state/scheduler.kubeconfig" --authorization-kubeconfig "$state/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false --v 1
+  refresh_images
+  nodes_up
+  storage_up
+  printf 'etcd=%s\napiserver=%s\ncontroller-manager=%s\nscheduler=%s\nbin=%s\n' \
+    "$etcd_port" "$api_port" "$kcm_port" "$sched_port" "$bindir" >"$state/ports"
+  log "ready: kube-apiserver on https://$HOST_IP:$api_port, nodes $(seq -s " " 1 "$NODE_COUNT")"
   echo "$kubeconfig"
+}
+
+# The images the nodes hold, from $HAPAIR_TESTBED_IMAGES (make testbed-images).
+refresh_images() {
+  local n
+  mkdir -p "$state/images"
+  cp "${HAPAIR_TESTBED_IMAGES:?the images directory (make testbed-images)}"/*.oci.tar "$state/images/"
+  for n in $(seq 1 "$NODE_COUNT"); do
+    [ -S "$(node_run "$n")/containerd.sock" ] && import_images "$n"
+  done
+  return 0
 }
 
 down_quiet() {
   local name pid i
-  for name in kube-controller-manager kube-apiserver etcd; do
+  # The nodes first, while the API server can still see them go.
+  nodes_down
+  for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
     [ -f "$state/$name.pid" ] || continue
     pid=$(cat "$state/$name.pid")
     if kill -0 "$pid" 2>/dev/null; then
@@ -186,5 +269,21 @@ case "${1:-}" in
     if ready; then echo "running: $kubeconfig"; else echo "not running"; exit 1; fi
     ;;
   kubeconfig) echo "$kubeconfig" ;;
-  *) echo "usage: $0 up|down|status|kubeconfig" >&2; exit 2 ;;
+  node)
+    n=${3:?node number}
+    case "${2:-}" in
+      freeze) node_freeze "$n" FROZEN ;;
+      thaw) node_freeze "$n" THAWED ;;
+      partition) node_cut "$n" on ;;
+      heal) node_cut "$n" off ;;
+      kill) node_kill "$n" ;;
+      restart) bindir=$("$here/cachedir.sh"); api_port=$(awk -F= '$1 == "apiserver" {print $2}' "$state/ports"); node_restart "$n" ;;
+      cut-api) pod_cut_api "$n" "${4:?pod IP}" "${5:?on|off}" ;;
+      ctr) shift 3; node_ctr "$n" "$@" ;;
+      *) echo "usage: $0 node freeze|thaw|partition|heal|kill|restart|cut-api|ctr N ..." >&2; exit 2 ;;
+    esac
+    ;;
+  recycle) bindir=$("$here/cachedir.sh"); storage_recycle ;;
+  client) shift; exec ip netns exec "$CLIENT_NS" "$@" ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|node ...|client ..." >&2; exit 2 ;;
 esac

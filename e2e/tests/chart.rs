@@ -402,11 +402,12 @@ async fn wait_operator(h: &harness::Harness, deployment: &str) {
     }
 }
 
-/// An example pair adapted to the test application (the harness runs it).
+/// An example pair adapted to the test application (its image is on the nodes).
 fn example_pair() -> Value {
     let text = std::fs::read_to_string(repo().join("deploy/examples/minimal.yaml")).unwrap();
     let mut pair: Value = serde_yaml::from_str(&text).unwrap();
-    pair["spec"]["template"]["spec"]["containers"][0]["image"] = json!("hapair-e2e-app");
+    pair["spec"]["template"]["spec"]["containers"][0]["image"] = json!(harness::APP_IMAGE);
+    pair["spec"]["template"]["spec"]["containers"][0]["args"] = json!(["--listen", "0.0.0.0:8080"]);
     // Pod Security `restricted` (the kustomize test's namespace enforces it).
     pair["spec"]["template"]["spec"]["securityContext"] =
         json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}});
@@ -500,11 +501,15 @@ async fn kubectl_apply_of_the_plain_manifests_is_idempotent_and_the_operator_nev
     let (ok, again, err) = apply();
     assert!(ok, "{err}");
     // Server-side apply reports every object, changed or not: compare what the
-    // API server stored instead, namespaced and cluster-wide objects alike.
+    // API server stored instead, namespaced and cluster-wide objects alike —
+    // for the Deployment its generation, since its controller writes its
+    // status (a new resourceVersion) as the pods become ready.
     let versions = || {
         let rv = "jsonpath={.items[*].metadata.resourceVersion}";
-        let (ok1, mine, e1) =
-            run(kubectl().args(["get", "deployment,serviceaccount,rolebinding,service", "-n", &ns, "-o", rv]));
+        let (ok0, generation, e0) =
+            run(kubectl().args(["get", "deployment", "-n", &ns, "-o", "jsonpath={.items[*].metadata.generation}"]));
+        assert!(ok0, "{e0}");
+        let (ok1, mine, e1) = run(kubectl().args(["get", "serviceaccount,rolebinding,service", "-n", &ns, "-o", rv]));
         let (ok2, cluster, e2) = run(kubectl().args([
             "get",
             "clusterrole/hapair",
@@ -513,7 +518,7 @@ async fn kubectl_apply_of_the_plain_manifests_is_idempotent_and_the_operator_nev
             rv,
         ]));
         assert!(ok1 && ok2, "{e1}{e2}");
-        format!("{mine} {cluster}")
+        format!("{generation} {mine} {cluster}")
     };
     let before = versions();
     let (ok, _, _) = apply();

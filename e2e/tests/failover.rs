@@ -1,4 +1,4 @@
-//! Failover scenarios on the real control plane with members as processes.
+//! Failover scenarios on the testbed's real nodes.
 //! A checker samples every scenario for breaches of the safety invariants.
 
 mod common;
@@ -69,6 +69,11 @@ async fn a_pair_bootstraps_to_enabled_with_the_primary_active_behind_the_vip() {
     assert_eq!(s.history[0].type_, TransitionType::Bootstrap);
     let (code, body) = h.vip("web", "/write?key=a&value=1").await.unwrap();
     assert_eq!((code, body.as_str()), (200, "epoch=1"));
+    // Real pods on real nodes, one member on each.
+    let (primary, secondary) =
+        (h.member_pod("web", Member::Primary).await, h.member_pod("web", Member::Secondary).await);
+    let on = (harness::nodes::node_number(&primary), harness::nodes::node_number(&secondary));
+    assert!(on.0.is_some() && on.0 != on.1, "members on nodes {on:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     checker.assert_clean();
 }
@@ -77,9 +82,9 @@ async fn a_pair_bootstraps_to_enabled_with_the_primary_active_behind_the_vip() {
 async fn killing_the_active_application_fails_over_at_once_and_the_old_active_returns_as_standby() {
     let h = up("kill-app", 1, json!({})).await;
     let checker = h.checker("web").await;
-    let writer = h.writer("web");
+    let writer = h.writer("web").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    h.kill("web", Member::Primary, Kill::App);
+    h.kill("web", Member::Primary, Kill::App).await;
     let p = h.wait_active(Member::Secondary, 2).await;
     let t = p.status.unwrap().last_transition.unwrap();
     assert_eq!(t.type_, TransitionType::Failover);
@@ -100,6 +105,7 @@ async fn killing_the_active_application_fails_over_at_once_and_the_old_active_re
         })
         .await;
     assert_eq!(active(&p), Some(Member::Secondary));
+    writer.wait_epoch(2, FAILOVER).await;
     let log = writer.stop().await;
     assert!(log.acknowledged.iter().any(|(_, e)| *e == 2), "writes continue at epoch 2");
     eprintln!("confirmed failure: client-visible outage {:?}", log.longest_outage);
@@ -114,19 +120,19 @@ async fn a_failover_under_writes_keeps_every_write_the_standby_had_synced() {
     }});
     let h = up("kill-synced", 1, files).await;
     let checker = h.checker("web").await;
-    let writer = h.writer("web");
+    let writer = h.writer("web").await;
     // Long enough for several pull rounds to carry writes to the standby.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(checker.synced_writes(Member::Secondary) > 0, "the standby never held a synced write");
-    h.kill("web", Member::Primary, Kill::App);
+    h.kill("web", Member::Primary, Kill::App).await;
     let p = h.wait_active(Member::Secondary, 2).await;
     h.wait_vip_writable("web").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    writer.wait_epoch(2, FAILOVER).await;
     let log = writer.stop().await;
     let t = p.status.unwrap().last_transition.unwrap();
     // Writes acknowledged after the standby's last pull may be missing (the
     // sync is asynchronous): the transition must then say so.
-    let lost = log.missing_from(&h.data_dir("web", Member::Secondary));
+    let lost = log.missing_from(&h.data_dir("web", Member::Secondary).await);
     eprintln!(
         "failover with file sync: {} acknowledged, {} not on the new active, dataLossPossible={}",
         log.acknowledged.len(),
@@ -156,7 +162,7 @@ async fn a_silent_active_is_failed_over_only_after_its_lease_runs_out() {
     let h = up("kill-node", 1, json!({})).await;
     let checker = h.checker("web").await;
     let killed = Instant::now();
-    h.kill("web", Member::Primary, Kill::Node);
+    h.kill("web", Member::Primary, Kill::Freeze).await;
     let p = h.wait_active(Member::Secondary, 2).await;
     let waited = killed.elapsed();
     let t = p.status.unwrap().last_transition.unwrap();
@@ -186,12 +192,12 @@ async fn deleting_the_active_pod_fails_over_and_the_pod_is_recreated_as_standby(
 async fn an_active_cut_off_from_the_api_server_fences_before_the_standby_is_promoted() {
     let h = up("partition", 1, json!({})).await;
     let checker = h.checker("web").await;
-    h.partition("web", Member::Primary, true);
+    h.partition("web", Member::Primary, true).await;
     h.wait_active(Member::Secondary, 2).await;
     h.wait_vip_writable("web").await;
     assert_eq!(checker.both_active_samples(), 0, "the old active served while the new one was promoted");
     // Healed, the old active sees it lost the Lease and stays standby.
-    h.partition("web", Member::Primary, false);
+    h.partition("web", Member::Primary, false).await;
     let p = h.wait_enabled("web", FAILOVER).await;
     assert_eq!(active(&p), Some(Member::Secondary));
     checker.assert_clean();
@@ -201,7 +207,7 @@ async fn an_active_cut_off_from_the_api_server_fences_before_the_standby_is_prom
 async fn manual_mode_raises_failover_required_and_does_not_fail_over() {
     let h = up("manual", 1, json!({"spec": {"failover": {"mode": "Manual"}}})).await;
     let checker = h.checker("web").await;
-    h.kill("web", Member::Primary, Kill::Node);
+    h.kill("web", Member::Primary, Kill::Freeze).await;
     let p = h
         .wait_for("web", "FailoverRequired", FAILOVER, |p| {
             condition(p, "FailoverRequired").is_some_and(|c| c.0 == ConditionStatus::True)
@@ -220,11 +226,11 @@ async fn the_flap_budget_stops_the_third_automatic_failover() {
     let h = up("flap", 1, budget).await;
     let checker = h.checker("web").await;
     for (victim, next, e) in [(Member::Primary, Member::Secondary, 2), (Member::Secondary, Member::Primary, 3)] {
-        h.kill("web", victim, Kill::App);
+        h.kill("web", victim, Kill::App).await;
         h.wait_active(next, e).await;
         h.wait_enabled("web", FAILOVER).await;
     }
-    h.kill("web", Member::Primary, Kill::App);
+    h.kill("web", Member::Primary, Kill::App).await;
     let p = h
         .wait_for("web", "flap budget exhausted", FAILOVER, |p| {
             condition(p, "FailoverRequired").is_some_and(|c| c == (ConditionStatus::True, "FlapBudgetExhausted".into()))
@@ -247,7 +253,7 @@ async fn an_operator_killed_between_the_lease_move_and_the_selector_move_converg
     h.wait_vip_writable("web").await;
     // The VIP may lag the Lease while no operator runs: a leader lease (4 s) and a reconcile.
     let checker = h.checker_with_grace("web", Duration::from_secs(8)).await;
-    h.kill("web", Member::Primary, Kill::App);
+    h.kill("web", Member::Primary, Kill::App).await;
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
         kube::Api::namespaced(h.client.clone(), &h.ns.name);
     let start = Instant::now();
@@ -287,7 +293,9 @@ async fn when_the_operator_leader_dies_the_other_replica_takes_over() {
     let checker = h.checker_with_grace("web", Duration::from_secs(8)).await;
     let leader = h.leader().await.expect("one replica leads");
     h.kill_operator(leader).await;
-    h.kill("web", Member::Primary, Kill::App);
+    // A failure that lasts: a crashed application would be restarted by the
+    // kubelet (at once, the first time) before the other replica leads.
+    h.kill("web", Member::Primary, Kill::Freeze).await;
     h.wait_active(Member::Secondary, 2).await;
     assert_eq!(h.leader().await, Some(1 - leader), "the other replica leads");
     h.wait_vip_writable("web").await;

@@ -38,7 +38,7 @@ async fn up(name: &str, extra: serde_json::Value) -> Harness {
 async fn switchover_and_back_twenty_times_under_writes_never_makes_two_actives() {
     let h = up("switchover", json!({})).await;
     let checker = h.checker("web").await;
-    let writer = h.writer("web");
+    let writer = h.writer("web").await;
     let mut expect = Member::Secondary;
     for i in 0..20 {
         let p = request(&h, &format!("sw-{i}"), json!({"switchover": {}})).await;
@@ -69,7 +69,7 @@ async fn switchover_and_back_twenty_times_under_writes_never_makes_two_actives()
 async fn a_failover_request_performs_what_manual_mode_held_back() {
     let h = up("manual-op", json!({"spec": {"failover": {"mode": "Manual"}}})).await;
     let checker = h.checker("web").await;
-    h.kill("web", Member::Primary, Kill::Node);
+    h.kill("web", Member::Primary, Kill::Freeze).await;
     h.wait_for("web", "FailoverRequired", WAIT, |p| {
         p.status.as_ref().is_some_and(|s| {
             s.conditions.iter().any(|c| c.type_ == "FailoverRequired" && c.status == ConditionStatus::True)
@@ -89,7 +89,7 @@ async fn a_paused_pair_reports_a_failure_but_acts_only_once_resumed() {
     h.merge_spec("web", json!({"paused": true})).await;
     h.wait_for("web", "Paused", WAIT, |p| p.status.as_ref().is_some_and(|s| s.mode == Some(hapair::api::Mode::Paused)))
         .await;
-    h.kill("web", Member::Primary, Kill::Node);
+    h.kill("web", Member::Primary, Kill::Freeze).await;
     h.wait_for("web", "the failure reported", WAIT, |p| {
         p.status.as_ref().is_some_and(|s| {
             s.conditions
@@ -167,7 +167,7 @@ async fn a_switchover_racing_an_automatic_failover_has_one_winner_and_a_reasoned
     let h = up("race", json!({})).await;
     let checker = h.checker("web").await;
     h.merge_spec("web", json!({"operation": {"id": "sw-race", "switchover": {}}})).await;
-    h.kill("web", Member::Primary, Kill::App);
+    h.kill("web", Member::Primary, Kill::App).await;
     let p = h
         .wait_for("web", "the race to settle", WAIT, |p| op_phase(p, "sw-race").is_some_and(|ph| ph.is_terminal()))
         .await;
@@ -206,7 +206,7 @@ async fn a_switchover_survives_an_operator_restart_in_the_middle() {
 async fn go_standby_on_the_active_moves_the_role_and_on_the_standby_changes_nothing() {
     let h = up("go-standby", json!({})).await;
     let checker = h.checker("web").await;
-    let writer = h.writer("web");
+    let writer = h.writer("web").await;
     let p = request(&h, "gs-1", json!({"goStandby": {"member": "primary"}})).await;
     assert_eq!(op_phase(&p, "gs-1"), Some(OperationPhase::Succeeded), "{:?}", p.status.as_ref().unwrap().operations);
     let s = p.status.unwrap();
@@ -223,6 +223,7 @@ async fn go_standby_on_the_active_moves_the_role_and_on_the_standby_changes_noth
     let op = p.status.as_ref().unwrap().operations.iter().find(|o| o.id == "gs-2").cloned().unwrap();
     assert_eq!((op.phase, op.reason.as_deref()), (OperationPhase::Succeeded, Some("AlreadyStandby")));
     assert_eq!(p.status.unwrap().epoch, 2, "nothing moved");
+    writer.wait_epoch(2, WAIT).await;
     let log = writer.stop().await;
     assert!(log.acknowledged.iter().any(|(_, e)| *e == 2), "writes go on at epoch 2 through the VIP: {log:?}");
     assert_eq!(checker.both_active_samples(), 0, "a planned handover never has two actives");
@@ -234,7 +235,7 @@ async fn automatic_failback_waits_until_a_flapping_primary_has_been_healthy_for_
     const DELAY: Duration = Duration::from_secs(6);
     let h = up("failback", json!({"spec": {"failback": {"mode": "Automatic", "delaySeconds": 6}}})).await;
     let checker = h.checker("web").await;
-    h.kill("web", Member::Primary, Kill::App);
+    h.kill("web", Member::Primary, Kill::App).await;
     h.wait_for("web", "failover to the secondary", WAIT, |p| {
         p.status.as_ref().is_some_and(|s| s.active_member == Some(Member::Secondary) && s.epoch == 2)
     })
@@ -254,12 +255,15 @@ async fn automatic_failback_waits_until_a_flapping_primary_has_been_healthy_for_
         tokio::time::sleep(Duration::from_secs(2)).await;
         let s = h.pair("web").await.status.unwrap();
         assert_eq!((s.active_member, s.epoch), (Some(Member::Secondary), 2), "no failback to a flapping primary");
-        h.kill("web", Member::Primary, Kill::App);
+        h.kill("web", Member::Primary, Kill::App).await;
         last_kill = std::time::Instant::now();
     }
-    // Once it stays up, the role goes back to it, not before the delay.
+    // Once it stays up, the role goes back to it, not before the delay. The
+    // kubelet restarts a container that keeps crashing with a growing
+    // back-off (10 s, 20 s, 40 s…): after the fourth crash the primary's
+    // application is back only some 40 s later.
     let p = h
-        .wait_for("web", "automatic failback", WAIT, |p| {
+        .wait_for("web", "automatic failback", WAIT + Duration::from_secs(60), |p| {
             p.status.as_ref().is_some_and(|s| s.active_member == Some(Member::Primary))
         })
         .await;

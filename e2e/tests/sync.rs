@@ -54,7 +54,7 @@ async fn until(path: &Path, what: &str, f: impl Fn(Option<Vec<u8>>) -> bool) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_written_on_the_active_reach_the_standby_within_the_realtime_interval() {
     let h = up("sync-files").await;
-    let (active, standby) = (h.data_dir("web", Member::Primary), h.data_dir("web", Member::Secondary));
+    let (active, standby) = (h.data_dir("web", Member::Primary).await, h.data_dir("web", Member::Secondary).await);
     // A 4 MiB file in a nested directory, written as an application would.
     let content: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
     std::fs::create_dir_all(active.join("uploads/2026")).unwrap();
@@ -85,7 +85,7 @@ async fn files_written_on_the_active_reach_the_standby_within_the_realtime_inter
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_agent_refuses_paths_outside_its_directories_and_clients_of_another_ca() {
     let h = up("sync-paths").await;
-    let data = h.data_dir("web", Member::Primary);
+    let data = h.data_dir("web", Member::Primary).await;
     std::fs::write(h.dir.join("secret"), b"outside the volume").unwrap();
     std::os::unix::fs::symlink(h.dir.join("secret"), data.join("escape")).unwrap();
     std::fs::write(data.join("inside"), b"fine").unwrap();
@@ -145,7 +145,7 @@ async fn a_live_agent_refuses_paths_outside_its_directories_and_clients_of_anoth
 async fn switchovers_under_writes_lose_no_acknowledged_write() {
     let h = up("sync-switchover").await;
     let checker = h.checker("web").await;
-    let writer = h.writer("web");
+    let writer = h.writer("web").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut expect = Member::Secondary;
     for i in 0..6 {
@@ -172,7 +172,7 @@ async fn switchovers_under_writes_lose_no_acknowledged_write() {
     // Every write acknowledged by any active is in the current active's
     // file, which came to it only through file sync at each handover.
     let active = h.pair("web").await.status.unwrap().active_member.unwrap();
-    let missing = log.missing_from(&h.data_dir("web", active));
+    let missing = log.missing_from(&h.data_dir("web", active).await);
     assert!(
         missing.is_empty(),
         "{} acknowledged writes lost, e.g. {:?}",
@@ -184,14 +184,14 @@ async fn switchovers_under_writes_lose_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_former_active_returning_with_changes_its_successor_never_got_is_resynced_into_quarantine() {
     let h = Harness::new("sync-return").await;
-    let (primary, secondary) = (h.data_dir("web", Member::Primary), h.data_dir("web", Member::Secondary));
-    std::fs::create_dir_all(&primary).unwrap();
-    std::fs::write(primary.join("shared.txt"), b"version 1").unwrap();
-    // Long intervals: what the primary writes next is never pulled.
+    // Long intervals: what the primary writes after the first copy is never
+    // pulled (a standby pulls everything until its first copy succeeds).
     let mut extra = synced_pair();
     extra["spec"]["fileSync"]["realtimeIntervalSeconds"] = json!(60);
     extra["spec"]["fileSync"]["batchIntervalSeconds"] = json!(120);
     h.apply(&test_pair("web", SYNC_INTERVAL, extra)).await;
+    let (primary, secondary) = (h.data_dir("web", Member::Primary).await, h.data_dir("web", Member::Secondary).await);
+    std::fs::write(primary.join("shared.txt"), b"version 1").unwrap();
     h.wait_enabled("web", Duration::from_secs(60)).await;
     until(&secondary.join("shared.txt"), "first copy", |c| c.as_deref() == Some(b"version 1")).await;
     h.wait_for("web", "Synced", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
@@ -199,7 +199,7 @@ async fn a_former_active_returning_with_changes_its_successor_never_got_is_resyn
     std::fs::write(primary.join("only-primary.txt"), b"written last").unwrap();
     // The primary's application dies: its agent releases the Lease, the
     // secondary takes over, and the primary comes back as standby.
-    h.kill("web", Member::Primary, harness::Kill::App);
+    h.kill("web", Member::Primary, harness::Kill::App).await;
     h.wait_for("web", "the secondary active", WAIT, |p| {
         p.status.as_ref().is_some_and(|s| s.active_member == Some(Member::Secondary))
     })
@@ -272,7 +272,7 @@ async fn a_resync_request_plans_then_quarantines_what_only_the_standby_has_and_a
     // A file left on the standby is a split brain; policy Manual leaves its
     // repair to these requests (the default would quarantine it at once).
     let h = split_brain_up("sync-request", json!({"policy": "Manual"})).await;
-    let standby = h.data_dir("web", Member::Secondary);
+    let standby = h.data_dir("web", Member::Secondary).await;
     std::fs::write(standby.join("stray.txt"), b"left on the standby by hand").unwrap();
     h.wait_for("web", "the Manual policy's own diff", WAIT, |p| split_reason(p).1.contains("resolveSplitBrain")).await;
     // (Job creation times have whole seconds: let the request's Job be the newest.)
@@ -290,7 +290,7 @@ async fn a_resync_request_plans_then_quarantines_what_only_the_standby_has_and_a
     let start = Instant::now();
     let mut killed = 0;
     while killed == 0 && start.elapsed() < WAIT {
-        killed = h.kubelet.kill_job_pods();
+        killed = h.kill_job_pods().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let p = request(&h, "rs-1", json!({"resync": {"dryRun": false}})).await;
@@ -322,15 +322,15 @@ async fn split_brain_up(name: &str, policy: serde_json::Value) -> Harness {
     h.wait_enabled("web", Duration::from_secs(60)).await;
     h.wait_for("web", "Synced", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
     // The standby has recorded a copy of the active's files.
-    std::fs::write(h.data_dir("web", Member::Primary).join("seed.txt"), b"from the active").unwrap();
-    until(&h.data_dir("web", Member::Secondary).join("seed.txt"), "seed", |c| c.is_some()).await;
+    std::fs::write(h.data_dir("web", Member::Primary).await.join("seed.txt"), b"from the active").unwrap();
+    until(&h.data_dir("web", Member::Secondary).await.join("seed.txt"), "seed", |c| c.is_some()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     h
 }
 
 /// Someone writes into the standby's volume behind the pair's back.
 async fn write_behind_the_pairs_back(h: &Harness) -> std::path::PathBuf {
-    let standby = h.data_dir("web", Member::Secondary);
+    let standby = h.data_dir("web", Member::Secondary).await;
     std::fs::write(standby.join("stray.txt"), b"written on the standby").unwrap();
     h.wait_for("web", "SplitBrain", WAIT, |p| condition(p, "SplitBrain") == Some(ConditionStatus::True)).await;
     standby
@@ -348,9 +348,9 @@ fn quarantined(dir: &Path, name: &str) -> Option<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_brain_is_repaired_by_keeping_the_primary_and_quarantining_the_standbys_writes() {
-    // The repair Job (the user's container) runs after the file resync; in
-    // this harness its container runs as `hapair` with its args.
-    let repair = json!({"name": "repair", "image": "hapair", "args": ["crd"]});
+    // The repair Job (the user's container) runs after the file resync:
+    // here hapair's own image printing its CRD, a command that succeeds.
+    let repair = json!({"name": "repair", "image": harness::hapair_image(), "args": ["crd"]});
     let h = split_brain_up(
         "split-force",
         json!({"policy": "ForceSecondaryStandby", "keep": "Primary", "repairJob": repair}),
@@ -414,7 +414,7 @@ async fn a_manual_split_brain_shows_the_difference_and_a_resolve_keeping_the_sta
     let s = p.status.unwrap();
     assert_eq!(s.active_member, Some(Member::Secondary));
     assert_eq!(s.last_transition.unwrap().type_, hapair::api::TransitionType::SplitBrainResolved);
-    until(&h.data_dir("web", Member::Primary).join("stray.txt"), "the kept file on the primary", |c| {
+    until(&h.data_dir("web", Member::Primary).await.join("stray.txt"), "the kept file on the primary", |c| {
         c.as_deref() == Some(b"written on the standby")
     })
     .await;
@@ -479,16 +479,16 @@ fn writes_anywhere(dir: &Path) -> std::collections::HashSet<u64> {
 /// live or quarantined log.
 async fn partition_split_brain(name: &str, policy: serde_json::Value, resolve_at_epoch: Option<i64>) {
     let h = split_brain_up(name, policy).await;
-    let writer = h.writer("web");
+    let writer = h.writer("web").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    h.partition("web", Member::Primary, true);
+    h.partition("web", Member::Primary, true).await;
     h.wait_for("web", "the secondary active", WAIT, |p| {
         p.status.as_ref().is_some_and(|s| s.active_member == Some(Member::Secondary))
     })
     .await;
-    let primary = h.data_dir("web", Member::Primary);
+    let primary = h.data_dir("web", Member::Primary).await;
     std::fs::write(primary.join("while-fenced.txt"), b"written on the fenced primary").unwrap();
-    h.partition("web", Member::Primary, false);
+    h.partition("web", Member::Primary, false).await;
     h.wait_for("web", "SplitBrain", WAIT, |p| condition(p, "SplitBrain") == Some(ConditionStatus::True)).await;
     if let Some(epoch) = resolve_at_epoch {
         h.wait_for("web", "the policy waiting", WAIT, |p| {
@@ -511,7 +511,7 @@ async fn partition_split_brain(name: &str, policy: serde_json::Value, resolve_at
     let log = writer.stop().await;
     let s = p.status.unwrap();
     assert!(s.history.iter().any(|t| t.type_ == hapair::api::TransitionType::SplitBrainResolved), "{:?}", s.history);
-    let secondary = h.data_dir("web", Member::Secondary);
+    let secondary = h.data_dir("web", Member::Secondary).await;
     let kept: std::collections::HashSet<u64> =
         writes_anywhere(&primary).union(&writes_anywhere(&secondary)).copied().collect();
     let lost: Vec<u64> = log.acknowledged.iter().map(|(n, _)| *n).filter(|n| !kept.contains(n)).collect();
