@@ -76,8 +76,9 @@ async fn series(interval: i32, kind: Kill, runs: usize) -> Series {
         let killed = chrono::Utc::now();
         h.kill("web", victim, kind).await;
         let p = wait(&h, "failover", |p| p.status.as_ref().is_some_and(|s| s.epoch > epoch)).await;
-        vip_writable(&h).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The outage ends when the writer's own connection is served again,
+        // not when a fresh one would be.
+        writer.wait_epoch(epoch + 1, Duration::from_secs(120)).await;
         let log = writer.stop().await;
         let t = p.status.unwrap().last_transition.unwrap();
         out.detection.push((t.time - killed).num_microseconds().unwrap_or(0) as f64 / 1000.0);
@@ -89,9 +90,32 @@ async fn series(interval: i32, kind: Kill, runs: usize) -> Series {
             t.lease_to_selector_millis.unwrap_or(0),
             out.outage.last().unwrap()
         );
-        if kind == Kill::Freeze {
+        match kind {
             // Thawed, the old active finds it lost the Lease and returns as standby.
-            h.thaw_all();
+            Kill::Freeze => h.thaw_all(),
+            // The kubelet restarts a container that keeps crashing with a
+            // growing back-off (up to 5 min): a fresh pod for the old active
+            // keeps every run's start the same.
+            Kill::App => {
+                let pod = victim.pod_name("web");
+                let old = h.pods().get(&pod).await.ok().and_then(|p| p.metadata.uid);
+                let _ = h.pods().delete(&pod, &Default::default()).await;
+                let start = Instant::now();
+                loop {
+                    let p = h.pods().get_opt(&pod).await.ok().flatten();
+                    let fresh_and_ready = p.is_some_and(|p| {
+                        p.metadata.uid != old
+                            && p.status
+                                .and_then(|s| s.conditions)
+                                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                    });
+                    if fresh_and_ready {
+                        break;
+                    }
+                    assert!(start.elapsed() < Duration::from_secs(120), "{pod} was not recreated");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
     }
     out
@@ -121,8 +145,7 @@ async fn switchovers(runs: usize) -> (Vec<f64>, Vec<f64>, usize) {
         })
         .await;
         took.push(start.elapsed().as_secs_f64() * 1000.0);
-        vip_writable(&h).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        writer.wait_epoch(p.status.as_ref().map_or(0, |s| s.epoch), Duration::from_secs(60)).await;
         let log = writer.stop().await;
         outage.push(log.longest_outage.as_secs_f64() * 1000.0);
         let s = p.status.unwrap();

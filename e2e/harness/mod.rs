@@ -425,7 +425,10 @@ pub struct WriteLog {
     /// Who acknowledged each write, in order: (write number, member).
     pub answered_by: Vec<(u64, String)>,
     pub failed: u64,
-    /// From the first failed request to the next successful one, the longest.
+    /// The longest time between two acknowledged writes with failed
+    /// requests between them: from the last acknowledgement before a fault
+    /// to the first after it, as the client lived it (a request that hangs
+    /// until its deadline counts from when it was sent, not when it gave up).
     pub longest_outage: Duration,
 }
 
@@ -439,7 +442,7 @@ impl Harness {
         let task = tokio::spawn(async move {
             let mut conn = client::VipConnection::new(addr);
             let mut log = WriteLog::default();
-            let mut failing_since: Option<Instant> = None;
+            let (mut last_ack, mut failing) = (Instant::now(), false);
             let mut n = 0u64;
             while !flag.load(std::sync::atomic::Ordering::SeqCst) {
                 n += 1;
@@ -449,13 +452,14 @@ impl Harness {
                         log.acknowledged.push((n, epoch));
                         log.answered_by.push((n, member));
                         latest.store(epoch, std::sync::atomic::Ordering::SeqCst);
-                        if let Some(t) = failing_since.take() {
-                            log.longest_outage = log.longest_outage.max(t.elapsed());
+                        if std::mem::take(&mut failing) {
+                            log.longest_outage = log.longest_outage.max(last_ack.elapsed());
                         }
+                        last_ack = Instant::now();
                     }
                     _ => {
                         log.failed += 1;
-                        failing_since.get_or_insert_with(Instant::now);
+                        failing = true;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
