@@ -211,6 +211,9 @@ import_images() { # n
 node_up() { # n
   local n=$1 dir name
   dir=$(node_dir "$n") name=$(node_name "$n")
+  # Names, addresses and cgroups are the machine's, not the checkout's: clear
+  # what an earlier testbed may have left (one testbed runs per machine).
+  node_down "$n"
   mkdir -p "$dir" "$(node_run "$n")"
   netns_on_bridge "$name" "$(node_ip "$n")" "hpn$n"
   ip route replace "10.244.$n.0/24" via "$(node_ip "$n")"

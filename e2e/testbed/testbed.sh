@@ -22,9 +22,11 @@
 # iptables, nftables and conntrack (.ci/run installs them), and the images in
 # $HAPAIR_TESTBED_IMAGES (make testbed-images builds them).
 #
-# State lives in $HAPAIR_TESTBED_DIR (default: target/testbed of this checkout),
-# so two checkouts never share a control plane. Ports are chosen free at start,
-# or fixed with HAPAIR_TESTBED_PORT_BASE (uses BASE..BASE+3).
+# State lives in $HAPAIR_TESTBED_DIR (default: target/testbed of this checkout).
+# The nodes' names, addresses, network namespaces and cgroups belong to the
+# machine: one testbed runs per machine, and `up` clears what an earlier one
+# left. Ports are chosen free at start, or fixed with HAPAIR_TESTBED_PORT_BASE
+# (uses BASE..BASE+4).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -107,30 +109,11 @@ sign_cert() { # name subject extensions
 }
 
 write_kubeconfig_cert() { # file user cert key
-  local ca
-  ca=$(base64 -w0 <"$state/pki/ca.crt")
-  cat >"$1.tmp" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: testbed
-  cluster:
-    server: https://$HOST_IP:$api_port
-    certificate-authority-data: $ca
-users:
-- name: $2
-  user:
-    client-certificate: $3
-    client-key: $4
-contexts:
-- name: testbed
-  context: {cluster: testbed, user: $2}
-current-context: testbed
-EOF
-  mv "$1.tmp" "$1"
+  write_kubeconfig "$1" "$2" "client-certificate: $3
+    client-key: $4"
 }
 
-write_kubeconfig() { # file user tokenfile
+write_kubeconfig() { # file user credentials (the YAML lines under `user:`)
   local ca
   ca=$(base64 -w0 <"$state/pki/ca.crt")
   cat >"$1.tmp" <<EOF
@@ -144,7 +127,7 @@ clusters:
 users:
 - name: $2
   user:
-    token: $(cat "$3")
+    $3
 contexts:
 - name: testbed
   context: {cluster: testbed, user: $2, namespace: default}
@@ -204,8 +187,8 @@ up() {
     --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
     --kubelet-preferred-address-types InternalIP \
     --storage-media-type application/json --v 1
-  write_kubeconfig "$state/kcm.kubeconfig" system:kube-controller-manager "$pki/kcm.token"
-  write_kubeconfig "$kubeconfig" hapair-admin "$pki/admin.token"
+  write_kubeconfig "$state/kcm.kubeconfig" system:kube-controller-manager "token: $(cat "$pki/kcm.token")"
+  write_kubeconfig "$kubeconfig" hapair-admin "token: $(cat "$pki/admin.token")"
   wait_for kube-apiserver 90 "$bindir/kubectl" --kubeconfig "$kubeconfig" get --raw /readyz
   start kube-controller-manager --kubeconfig "$state/kcm.kubeconfig" \
     --authentication-kubeconfig "$state/kcm.kubeconfig" --authorization-kubeconfig "$state/kcm.kubeconfig" \
