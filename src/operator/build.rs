@@ -10,13 +10,11 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, Probe, SeccompProfile,
-    Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
-    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role as RbacRole, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, LabelSelectorRequirement, MicroTime, ObjectMeta, OwnerReference,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -307,7 +305,7 @@ pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContex
     pod_spec.service_account_name = Some(service_account_name(pair));
     pod_spec.automount_service_account_token = Some(true);
     pod_spec.hostname.get_or_insert_with(|| member.to_string());
-    spread_members(&mut pod_spec, &name);
+    super::placement::spread_members(&mut pod_spec, &name);
 
     let mut labels = tmeta.labels.clone().unwrap_or_default();
     labels.extend(self::labels(&name));
@@ -345,39 +343,6 @@ pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContex
 /// container that mounts the volume sees them — the agent, or the Job's own
 /// container, never the application.
 pub const TLS_FILE_MODE: i32 = 0o444;
-
-/// Keeps the two members on different nodes whenever another node can take
-/// one, so one node failing takes one member, not the pair. A topology
-/// spread rather than a required anti-affinity: nodes the pod cannot run on
-/// (taints, node affinity) are not counted, so with one usable node both
-/// members still run there instead of one staying Pending — a pair with one
-/// node left is degraded, not down. A template that spreads over hostnames
-/// itself is left as written.
-fn spread_members(pod_spec: &mut k8s_openapi::api::core::v1::PodSpec, pair: &str) {
-    let spreads = pod_spec.topology_spread_constraints.get_or_insert_with(Vec::new);
-    if spreads.iter().any(|c| c.topology_key == HOSTNAME_TOPOLOGY) {
-        return;
-    }
-    spreads.push(TopologySpreadConstraint {
-        max_skew: 1,
-        topology_key: HOSTNAME_TOPOLOGY.into(),
-        when_unsatisfiable: "DoNotSchedule".into(),
-        label_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([(LABEL_PAIR.to_string(), pair.to_string())])),
-            // Members only: the pair's Job pods share its label.
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: LABEL_MEMBER.into(),
-                operator: "In".into(),
-                values: Some(Member::BOTH.iter().map(|m| m.to_string()).collect()),
-            }]),
-        }),
-        node_affinity_policy: Some("Honor".into()),
-        node_taints_policy: Some("Honor".into()),
-        ..Default::default()
-    });
-}
-
-const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
 
 pub fn restricted_security_context() -> SecurityContext {
     SecurityContext {
@@ -545,34 +510,8 @@ mod tests {
         assert_eq!(env["HAPAIR_AGENT_PORT"].as_deref(), Some("7443"));
         assert_eq!(agent.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
         assert_eq!(spec.service_account_name.as_deref(), Some("db-hapair"));
+        assert_eq!(spec.topology_spread_constraints.map(|c| c.len()), Some(1), "members spread over nodes");
         assert_eq!(pod.metadata.owner_references.unwrap()[0].name, "db");
-    }
-
-    #[test]
-    fn members_spread_over_nodes_unless_the_template_spreads_them_itself() {
-        let spec = member_pod(&pair(""), Member::Primary, &ctx()).spec.unwrap();
-        let spreads = spec.topology_spread_constraints.unwrap();
-        assert_eq!(spreads.len(), 1);
-        let c = &spreads[0];
-        assert_eq!(
-            (c.topology_key.as_str(), c.max_skew, c.when_unsatisfiable.as_str()),
-            (HOSTNAME_TOPOLOGY, 1, "DoNotSchedule")
-        );
-        assert_eq!(c.node_taints_policy.as_deref(), Some("Honor"), "a NotReady node must not hold a member Pending");
-        let sel = c.label_selector.as_ref().unwrap();
-        assert_eq!(sel.match_labels.as_ref().unwrap()[LABEL_PAIR], "db");
-        assert_eq!(sel.match_expressions.as_ref().unwrap()[0].values.as_ref().unwrap(), &["primary", "secondary"]);
-
-        let mut own = pair("");
-        own.spec.template.spec.as_mut().unwrap().topology_spread_constraints = Some(vec![TopologySpreadConstraint {
-            max_skew: 2,
-            topology_key: HOSTNAME_TOPOLOGY.into(),
-            when_unsatisfiable: "ScheduleAnyway".into(),
-            ..Default::default()
-        }]);
-        let spreads = member_pod(&own, Member::Primary, &ctx()).spec.unwrap().topology_spread_constraints.unwrap();
-        assert_eq!(spreads.len(), 1);
-        assert_eq!(spreads[0].max_skew, 2, "the user's own spread is kept as written");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod leader;
 pub mod netpol;
 pub mod observe;
 pub mod operations;
+pub mod placement;
 mod poller;
 pub mod resync_status;
 pub mod split_brain;
