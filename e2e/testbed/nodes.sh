@@ -311,7 +311,9 @@ node_down() { # n
   local n=$1 dir name pid i
   dir=$(node_dir "$n") name=$(node_name "$n")
   if [ -d "/sys/fs/cgroup/freezer/$name" ]; then
-    echo THAWED >"/sys/fs/cgroup/freezer/$name/freezer.state" 2>/dev/null || true
+    # Thaw the whole subtree: a pod a test froze on its own stays frozen
+    # under a thawed node, and a frozen process never takes its SIGKILL.
+    find "/sys/fs/cgroup/freezer/$name" -name freezer.state | while read -r f; do echo THAWED >"$f"; done 2>/dev/null || true
     for i in 1 2 3; do
       node_processes "$n" | xargs -r kill -9 2>/dev/null || true
       [ -z "$(node_processes "$n")" ] && break
