@@ -53,10 +53,6 @@ struct OperatorReplica {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn bin_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hapair")).parent().unwrap().to_path_buf()
-}
-
 pub fn hapair_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hapair"))
 }

@@ -178,7 +178,7 @@ async fn a_silent_active_is_failed_over_only_after_its_lease_runs_out() {
 async fn deleting_the_active_pod_fails_over_and_the_pod_is_recreated_as_standby() {
     let h = up("delete-pod", 1, json!({})).await;
     let checker = h.checker("web").await;
-    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
+    let pods = h.pods();
     let old_uid = pods.get("web-primary").await.unwrap().metadata.uid;
     pods.delete("web-primary", &Default::default()).await.unwrap();
     h.wait_active(Member::Secondary, 2).await;

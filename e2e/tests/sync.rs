@@ -426,7 +426,7 @@ async fn isolate_secondary_stops_it_and_a_resolve_brings_it_back_resynced() {
     let h = split_brain_up("split-isolate", json!({"policy": "IsolateSecondary"})).await;
     let checker = h.checker("web").await;
     let standby = write_behind_the_pairs_back(&h).await;
-    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
+    let pods = h.pods();
     let p = h
         .wait_for("web", "the secondary isolated", WAIT, |p| {
             p.status.as_ref().is_some_and(|s| {
