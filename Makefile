@@ -88,11 +88,11 @@ integration: ## API tests against the running testbed's real API server.
 
 .PHONY: e2e-fast
 e2e-fast: testbed-up
-	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync -- --test-threads 2 $(E2E_FAST)
+	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync --test operator -- --test-threads 2 $(E2E_FAST)
 
 .PHONY: e2e
 e2e: testbed-up ## Every end-to-end scenario, on the testbed's real nodes (needs root).
-	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync -- --test-threads 3
+	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync --test operator -- --test-threads 3
 	@$(MAKE) --no-print-directory e2e-nodes
 
 .PHONY: e2e-nodes

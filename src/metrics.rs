@@ -89,6 +89,7 @@ pub struct OperatorMetrics {
     pub member_fenced: IntGaugeVec,
     pub last_transition: prometheus::GaugeVec,
     pub leader: IntGauge,
+    pub invalid: IntGaugeVec,
     /// The condition series last published per pair, to drop stale ones
     /// when a condition's status or reason changes.
     pub published_conditions: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<ConditionSeries>>>,
@@ -201,6 +202,13 @@ impl OperatorMetrics {
                 &["namespace", "pair", "type"],
             )?,
             leader: IntGauge::new("hapair_operator_leader", "1 while this replica leads")?,
+            invalid: IntGaugeVec::new(
+                Opts::new(
+                    "hapair_pair_invalid",
+                    "1 while the pair's stored object cannot be read by this operator (the pair is held)",
+                ),
+                pair,
+            )?,
             published_conditions: Default::default(),
         };
         for c in m.collectors() {
@@ -209,31 +217,76 @@ impl OperatorMetrics {
         Ok(m)
     }
 
+    /// Every metric labelled by namespace and pair: the one list that both
+    /// registers them and forgets a deleted pair's series, so the two cannot
+    /// drift apart.
+    fn per_pair(&self) -> [&dyn PairSeries; 18] {
+        [
+            &self.invalid,
+            &self.reconciles,
+            &self.reconcile_errors,
+            &self.failovers,
+            &self.mode,
+            &self.epoch,
+            &self.active_member,
+            &self.missed_heartbeats,
+            &self.heartbeat_age,
+            &self.split_brain,
+            &self.sync_lag,
+            &self.clock_skew,
+            &self.resync_phase,
+            &self.condition,
+            &self.member_fenced,
+            &self.last_transition,
+            &self.standby_outage,
+            &self.resync_files,
+        ]
+    }
+
     /// Every metric, for registration and for checks of what dashboards
     /// and alerts may use.
     pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
-        vec![
-            Box::new(self.reconciles.clone()),
-            Box::new(self.reconcile_errors.clone()),
-            Box::new(self.reconcile_duration.clone()),
-            Box::new(self.failovers.clone()),
-            Box::new(self.failover_duration.clone()),
-            Box::new(self.mode.clone()),
-            Box::new(self.epoch.clone()),
-            Box::new(self.active_member.clone()),
-            Box::new(self.missed_heartbeats.clone()),
-            Box::new(self.heartbeat_age.clone()),
-            Box::new(self.split_brain.clone()),
-            Box::new(self.sync_lag.clone()),
-            Box::new(self.clock_skew.clone()),
-            Box::new(self.resync_phase.clone()),
-            Box::new(self.condition.clone()),
-            Box::new(self.member_fenced.clone()),
-            Box::new(self.last_transition.clone()),
-            Box::new(self.standby_outage.clone()),
-            Box::new(self.resync_files.clone()),
-            Box::new(self.leader.clone()),
-        ]
+        let mut all: Vec<Box<dyn prometheus::core::Collector>> =
+            self.per_pair().iter().map(|m| m.collector()).collect();
+        all.push(Box::new(self.reconcile_duration.clone()));
+        all.push(Box::new(self.failover_duration.clone()));
+        all.push(Box::new(self.leader.clone()));
+        all
+    }
+
+    /// Removes every series of a pair (it was deleted, or this replica
+    /// stopped watching it).
+    pub fn forget_pair(&self, ns: &str, pair: &str) {
+        for m in self.per_pair() {
+            m.forget(ns, pair);
+        }
+        self.published_conditions.lock().unwrap_or_else(|p| p.into_inner()).remove(&(ns.to_string(), pair.to_string()));
+    }
+}
+
+/// A metric vector whose series carry `namespace` and `pair` labels.
+trait PairSeries: Send + Sync {
+    fn collector(&self) -> Box<dyn prometheus::core::Collector>;
+    /// Removes the series of one pair, whatever its other labels.
+    fn forget(&self, ns: &str, pair: &str);
+}
+
+impl<T: prometheus::core::MetricVecBuilder + 'static> PairSeries for prometheus::core::MetricVec<T> {
+    fn collector(&self) -> Box<dyn prometheus::core::Collector> {
+        Box::new(self.clone())
+    }
+
+    fn forget(&self, ns: &str, pair: &str) {
+        use prometheus::core::Collector;
+        for family in self.collect() {
+            for metric in family.get_metric() {
+                let labels: std::collections::HashMap<&str, &str> =
+                    metric.get_label().iter().map(|l| (l.name(), l.value())).collect();
+                if labels.get("namespace") == Some(&ns) && labels.get("pair") == Some(&pair) {
+                    let _ = self.remove(&labels);
+                }
+            }
+        }
     }
 }
 

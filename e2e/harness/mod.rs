@@ -51,6 +51,8 @@ pub struct Harness {
 struct OperatorReplica {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// Its /metrics address (the same across its restarts).
+    metrics: SocketAddr,
 }
 
 pub fn hapair_bin() -> PathBuf {
@@ -108,6 +110,8 @@ impl Harness {
         let log_path = self.dir.join(format!("operator.{i}.log"));
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let ns = self.ns.name.clone();
+        // A port free now, kept for every restart of this replica.
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
@@ -118,7 +122,7 @@ impl Harness {
                     .env("HAPAIR_WATCH_NAMESPACES", &ns)
                     .env("POD_NAMESPACE", &ns)
                     .env("POD_NAME", format!("operator-{i}"))
-                    .env("HAPAIR_METRICS_ADDR", "127.0.0.1:0")
+                    .env("HAPAIR_METRICS_ADDR", metrics.to_string())
                     .env("HAPAIR_HEALTH_ADDR", "127.0.0.1:0")
                     .env("HAPAIR_LEADER_LEASE_SECONDS", "4")
                     .env("HAPAIR_AGENT_IMAGE", hapair_image())
@@ -144,8 +148,22 @@ impl Harness {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
-        self.operators.push(OperatorReplica { stop, task });
+        self.operators.push(OperatorReplica { stop, task, metrics });
         i
+    }
+
+    /// What replica `i` serves on /metrics (Prometheus text), or why not.
+    pub async fn operator_metrics(&self, i: usize) -> Result<String, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.operators[i].metrics).await.map_err(|e| e.to_string())?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: operator\r\n\r\n").await.map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.map_err(|e| e.to_string())?;
+        let (head, body) = out.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            return Err(head.lines().next().unwrap_or_default().to_string());
+        }
+        Ok(body.to_string())
     }
 
     /// kill -9 of one operator replica; it is not restarted.

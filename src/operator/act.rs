@@ -317,7 +317,7 @@ pub async fn apply_plan(
         let patch = json!({"apiVersion": "hapair.dev/v1alpha1", "kind": "HighAvailabilityPair", "status": plan.status});
         api.patch_status(&name, &apply_params(), &Patch::Apply(&patch)).await?;
     }
-    ctx.publish_metrics(pair, &plan.status, obs);
+    super::publish::publish(&ctx.metrics, pair, &plan.status, obs);
     outcome.status = Some(plan.status.clone());
     for e in &plan.events {
         let ev = Event {

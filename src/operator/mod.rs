@@ -17,6 +17,7 @@ pub mod observe;
 pub mod operations;
 pub mod placement;
 mod poller;
+pub mod publish;
 pub mod resync_status;
 pub mod split_brain;
 pub mod status;
@@ -31,6 +32,8 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -40,10 +43,9 @@ use stores::Stores;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::api::{HighAvailabilityPair, HighAvailabilityPairStatus, LABEL_PAIR, Member, Mode};
+use crate::api::{HighAvailabilityPair, LABEL_PAIR};
 use crate::metrics::OperatorMetrics;
 use build::BuildContext;
-use observe::Observed;
 
 /// The operator's settings.
 #[derive(clap::Args, Debug, Clone)]
@@ -90,7 +92,9 @@ type Workers = HashMap<(String, String), Arc<Notify>>;
 /// What every worker shares.
 pub struct Context {
     pub client: Client,
-    pub pairs: Stores<HighAvailabilityPair>,
+    /// Pairs as stored: one that no longer deserializes is kept as what it
+    /// is, so it stalls nothing (see [`Context::pair`]).
+    pub pairs: Stores<DeserializeGuard<HighAvailabilityPair>>,
     pub pods: Stores<Pod>,
     pub services: Stores<Service>,
     pub leases: Stores<Lease>,
@@ -101,6 +105,12 @@ pub struct Context {
 }
 
 impl Context {
+    /// The pair as stored: `Err` when its object no longer deserializes (a
+    /// CRD change, a hand edit through an old client); `None` when gone.
+    pub fn pair(&self, ns: &str, name: &str) -> Option<Result<Arc<HighAvailabilityPair>, InvalidObject>> {
+        let guard = self.pairs.get(&ObjectRef::new(name).within(ns))?;
+        Some(guard.0.clone().map(Arc::new))
+    }
     fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods.get(&ObjectRef::new(name).within(ns))
     }
@@ -120,102 +130,9 @@ impl Context {
             .is_some_and(|p| p == "Failed" || p == "Succeeded")
     }
 
-    pub fn publish_metrics(&self, pair: &HighAvailabilityPair, status: &HighAvailabilityPairStatus, obs: &Observed) {
-        let ns = pair.namespace().unwrap_or_default();
-        let name = pair.name_any();
-        for mode in
-            [Mode::NotConfigured, Mode::Initializing, Mode::Enabled, Mode::Alone, Mode::SplitBrain, Mode::Paused]
-        {
-            let mode_name = format!("{mode:?}");
-            self.metrics.mode.with_label_values(&[&ns, &name, &mode_name]).set(i64::from(status.mode == Some(mode)));
-        }
-        self.metrics.epoch.with_label_values(&[&ns, &name]).set(status.epoch);
-        let conditions =
-            status.conditions.iter().map(|c| [c.type_.clone(), format!("{:?}", c.status), c.reason.clone()]).collect();
-        self.metrics.set_conditions(&ns, &name, conditions);
-        // History is newest first: the first of each type is its latest.
-        let mut seen = Vec::new();
-        for t in &status.history {
-            let type_ = format!("{:?}", t.type_);
-            if !seen.contains(&type_) {
-                let at = t.time.timestamp_millis() as f64 / 1000.0;
-                self.metrics.last_transition.with_label_values(&[&ns, &name, &type_]).set(at);
-                seen.push(type_);
-            }
-        }
-        let split = status.mode == Some(Mode::SplitBrain)
-            || status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "SplitBrain" && c.status == crate::api::ConditionStatus::True);
-        self.metrics.split_brain.with_label_values(&[&ns, &name]).set(i64::from(split));
-        for ms in &status.members {
-            let member = ms.name.to_string();
-            match ms.sync_lag_seconds {
-                Some(lag) => self.metrics.sync_lag.with_label_values(&[&ns, &name, &member]).set(lag as f64),
-                None => {
-                    let _ = self.metrics.sync_lag.remove_label_values(&[&ns, &name, &member]);
-                }
-            }
-            if let Some(skew) = ms.clock_skew_seconds {
-                self.metrics.clock_skew.with_label_values(&[&ns, &name, &member]).set(skew as f64);
-            }
-        }
-        let outage = status::standby_outage(&pair.spec, obs, status.active_member);
-        self.metrics.standby_outage.with_label_values(&[&ns, &name]).set(outage.ratio);
-        if let Some(r) = &status.resync {
-            for (phase, word) in [
-                (crate::api::ResyncPhase::Running, "Running"),
-                (crate::api::ResyncPhase::Succeeded, "Succeeded"),
-                (crate::api::ResyncPhase::Failed, "Failed"),
-            ] {
-                self.metrics.resync_phase.with_label_values(&[&ns, &name, word]).set(i64::from(r.phase == phase));
-            }
-            for (action, n) in [
-                ("copied", r.copied),
-                ("quarantined", r.quarantined),
-                ("deleted", r.deleted),
-                ("copiedBack", r.copied_back),
-                ("conflicts", r.conflicts),
-            ] {
-                self.metrics.resync_files.with_label_values(&[&ns, &name, action]).set(n as i64);
-            }
-        }
-        for m in Member::BOTH {
-            let member = m.to_string();
-            self.metrics
-                .active_member
-                .with_label_values(&[&ns, &name, &member])
-                .set(i64::from(status.active_member == Some(m)));
-            let a = &obs.member(m).agent;
-            let fenced = a.last.as_ref().is_some_and(|s| s.role == crate::api::Role::Fenced);
-            self.metrics.member_fenced.with_label_values(&[&ns, &name, &member]).set(i64::from(fenced));
-            self.metrics.missed_heartbeats.with_label_values(&[&ns, &name, &member]).set(i64::from(a.missed));
-            if let Some(age) = a.since_answer {
-                self.metrics.heartbeat_age.with_label_values(&[&ns, &name, &member]).set(age.as_secs_f64());
-            }
-        }
-    }
-
+    /// Drops every metric series of a pair that is gone.
     fn forget(&self, ns: &str, name: &str) {
-        self.metrics.set_conditions(ns, name, vec![]);
-        for t in ["Bootstrap", "Failover", "Switchover", "Failback", "GoStandby", "SplitBrainResolved"] {
-            let _ = self.metrics.last_transition.remove_label_values(&[ns, name, t]);
-        }
-        let _ = self.metrics.epoch.remove_label_values(&[ns, name]);
-        let _ = self.metrics.split_brain.remove_label_values(&[ns, name]);
-        let _ = self.metrics.standby_outage.remove_label_values(&[ns, name]);
-        for m in ["primary", "secondary"] {
-            let _ = self.metrics.sync_lag.remove_label_values(&[ns, name, m]);
-            let _ = self.metrics.clock_skew.remove_label_values(&[ns, name, m]);
-            let _ = self.metrics.member_fenced.remove_label_values(&[ns, name, m]);
-        }
-        for p in ["Running", "Succeeded", "Failed"] {
-            let _ = self.metrics.resync_phase.remove_label_values(&[ns, name, p]);
-        }
-        for a in ["copied", "quarantined", "deleted", "copiedBack", "conflicts"] {
-            let _ = self.metrics.resync_files.remove_label_values(&[ns, name, a]);
-        }
+        self.metrics.forget_pair(ns, name);
     }
 }
 
@@ -244,7 +161,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     };
     info!(namespaces = ?namespaces, "watching");
     // One reflector per kind and namespace.
-    let (pairs, pair_feeds) = Stores::<HighAvailabilityPair>::reflect(&client, &namespaces);
+    let (pairs, pair_feeds) = Stores::<DeserializeGuard<HighAvailabilityPair>>::reflect(&client, &namespaces);
     let (pods, pod_feeds) = Stores::<Pod>::reflect(&client, &namespaces);
     let (services, service_feeds) = Stores::<Service>::reflect(&client, &namespaces);
     let (leases, lease_feeds) = Stores::<Lease>::reflect(&client, &namespaces);
@@ -279,7 +196,10 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     };
-    // Malformed pairs are reported, not fatal: the watch goes on.
+    // Pairs are read through `DeserializeGuard`: one stored object that no
+    // longer deserializes must not fail the whole list (that would leave
+    // every pair in every namespace without a worker). Its worker reports it
+    // and holds; every other pair goes on.
     for (writer, api) in pair_feeds {
         let send = keyed(tx.clone());
         let pair_stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))

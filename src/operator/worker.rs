@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 use prometheus::Encoder;
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -60,7 +59,23 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
             status: None,
         };
         let mut failing = Failing::default();
-        while let Some(pair) = ctx.pairs.get(&ObjectRef::new(&name).within(&ns)) {
+        let mut told_invalid: Option<String> = None;
+        while let Some(pair) = ctx.pair(&ns, &name) {
+            let pair = match pair {
+                Ok(p) => {
+                    told_invalid = None;
+                    p
+                }
+                Err(bad) => {
+                    // Nothing is decided on a spec that cannot be read: the
+                    // agents keep renewing and fencing on their own, and the
+                    // pair waits here until its object is fixed.
+                    report_invalid(&ctx, &bad, &mut told_invalid).await;
+                    notify.notified().await;
+                    continue;
+                }
+            };
+            ctx.metrics.invalid.with_label_values(&[&ns, &name]).set(0);
             if pair.metadata.deletion_timestamp.is_some() {
                 break;
             }
@@ -103,6 +118,43 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
     }
     .instrument(span)
     .await
+}
+
+/// Logs a pair object that does not deserialize and tells it on the object
+/// as a Warning Event, once per resourceVersion.
+async fn report_invalid(ctx: &Context, bad: &kube::core::error_boundary::InvalidObject, told: &mut Option<String>) {
+    let (ns, name) =
+        (bad.metadata.namespace.clone().unwrap_or_default(), bad.metadata.name.clone().unwrap_or_default());
+    ctx.metrics.invalid.with_label_values(&[&ns, &name]).set(1);
+    if told.is_some() && *told == bad.metadata.resource_version {
+        return;
+    }
+    *told = bad.metadata.resource_version.clone();
+    warn!(error = %bad.error, "the pair's stored object cannot be read; holding it until it is fixed");
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(<HighAvailabilityPair as kube::Resource>::api_version(&()).into_owned()),
+        kind: Some(<HighAvailabilityPair as kube::Resource>::kind(&()).into_owned()),
+        name: Some(name),
+        namespace: Some(ns),
+        uid: bad.metadata.uid.clone(),
+        resource_version: bad.metadata.resource_version.clone(),
+        ..Default::default()
+    };
+    let note = format!(
+        "the stored object does not match the HighAvailabilityPair schema this operator knows, so the pair is \
+         held (no failover) until it is fixed: {}",
+        bad.error
+    );
+    let ev = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: "InvalidObject".into(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
+        warn!(error = %err, "cannot publish event");
+    }
 }
 
 fn client_config(secret: &Secret) -> Result<Arc<rustls::ClientConfig>, tls::TlsError> {
@@ -300,10 +352,10 @@ async fn poll_loop(
         .filter_map(|m| tls::server_name(&tls::member_server_name(m, &name, &ns)).ok().map(|n| (m, n)))
         .collect();
     loop {
-        let interval = ctx
-            .pairs
-            .get(&ObjectRef::new(&name).within(&ns))
-            .map_or(5, |p| p.spec.heartbeat.interval_seconds.max(1) as u64);
+        let interval = match ctx.pair(&ns, &name) {
+            Some(Ok(p)) => p.spec.heartbeat.interval_seconds.max(1) as u64,
+            _ => 5,
+        };
         let tick = Duration::from_secs(interval);
         let timeout = (tick / 2).clamp(Duration::from_millis(300), Duration::from_secs(2));
         let polls = names

@@ -1,0 +1,124 @@
+//! The operator itself on the testbed: a pair it cannot read holds only
+//! that pair, and a deleted pair leaves no metric series behind.
+
+mod common;
+#[path = "../harness/mod.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{Harness, test_pair};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+const BOOT: Duration = Duration::from_secs(90);
+
+/// Series of `metric` for `pair` in a Prometheus text page, with their values.
+fn series<'a>(page: &'a str, metric: &str, pair: &str) -> Vec<&'a str> {
+    let label = format!("pair=\"{pair}\"");
+    page.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&label))
+        .filter(|l| metric.is_empty() || l.starts_with(&format!("{metric}{{")))
+        .collect()
+}
+
+impl Harness {
+    /// Waits until the leader's metrics page satisfies `check`.
+    async fn wait_metrics(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let page = self.operator_metrics(0).await;
+            if let Ok(p) = &page
+                && check(p)
+            {
+                return p.clone();
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}; metrics: {page:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pair_the_operator_cannot_read_is_reported_and_held_while_every_other_pair_runs() {
+    common::install_crd(&common::client().await).await;
+    let mut h = Harness::without_operator("unreadable").await;
+    h.apply(&test_pair("good", 1, json!({}))).await;
+    h.apply(&test_pair("bad", 1, json!({}))).await;
+    // A status an old client wrote: valid to the schema (int32 is not range
+    // checked by the API server), out of range for the operator's types.
+    let dynamic = common::dynamic_pairs(&h.client, &h.ns.name);
+    let garbage = json!({"status": {"members": [{"name": "primary", "pod": "bad-primary", "role": "Standby",
+                                                  "state": "Down", "missedHeartbeats": 99_999_999_999_i64}]}});
+    dynamic
+        .patch_status("bad", &PatchParams::default(), &Patch::Merge(&garbage))
+        .await
+        .expect("the API server stores it");
+    let unreadable = h.pairs().get("bad").await.expect_err("the stored pair does not deserialize");
+    assert!(
+        unreadable.to_string().contains("missedHeartbeats") || unreadable.to_string().contains("invalid value"),
+        "{unreadable}"
+    );
+
+    // The operator starts with the unreadable pair already stored: its first
+    // list must not fail, the good pair comes up.
+    h.start_operator();
+    h.wait_enabled("good", BOOT).await;
+    let events: Api<Event> = Api::namespaced(h.client.clone(), &h.ns.name);
+    let start = Instant::now();
+    let told = loop {
+        let list = events.list(&ListParams::default().fields("involvedObject.name=bad")).await.unwrap();
+        if let Some(e) = list.items.into_iter().find(|e| e.reason.as_deref() == Some("InvalidObject")) {
+            break e;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no InvalidObject event on the unreadable pair");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(told.type_.as_deref(), Some("Warning"));
+    let note = told.message.unwrap_or_default();
+    assert!(note.contains("held") && note.contains("99999999999"), "the event says what is wrong: {note}");
+    h.wait_metrics("hapair_pair_invalid 1 for the bad pair", |p| {
+        series(p, "hapair_pair_invalid", "bad").iter().any(|l| l.ends_with(" 1"))
+    })
+    .await;
+    let held = h.pods().list(&ListParams::default().labels("hapair.dev/pair=bad")).await.unwrap();
+    assert!(held.items.is_empty(), "nothing is done for a pair whose spec cannot be read");
+
+    // Fixed by hand: the pair is picked up like any other.
+    dynamic.patch_status("bad", &PatchParams::default(), &Patch::Merge(&json!({"status": null}))).await.unwrap();
+    h.wait_enabled("bad", BOOT).await;
+    h.wait_metrics("hapair_pair_invalid 0 once fixed", |p| {
+        series(p, "hapair_pair_invalid", "bad").iter().any(|l| l.ends_with(" 0"))
+    })
+    .await;
+    h.kill_operator(0).await;
+}
+
+#[tokio::test]
+async fn a_deleted_pair_leaves_no_metric_series_and_its_neighbour_keeps_its_own() {
+    let h = Harness::new("metrics").await;
+    h.apply(&test_pair("kept", 1, json!({}))).await;
+    h.apply(&test_pair("gone", 1, json!({}))).await;
+    h.wait_enabled("kept", BOOT).await;
+    h.wait_enabled("gone", BOOT).await;
+    let before = h
+        .wait_metrics("series of both pairs", |p| {
+            ["kept", "gone"].iter().all(|pair| {
+                ["hapair_mode", "hapair_active_member", "hapair_missed_heartbeats", "hapair_heartbeat_age_seconds"]
+                    .iter()
+                    .all(|m| !series(p, m, pair).is_empty())
+            })
+        })
+        .await;
+    let kept_before = series(&before, "", "kept").len();
+    h.pairs().delete("gone", &DeleteParams::default()).await.unwrap();
+    let after = h.wait_metrics("no series of the deleted pair", |p| series(p, "", "gone").is_empty()).await;
+    // Per-member series of a live pair may come and go with its members
+    // (sync lag), but the pair's own are all still there.
+    let kept_after = series(&after, "", "kept");
+    for m in ["hapair_mode", "hapair_epoch", "hapair_active_member", "hapair_condition", "hapair_reconciles_total"] {
+        assert!(!series(&after, m, "kept").is_empty(), "{m} of the kept pair is gone: {kept_after:?}");
+    }
+    assert!(kept_after.len() + 4 >= kept_before, "the kept pair lost series: {kept_before} -> {}", kept_after.len());
+}
