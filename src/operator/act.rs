@@ -112,7 +112,7 @@ pub async fn ensure_supporting(ctx: &Context, pair: &HighAvailabilityPair) -> Re
     let cur = bindings.get_opt(&binding.name_any()).await?;
     ensure(&bindings, &binding, cur.as_ref()).await?;
     if let Some(operator) = &ctx.build.agent_network_policy {
-        let np = super::netpol::agent_network_policy(pair, operator);
+        let np = build::netpol::agent_network_policy(pair, operator);
         let api: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         let cur = api.get_opt(&np.name_any()).await?;
         ensure(&api, &np, cur.as_ref()).await?;

@@ -10,12 +10,9 @@
 pub mod act;
 pub mod build;
 pub mod decide;
-pub mod jobs;
 mod leader;
-pub mod netpol;
 pub mod observe;
 pub mod operations;
-pub mod placement;
 mod poller;
 pub mod publish;
 pub mod resync_status;
@@ -82,7 +79,7 @@ pub struct Config {
 }
 
 fn parse_operator_selector(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
-    netpol::parse_selector(s)
+    build::netpol::parse_selector(s)
         .ok_or_else(|| format!("{s:?} is not a label list like app.kubernetes.io/name=hapair,tier=ops"))
 }
 
@@ -175,7 +172,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         jobs,
         build: BuildContext {
             agent_image: config.agent_image.clone(),
-            agent_network_policy: config.agent_network_policy.then(|| netpol::OperatorPods {
+            agent_network_policy: config.agent_network_policy.then(|| build::OperatorPods {
                 namespace: config.leader_namespace.clone(),
                 labels: config.operator_selector.clone(),
             }),

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
-use super::build::{
+use super::common::{
     BuildContext, TLS_DIR, TLS_FILE_MODE, env, field_env, labels, meta, restricted_security_context, tls_secret_name,
 };
 use crate::api::{HighAvailabilityPair, Member};

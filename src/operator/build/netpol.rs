@@ -13,14 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use super::common::{OperatorPods, meta, stamp};
 use crate::api::{HighAvailabilityPair, LABEL_MEMBER, LABEL_PAIR};
-
-/// Where the operator's own pods run: the other allowed client of the agents.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OperatorPods {
-    pub namespace: String,
-    pub labels: BTreeMap<String, String>,
-}
 
 /// `a=b,c=d` → labels; `None` for anything else (the flag is refused).
 pub fn parse_selector(s: &str) -> Option<BTreeMap<String, String>> {
@@ -86,7 +80,7 @@ pub fn agent_network_policy(pair: &HighAvailabilityPair, operator: &OperatorPods
     others.push(port("UDP", 1, 65535));
     others.push(port("SCTP", 1, 65535));
     let mut np = NetworkPolicy {
-        metadata: super::build::meta(pair, name(&pair_name)),
+        metadata: meta(pair, name(&pair_name)),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(members),
             policy_types: Some(vec!["Ingress".into()]),
@@ -100,7 +94,7 @@ pub fn agent_network_policy(pair: &HighAvailabilityPair, operator: &OperatorPods
             egress: None,
         }),
     };
-    super::build::stamp(&mut np, |n| &mut n.metadata);
+    stamp(&mut np, |n| &mut n.metadata);
     np
 }
 

@@ -1,106 +1,26 @@
-//! Pure construction of every object the operator owns for a pair: member
-//! pods (application containers plus the injected agent), claims, the VIP
-//! and standby Services, the leader Lease, the agent's RBAC. Nothing here
-//! talks to the API server.
+//! Member pods (application containers plus the injected agent), claims,
+//! the VIP and standby Services, the leader Lease, the agent's RBAC and TLS
+//! Secret.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, Probe, SeccompProfile,
-    Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Container, ContainerPort, HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, Probe, Secret, SecretVolumeSource, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role as RbacRole, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{Resource, ResourceExt};
-use sha2::{Digest, Sha256};
+use kube::ResourceExt;
 
 use crate::api::{AGENT_CONTAINER, HighAvailabilityPair, LABEL_MEMBER, LABEL_PAIR, LABEL_ROLE, Member};
 use crate::proto::{ANN_INTERVAL, ANN_MISSED, lease_identity};
 use crate::tls;
 
-pub use super::jobs::{
-    ANN_RESYNC_DRY_RUN, ANN_RESYNC_LABEL, ANN_RESYNC_TARGET, LABEL_COMPONENT, RESYNC_CONTAINER, repair_job, resync_job,
-    resync_job_name,
-};
-
-/// Annotation with a hash of what the operator last applied to an object;
-/// equal hash, nothing to write.
-pub const ANN_HASH: &str = "hapair.dev/applied-hash";
-/// Label value of the VIP selector while no member is active: matches no pod.
-pub const NO_MEMBER: &str = "none";
-pub const RUN_DIR: &str = "/var/run/hapair";
-pub const TLS_DIR: &str = "/var/run/hapair-tls";
-pub const AGENT_DATA_DIR: &str = "/var/lib/hapair/data";
-
-/// What the builders need besides the pair.
-#[derive(Clone, Debug)]
-pub struct BuildContext {
-    /// Image of the agent sidecar: the operator's own image.
-    pub agent_image: String,
-    /// With `--agent-network-policy`: the operator's pods, the agents' other
-    /// allowed clients.
-    pub agent_network_policy: Option<super::netpol::OperatorPods>,
-}
-
-fn owner(pair: &HighAvailabilityPair) -> OwnerReference {
-    pair.controller_owner_ref(&()).expect("a stored pair has a name and uid")
-}
-
-pub(super) fn labels(pair: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_PAIR.to_string(), pair.to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), "hapair".to_string()),
-    ])
-}
-
-pub(super) fn meta(pair: &HighAvailabilityPair, name: String) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: pair.namespace(),
-        labels: Some(labels(&pair.name_any())),
-        owner_references: Some(vec![owner(pair)]),
-        ..Default::default()
-    }
-}
-
-/// Stamps `ANN_HASH` with a hash of the object as built.
-pub(super) fn stamp<T: serde::Serialize>(obj: &mut T, meta: impl Fn(&mut T) -> &mut ObjectMeta) {
-    let hash = hash_of(&*obj);
-    meta(obj).annotations.get_or_insert_with(Default::default).insert(ANN_HASH.to_string(), hash);
-}
-
-pub fn hash_of<T: serde::Serialize>(obj: &T) -> String {
-    let bytes = serde_json::to_vec(obj).unwrap_or_default();
-    let digest = Sha256::digest(&bytes);
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn applied_hash(meta: &ObjectMeta) -> Option<&str> {
-    meta.annotations.as_ref()?.get(ANN_HASH).map(String::as_str)
-}
-
-pub fn tls_secret_name(pair: &str) -> String {
-    format!("{pair}-tls")
-}
-pub fn service_account_name(pair: &HighAvailabilityPair) -> String {
-    pair.spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|s| s.service_account_name.clone())
-        .unwrap_or_else(|| format!("{}-hapair", pair.name_any()))
-}
-pub fn pvc_name(pair: &str, member: Member) -> String {
-    format!("{pair}-{member}-data")
-}
-pub fn standby_service_name(pair: &str) -> String {
-    format!("{pair}-standby")
-}
+use super::common::*;
 
 pub fn tls_secret(pair: &HighAvailabilityPair, data: BTreeMap<String, String>) -> Secret {
     Secret {
@@ -160,21 +80,6 @@ pub fn pvc(pair: &HighAvailabilityPair, member: Member) -> Option<PersistentVolu
         }),
         ..Default::default()
     })
-}
-
-pub(super) fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-pub(super) fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
 }
 
 /// A member pod: the user's template, the role volume mounted read-only into
@@ -335,26 +240,6 @@ pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContex
     pod
 }
 
-/// Pod Security "restricted" settings for every container hapair adds.
-/// Mode of the files of the pair's TLS volume. Without an `fsGroup` (which
-/// hapair does not impose: it would also chown the user's data volume) the
-/// kubelet leaves them owned by root, and the agent and Job containers run as
-/// the image's non-root user: the files must be readable by others. Only the
-/// container that mounts the volume sees them — the agent, or the Job's own
-/// container, never the application.
-pub const TLS_FILE_MODE: i32 = 0o444;
-
-pub fn restricted_security_context() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
-        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-        ..Default::default()
-    }
-}
-
 fn service(pair: &HighAvailabilityPair, name: String, member: Option<Member>) -> Service {
     let spec = &pair.spec.service;
     let mut m = meta(pair, name);
@@ -425,6 +310,7 @@ pub fn lease(pair: &HighAvailabilityPair, holder: Member, pod_uid: &str, epoch: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::build::jobs::*;
 
     fn pair(extra: &str) -> HighAvailabilityPair {
         let mut p: HighAvailabilityPair = serde_yaml::from_str(&format!(
