@@ -4,6 +4,9 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
+# Every test build enables the test-only fault hooks (one build serves all
+# test targets); `make build`, `make image` and releases never do.
+TEST_FEATURES = --features fault-injection
 TESTBED := e2e/testbed/testbed.sh
 # Tests that need a control plane read these; `make test` starts the testbed.
 TESTBED_KUBECONFIG = $(shell $(TESTBED) kubeconfig)
@@ -64,7 +67,7 @@ fmt: ## Format the code.
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings as errors.
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets $(TEST_FEATURES) -- -D warnings
 
 ##@ Tests
 
@@ -77,27 +80,27 @@ test: check-generated unit fuzz-brief chart image-check testbed-up integration c
 
 .PHONY: unit
 unit: ## Unit tests (no cluster).
-	$(CARGO) test --lib --bins
+	$(CARGO) test $(TEST_FEATURES) --lib --bins
 
 TESTBED_ENV = RUST_BACKTRACE=0 HAPAIR_TESTBED_KUBECONFIG=$(TESTBED_KUBECONFIG) HAPAIR_TESTBED_BIN=$(TESTBED_BIN) \
   HAPAIR_IMAGE_REF=$(IMAGE_REPO):$(IMAGE_TAG)
 
 .PHONY: integration
 integration: ## API tests against the running testbed's real API server.
-	$(TESTBED_ENV) $(CARGO) test --test api_admission -- --test-threads 4
+	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test api_admission -- --test-threads 4
 
 .PHONY: e2e-fast
 e2e-fast: testbed-up
-	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync --test operator -- --test-threads 2 $(E2E_FAST)
+	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator -- --test-threads 2 $(E2E_FAST)
 
 .PHONY: e2e
 e2e: testbed-up ## Every end-to-end scenario, on the testbed's real nodes (needs root).
-	$(TESTBED_ENV) $(CARGO) test --test failover --test operations --test sync --test operator -- --test-threads 3
+	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator -- --test-threads 3
 	@$(MAKE) --no-print-directory e2e-nodes
 
 .PHONY: e2e-nodes
 e2e-nodes: testbed-up ## Whole nodes frozen, partitioned and killed under a pair; members kept apart (one test at a time).
-	$(TESTBED_ENV) $(CARGO) test --test nodes -- --test-threads 1
+	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test nodes -- --test-threads 1
 
 ##@ Fuzzing
 
@@ -146,7 +149,7 @@ image-ref: ## Print the image reference `make image` builds (the chart's default
 
 .PHONY: image-check
 image-check: image ## Inspect the OCI archive: digests, non-root user, a static binary that runs.
-	HAPAIR_IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) HAPAIR_IMAGE_REF=$(IMAGE_REPO):$(IMAGE_TAG) $(CARGO) test --test image
+	HAPAIR_IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) HAPAIR_IMAGE_REF=$(IMAGE_REPO):$(IMAGE_TAG) $(CARGO) test $(TEST_FEATURES) --test image
 
 .PHONY: tools
 tools: ## Build (or reuse) helm and promtool from their pinned Go modules.
@@ -154,11 +157,11 @@ tools: ## Build (or reuse) helm and promtool from their pinned Go modules.
 
 .PHONY: chart
 chart: tools ## Chart checks: lint, values schema, RBAC, alerts (promtool), dashboard.
-	$(CARGO) test --test chart -- --skip the_api_server --skip every_pod --skip helm_installs --skip kubectl_apply
+	$(CARGO) test $(TEST_FEATURES) --test chart -- --skip the_api_server --skip every_pod --skip helm_installs --skip kubectl_apply
 
 .PHONY: chart-cluster
 chart-cluster: tools testbed-up ## Chart checks on the testbed: server-side dry run, Pod Security, helm install/upgrade/uninstall, kustomize.
-	$(TESTBED_ENV) $(CARGO) test --test chart -- --test-threads 2 the_api_server every_pod helm_installs kubectl_apply
+	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test chart -- --test-threads 2 the_api_server every_pod helm_installs kubectl_apply
 
 ##@ Benchmarks
 

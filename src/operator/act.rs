@@ -16,13 +16,19 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::build::{self, applied_hash};
-use super::decide::{LeaseAction, Plan};
+use super::context::Context;
+use super::model::{Decision, LeaseAction, push_history};
 use super::observe::Observed;
-use super::status::push_history;
 use crate::api::{HighAvailabilityPair, LABEL_ROLE, Member, Role};
+use crate::http::{self, Target};
+use crate::proto::AgentStatus;
 use crate::proto::{ANN_INTERVAL, ANN_MISSED, ANN_OPERATION, ANN_RELEASED, ANN_RELEASED_BY, lease_identity};
+use crate::tls;
 
 pub const FIELD_MANAGER: &str = "hapair-operator";
 
@@ -47,6 +53,9 @@ impl ActError {
 /// What acting did that the worker needs to know.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// Answers of the agents asked this round (drain, sync now): fresh
+    /// heartbeats for the poller.
+    pub answers: Vec<(Member, AgentStatus)>,
     /// The status as written (or found already written).
     pub status: Option<crate::api::HighAvailabilityPairStatus>,
     /// The Lease moved: the member to wake so it promotes at once.
@@ -184,12 +193,97 @@ fn not_found(e: kube::Error) -> Result<(), kube::Error> {
     }
 }
 
-/// Lease action, Services, role labels, status and Events, in that order.
-pub async fn apply_plan(
+/// Everything a decision asks for, in this order: the agents' requests
+/// (drain, sync now), the resync and repair Jobs, the Lease, the Services,
+/// the role labels, the status, the Events, and the wake-up of a promoted
+/// member's agent.
+pub async fn apply(
     ctx: &Context,
     pair: &HighAvailabilityPair,
     obs: &Observed,
-    mut plan: Plan,
+    decision: Decision,
+    current: Option<&crate::api::HighAvailabilityPairStatus>,
+    failure_started: Option<Instant>,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Outcome, ActError> {
+    let answers = ask_agents(pair, obs, &decision, client_tls.clone()).await;
+    start_jobs(ctx, pair, obs, &decision).await;
+    let mut outcome = apply_lease_and_status(ctx, pair, obs, decision, current, failure_started).await?;
+    outcome.answers = answers;
+    if let Some(m) = outcome.promoted {
+        wake_agent(pair, obs, m, client_tls);
+    }
+    Ok(outcome)
+}
+
+/// A planned handover: the active drains (its answer carries its final
+/// generation), the standby pulls now (its answer says whether it holds it).
+async fn ask_agents(
+    pair: &HighAvailabilityPair,
+    obs: &Observed,
+    d: &Decision,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+) -> Vec<(Member, AgentStatus)> {
+    let asks = [
+        d.drain.map(|(m, epoch)| (m, format!("/v1/drain?epoch={epoch}"), Duration::from_secs(2))),
+        d.sync_now.map(|m| (m, "/v1/sync?wait=1".to_string(), Duration::from_secs(8))),
+    ];
+    let mut answers = Vec::new();
+    for (member, path, timeout) in asks.into_iter().flatten() {
+        if let Some(answer) = ask_agent(pair, obs, member, &path, timeout, client_tls.clone()).await {
+            answers.push((member, answer));
+        }
+    }
+    answers
+}
+
+/// The resync Job and the split-brain repair Job the decision orders (each
+/// once: a Job that exists already is left alone).
+async fn start_jobs(ctx: &Context, pair: &HighAvailabilityPair, obs: &Observed, d: &Decision) {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+        Api::namespaced(ctx.client.clone(), &pair.namespace().unwrap_or_default());
+    if let Some((member, order)) = &d.start_resync
+        && let Some(addr) = agent_address(pair, obs, *member)
+    {
+        let job = build::resync_job(pair, *member, addr, order, &ctx.build);
+        match jobs.create(&Default::default(), &job).await {
+            Ok(_) => info!(%member, label = %order.label, job = %job.name_any(), "resync Job started"),
+            Err(e) if is_conflict(&e) => {}
+            Err(e) => warn!(%member, error = %e, "could not start the resync Job"),
+        }
+    }
+    if let (Some(label), Some(container), Some(kept)) = (&d.repair, pair.spec.split_brain.repair_job.as_ref(), d.vip) {
+        let epoch = obs.lease.as_ref().map_or(0, |l| l.epoch);
+        let addresses = [agent_address(pair, obs, Member::Primary), agent_address(pair, obs, Member::Secondary)];
+        let job = build::repair_job(pair, container, label, kept, epoch, addresses);
+        match jobs.create(&Default::default(), &job).await {
+            Ok(_) => info!(job = %job.name_any(), %kept, "split-brain repair Job started"),
+            Err(e) if is_conflict(&e) => {}
+            Err(e) => warn!(error = %e, "could not start the split-brain repair Job"),
+        }
+    }
+}
+
+/// A Warning Event on the pair.
+pub async fn warn(ctx: &Context, pair: &HighAvailabilityPair, reason: &str, note: String) {
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&ev, &pair.object_ref(&())).await {
+        warn!(error = %err, "cannot publish event");
+    }
+}
+
+/// Lease action, Services, role labels, status and Events, in that order.
+async fn apply_lease_and_status(
+    ctx: &Context,
+    pair: &HighAvailabilityPair,
+    obs: &Observed,
+    mut plan: Decision,
     current: Option<&crate::api::HighAvailabilityPairStatus>,
     failure_started: Option<Instant>,
 ) -> Result<Outcome, ActError> {
@@ -240,12 +334,7 @@ pub async fn apply_plan(
             match leases.replace(&name, &PostParams::default(), &lease).await {
                 Ok(_) => {
                     committed_at = Some(Instant::now());
-                    // Fault injection for the restart-mid-failover test: die
-                    // between the commit point and the selector move.
-                    if std::env::var_os("HAPAIR_FAULT_EXIT_AFTER_LEASE_CAS").is_some() {
-                        warn!("fault injection: exiting between the lease move and the selector move");
-                        std::process::exit(86);
-                    }
+                    super::fault::after_lease_moved();
                     warn!(pair = %name, from = ?transition.from, %to, epoch, reason = %transition.reason, "lease moved");
                     outcome.promoted = Some(to);
                     ctx.metrics
@@ -332,4 +421,92 @@ pub async fn apply_plan(
         }
     }
     Ok(outcome)
+}
+
+/// Logs a pair object that does not deserialize and tells it on the object
+/// as a Warning Event, once per resourceVersion.
+pub async fn report_invalid(ctx: &Context, bad: &kube::core::error_boundary::InvalidObject, told: &mut Option<String>) {
+    let (ns, name) =
+        (bad.metadata.namespace.clone().unwrap_or_default(), bad.metadata.name.clone().unwrap_or_default());
+    ctx.metrics.invalid.with_label_values(&[&ns, &name]).set(1);
+    if told.is_some() && *told == bad.metadata.resource_version {
+        return;
+    }
+    *told = bad.metadata.resource_version.clone();
+    warn!(error = %bad.error, "the pair's stored object cannot be read; holding it until it is fixed");
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(<HighAvailabilityPair as kube::Resource>::api_version(&()).into_owned()),
+        kind: Some(<HighAvailabilityPair as kube::Resource>::kind(&()).into_owned()),
+        name: Some(name),
+        namespace: Some(ns),
+        uid: bad.metadata.uid.clone(),
+        resource_version: bad.metadata.resource_version.clone(),
+        ..Default::default()
+    };
+    let note = format!(
+        "the stored object does not match the HighAvailabilityPair schema this operator knows, so the pair is \
+         held (no failover) until it is fixed: {}",
+        bad.error
+    );
+    let ev = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: "InvalidObject".into(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
+        warn!(error = %err, "cannot publish event");
+    }
+}
+
+/// Tells the new holder's agent to re-read the Lease now instead of at its
+/// next tick, so it promotes without waiting an interval.
+fn wake_agent(
+    pair: &HighAvailabilityPair,
+    obs: &Observed,
+    member: Member,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+) {
+    let Some(target) = agent_target(pair, obs, member, client_tls) else { return };
+    tokio::spawn(async move {
+        let _ = http::call(&target, hyper::Method::POST, "/v1/wake", Duration::from_secs(2)).await;
+    });
+}
+
+/// One call to a member's agent whose answer is its status (drain, sync
+/// now); `None` when it fails or answers for another member.
+async fn ask_agent(
+    pair: &HighAvailabilityPair,
+    obs: &Observed,
+    member: Member,
+    path: &str,
+    timeout: Duration,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+) -> Option<crate::proto::AgentStatus> {
+    let target = agent_target(pair, obs, member, client_tls)?;
+    let body = http::call(&target, hyper::Method::POST, path, timeout)
+        .await
+        .inspect_err(|e| warn!(%member, path, error = %e, "agent request failed"))
+        .ok()?;
+    serde_json::from_slice::<crate::proto::AgentStatus>(&body).ok().filter(|a| a.member == member)
+}
+
+/// A member's agent address, from its pod's IP.
+fn agent_address(pair: &HighAvailabilityPair, obs: &Observed, member: Member) -> Option<SocketAddr> {
+    let ip = obs.member(member).pod.as_ref()?.ip.as_ref()?.parse::<std::net::IpAddr>().ok()?;
+    Some(SocketAddr::new(ip, pair.spec.agent.port as u16))
+}
+
+fn agent_target(
+    pair: &HighAvailabilityPair,
+    obs: &Observed,
+    member: Member,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+) -> Option<Target> {
+    let tls = client_tls?;
+    let addr = agent_address(pair, obs, member)?;
+    let ns = pair.namespace().unwrap_or_default();
+    let server_name = tls::server_name(&tls::member_server_name(member, &pair.name_any(), &ns)).ok()?;
+    Some(Target { addr, server_name, tls })
 }

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use super::tests::{clock, condition, enabled, lease, member, op_status, spec, with_op};
+use chrono::{DateTime, Utc};
+
 use super::*;
 use crate::api::{ConditionStatus, Mode, OperationPhase, Role};
 use crate::operator::observe::MemberObs;
@@ -19,7 +21,7 @@ fn a_diverged_returning_member_gets_one_resync_job_whose_outcome_lands_in_status
         ..Default::default()
     });
     let plan = decide(&s, None, &obs, &clock());
-    let (target, order) = plan.resync.clone().expect("a resync is ordered");
+    let (target, order) = plan.start_resync.clone().expect("a resync is ordered");
     assert_eq!((target, order.label.as_str(), order.dry_run), (Member::Secondary, "resync-1", false));
     // Once its Job exists, no second one: the outcome is recorded instead.
     let job = |phase, failed_runs, message: Option<&str>| JobObs {
@@ -35,7 +37,7 @@ fn a_diverged_returning_member_gets_one_resync_job_whose_outcome_lands_in_status
     };
     obs.resync_jobs = vec![job(JobPhase::Running, 0, None)];
     let plan = decide(&s, None, &obs, &clock());
-    assert_eq!(plan.resync, None);
+    assert_eq!(plan.start_resync, None);
     let r = plan.status.resync.clone().unwrap();
     assert_eq!((r.job.as_str(), r.phase, r.target), ("db-resync-1", ResyncPhase::Running, Some(Member::Secondary)));
     assert!(plan.events.iter().any(|e| e.reason == "ResyncStarted"));
@@ -75,7 +77,7 @@ fn a_diverged_returning_member_gets_one_resync_job_whose_outcome_lands_in_status
     assert_eq!(failed.status.resync.as_ref().unwrap().phase, ResyncPhase::Failed);
     let ev = failed.events.iter().find(|e| e.reason == "ResyncFailed").expect("a warning Event");
     assert!(ev.warning && ev.note.contains("after 5 run(s): BackoffLimitExceeded"), "{}", ev.note);
-    assert_eq!(failed.resync, None);
+    assert_eq!(failed.start_resync, None);
 }
 
 #[test]
@@ -92,7 +94,7 @@ fn a_resync_request_runs_one_job_and_ends_with_it() {
     assert_eq!(op_status(&plan).reason.as_deref(), Some("Paused"));
     let plan = decide(&s, None, &obs, &clock());
     assert_eq!(op_status(&plan).phase, OperationPhase::Running);
-    let (target, order) = plan.resync.clone().expect("the Job is started");
+    let (target, order) = plan.start_resync.clone().expect("the Job is started");
     assert_eq!(
         (target, order.label.as_str(), order.dry_run, order.full),
         (Member::Secondary, "resync-1-rs-1", true, true)
@@ -110,7 +112,7 @@ fn a_resync_request_runs_one_job_and_ends_with_it() {
     };
     obs.resync_jobs = vec![job(JobPhase::Running, None, None)];
     let running = decide(&s, Some(&plan.status), &obs, &clock());
-    assert_eq!((running.resync.as_ref(), op_status(&running).phase), (None, OperationPhase::Running), "one Job");
+    assert_eq!((running.start_resync.as_ref(), op_status(&running).phase), (None, OperationPhase::Running), "one Job");
     // The Job is done before this operator has polled the target's report:
     // the request waits for it (a few heartbeat intervals at most).
     obs.resync_jobs = vec![job(JobPhase::Succeeded, None, Some(0))];
@@ -202,7 +204,7 @@ fn a_standby_written_behind_the_pairs_back_is_a_split_brain_resynced_from_the_ke
     assert_eq!(plan.status.mode, Some(Mode::SplitBrain));
     assert_eq!(condition(&plan, "SplitBrain"), (ConditionStatus::True, "ChangedWhileStandby".into()));
     assert!(plan.events.iter().any(|e| e.reason == "SplitBrain" && e.warning));
-    let (target, order) = plan.resync.clone().expect("the loser is resynced");
+    let (target, order) = plan.start_resync.clone().expect("the loser is resynced");
     assert_eq!(
         (target, order.label.as_str(), order.dry_run, order.full),
         (Member::Secondary, label.as_str(), false, true)
@@ -229,7 +231,7 @@ fn keeping_the_most_recent_writer_hands_the_role_to_a_standby_that_wrote_last() 
     assert_eq!((to, transition.type_), (Member::Secondary, TransitionType::SplitBrainResolved));
     // The active wrote last: it is kept, the standby resynced.
     let (obs, _) = split(Utc::now() - chrono::Duration::seconds(60), Some(Utc::now()));
-    assert_eq!(decide(&s, None, &obs, &clock()).resync.map(|r| r.0), Some(Member::Secondary));
+    assert_eq!(decide(&s, None, &obs, &clock()).start_resync.map(|r| r.0), Some(Member::Secondary));
 }
 
 #[test]
@@ -238,14 +240,18 @@ fn keeping_the_side_with_most_changes_computes_the_difference_first() {
     let (mut obs, label) = split(Utc::now(), None);
     let diff = format!("{label}-diff");
     let plan = decide(&s, None, &obs, &clock());
-    let (_, order) = plan.resync.expect("a dry run first");
+    let (_, order) = plan.start_resync.expect("a dry run first");
     assert_eq!((order.label.as_str(), order.dry_run), (diff.as_str(), true));
     obs.resync_jobs = vec![finished_job(&diff, true)];
     diff_report(&mut obs, &diff, 5, 1);
     assert_eq!(decide(&s, None, &obs, &clock()).drain, Some((Member::Primary, 1)), "the standby changed more");
     diff_report(&mut obs, &diff, 1, 5);
     let plan = decide(&s, None, &obs, &clock());
-    assert_eq!(plan.resync.map(|r| (r.0, r.1.label)), Some((Member::Secondary, label)), "the active changed more");
+    assert_eq!(
+        plan.start_resync.map(|r| (r.0, r.1.label)),
+        Some((Member::Secondary, label)),
+        "the active changed more"
+    );
 }
 
 #[test]
@@ -253,11 +259,11 @@ fn manual_policy_shows_the_difference_and_waits_for_a_resolve_request() {
     let s = files("splitBrain: {policy: Manual}");
     let (mut obs, label) = split(Utc::now(), None);
     let diff = format!("{label}-diff");
-    assert_eq!(decide(&s, None, &obs, &clock()).resync.map(|r| r.1.dry_run), Some(true));
+    assert_eq!(decide(&s, None, &obs, &clock()).start_resync.map(|r| r.1.dry_run), Some(true));
     obs.resync_jobs = vec![finished_job(&diff, true)];
     diff_report(&mut obs, &diff, 1, 0);
     let plan = decide(&s, None, &obs, &clock());
-    assert_eq!((plan.resync.as_ref(), plan.drain, plan.lease.as_ref()), (None, None, None), "nothing changes");
+    assert_eq!((plan.start_resync.as_ref(), plan.drain, plan.lease.as_ref()), (None, None, None), "nothing changes");
     let (st, reason) = condition(&plan, "SplitBrain");
     assert_eq!((st, reason.as_str()), (ConditionStatus::True, "ChangedWhileStandby"));
     let msg = &plan.status.conditions.iter().find(|c| c.type_ == "SplitBrain").unwrap().message;
@@ -282,7 +288,7 @@ fn isolate_secondary_stops_it_until_a_resolve_request() {
     assert_eq!(plan.status.isolated_member, Some(Member::Secondary));
     assert_eq!(plan.status.mode, Some(Mode::Alone));
     assert_eq!(condition(&plan, "SplitBrain").1, "SecondaryIsolated");
-    assert_eq!((plan.resync.as_ref(), plan.lease.as_ref()), (None, None));
+    assert_eq!((plan.start_resync.as_ref(), plan.lease.as_ref()), (None, None));
     // It stays isolated (its pod gone, its agent silent).
     let mut gone = enabled();
     gone.secondary = MemberObs::default();
@@ -299,7 +305,7 @@ fn isolate_secondary_stops_it_until_a_resolve_request() {
     let (returned, _) = split(Utc::now(), None);
     let running = decide(&r, Some(&back.status), &returned, &clock());
     assert_eq!(op_status(&running).phase, OperationPhase::Running);
-    assert!(running.resync.is_some(), "its files are resynced from the primary");
+    assert!(running.start_resync.is_some(), "its files are resynced from the primary");
     let mut followed = enabled();
     followed.secondary.agent.last.as_mut().unwrap().sync = Some(Default::default());
     let restarted = decide(&r, Some(&running.status), &followed, &clock());
@@ -311,7 +317,7 @@ fn isolate_secondary_stops_it_until_a_resolve_request() {
 
 #[test]
 fn a_long_standby_outage_warns_at_75_and_90_percent_and_at_the_limit() {
-    use crate::operator::status::quantity_bytes;
+    use crate::operator::outage::quantity_bytes;
     let s = files("standbyOutage: {maxDurationSeconds: 100, maxBacklog: 1Ki}");
     let away = |secs: u64, backlog: u64| {
         let mut obs = enabled();
@@ -420,12 +426,12 @@ fn a_standby_back_from_an_outage_past_the_limit_gets_a_full_resync_then_the_pair
     away.secondary.agent.since_answer = Some(Duration::from_secs(150));
     let past = decide(&s, None, &away, &clock());
     assert_eq!(condition(&past, "StandbyOutage"), (ConditionStatus::True, "LimitExceeded".into()));
-    assert_eq!(past.resync, None, "nothing to resync while it is away");
+    assert_eq!(past.start_resync, None, "nothing to resync while it is away");
     // Back: a full resync, by the resync rules.
     let mut back = enabled();
     back.secondary.agent.last.as_mut().unwrap().sync = Some(Default::default());
     let plan = decide(&s, Some(&past.status), &back, &clock());
-    let (target, order) = plan.resync.clone().expect("a full resync");
+    let (target, order) = plan.start_resync.clone().expect("a full resync");
     assert_eq!((target, order.full, order.dry_run), (Member::Secondary, true, false));
     assert!(order.label.starts_with("outage-1-"), "{}", order.label);
     assert_eq!(condition(&plan, "StandbyOutage"), (ConditionStatus::True, "FullResync".into()));
@@ -433,7 +439,7 @@ fn a_standby_back_from_an_outage_past_the_limit_gets_a_full_resync_then_the_pair
     job.phase = JobPhase::Running;
     back.resync_jobs = vec![job.clone()];
     let running = decide(&s, Some(&plan.status), &back, &clock());
-    assert_eq!((running.resync.as_ref(), condition(&running, "StandbyOutage").1.as_str()), (None, "FullResync"));
+    assert_eq!((running.start_resync.as_ref(), condition(&running, "StandbyOutage").1.as_str()), (None, "FullResync"));
     job.phase = JobPhase::Succeeded;
     back.resync_jobs = vec![job];
     let done = decide(&s, Some(&running.status), &back, &clock());

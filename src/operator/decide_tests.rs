@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
+use chrono::Utc;
+
 use super::*;
 use crate::api::{ConditionStatus, MemberState, Mode, Role};
-use crate::operator::observe::{AgentObs, LeaseObs, PodObs};
+use crate::operator::failover::bootstrap_alone_after;
+use crate::operator::observe::{AgentObs, LeaseObs, MemberObs, PodObs};
 use crate::proto::AgentStatus;
 
 pub(super) fn spec(extra: &str) -> HighAvailabilityPairSpec {
@@ -74,18 +77,18 @@ pub(super) fn enabled() -> Observed {
     }
 }
 
-pub(super) fn clock() -> Clock {
-    Clock { pair: "db".into(), now: Utc::now(), generation: Some(1) }
+pub(super) fn clock() -> RoundInputs {
+    RoundInputs { pair: "db".into(), now: Utc::now(), generation: Some(1) }
 }
 
-pub(super) fn takeover(plan: &Plan) -> Option<(Member, i64, &str)> {
+pub(super) fn takeover(plan: &Decision) -> Option<(Member, i64, &str)> {
     match &plan.lease {
         Some(LeaseAction::Takeover { to, epoch, transition, .. }) => Some((*to, *epoch, transition.reason.as_str())),
         _ => None,
     }
 }
 
-pub(super) fn condition(plan: &Plan, t: &str) -> (ConditionStatus, String) {
+pub(super) fn condition(plan: &Decision, t: &str) -> (ConditionStatus, String) {
     let c = plan.status.conditions.iter().find(|c| c.type_ == t).unwrap();
     (c.status, c.reason.clone())
 }
@@ -251,7 +254,7 @@ fn the_flap_budget_stops_the_third_automatic_failover_in_a_window() {
         let Some(LeaseAction::Takeover { mut transition, .. }) = t else { panic!("expected a takeover") };
         transition.epoch = i;
         transition.time = Utc::now() - chrono::Duration::minutes(minutes_ago);
-        status::push_history(&mut status, transition);
+        crate::operator::model::push_history(&mut status, transition);
     }
     // One failover 20 minutes ago (outside the window) and one 5 minutes ago.
     assert!(takeover(&decide(&s, Some(&status), &obs, &clock())).is_some());
@@ -304,7 +307,7 @@ fn both_members_reporting_active_is_a_split_brain() {
 #[test]
 fn conditions_keep_their_transition_time_while_unchanged() {
     let first = decide(&spec(""), None, &enabled(), &clock());
-    let later = Clock { now: Utc::now() + chrono::Duration::minutes(5), ..clock() };
+    let later = RoundInputs { now: Utc::now() + chrono::Duration::minutes(5), ..clock() };
     let second = decide(&spec(""), Some(&first.status), &enabled(), &later);
     assert_eq!(first.status.conditions, second.status.conditions);
     assert!(second.events.is_empty(), "steady state raises no events: {:?}", second.events);
@@ -352,7 +355,7 @@ pub(super) fn with_op(extra: &str, op: &str) -> HighAvailabilityPairSpec {
     spec(&format!("{extra}\noperation: {op}"))
 }
 
-pub(super) fn op_status(plan: &Plan) -> &crate::api::OperationStatus {
+pub(super) fn op_status(plan: &Decision) -> &crate::api::OperationStatus {
     plan.status.operations.first().expect("the request is acknowledged")
 }
 

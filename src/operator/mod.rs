@@ -9,13 +9,22 @@
 
 pub mod act;
 pub mod build;
+pub mod context;
 pub mod decide;
+mod endpoints;
+pub mod failback;
+pub mod failover;
+mod fault;
+pub mod gather;
 mod leader;
+pub mod model;
 pub mod observe;
 pub mod operations;
+pub mod outage;
 mod poller;
 pub mod publish;
 pub mod resync_status;
+pub mod returning;
 pub mod split_brain;
 pub mod status;
 pub mod stores;
@@ -25,12 +34,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use context::Context;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::core::DeserializeGuard;
-use kube::core::error_boundary::InvalidObject;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -86,60 +95,13 @@ fn parse_operator_selector(s: &str) -> Result<std::collections::BTreeMap<String,
 /// Running workers by (namespace, pair), each with the handle that wakes it.
 type Workers = HashMap<(String, String), Arc<Notify>>;
 
-/// What every worker shares.
-pub struct Context {
-    pub client: Client,
-    /// Pairs as stored: one that no longer deserializes is kept as what it
-    /// is, so it stalls nothing (see [`Context::pair`]).
-    pub pairs: Stores<DeserializeGuard<HighAvailabilityPair>>,
-    pub pods: Stores<Pod>,
-    pub services: Stores<Service>,
-    pub leases: Stores<Lease>,
-    pub jobs: Stores<Job>,
-    pub build: BuildContext,
-    pub metrics: OperatorMetrics,
-    pub recorder: Recorder,
-}
-
-impl Context {
-    /// The pair as stored: `Err` when its object no longer deserializes (a
-    /// CRD change, a hand edit through an old client); `None` when gone.
-    pub fn pair(&self, ns: &str, name: &str) -> Option<Result<Arc<HighAvailabilityPair>, InvalidObject>> {
-        let guard = self.pairs.get(&ObjectRef::new(name).within(ns))?;
-        Some(guard.0.clone().map(Arc::new))
-    }
-    fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
-        self.pods.get(&ObjectRef::new(name).within(ns))
-    }
-    pub fn lease(&self, ns: &str, name: &str) -> Option<Lease> {
-        self.leases.get(&ObjectRef::new(name).within(ns)).map(|l| (*l).clone())
-    }
-    fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
-        self.services.get(&ObjectRef::new(name).within(ns))
-    }
-    pub fn service_hash(&self, ns: &str, name: &str) -> Option<String> {
-        self.service(ns, name).and_then(|s| observe::service_hash(&s))
-    }
-    pub fn pod_finished(&self, ns: &str, name: &str) -> bool {
-        self.pod(ns, name)
-            .and_then(|p| p.status.clone())
-            .and_then(|s| s.phase)
-            .is_some_and(|p| p == "Failed" || p == "Succeeded")
-    }
-
-    /// Drops every metric series of a pair that is gone.
-    fn forget(&self, ns: &str, name: &str) {
-        self.metrics.forget_pair(ns, name);
-    }
-}
-
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::try_default().await?;
     let registry = prometheus::Registry::new();
     let metrics = OperatorMetrics::register(&registry)?;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn(worker::serve_health(config.health_addr, ready.clone()));
-    tokio::spawn(worker::serve_metrics(config.metrics_addr, registry));
+    tokio::spawn(endpoints::serve_health(config.health_addr, ready.clone()));
+    tokio::spawn(endpoints::serve_metrics(config.metrics_addr, registry));
 
     let identity = config.identity.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "hapair".into());

@@ -24,62 +24,46 @@
 
 use chrono::{DateTime, Utc};
 
-use super::decide::can_take_over;
+use super::model::{ResyncLabel, Step, can_take_over, handover, handover_timeout, resync_order, syncs_files};
 use super::observe::Observed;
+use super::split_brain;
 use crate::api::{
-    HighAvailabilityPairSpec, HighAvailabilityPairStatus, MAX_OPERATIONS, Member, OperationKind, OperationPhase,
-    OperationRequest, OperationStatus, Role, TransitionType,
+    HighAvailabilityPairSpec, HighAvailabilityPairStatus, Member, OperationKind, OperationPhase, OperationRequest,
+    OperationStatus, Role, TransitionType,
 };
 
-/// What the operation needs done this round.
+/// What a round of `spec.operation` changes: the step, and the request's
+/// record for `status.operations`.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Step {
-    /// Nothing (no request, or it is over).
-    Idle,
-    /// Ask the active member to drain at its epoch.
-    Drain { member: Member, epoch: i64 },
-    /// Move the Lease to `to`.
-    Takeover { to: Member, type_: TransitionType, force: bool, id: String, reason: String },
-    /// The active member has drained; the standby must pull its final
-    /// files before the Lease moves.
-    SyncWait { member: Member },
-    /// Waiting for agents (draining, promoting).
-    Wait,
-    /// Run the resync Job for `target` with this order (once per label).
-    Resync { target: Member, order: crate::proto::ResyncOrder },
+pub struct OperationRound {
+    pub step: Step,
+    /// The request's status as acknowledged or finished this round.
+    pub record: Option<OperationStatus>,
+    /// A resolve request starts the isolated secondary again.
+    pub release_isolated: bool,
 }
 
-/// Whether the pair syncs files (a planned handover then waits for them).
-pub fn syncs_files(spec: &HighAvailabilityPairSpec) -> bool {
-    spec.storage.is_some() && spec.file_sync.as_ref().is_some_and(|f| !f.paths.is_empty())
+/// The request's record as it stands this round, and whether it changed.
+struct Ledger {
+    record: Option<OperationStatus>,
+    changed: bool,
+    release_isolated: bool,
 }
 
-/// How long a planned handover may take before it is given up.
-pub fn handover_timeout(spec: &HighAvailabilityPairSpec) -> std::time::Duration {
-    let realtime = syncs_files(spec).then(|| spec.file_sync.as_ref().map_or(11, |f| f.realtime_interval_seconds));
-    crate::proto::handover_hold(spec.heartbeat.interval_seconds, spec.heartbeat.missed_threshold, realtime)
-        + std::time::Duration::from_secs(5)
-}
+impl Ledger {
+    fn ack(&mut self, op: OperationStatus) {
+        self.record = Some(op);
+        self.changed = true;
+    }
 
-fn ack(status: &mut HighAvailabilityPairStatus, op: OperationStatus) {
-    status.operations.retain(|o| o.id != op.id);
-    status.operations.insert(0, op);
-    status.operations.truncate(MAX_OPERATIONS);
-}
-
-fn finish(
-    status: &mut HighAvailabilityPairStatus,
-    id: &str,
-    phase: OperationPhase,
-    reason: &str,
-    message: String,
-    now: DateTime<Utc>,
-) {
-    if let Some(o) = status.operations.iter_mut().find(|o| o.id == id) {
-        o.phase = phase;
-        o.reason = Some(reason.to_string());
-        o.message = Some(message);
-        o.end_time = Some(now);
+    fn finish(&mut self, phase: OperationPhase, reason: &str, message: String, now: DateTime<Utc>) {
+        if let Some(o) = self.record.as_mut() {
+            o.phase = phase;
+            o.reason = Some(reason.to_string());
+            o.message = Some(message);
+            o.end_time = Some(now);
+            self.changed = true;
+        }
     }
 }
 
@@ -106,35 +90,56 @@ fn target(
     }
 }
 
-/// Advances `spec.operation` by one round; updates `status.operations`.
+/// Advances `spec.operation` by one round: what to do, and the request's
+/// record for `status.operations`.
 pub fn step(
     spec: &HighAvailabilityPairSpec,
-    status: &mut HighAvailabilityPairStatus,
+    status: &HighAvailabilityPairStatus,
     obs: &Observed,
     now: DateTime<Utc>,
+) -> OperationRound {
+    let Some(req) = &spec.operation else {
+        return OperationRound { step: Step::Idle, record: None, release_isolated: false };
+    };
+    let existing = status.operations.iter().find(|o| o.id == req.id).cloned();
+    let mut ledger = Ledger { record: existing.clone(), changed: false, release_isolated: false };
+    let step = advance(spec, status, &mut ledger, obs, req, existing, now);
+    OperationRound { step, record: ledger.record.filter(|_| ledger.changed), release_isolated: ledger.release_isolated }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn advance(
+    spec: &HighAvailabilityPairSpec,
+    status: &HighAvailabilityPairStatus,
+    ledger: &mut Ledger,
+    obs: &Observed,
+    req: &OperationRequest,
+    existing: Option<OperationStatus>,
+    now: DateTime<Utc>,
 ) -> Step {
-    let Some(req) = &spec.operation else { return Step::Idle };
     let missed = spec.heartbeat.missed_threshold as u32;
     let lease = obs.lease.as_ref();
     let holder = lease.and_then(|l| l.holder.as_ref().map(|(m, _)| *m));
     // A member that released the Lease still counts as the one to move away from.
     let last_holder = holder.or(lease.and_then(|l| l.released_by));
     let epoch = lease.map_or(0, |l| l.epoch);
-    let existing = status.operations.iter().find(|o| o.id == req.id).cloned();
     let Some(kind) = req.kind() else {
         if existing.is_none() {
-            ack(
-                status,
-                refused(req, OperationKind::Switchover, "Malformed", "the request names no single action".into(), now),
-            );
+            ledger.ack(refused(
+                req,
+                OperationKind::Switchover,
+                "Malformed",
+                "the request names no single action".into(),
+                now,
+            ));
         }
         return Step::Idle;
     };
     if kind == OperationKind::Resync {
-        return resync(spec, status, obs, req, existing, last_holder, epoch, now);
+        return resync(spec, ledger, obs, req, existing, last_holder, epoch, now);
     }
     if kind == OperationKind::ResolveSplitBrain {
-        return resolve(spec, status, obs, req, existing, holder, epoch, now);
+        return resolve(spec, status.isolated_member, ledger, obs, req, existing, holder, epoch, now);
     }
     let op = match existing {
         Some(o) if o.phase.is_terminal() => return Step::Idle,
@@ -148,16 +153,13 @@ pub fn step(
                 _ if spec.paused => refuse("Paused", "the pair is paused (spec.paused)".into()),
                 (Ok(_), OperationKind::GoStandby) if holder != req.go_standby.as_ref().map(|g| g.member) => {
                     let m = req.go_standby.as_ref().map(|g| g.member.to_string()).unwrap_or_default();
-                    ack(
-                        status,
-                        OperationStatus {
-                            phase: OperationPhase::Succeeded,
-                            reason: Some("AlreadyStandby".into()),
-                            message: Some(format!("{m} is not active; nothing to do")),
-                            end_time: Some(now),
-                            ..accepted(req, kind, None, epoch, now)
-                        },
-                    );
+                    ledger.ack(OperationStatus {
+                        phase: OperationPhase::Succeeded,
+                        reason: Some("AlreadyStandby".into()),
+                        message: Some(format!("{m} is not active; nothing to do")),
+                        end_time: Some(now),
+                        ..accepted(req, kind, None, epoch, now)
+                    });
                     return Step::Idle;
                 }
                 (Ok(t), _) if lease.is_none() => {
@@ -176,11 +178,11 @@ pub fn step(
                 _ => None,
             };
             if let Some((reason, message)) = problem {
-                ack(status, refused(req, kind, reason, message, now));
+                ledger.ack(refused(req, kind, reason, message, now));
                 return Step::Idle;
             }
             let op = accepted(req, kind, t.ok(), epoch, now);
-            ack(status, op.clone());
+            ledger.ack(op.clone());
             op
         }
     };
@@ -190,9 +192,7 @@ pub fn step(
     // own takeover (the Lease records which request made its holder).
     let ours = lease.and_then(|l| l.operation_id.as_deref()) == Some(req.id.as_str());
     if epoch > start && !ours {
-        finish(
-            status,
-            &req.id,
+        ledger.finish(
             OperationPhase::Refused,
             "Superseded",
             format!(
@@ -206,15 +206,13 @@ pub fn step(
     if holder == Some(to) && epoch > start {
         let serving = obs.member(to).agent.last.as_ref().is_some_and(|a| a.role == Role::Active && a.epoch == epoch);
         if serving {
-            finish(status, &req.id, OperationPhase::Succeeded, "Done", format!("{to} active at epoch {epoch}"), now);
+            ledger.finish(OperationPhase::Succeeded, "Done", format!("{to} active at epoch {epoch}"), now);
             return Step::Idle;
         }
         return Step::Wait;
     }
     if epoch > start {
-        finish(
-            status,
-            &req.id,
+        ledger.finish(
             OperationPhase::Failed,
             "Superseded",
             format!("the lease moved to another member at epoch {epoch}"),
@@ -224,9 +222,7 @@ pub fn step(
     }
     let force = kind == OperationKind::Failover && req.failover.as_ref().is_some_and(|f| f.force);
     if !force && !can_take_over(obs.member(to), missed) {
-        finish(
-            status,
-            &req.id,
+        ledger.finish(
             OperationPhase::Failed,
             "StandbyNotHealthy",
             format!("{to} stopped being able to take over"),
@@ -251,7 +247,7 @@ pub fn step(
         } else {
             "the active member did not hand over in time; it serves again".to_string()
         };
-        finish(status, &req.id, OperationPhase::Failed, "HandoverTimedOut", why, now);
+        ledger.finish(OperationPhase::Failed, "HandoverTimedOut", why, now);
         return Step::Idle;
     }
     // Planned handover: the active drains first, so the old and the new
@@ -267,7 +263,7 @@ pub fn step(
 #[allow(clippy::too_many_arguments)]
 fn resync(
     spec: &HighAvailabilityPairSpec,
-    status: &mut HighAvailabilityPairStatus,
+    ledger: &mut Ledger,
     obs: &Observed,
     req: &OperationRequest,
     existing: Option<OperationStatus>,
@@ -298,18 +294,18 @@ fn resync(
                 Ok(_) => None,
             };
             if let Some((reason, message)) = problem {
-                ack(status, refused(req, kind, reason, message, now));
+                ledger.ack(refused(req, kind, reason, message, now));
                 return Step::Idle;
             }
             let t = holder.map(Member::peer);
             let mut op = accepted(req, kind, t, epoch, now);
             op.message = t.map(|t| format!("resync of {t}'s files from the active member"));
-            ack(status, op.clone());
+            ledger.ack(op.clone());
             op
         }
     };
     let Some(target) = op.target else { return Step::Idle };
-    let label = format!("resync-{}-{}", op.start_epoch.unwrap_or(epoch), req.id);
+    let label = ResyncLabel::Request { epoch: op.start_epoch.unwrap_or(epoch), id: req.id.clone() }.to_string();
     let dry_run = req.resync.as_ref().is_some_and(|r| r.dry_run);
     let Some(job) = obs.resync_jobs.iter().find(|j| j.label == label) else {
         return Step::Resync { target, order: resync_order(spec, obs, label, dry_run, true) };
@@ -339,11 +335,11 @@ fn resync(
                 )
             });
             let what = if dry_run { "planned (dry run, nothing changed)" } else { "done" };
-            finish(status, &req.id, OperationPhase::Succeeded, "Done", format!("Job {} {what}{counts}", job.name), now);
+            ledger.finish(OperationPhase::Succeeded, "Done", format!("Job {} {what}{counts}", job.name), now);
         }
         JobPhase::Failed => {
             let why = job.message.clone().unwrap_or_else(|| "no reason given".into());
-            finish(status, &req.id, OperationPhase::Failed, "ResyncFailed", format!("Job {}: {why}", job.name), now);
+            ledger.finish(OperationPhase::Failed, "ResyncFailed", format!("Job {}: {why}", job.name), now);
         }
     }
     Step::Idle
@@ -354,7 +350,8 @@ fn resync(
 #[allow(clippy::too_many_arguments)]
 fn resolve(
     spec: &HighAvailabilityPairSpec,
-    status: &mut HighAvailabilityPairStatus,
+    isolated: Option<Member>,
+    ledger: &mut Ledger,
     obs: &Observed,
     req: &OperationRequest,
     existing: Option<OperationStatus>,
@@ -364,7 +361,7 @@ fn resolve(
 ) -> Step {
     let kind = OperationKind::ResolveSplitBrain;
     let keep = req.resolve_split_brain.as_ref().map_or(Member::Primary, |r| r.keep);
-    let evidence = super::split_brain::evidence(obs, holder);
+    let evidence = split_brain::evidence(obs, holder);
     let op = match existing {
         Some(o) if o.phase.is_terminal() => return Step::Idle,
         Some(o) => o,
@@ -373,22 +370,23 @@ fn resolve(
                 Some(("Paused", "the pair is paused (spec.paused)".into()))
             } else if holder.is_none() {
                 Some(("NoActiveMember", "no member holds the lease".into()))
-            } else if evidence.is_none() && status.isolated_member.is_none() {
+            } else if evidence.is_none() && isolated.is_none() {
                 Some(("NoSplitBrain", "no member reports changes made while it was not active".into()))
             } else {
                 None
             };
             if let Some((reason, message)) = problem {
-                ack(status, refused(req, kind, reason, message, now));
+                ledger.ack(refused(req, kind, reason, message, now));
                 return Step::Idle;
             }
             let mut op = accepted(req, kind, Some(keep), epoch, now);
             op.message = Some(format!("keeping {keep}'s files; the other side is resynced from it"));
-            ack(status, op.clone());
+            ledger.ack(op.clone());
             op
         }
     };
-    if status.isolated_member.take().is_some() {
+    if isolated.is_some() {
+        ledger.release_isolated = true;
         // The isolated member's pod is created again; once it answers, its
         // evidence is repaired like any other.
         return Step::Wait;
@@ -405,9 +403,7 @@ fn resolve(
                 .is_some_and(|s| s.changed_while_standby.is_empty() && s.diverged.is_empty() && s.in_sync_at.is_some())
     };
     if evidence.is_none() && holder == Some(keep) && follows {
-        finish(
-            status,
-            &req.id,
+        ledger.finish(
             OperationPhase::Succeeded,
             "Done",
             format!("{keep} kept and active at epoch {epoch}; {} follows it again", keep.peer()),
@@ -417,7 +413,7 @@ fn resolve(
     }
     let started = op.start_time.unwrap_or(now);
     if (now - started).to_std().unwrap_or_default() > std::time::Duration::from_secs(3600) {
-        finish(status, &req.id, OperationPhase::Failed, "TimedOut", "not resolved within an hour".into(), now);
+        ledger.finish(OperationPhase::Failed, "TimedOut", "not resolved within an hour".into(), now);
         return Step::Idle;
     }
     match holder {
@@ -435,70 +431,14 @@ fn resolve(
             };
             handover(obs, keep, epoch, holder, false, takeover)
         }
-        _ => {
-            let (step, _) = super::decide::split_brain_step(spec, obs, status, holder, epoch, Some(keep));
-            match step {
-                Step::Takeover { to, type_, force, reason, .. } => {
-                    Step::Takeover { to, type_, force, id: req.id.clone(), reason }
-                }
-                Step::Idle => Step::Wait,
-                s => s,
+        _ => match split_brain::step(spec, obs, None, holder, epoch, Some(keep)).step {
+            Step::Takeover { to, type_, force, reason, .. } => {
+                Step::Takeover { to, type_, force, id: req.id.clone(), reason }
             }
-        }
+            Step::Idle => Step::Wait,
+            s => s,
+        },
     }
-}
-
-/// An order for a resync Job by the pair's `resync` rules (NewestWins only
-/// while the clocks agree); `full` reconciles every directory, not only
-/// diverged ones.
-pub fn resync_order(
-    spec: &HighAvailabilityPairSpec,
-    obs: &Observed,
-    label: String,
-    dry_run: bool,
-    full: bool,
-) -> crate::proto::ResyncOrder {
-    crate::proto::ResyncOrder {
-        label,
-        only_on_target: spec.resync.only_on_target,
-        conflict: spec.resync.conflict,
-        clocks_agree: clocks_agree(spec, obs),
-        dry_run,
-        full,
-    }
-}
-
-/// Whether both members' clocks agree with the operator's within
-/// `maxClockSkewSeconds` (NewestWins is honoured only then).
-pub fn clocks_agree(spec: &HighAvailabilityPairSpec, obs: &Observed) -> bool {
-    let limit = i64::from(spec.max_clock_skew_seconds) * 1000;
-    Member::BOTH.iter().all(|m| obs.member(*m).agent.skew_ms.is_some_and(|k| k.abs() <= limit))
-}
-
-/// A planned handover to `to`: drain the active member, let `to` pull the
-/// drained member's final files (when the pair syncs files), then move the
-/// Lease. Zero data loss: the Lease moves only once `to` holds the final
-/// generation the drained member reported.
-pub fn handover(obs: &Observed, to: Member, epoch: i64, holder: Option<Member>, syncs: bool, takeover: Step) -> Step {
-    let from = to.peer();
-    let drained = obs.member(from).agent.last.as_ref().filter(|a| a.draining && a.epoch == epoch);
-    let from_gone = holder != Some(from) || !obs.member(from).pod.as_ref().is_some_and(|p| p.running);
-    if from_gone {
-        return takeover;
-    }
-    let Some(drained) = drained else { return Step::Drain { member: from, epoch } };
-    if !syncs {
-        return takeover;
-    }
-    let last = drained.sync.as_ref().map_or(0, |s| s.point.generation);
-    let holds = obs
-        .member(to)
-        .agent
-        .last
-        .as_ref()
-        .and_then(|a| a.sync.as_ref())
-        .is_some_and(|s| s.point.generation >= last && s.diverged.is_empty());
-    if holds { takeover } else { Step::SyncWait { member: to } }
 }
 
 fn accepted(

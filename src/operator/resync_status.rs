@@ -1,17 +1,19 @@
 //! `status.resync`: the pair's latest resync Job as its target reported it,
 //! with an Event when the Job starts, succeeds or fails.
 
-use super::decide::{Plan, PlanEvent};
+use super::model::{Decision, Notice, ResyncLabel};
 use super::observe::Observed;
 
 /// `status.resync` from the newest resync Job and what its target reported;
 /// an Event when a Job starts, succeeds or fails. Without any Job the last
 /// recorded one stays.
-pub fn resync(obs: &Observed, plan: &mut Plan) {
+pub fn resync(obs: &Observed, plan: &mut Decision) {
     use super::observe::JobPhase;
     use crate::api::{ResyncPhase, ResyncStatus};
     // The user's repair Jobs are reported by the SplitBrain condition.
-    let Some(job) = obs.resync_jobs.iter().rfind(|j| !j.label.ends_with("-repair")) else { return };
+    let Some(job) = obs.resync_jobs.iter().rfind(|j| !matches!(j.label.parse(), Ok(ResyncLabel::Repair(_)))) else {
+        return;
+    };
     let prev = plan.status.resync.clone().filter(|r| r.job == job.name);
     let report = job
         .target
@@ -44,7 +46,7 @@ pub fn resync(obs: &Observed, plan: &mut Plan) {
     let target = r.target.map_or("the target".to_string(), |t| t.to_string());
     let what = if r.dry_run { "plans a resync of" } else { "reconciles" };
     if prev.is_none() {
-        plan.events.push(PlanEvent {
+        plan.events.push(Notice {
             warning: false,
             reason: "ResyncStarted".into(),
             note: format!("Job {} {what} {target}'s files with the active member's", r.job),
@@ -52,7 +54,7 @@ pub fn resync(obs: &Observed, plan: &mut Plan) {
     }
     if prev.as_ref().is_none_or(|p| p.phase != r.phase) {
         match r.phase {
-            ResyncPhase::Succeeded => plan.events.push(PlanEvent {
+            ResyncPhase::Succeeded => plan.events.push(Notice {
                 warning: false,
                 reason: "ResyncSucceeded".into(),
                 note: format!(
@@ -67,7 +69,7 @@ pub fn resync(obs: &Observed, plan: &mut Plan) {
                     r.bytes
                 ),
             }),
-            ResyncPhase::Failed => plan.events.push(PlanEvent {
+            ResyncPhase::Failed => plan.events.push(Notice {
                 warning: true,
                 reason: "ResyncFailed".into(),
                 note: format!(

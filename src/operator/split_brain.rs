@@ -17,9 +17,9 @@
 
 use chrono::{DateTime, Utc};
 
+use super::model::{ResyncLabel, Step, can_take_over, handover, resync_order};
 use super::observe::{JobPhase, Observed};
-use super::operations;
-use crate::api::{HighAvailabilityPairSpec, KeepSide, Member, SplitBrainPolicy};
+use crate::api::{HighAvailabilityPairSpec, KeepSide, Member, SplitBrainPolicy, TransitionType};
 use crate::proto::ResyncOrder;
 
 /// A standby whose files changed while it was not active, with the time
@@ -48,12 +48,67 @@ pub enum Repair {
 /// Labels of an incident's Jobs: unique per epoch and first evidence, so a
 /// second incident in the same epoch gets Jobs of its own.
 pub fn labels(epoch: i64, since: DateTime<Utc>) -> (String, String) {
-    let base = format!("splitbrain-{epoch}-{}", since.timestamp());
-    (format!("{base}-diff"), base)
+    let since = since.timestamp();
+    (ResyncLabel::SplitBrainDiff { epoch, since }.to_string(), ResyncLabel::SplitBrain { epoch, since }.to_string())
 }
 
 fn order(spec: &HighAvailabilityPairSpec, obs: &Observed, label: String, dry_run: bool) -> ResyncOrder {
-    operations::resync_order(spec, obs, label, dry_run, true)
+    resync_order(spec, obs, label, dry_run, true)
+}
+
+/// One round of split-brain repair, by the policy or by `keep` (a resolve
+/// request).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitBrainRound {
+    pub step: Step,
+    /// Why the split brain is not being repaired right now.
+    pub hold: Option<String>,
+    /// Stop the secondary's pod and keep it down (IsolateSecondary).
+    pub isolate: bool,
+}
+
+/// The repair step for this round. `isolated`: the member already kept
+/// down.
+pub fn step(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    isolated: Option<Member>,
+    holder: Option<Member>,
+    epoch: i64,
+    keep: Option<Member>,
+) -> SplitBrainRound {
+    let missed = spec.heartbeat.missed_threshold as u32;
+    let idle = SplitBrainRound { step: Step::Idle, hold: None, isolate: false };
+    let Some(h) = holder else { return idle };
+    let Some((standby, since)) = evidence(obs, holder) else { return idle };
+    if isolated == Some(standby) {
+        return idle;
+    }
+    match repair(spec, obs, h, standby, since, epoch, keep) {
+        Repair::Resync { target, order } => SplitBrainRound { step: Step::Resync { target, order }, ..idle },
+        Repair::HandOver { to } if can_take_over(obs.member(to), missed) => {
+            let takeover = Step::Takeover {
+                to,
+                type_: TransitionType::SplitBrainResolved,
+                force: false,
+                id: String::new(),
+                reason: "SplitBrainRepair".into(),
+            };
+            SplitBrainRound {
+                step: handover(obs, to, epoch, holder, false, takeover),
+                hold: None,
+                // IsolateSecondary with the secondary active: the primary
+                // takes over, then the secondary is stopped (never while it
+                // holds the Lease) until a resolve request.
+                isolate: keep.is_none() && spec.split_brain.policy == SplitBrainPolicy::IsolateSecondary,
+            }
+        }
+        Repair::HandOver { to } => {
+            SplitBrainRound { hold: Some(format!("the side to keep, {to}, cannot serve now")), ..idle }
+        }
+        Repair::Isolate => SplitBrainRound { isolate: true, ..idle },
+        Repair::Hold(why) => SplitBrainRound { hold: Some(why), ..idle },
+    }
 }
 
 /// The repair for the split brain seen on `standby` (evidence since
@@ -165,10 +220,9 @@ pub fn repair_job(spec: &HighAvailabilityPairSpec, obs: &Observed) -> RepairJob 
     if spec.split_brain.repair_job.is_none() {
         return RepairJob::None;
     }
-    let repaired =
-        obs.resync_jobs.iter().rev().find(|j| {
-            j.label.starts_with("splitbrain-") && !j.label.ends_with("-diff") && !j.label.ends_with("-repair")
-        });
+    let repaired = obs.resync_jobs.iter().rev().find(|j| {
+        matches!(j.label.parse(), Ok(ResyncLabel::SplitBrain { .. } | ResyncLabel::SplitBrainHandover { .. }))
+    });
     let Some(resync) = repaired else { return RepairJob::None };
     match resync.phase {
         // The files may be repaired before its Job reports Complete.
@@ -176,7 +230,7 @@ pub fn repair_job(spec: &HighAvailabilityPairSpec, obs: &Observed) -> RepairJob 
         JobPhase::Failed => return RepairJob::None,
         JobPhase::Succeeded => {}
     }
-    let label = format!("{}-repair", resync.label);
+    let label = ResyncLabel::repair_of(&resync.label);
     match obs.resync_jobs.iter().find(|j| j.label == label) {
         None => RepairJob::Start { label: resync.label.clone() },
         Some(j) if j.phase == JobPhase::Running => RepairJob::Running { job: j.name.clone() },

@@ -4,43 +4,19 @@
 
 use chrono::{DateTime, Utc};
 
-use super::decide::{Clock, LeaseAction, Plan, PlanEvent};
-use super::observe::{MemberObs, Observed};
-use crate::api::{
-    Condition, ConditionStatus, EffectiveTimings, HighAvailabilityPairSpec, MAX_HISTORY, Member, MemberState,
-    MemberStatus, Mode, Role,
+use super::failover::Blocked;
+use super::model::{
+    Decision, LeaseAction, Notice, RoundInputs, Usable, push_history, standby_lag, syncs_files, usable,
 };
+use super::observe::{MemberObs, Observed};
+use super::outage::{outage_rank, standby_outage};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Usable {
-    Yes,
-    NoPod,
-    NotRunning,
-    AgentSilent,
-    AppFailing,
-    Fenced,
-}
-
-pub fn usable(m: &MemberObs, missed_threshold: u32) -> Usable {
-    let Some(pod) = &m.pod else { return Usable::NoPod };
-    if !pod.running || pod.deleting || pod.ip.is_none() {
-        return Usable::NotRunning;
-    }
-    if pod.app_down {
-        return Usable::AppFailing;
-    }
-    let Some(agent) = &m.agent.last else { return Usable::AgentSilent };
-    if m.agent.missed >= missed_threshold || agent.pod_uid != pod.uid {
-        return Usable::AgentSilent;
-    }
-    if agent.app_healthy == Some(false) {
-        return Usable::AppFailing;
-    }
-    if agent.role == Role::Fenced {
-        return Usable::Fenced;
-    }
-    Usable::Yes
-}
+/// The `StandbyOutage` condition's type (its full resync reads it).
+pub const STANDBY_OUTAGE: &str = "StandbyOutage";
+use crate::api::{
+    Condition, ConditionStatus, EffectiveTimings, HighAvailabilityPairSpec, Member, MemberState, MemberStatus, Mode,
+    Role,
+};
 
 /// Sets a condition, keeping `lastTransitionTime` unless the status changed.
 pub fn set_condition(
@@ -101,10 +77,10 @@ fn state(member: Member, m: &MemberObs, active: Option<Member>, peer_ok: bool, m
 pub fn compute(
     spec: &HighAvailabilityPairSpec,
     obs: &Observed,
-    plan: &mut Plan,
+    plan: &mut Decision,
     active: Option<Member>,
-    blocked: Option<(&'static str, String)>,
-    clock: &Clock,
+    blocked: Option<Blocked>,
+    clock: &RoundInputs,
 ) {
     let missed = spec.heartbeat.missed_threshold as u32;
     let now = clock.now;
@@ -155,7 +131,7 @@ pub fn compute(
         _ => obs.lease.as_ref().map_or(0, |l| l.epoch),
     };
     if s.mode != Some(mode) {
-        plan.events.push(PlanEvent {
+        plan.events.push(Notice {
             warning: matches!(mode, Mode::Alone | Mode::SplitBrain),
             reason: format!("Mode{mode:?}"),
             note: format!("pair mode {} -> {mode:?}", s.mode.map_or("none".to_string(), |m| format!("{m:?}"))),
@@ -197,13 +173,13 @@ pub fn compute(
             // The active member knows how far behind its standby is.
             sync_lag_seconds: active
                 .filter(|a| *a == m.peer())
-                .and_then(|a| crate::operator::decide::standby_lag(obs, a))
+                .and_then(|a| standby_lag(obs, a))
                 .map(|l| l.ceil() as i64),
         });
     }
 
     if let Some(LeaseAction::Takeover { transition, .. }) = &plan.lease {
-        plan.events.push(PlanEvent {
+        plan.events.push(Notice {
             warning: true,
             reason: format!("{:?}", transition.type_),
             note: format!(
@@ -230,7 +206,7 @@ pub fn compute(
             data_loss_possible: false,
             operation_id: None,
         };
-        plan.events.push(PlanEvent {
+        plan.events.push(Notice {
             warning: false,
             reason: "Bootstrap".into(),
             note: t.message.clone().unwrap_or_default(),
@@ -282,11 +258,11 @@ pub fn compute(
         generation,
     );
     let (required, reason, message) = match &blocked {
-        Some((reason, message)) => (true, *reason, message.clone()),
+        Some(b) => (true, b.gate.as_str(), b.message.clone()),
         None => (false, "NotRequired", String::new()),
     };
     if required && !c.iter().any(|x| x.type_ == "FailoverRequired" && x.status == ConditionStatus::True) {
-        plan.events.push(PlanEvent { warning: true, reason: "FailoverRequired".into(), note: message.clone() });
+        plan.events.push(Notice { warning: true, reason: "FailoverRequired".into(), note: message.clone() });
     }
     set_condition(c, "FailoverRequired", required, reason, message, now, generation);
     let split = both_active || !evidence.is_empty() || isolated.is_some() || plan.repair_pending.is_some();
@@ -307,9 +283,9 @@ pub fn compute(
     }
     let was = c.iter().any(|x| x.type_ == "SplitBrain" && x.status == ConditionStatus::True);
     if split && !was {
-        plan.events.push(PlanEvent { warning: true, reason: "SplitBrain".into(), note: message.clone() });
+        plan.events.push(Notice { warning: true, reason: "SplitBrain".into(), note: message.clone() });
     } else if was && !split {
-        plan.events.push(PlanEvent {
+        plan.events.push(Notice {
             warning: false,
             reason: "SplitBrainResolved".into(),
             note: "no member reports changes made while it was not active any more".into(),
@@ -327,7 +303,7 @@ pub fn compute(
         "OneActive"
     };
     set_condition(c, "SplitBrain", split, reason, message.chars().take(1024).collect(), now, generation);
-    if super::operations::syncs_files(spec) {
+    if syncs_files(spec) {
         let (ok, reason, message) = synced(spec, obs, active);
         set_condition(c, "Synced", ok, reason, message, now, generation);
     } else {
@@ -342,7 +318,7 @@ pub fn compute(
         })
         .collect();
     if !skewed.is_empty() && !c.iter().any(|x| x.type_ == "ClockSkew" && x.status == ConditionStatus::True) {
-        plan.events.push(PlanEvent { warning: true, reason: "ClockSkew".into(), note: skewed.join("; ") });
+        plan.events.push(Notice { warning: true, reason: "ClockSkew".into(), note: skewed.join("; ") });
     }
     set_condition(
         c,
@@ -367,7 +343,7 @@ pub fn compute(
         _ => "WithinLimits",
     };
     if level > 0 && was != reason && outage_rank(&was) < level {
-        plan.events.push(PlanEvent {
+        plan.events.push(Notice {
             warning: true,
             reason: format!("StandbyOutage{reason}"),
             note: outage.message.clone(),
@@ -379,7 +355,7 @@ pub fn compute(
         && outage_rank(reason) < 100
     {
         if was != *r && *r != "LimitExceeded" {
-            plan.events.push(PlanEvent {
+            plan.events.push(Notice {
                 warning: *r == "FullResyncFailed",
                 reason: format!("StandbyOutage{r}"),
                 note: m.clone(),
@@ -398,102 +374,6 @@ pub fn compute(
         now,
         generation,
     );
-}
-
-/// The `Synced` condition: the standby holds the active member's files
-/// (within two realtime intervals) and nothing has diverged.
-/// How much of its outage budget (`spec.standbyOutage`) the standby has
-/// used: the longer of the time its agent has been silent (operator clock)
-/// against `maxDurationSeconds`, and the bytes the active member holds that
-/// it lacks against `maxBacklog` (an appliance's replication-log thresholds).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Outage {
-    pub ratio: f64,
-    pub message: String,
-}
-
-impl Outage {
-    /// 0, 75, 90 or 100: the highest threshold reached.
-    pub fn level(&self) -> u8 {
-        match self.ratio {
-            r if r >= 1.0 => 100,
-            r if r >= 0.9 => 90,
-            r if r >= 0.75 => 75,
-            _ => 0,
-        }
-    }
-}
-
-fn outage_rank(reason: &str) -> u8 {
-    match reason {
-        "LimitExceeded" => 100,
-        "Above90Percent" => 90,
-        "Above75Percent" => 75,
-        _ => 0,
-    }
-}
-
-pub fn standby_outage(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member>) -> Outage {
-    let Some(a) = active else { return Outage::default() };
-    let standby = a.peer();
-    let limits = &spec.standby_outage;
-    let mut parts = Vec::new();
-    let mut ratio: f64 = 0.0;
-    let silent = &obs.member(standby).agent;
-    if let Some(max) = limits.max_duration_seconds.filter(|m| *m > 0)
-        && silent.missed > 0
-    {
-        let away = silent.since_answer.map_or(obs.without_lease_for.as_secs_f64(), |d| d.as_secs_f64());
-        ratio = ratio.max(away / max as f64);
-        parts.push(format!("{standby} unreachable for {away:.0}s of {max}s allowed"));
-    }
-    let backlog = obs.member(a).agent.last.as_ref().and_then(|x| x.sync.as_ref()).map_or(0, |y| y.pending_bytes);
-    if let Some(max) = limits.max_backlog.as_ref().and_then(|q| quantity_bytes(&q.0)).filter(|m| *m > 0)
-        && super::operations::syncs_files(spec)
-    {
-        ratio = ratio.max(backlog as f64 / max as f64);
-        parts.push(format!("{standby} lacks {backlog} bytes of {max} allowed"));
-    }
-    let mut message = parts.join("; ");
-    if ratio >= 1.0 {
-        message.push_str(
-            "; limit reached: a failover now would lose what the standby lacks (it catches up by comparing \
-             whole manifests when it returns: nothing overflows)",
-        );
-    }
-    Outage { ratio, message }
-}
-
-/// Bytes in a Kubernetes quantity (`10Gi`, `500M`, `1.5Ti`, `1e9`); `None`
-/// for anything else.
-pub fn quantity_bytes(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let split = q.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E').unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let mult: f64 = match suffix {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        _ => return None,
-    };
-    let (n, mult) = match num.parse::<f64>() {
-        Ok(n) => (n, mult),
-        // `E` is also the exa suffix (`2E`), not only an exponent.
-        Err(_) if suffix.is_empty() && num.ends_with('E') => (num[..num.len() - 1].parse().ok()?, 1e18),
-        Err(_) => return None,
-    };
-    let bytes = n * mult;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 fn synced(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member>) -> (bool, &'static str, String) {
@@ -522,10 +402,4 @@ fn synced(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member
             ),
         )
     }
-}
-
-pub fn push_history(s: &mut crate::api::HighAvailabilityPairStatus, t: crate::api::Transition) {
-    s.last_transition = Some(t.clone());
-    s.history.insert(0, t);
-    s.history.truncate(MAX_HISTORY);
 }

@@ -1,0 +1,66 @@
+//! What every worker shares: the API client, the watch caches, the
+//! builders' settings, the metrics and the Event recorder.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Client;
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::ObjectRef;
+
+use super::build::BuildContext;
+use super::observe;
+use super::stores::Stores;
+use crate::api::HighAvailabilityPair;
+use crate::metrics::OperatorMetrics;
+
+/// What every worker shares.
+pub struct Context {
+    pub client: Client,
+    /// Pairs as stored: one that no longer deserializes is kept as what it
+    /// is, so it stalls nothing (see [`Context::pair`]).
+    pub pairs: Stores<DeserializeGuard<HighAvailabilityPair>>,
+    pub pods: Stores<Pod>,
+    pub services: Stores<Service>,
+    pub leases: Stores<Lease>,
+    pub jobs: Stores<Job>,
+    pub build: BuildContext,
+    pub metrics: OperatorMetrics,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// The pair as stored: `Err` when its object no longer deserializes (a
+    /// CRD change, a hand edit through an old client); `None` when gone.
+    pub fn pair(&self, ns: &str, name: &str) -> Option<Result<Arc<HighAvailabilityPair>, InvalidObject>> {
+        let guard = self.pairs.get(&ObjectRef::new(name).within(ns))?;
+        Some(guard.0.clone().map(Arc::new))
+    }
+    pub fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods.get(&ObjectRef::new(name).within(ns))
+    }
+    pub fn lease(&self, ns: &str, name: &str) -> Option<Lease> {
+        self.leases.get(&ObjectRef::new(name).within(ns)).map(|l| (*l).clone())
+    }
+    pub fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
+        self.services.get(&ObjectRef::new(name).within(ns))
+    }
+    pub fn service_hash(&self, ns: &str, name: &str) -> Option<String> {
+        self.service(ns, name).and_then(|s| observe::service_hash(&s))
+    }
+    pub fn pod_finished(&self, ns: &str, name: &str) -> bool {
+        self.pod(ns, name)
+            .and_then(|p| p.status.clone())
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p == "Failed" || p == "Succeeded")
+    }
+
+    /// Drops every metric series of a pair that is gone.
+    pub fn forget(&self, ns: &str, name: &str) {
+        self.metrics.forget_pair(ns, name);
+    }
+}

@@ -1,0 +1,256 @@
+//! Automatic failover: whether the Lease holder has failed, whether a
+//! failover may happen now (its gates, in order), and who gets the Lease
+//! when nobody has held it yet (bootstrap).
+//!
+//! Failure of the Lease holder is either **confirmed** (its pod is gone or
+//! being deleted, its application container terminated, its agent reports
+//! the application failing, or it released the Lease) — fail over at once —
+//! or **unconfirmed** (nothing heard) — fail over only after the Lease has
+//! gone a full lease duration without any change on the operator's own clock,
+//! by which time the old active has fenced itself.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::model::{LeaseAction, can_take_over, standby_lag, syncs_files, words};
+use super::observe::{LeaseObs, Observed};
+use crate::api::{FailoverMode, HighAvailabilityPairSpec, Member, Transition, TransitionType};
+
+words! {
+    /// Why the Lease holder counts as failed (the transition's reason).
+    pub enum FailureReason {
+        /// The holder released the Lease (its application failed).
+        LeaseReleased,
+        /// The Lease names nobody and nobody released it.
+        NoHolder,
+        PodGone,
+        PodReplaced,
+        PodDeleted,
+        ContainerTerminated,
+        AppHealthCheckFailed,
+        /// Unconfirmed: nothing heard for a full lease duration.
+        LeaseExpired,
+    }
+}
+
+impl FailureReason {
+    /// Failures after which the same member may take the role back once it
+    /// serves again (a restart, not a failover).
+    fn restartable(self) -> bool {
+        matches!(self, FailureReason::PodReplaced | FailureReason::PodGone | FailureReason::LeaseReleased)
+    }
+}
+
+/// Why the Lease holder counts as failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Failure {
+    pub reason: FailureReason,
+    pub confirmed: bool,
+}
+
+words! {
+    /// What holds an automatic failover back, checked in this order (the
+    /// `FailoverRequired` condition's reason).
+    pub enum Gate {
+        NoStandbyAvailable,
+        ManualFailover,
+        FlapBudgetExhausted,
+        SyncLagTooHigh,
+        Paused,
+    }
+}
+
+/// A failover that cannot happen now, and why in words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocked {
+    pub gate: Gate,
+    pub message: String,
+}
+
+/// How long to wait for the second member at bootstrap before starting alone.
+pub fn bootstrap_alone_after(spec: &HighAvailabilityPairSpec) -> Duration {
+    let lease = (spec.heartbeat.interval_seconds * spec.heartbeat.missed_threshold) as u64;
+    Duration::from_secs(2 * lease + 5)
+}
+
+pub fn holder_failure(obs: &Observed) -> Option<Failure> {
+    use FailureReason::*;
+    let confirmed = |reason| Some(Failure { reason, confirmed: true });
+    let lease = obs.lease.as_ref()?;
+    let Some((member, uid)) = &lease.holder else {
+        return confirmed(if lease.released_reason.is_some() { LeaseReleased } else { NoHolder });
+    };
+    let m = obs.member(*member);
+    let Some(pod) = &m.pod else { return confirmed(PodGone) };
+    if &pod.uid != uid {
+        return confirmed(PodReplaced);
+    }
+    if pod.deleting {
+        return confirmed(PodDeleted);
+    }
+    if pod.app_down {
+        return confirmed(ContainerTerminated);
+    }
+    if m.agent.missed == 0 && m.agent.last.as_ref().is_some_and(|a| a.app_healthy == Some(false)) {
+        return confirmed(AppHealthCheckFailed);
+    }
+    if lease.unchanged_for >= lease.duration {
+        return Some(Failure { reason: LeaseExpired, confirmed: false });
+    }
+    None
+}
+
+fn automatic_failovers_in_window(spec: &HighAvailabilityPairSpec, history: &[Transition], now: DateTime<Utc>) -> usize {
+    let window = chrono::Duration::seconds(i64::from(spec.failover.flap_budget.window_seconds));
+    history
+        .iter()
+        .filter(|t| t.type_ == TransitionType::Failover && t.operation_id.is_none() && now - t.time < window)
+        .count()
+}
+
+/// What the automatic failover rule says this round.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FailoverRound {
+    /// Move the Lease to this member with this transition.
+    pub takeover: Option<(Member, Transition)>,
+    /// Why no failover happens although one is due.
+    pub blocked: Option<Blocked>,
+    /// Look again within this time (`failover.delaySeconds` running).
+    pub recheck: Option<Duration>,
+}
+
+/// The failover for `f`, the failure of the Lease's holder, if its gates
+/// let it happen now.
+pub fn failover(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    lease: &LeaseObs,
+    f: &Failure,
+    history: &[Transition],
+    now: DateTime<Utc>,
+) -> FailoverRound {
+    let missed = spec.heartbeat.missed_threshold as u32;
+    let holder = lease.holder.as_ref().map(|(m, _)| *m);
+    // The peer takes over (a failover, subject to the gates). Failing that,
+    // the same member may take the role back once it serves again: its pod
+    // was replaced, or it released the Lease and its application recovered.
+    // That is a restart, not a failover.
+    let from = holder.or(lease.released_by);
+    let peer = match from {
+        Some(h) => Some(h.peer()).filter(|p| can_take_over(obs.member(*p), missed)),
+        None => Member::BOTH.into_iter().find(|c| can_take_over(obs.member(*c), missed)),
+    };
+    // Only on an answer given after the Lease last changed: an answer from
+    // before the release would hand the role straight back to a member whose
+    // application is still down.
+    let fresh = |m: Member| {
+        let a = &obs.member(m).agent;
+        a.since_answer.is_some_and(|t| t < lease.unchanged_for)
+            && a.last.as_ref().is_some_and(|s| s.app_healthy != Some(false))
+    };
+    let same = from.filter(|h| f.reason.restartable() && can_take_over(obs.member(*h), missed) && fresh(*h));
+    let waited = obs.failure_for.unwrap_or_default();
+    let delay = Duration::from_secs(spec.failover.delay_seconds as u64);
+    let gate = gate(spec, obs, f, from, peer.is_some(), history, now);
+    let (to, restart) = match (&gate, peer, same) {
+        (None, Some(p), _) => (Some(p), false),
+        (_, _, Some(s)) => (Some(s), true),
+        _ => (None, false),
+    };
+    let mut round = FailoverRound::default();
+    let Some(to) = to.filter(|_| !spec.paused) else {
+        round.blocked = if spec.paused {
+            Some(Blocked { gate: Gate::Paused, message: format!("{} but the pair is paused", f.reason) })
+        } else {
+            gate
+        };
+        return round;
+    };
+    if waited < delay {
+        round.recheck = Some(delay - waited);
+        return round;
+    }
+    let transition = Transition {
+        type_: if restart { TransitionType::Bootstrap } else { TransitionType::Failover },
+        from,
+        to: Some(to),
+        epoch: lease.epoch + 1,
+        reason: f.reason.to_string(),
+        message: Some(if f.confirmed {
+            format!("confirmed failure of {}: {}", from.map_or("no holder".into(), |m| m.to_string()), f.reason)
+        } else {
+            format!("lease unrenewed for {}s (full lease duration, operator clock)", lease.unchanged_for.as_secs())
+        }),
+        time: now,
+        detection_millis: Some(waited.as_millis() as i64),
+        lease_to_selector_millis: None,
+        // Files the old active had that the new one never pulled.
+        data_loss_possible: !restart
+            && syncs_files(spec)
+            && from.and_then(|h| standby_lag(obs, h)).is_none_or(|lag| lag > 0.0),
+        operation_id: None,
+    };
+    round.takeover = Some((to, transition));
+    round
+}
+
+/// The first gate that holds an automatic failover back, if any.
+fn gate(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    f: &Failure,
+    from: Option<Member>,
+    peer_can_serve: bool,
+    history: &[Transition],
+    now: DateTime<Utc>,
+) -> Option<Blocked> {
+    let blocked = |gate, message| Some(Blocked { gate, message });
+    let budget = &spec.failover.flap_budget;
+    if !peer_can_serve {
+        return blocked(Gate::NoStandbyAvailable, format!("{}: no member can take over", f.reason));
+    }
+    if spec.failover.mode == FailoverMode::Manual {
+        return blocked(
+            Gate::ManualFailover,
+            format!("{}: failover.mode is Manual; request a failover to proceed", f.reason),
+        );
+    }
+    if automatic_failovers_in_window(spec, history, now) >= budget.max_automatic_failovers as usize {
+        return blocked(
+            Gate::FlapBudgetExhausted,
+            format!(
+                "{}: {} automatic failovers within {}s already; request a failover to proceed",
+                f.reason, budget.max_automatic_failovers, budget.window_seconds
+            ),
+        );
+    }
+    let lag = from.and_then(|h| standby_lag(obs, h)).zip(spec.failover.max_sync_lag_seconds);
+    if let Some((lag, max)) = lag.filter(|(lag, max)| *lag > f64::from(*max) && syncs_files(spec)) {
+        return blocked(
+            Gate::SyncLagTooHigh,
+            format!(
+                "{}: the standby's files were {lag:.0}s behind at the last answer, over \
+                 failover.maxSyncLagSeconds ({max}s); request a forced failover to proceed",
+                f.reason
+            ),
+        );
+    }
+    None
+}
+
+/// Nobody has held the Lease yet: the primary once both members can serve,
+/// or the only one that can after [`bootstrap_alone_after`]. Otherwise,
+/// when to look again.
+pub fn bootstrap(spec: &HighAvailabilityPairSpec, obs: &Observed) -> Result<LeaseAction, Option<Duration>> {
+    let missed = spec.heartbeat.missed_threshold as u32;
+    let ready: Vec<Member> = Member::BOTH.into_iter().filter(|m| can_take_over(obs.member(*m), missed)).collect();
+    let holder = match ready.as_slice() {
+        [_, _] => Member::Primary,
+        [only] if obs.without_lease_for >= bootstrap_alone_after(spec) => *only,
+        [_] => return Err(Some(bootstrap_alone_after(spec).saturating_sub(obs.without_lease_for))),
+        _ => return Err(None),
+    };
+    let pod_uid = obs.member(holder).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
+    Ok(LeaseAction::Create { holder, pod_uid })
+}

@@ -1,0 +1,376 @@
+//! The model every rule shares: what a round decides ([`Decision`]), the
+//! steps a rule may ask for, and the predicates several rules read
+//! (whether a member can serve, whether the pair syncs files, how far the
+//! standby lags). Imports only `observe`; every rule module imports this,
+//! none imports another rule through it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::observe::{MemberObs, Observed};
+use crate::api::{
+    HighAvailabilityPairSpec, HighAvailabilityPairStatus, MAX_HISTORY, Member, Role, Transition, TransitionType,
+};
+
+/// A change to the leader Lease: the commit point of every role change.
+/// An enum of unit variants whose names are the words written to the API
+/// (reasons, gates, labels): `Display` writes the name, `FromStr` reads it
+/// back, `ALL` lists every one.
+macro_rules! words {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name { $($(#[$vmeta])* $variant),* }
+
+        impl $name {
+            #[allow(dead_code)]
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => stringify!($variant)),* }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $(stringify!($variant) => Ok($name::$variant),)*
+                    _ => Err(format!("{s:?} is not a {}", stringify!($name))),
+                }
+            }
+        }
+    };
+}
+pub(crate) use words;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseAction {
+    /// First grant (bootstrap) at epoch 1.
+    Create { holder: Member, pod_uid: String },
+    /// Compare-and-swap to a new holder at `epoch` (current + 1).
+    Takeover { to: Member, pod_uid: String, expected_rv: String, epoch: i64, transition: Transition },
+    /// Heartbeat settings on the Lease differ from the spec.
+    UpdateTimings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+/// What the operator should make true.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub lease: Option<LeaseAction>,
+    /// Ask this member's agent to drain at this epoch (planned handover).
+    pub drain: Option<(Member, i64)>,
+    /// Ask this member's agent to pull every synced directory now.
+    pub sync_now: Option<Member>,
+    /// Start the resync Job for this member (the target) and order.
+    pub start_resync: Option<(Member, crate::proto::ResyncOrder)>,
+    /// Why a split brain is not being repaired right now.
+    pub split_brain_hold: Option<String>,
+    /// Start the user's repair Job after the split-brain resync so labelled.
+    pub repair: Option<String>,
+    /// The repair Job is due, running or failed: not `Enabled` yet.
+    pub repair_pending: Option<(&'static str, String)>,
+    /// A standby back from an outage past its limit gets a full resync:
+    /// the condition's reason and message meanwhile.
+    pub outage_resync: Option<(&'static str, String)>,
+    /// Member the VIP Service should select once the Lease action is done.
+    pub vip: Option<Member>,
+    pub standby: Option<Member>,
+    pub status: HighAvailabilityPairStatus,
+    pub events: Vec<Notice>,
+    /// The failure currently holding the pair up, if any (the worker times it).
+    pub failure: Option<String>,
+    /// Reconcile again within this time even if nothing happens.
+    pub recheck: Duration,
+}
+
+impl Decision {
+    /// Nothing to change yet: the current status, a recheck in one interval.
+    pub fn new(status: HighAvailabilityPairStatus, recheck: Duration) -> Self {
+        Decision {
+            lease: None,
+            drain: None,
+            sync_now: None,
+            start_resync: None,
+            split_brain_hold: None,
+            repair: None,
+            repair_pending: None,
+            outage_resync: None,
+            vip: None,
+            standby: None,
+            status,
+            events: Vec::new(),
+            failure: None,
+            recheck,
+        }
+    }
+}
+
+/// Inputs besides spec and observation.
+pub struct RoundInputs {
+    pub pair: String,
+    pub now: DateTime<Utc>,
+    pub generation: Option<i64>,
+}
+
+/// Whether `m` can take the active role now: pod running, agent answering,
+/// application not failing, not fenced.
+pub fn can_take_over(m: &MemberObs, missed_threshold: u32) -> bool {
+    usable(m, missed_threshold) == Usable::Yes
+}
+
+/// How far behind the active member `holder` last said its standby's files
+/// were, in seconds; `None` when it never said.
+pub fn standby_lag(obs: &Observed, holder: Member) -> Option<f64> {
+    obs.member(holder).agent.last.as_ref()?.sync.as_ref()?.peer_lag_seconds
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usable {
+    Yes,
+    NoPod,
+    NotRunning,
+    AgentSilent,
+    AppFailing,
+    Fenced,
+}
+
+pub fn usable(m: &MemberObs, missed_threshold: u32) -> Usable {
+    let Some(pod) = &m.pod else { return Usable::NoPod };
+    if !pod.running || pod.deleting || pod.ip.is_none() {
+        return Usable::NotRunning;
+    }
+    if pod.app_down {
+        return Usable::AppFailing;
+    }
+    let Some(agent) = &m.agent.last else { return Usable::AgentSilent };
+    if m.agent.missed >= missed_threshold || agent.pod_uid != pod.uid {
+        return Usable::AgentSilent;
+    }
+    if agent.app_healthy == Some(false) {
+        return Usable::AppFailing;
+    }
+    if agent.role == Role::Fenced {
+        return Usable::Fenced;
+    }
+    Usable::Yes
+}
+
+pub fn push_history(s: &mut crate::api::HighAvailabilityPairStatus, t: crate::api::Transition) {
+    s.last_transition = Some(t.clone());
+    s.history.insert(0, t);
+    s.history.truncate(MAX_HISTORY);
+}
+
+/// What the operation needs done this round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Nothing (no request, or it is over).
+    Idle,
+    /// Ask the active member to drain at its epoch.
+    Drain { member: Member, epoch: i64 },
+    /// Move the Lease to `to`.
+    Takeover { to: Member, type_: TransitionType, force: bool, id: String, reason: String },
+    /// The active member has drained; the standby must pull its final
+    /// files before the Lease moves.
+    SyncWait { member: Member },
+    /// Waiting for agents (draining, promoting).
+    Wait,
+    /// Run the resync Job for `target` with this order (once per label).
+    Resync { target: Member, order: crate::proto::ResyncOrder },
+}
+
+/// Whether the pair syncs files (a planned handover then waits for them).
+pub fn syncs_files(spec: &HighAvailabilityPairSpec) -> bool {
+    spec.storage.is_some() && spec.file_sync.as_ref().is_some_and(|f| !f.paths.is_empty())
+}
+
+/// How long a planned handover may take before it is given up.
+pub fn handover_timeout(spec: &HighAvailabilityPairSpec) -> std::time::Duration {
+    let realtime = syncs_files(spec).then(|| spec.file_sync.as_ref().map_or(11, |f| f.realtime_interval_seconds));
+    crate::proto::handover_hold(spec.heartbeat.interval_seconds, spec.heartbeat.missed_threshold, realtime)
+        + std::time::Duration::from_secs(5)
+}
+
+/// An order for a resync Job by the pair's `resync` rules (NewestWins only
+/// while the clocks agree); `full` reconciles every directory, not only
+/// diverged ones.
+pub fn resync_order(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    label: String,
+    dry_run: bool,
+    full: bool,
+) -> crate::proto::ResyncOrder {
+    crate::proto::ResyncOrder {
+        label,
+        only_on_target: spec.resync.only_on_target,
+        conflict: spec.resync.conflict,
+        clocks_agree: clocks_agree(spec, obs),
+        dry_run,
+        full,
+    }
+}
+
+/// Whether both members' clocks agree with the operator's within
+/// `maxClockSkewSeconds` (NewestWins is honoured only then).
+pub fn clocks_agree(spec: &HighAvailabilityPairSpec, obs: &Observed) -> bool {
+    let limit = i64::from(spec.max_clock_skew_seconds) * 1000;
+    Member::BOTH.iter().all(|m| obs.member(*m).agent.skew_ms.is_some_and(|k| k.abs() <= limit))
+}
+
+/// A planned handover to `to`: drain the active member, let `to` pull the
+/// drained member's final files (when the pair syncs files), then move the
+/// Lease. Zero data loss: the Lease moves only once `to` holds the final
+/// generation the drained member reported.
+pub fn handover(obs: &Observed, to: Member, epoch: i64, holder: Option<Member>, syncs: bool, takeover: Step) -> Step {
+    let from = to.peer();
+    let drained = obs.member(from).agent.last.as_ref().filter(|a| a.draining && a.epoch == epoch);
+    let from_gone = holder != Some(from) || !obs.member(from).pod.as_ref().is_some_and(|p| p.running);
+    if from_gone {
+        return takeover;
+    }
+    let Some(drained) = drained else { return Step::Drain { member: from, epoch } };
+    if !syncs {
+        return takeover;
+    }
+    let last = drained.sync.as_ref().map_or(0, |s| s.point.generation);
+    let holds = obs
+        .member(to)
+        .agent
+        .last
+        .as_ref()
+        .and_then(|a| a.sync.as_ref())
+        .is_some_and(|s| s.point.generation >= last && s.diverged.is_empty());
+    if holds { takeover } else { Step::SyncWait { member: to } }
+}
+
+/// The label of a Job the operator runs for a pair: what it is for. It
+/// names the Job (`<pair>-<label>`), is written on it as an annotation and
+/// in the resync order, and is how a later round finds it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResyncLabel {
+    /// A returning member's diverged files, once per epoch: `resync-<epoch>`.
+    Returning { epoch: i64 },
+    /// A resync request: `resync-<epoch>-<id>`.
+    Request { epoch: i64, id: String },
+    /// The full resync after a standby outage past its limit:
+    /// `outage-<epoch>-<since>` (the condition's transition, Unix seconds).
+    Outage { epoch: i64, since: i64 },
+    /// A split brain's dry run (the difference): `splitbrain-<epoch>-<since>-diff`.
+    SplitBrainDiff { epoch: i64, since: i64 },
+    /// A split brain's repair: `splitbrain-<epoch>-<since>`.
+    SplitBrain { epoch: i64, since: i64 },
+    /// The former active's resync after a split brain resolved by keeping
+    /// the other side: `splitbrain-<epoch>-handover`.
+    SplitBrainHandover { epoch: i64 },
+    /// The user's repair Job after the split-brain resync so labelled:
+    /// `<label>-repair`.
+    Repair(Box<ResyncLabel>),
+}
+
+impl ResyncLabel {
+    /// The repair Job's label for the resync labelled `label`.
+    pub fn repair_of(label: &str) -> String {
+        format!("{label}-repair")
+    }
+}
+
+impl std::fmt::Display for ResyncLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResyncLabel::Returning { epoch } => write!(f, "resync-{epoch}"),
+            ResyncLabel::Request { epoch, id } => write!(f, "resync-{epoch}-{id}"),
+            ResyncLabel::Outage { epoch, since } => write!(f, "outage-{epoch}-{since}"),
+            ResyncLabel::SplitBrainDiff { epoch, since } => write!(f, "splitbrain-{epoch}-{since}-diff"),
+            ResyncLabel::SplitBrain { epoch, since } => write!(f, "splitbrain-{epoch}-{since}"),
+            ResyncLabel::SplitBrainHandover { epoch } => write!(f, "splitbrain-{epoch}-handover"),
+            ResyncLabel::Repair(of) => write!(f, "{of}-repair"),
+        }
+    }
+}
+
+impl std::str::FromStr for ResyncLabel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a hapair Job label");
+        let num = |x: &str| x.parse::<i64>().map_err(|_| bad());
+        if let Some(rest) = s.strip_prefix("resync-") {
+            return Ok(match rest.split_once('-') {
+                None => ResyncLabel::Returning { epoch: num(rest)? },
+                Some((epoch, id)) if !id.is_empty() => ResyncLabel::Request { epoch: num(epoch)?, id: id.to_string() },
+                Some(_) => return Err(bad()),
+            });
+        }
+        if let Some(of) = s.strip_suffix("-repair") {
+            return Ok(ResyncLabel::Repair(Box::new(of.parse()?)));
+        }
+        if let Some(rest) = s.strip_prefix("outage-") {
+            let (epoch, since) = rest.split_once('-').ok_or_else(bad)?;
+            return Ok(ResyncLabel::Outage { epoch: num(epoch)?, since: num(since)? });
+        }
+        let rest = s.strip_prefix("splitbrain-").ok_or_else(bad)?;
+        let (epoch, rest) = rest.split_once('-').ok_or_else(bad)?;
+        let epoch = num(epoch)?;
+        Ok(match rest {
+            "handover" => ResyncLabel::SplitBrainHandover { epoch },
+            r => match r.strip_suffix("-diff") {
+                Some(since) => ResyncLabel::SplitBrainDiff { epoch, since: num(since)? },
+                None => ResyncLabel::SplitBrain { epoch, since: num(r)? },
+            },
+        })
+    }
+}
+
+/// Records an operation's status: in place when known, else newest first,
+/// keeping at most [`MAX_OPERATIONS`](crate::api::MAX_OPERATIONS).
+pub fn record_operation(status: &mut HighAvailabilityPairStatus, op: crate::api::OperationStatus) {
+    match status.operations.iter_mut().find(|o| o.id == op.id) {
+        Some(o) => *o = op,
+        None => {
+            status.operations.insert(0, op);
+            status.operations.truncate(crate::api::MAX_OPERATIONS);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_label_reads_back_as_what_it_was_written_from() {
+        let labels = [
+            ResyncLabel::Returning { epoch: 3 },
+            ResyncLabel::Request { epoch: 3, id: "nightly-check-2".into() },
+            ResyncLabel::Outage { epoch: 4, since: 1_795_000_000 },
+            ResyncLabel::SplitBrainDiff { epoch: 5, since: 1_795_000_001 },
+            ResyncLabel::SplitBrain { epoch: 5, since: 1_795_000_001 },
+            ResyncLabel::SplitBrainHandover { epoch: 6 },
+            ResyncLabel::Repair(Box::new(ResyncLabel::SplitBrain { epoch: 5, since: 1_795_000_001 })),
+            ResyncLabel::Repair(Box::new(ResyncLabel::SplitBrainHandover { epoch: 6 })),
+        ];
+        for l in labels {
+            assert_eq!(l.to_string().parse::<ResyncLabel>(), Ok(l.clone()), "{l}");
+        }
+        assert_eq!(ResyncLabel::repair_of("splitbrain-6-handover"), "splitbrain-6-handover-repair");
+        for bad in
+            ["", "resync-", "resync-x", "resync-3-", "outage-3", "splitbrain-x-1", "other-1", "splitbrain-1-y-diff"]
+        {
+            assert!(bad.parse::<ResyncLabel>().is_err(), "{bad:?} must not parse");
+        }
+    }
+}

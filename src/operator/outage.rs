@@ -1,0 +1,150 @@
+//! The standby-outage budget (`spec.standbyOutage`, an appliance's
+//! replication-log thresholds): how much of it the standby has used, and
+//! the full resync a standby gets when it returns after going past it.
+
+use super::model::{ResyncLabel, resync_order, syncs_files};
+use super::observe::{JobPhase, Observed};
+use crate::api::{Condition, HighAvailabilityPairSpec, Member};
+use crate::proto::ResyncOrder;
+
+/// How much of its outage budget (`spec.standbyOutage`) the standby has
+/// used: the longer of the time its agent has been silent (operator clock)
+/// against `maxDurationSeconds`, and the bytes the active member holds that
+/// it lacks against `maxBacklog` (an appliance's replication-log thresholds).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Outage {
+    pub ratio: f64,
+    pub message: String,
+}
+
+impl Outage {
+    /// 0, 75, 90 or 100: the highest threshold reached.
+    pub fn level(&self) -> u8 {
+        match self.ratio {
+            r if r >= 1.0 => 100,
+            r if r >= 0.9 => 90,
+            r if r >= 0.75 => 75,
+            _ => 0,
+        }
+    }
+}
+
+pub fn outage_rank(reason: &str) -> u8 {
+    match reason {
+        "LimitExceeded" => 100,
+        "Above90Percent" => 90,
+        "Above75Percent" => 75,
+        _ => 0,
+    }
+}
+
+pub fn standby_outage(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member>) -> Outage {
+    let Some(a) = active else { return Outage::default() };
+    let standby = a.peer();
+    let limits = &spec.standby_outage;
+    let mut parts = Vec::new();
+    let mut ratio: f64 = 0.0;
+    let silent = &obs.member(standby).agent;
+    if let Some(max) = limits.max_duration_seconds.filter(|m| *m > 0)
+        && silent.missed > 0
+    {
+        let away = silent.since_answer.map_or(obs.without_lease_for.as_secs_f64(), |d| d.as_secs_f64());
+        ratio = ratio.max(away / max as f64);
+        parts.push(format!("{standby} unreachable for {away:.0}s of {max}s allowed"));
+    }
+    let backlog = obs.member(a).agent.last.as_ref().and_then(|x| x.sync.as_ref()).map_or(0, |y| y.pending_bytes);
+    if let Some(max) = limits.max_backlog.as_ref().and_then(|q| quantity_bytes(&q.0)).filter(|m| *m > 0)
+        && syncs_files(spec)
+    {
+        ratio = ratio.max(backlog as f64 / max as f64);
+        parts.push(format!("{standby} lacks {backlog} bytes of {max} allowed"));
+    }
+    let mut message = parts.join("; ");
+    if ratio >= 1.0 {
+        message.push_str(
+            "; limit reached: a failover now would lose what the standby lacks (it catches up by comparing \
+             whole manifests when it returns: nothing overflows)",
+        );
+    }
+    Outage { ratio, message }
+}
+
+/// Bytes in a Kubernetes quantity (`10Gi`, `500M`, `1.5Ti`, `1e9`); `None`
+/// for anything else.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E').unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => return None,
+    };
+    let (n, mult) = match num.parse::<f64>() {
+        Ok(n) => (n, mult),
+        // `E` is also the exa suffix (`2E`), not only an exponent.
+        Err(_) if suffix.is_empty() && num.ends_with('E') => (num[..num.len() - 1].parse().ok()?, 1e18),
+        Err(_) => return None,
+    };
+    let bytes = n * mult;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// Where the full resync after an outage past the limit stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutageResync {
+    /// Start this resync Job (the standby is back).
+    pub order: Option<(Member, ResyncOrder)>,
+    /// The `StandbyOutage` condition's reason and message meanwhile.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// A standby that comes back after its outage went past the
+/// `standbyOutage` limit gets a full resync (every directory, by the
+/// `resync` rules, so what only it holds is quarantined rather than
+/// deleted) instead of the usual incremental pull; the pair reports
+/// `StandbyOutage` (`FullResync`) until that Job has succeeded. `condition`:
+/// the pair's current `StandbyOutage` condition.
+pub fn resync_after(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    active: Option<Member>,
+    condition: Option<&Condition>,
+) -> Option<OutageResync> {
+    let standby = active?.peer();
+    let c = condition.filter(|c| matches!(c.reason.as_str(), "LimitExceeded" | "FullResync" | "FullResyncFailed"))?;
+    let epoch = obs.lease.as_ref().map_or(0, |l| l.epoch);
+    let label = ResyncLabel::Outage { epoch, since: c.last_transition_time.timestamp() }.to_string();
+    let back = {
+        let x = &obs.member(standby).agent;
+        x.missed == 0 && x.last.as_ref().is_some_and(|l| l.sync.is_some())
+    };
+    let (order, reason, message) = match obs.resync_jobs.iter().find(|j| j.label == label) {
+        None if back && !spec.paused && syncs_files(spec) => (
+            Some((standby, resync_order(spec, obs, label.clone(), false, true))),
+            "FullResync",
+            format!("{standby} is back: full resync {label} starting"),
+        ),
+        None => (None, "LimitExceeded", format!("{standby} is still away past the outage limit")),
+        Some(j) if j.phase == JobPhase::Running => {
+            (None, "FullResync", format!("{standby} is back: full resync Job {} running", j.name))
+        }
+        Some(j) if j.phase == JobPhase::Failed => {
+            (None, "FullResyncFailed", format!("the full resync Job {} failed; request a resync to try again", j.name))
+        }
+        Some(_) => return None,
+    };
+    Some(OutageResync { order, reason, message })
+}
