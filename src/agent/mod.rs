@@ -12,6 +12,7 @@
 
 mod lease;
 mod probe;
+mod renewal;
 mod role;
 mod server;
 pub mod sync;
@@ -301,66 +302,97 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Renews (active) or watches for promotion (standby), every interval or
-/// when the operator wakes it.
+/// when the operator wakes it. What to ask and what the answer means come
+/// from [`renewal`]; this loop performs the calls and applies the verdict.
 async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
     let name = agent.config.pair.clone();
+    let realtime = agent.syncer.as_ref().map(|x| x.spec.realtime_interval_seconds);
     loop {
-        let (role, epoch, interval, missed, healthy, draining) = {
+        let (tick, used) = {
             let s = agent.lock();
-            (s.role, s.epoch, s.interval_seconds, s.missed_threshold, s.app_healthy(), s.draining_since)
+            let hold = crate::proto::handover_hold(s.interval_seconds, s.missed_threshold, realtime);
+            let tick = renewal::Tick {
+                role: s.role,
+                epoch: s.epoch,
+                healthy: s.app_healthy(),
+                draining_for: s.draining_since.map(|t| t.elapsed()),
+                handover_hold: hold,
+            };
+            (tick, (s.interval_seconds, s.missed_threshold))
         };
-        let tick = Duration::from_secs(interval as u64);
-        let duration = interval * missed;
-        if let Some(since) = draining {
-            // Keep the Lease until the operator moves it; if it never does,
-            // serve again rather than leave the pair without an active member.
-            match tokio::time::timeout(tick, lease::renew(&api, &name, &agent.identity, epoch, duration)).await {
-                Ok(Ok(view)) => {
-                    renewed(&agent, (interval, missed), view);
-                    let realtime = agent.syncer.as_ref().map(|x| x.spec.realtime_interval_seconds);
-                    if since.elapsed() >= crate::proto::handover_hold(interval, missed, realtime) {
-                        warn!(epoch, "handover did not happen: serving again");
-                        let mut s = agent.lock();
-                        s.draining_since = None;
-                        agent.set_role(&mut s, Role::Active, epoch);
-                    }
+        let wait = Duration::from_secs(used.0 as u64);
+        let duration = used.0 * used.1;
+        let answer = match renewal::step(&tick) {
+            renewal::Step::Renew { epoch } => {
+                match tokio::time::timeout(wait, lease::renew(&api, &name, &agent.identity, epoch, duration)).await {
+                    Ok(r) => renewal::Answer::from(r),
+                    Err(_) => renewal::Answer::Unreachable("timed out".into()),
                 }
-                Ok(Err(lease::LeaseError::Lost(_))) => {
-                    info!(epoch, "lease moved: handover complete");
-                    let mut s = agent.lock();
-                    s.draining_since = None;
-                    agent.publish_serving(&s);
-                }
-                Ok(Err(lease::LeaseError::Unreachable(why))) => renew_failed(&agent, &why),
-                Err(_) => renew_failed(&agent, "timed out"),
             }
-        } else if role == Role::Active {
-            if healthy == Some(false) {
+            renewal::Step::Release { epoch } => {
                 release(&agent, &api, &name, epoch).await;
-            } else {
-                match tokio::time::timeout(tick, lease::renew(&api, &name, &agent.identity, epoch, duration)).await {
-                    Ok(Ok(view)) => renewed(&agent, (interval, missed), view),
-                    Ok(Err(lease::LeaseError::Lost(why))) => {
-                        warn!(%why, "lease lost: standing down");
-                        let mut s = agent.lock();
-                        agent.set_role(&mut s, Role::Standby, epoch);
-                    }
-                    Ok(Err(lease::LeaseError::Unreachable(why))) => renew_failed(&agent, &why),
-                    Err(_) => renew_failed(&agent, "timed out"),
-                }
+                renewal::Answer::Released
             }
-        } else {
-            match tokio::time::timeout(tick, lease::read(&api, &name)).await {
-                Ok(Ok(Some(view))) => consider_promotion(&agent, &api, &name, view, healthy, (interval, missed)).await,
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => warn!(error = %e, "cannot read the lease"),
-                Err(_) => warn!("reading the lease timed out"),
-            }
-        }
+            renewal::Step::Read => match tokio::time::timeout(wait, lease::read(&api, &name)).await {
+                Ok(Ok(view)) => renewal::Answer::Read(view),
+                Ok(Err(e)) => renewal::Answer::Unreachable(e.to_string()),
+                Err(_) => renewal::Answer::Unreachable("reading the lease timed out".into()),
+            },
+        };
+        let verdict = renewal::verdict(&tick, &agent.identity, &answer);
+        apply_verdict(&agent, &api, &name, tick.epoch, verdict, used).await;
         tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = agent.wake.notified() => {}
         }
+    }
+}
+
+/// Makes a verdict of the lease loop true; `epoch` is the tick's.
+async fn apply_verdict(
+    agent: &Agent,
+    api: &Api<Lease>,
+    name: &str,
+    epoch: i64,
+    verdict: renewal::Verdict,
+    used: (i32, i32),
+) {
+    use renewal::Verdict;
+    match verdict {
+        Verdict::Keep(view) => renewed(agent, used, view),
+        Verdict::ServeAgain(view) => {
+            renewed(agent, used, view);
+            warn!(epoch, "handover did not happen: serving again");
+            let mut s = agent.lock();
+            s.draining_since = None;
+            agent.set_role(&mut s, Role::Active, epoch);
+        }
+        Verdict::HandoverDone => {
+            info!(epoch, "lease moved: handover complete");
+            let mut s = agent.lock();
+            s.draining_since = None;
+            agent.publish_serving(&s);
+        }
+        Verdict::StandDown => {
+            warn!(epoch, "lease lost: standing down");
+            let mut s = agent.lock();
+            agent.set_role(&mut s, Role::Standby, epoch);
+        }
+        Verdict::RenewFailed(why) => renew_failed(agent, &why),
+        Verdict::Unread(why) => warn!(%why, "cannot read the lease"),
+        Verdict::Unfence => {
+            let mut s = agent.lock();
+            if s.role == Role::Fenced {
+                let epoch = s.epoch;
+                agent.set_role(&mut s, Role::Standby, epoch);
+            }
+        }
+        Verdict::GiveBack { epoch } => {
+            // Made holder while the application is failing: give it straight back.
+            release(agent, api, name, epoch).await;
+        }
+        Verdict::Claim { epoch } => claim(agent, api, name, epoch, used).await,
+        Verdict::Nothing => {}
     }
 }
 
@@ -377,34 +409,14 @@ fn renew_failed(agent: &Agent, why: &str) {
     agent.metrics.lease_renew_failures.inc();
 }
 
-async fn consider_promotion(
-    agent: &Agent,
-    api: &Api<Lease>,
-    name: &str,
-    view: lease::LeaseView,
-    healthy: Option<bool>,
-    used: (i32, i32),
-) {
-    let duration = used.0 * used.1;
-    if view.holder.as_deref() != Some(agent.identity.as_str()) {
-        let mut s = agent.lock();
-        if s.role == Role::Fenced {
-            let epoch = s.epoch;
-            agent.set_role(&mut s, Role::Standby, epoch);
-        }
-        return;
-    }
-    if healthy == Some(false) {
-        // Made holder while the application is failing: give it straight back.
-        release(agent, api, name, view.epoch).await;
-        return;
-    }
-    // No file may arrive from the old active once this member serves.
+/// Named holder at `epoch`: no file may arrive from the old active once
+/// this member serves, so pulling stops first; a successful renewal at that
+/// epoch proves the holding before the member acts on it.
+async fn claim(agent: &Agent, api: &Api<Lease>, name: &str, epoch: i64, used: (i32, i32)) {
     if let Some(syncer) = &agent.syncer {
         syncer.stop_pulling().await;
     }
-    // Holder at this epoch: a successful renew proves it before we act on it.
-    match lease::renew(api, name, &agent.identity, view.epoch, duration).await {
+    match lease::renew(api, name, &agent.identity, epoch, used.0 * used.1).await {
         Ok(view) => {
             let epoch = view.epoch;
             renewed(agent, used, view);
