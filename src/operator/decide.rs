@@ -20,7 +20,9 @@
 use std::time::Duration;
 
 use super::failover::{self, Blocked};
-use super::model::{Decision, LeaseAction, RoundInputs, Step, can_take_over, record_operation};
+use super::model::{
+    ConditionType, Decision, LeaseAction, Pending, Reason, RoundInputs, Step, can_take_over, record_operation,
+};
 use super::observe::{LeaseObs, Observed};
 use super::split_brain::{self, RepairJob};
 use super::{failback, operations, outage, resync_status, returning, status};
@@ -118,10 +120,10 @@ fn conclude(
     d.vip = active;
     d.standby = active.map(Member::peer).filter(|s| can_take_over(obs.member(*s), missed));
     if d.start_resync.is_none() {
-        let condition = d.status.conditions.iter().find(|c| c.type_ == status::STANDBY_OUTAGE);
+        let condition = d.status.conditions.iter().find(|c| c.type_ == ConditionType::StandbyOutage.as_str());
         if let Some(o) = outage::resync_after(spec, obs, active, condition) {
             d.start_resync = o.order;
-            d.outage_resync = Some((o.reason, o.message));
+            d.outage_resync = Some(Pending { reason: o.reason, message: o.message });
         }
     }
     if d.start_resync.is_none() {
@@ -134,17 +136,19 @@ fn conclude(
     match split_brain::repair_job(spec, obs) {
         RepairJob::None => {}
         RepairJob::Start { label } => {
-            d.repair_pending = Some(("RepairJobRunning", format!("starting the repair Job after {label}")));
+            let message = format!("starting the repair Job after {label}");
+            d.repair_pending = Some(Pending { reason: Reason::RepairJobRunning, message });
             if !spec.paused && d.lease.is_none() {
                 d.repair = Some(label);
             }
         }
         RepairJob::Running { job } => {
-            d.repair_pending = Some(("RepairJobRunning", format!("waiting for the repair Job {job}")));
+            let message = format!("waiting for the repair Job {job}");
+            d.repair_pending = Some(Pending { reason: Reason::RepairJobRunning, message });
         }
         RepairJob::Failed { job, why } => {
             let msg = format!("the repair Job {job} failed ({why}); fix the cause and delete the Job to run it again");
-            d.repair_pending = Some(("RepairJobFailed", msg));
+            d.repair_pending = Some(Pending { reason: Reason::RepairJobFailed, message: msg });
         }
     }
     status::compute(spec, obs, &mut d, active, blocked, round);

@@ -254,3 +254,26 @@ pub fn bootstrap(spec: &HighAvailabilityPairSpec, obs: &Observed) -> Result<Leas
     let pod_uid = obs.member(holder).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
     Ok(LeaseAction::Create { holder, pod_uid })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_and_gates_are_the_words_the_api_shows() {
+        for r in FailureReason::ALL {
+            assert_eq!(r.to_string().parse::<FailureReason>(), Ok(*r));
+        }
+        for g in Gate::ALL {
+            assert_eq!(g.to_string().parse::<Gate>(), Ok(*g));
+        }
+        assert_eq!(FailureReason::ContainerTerminated.to_string(), "ContainerTerminated");
+        assert_eq!(Gate::FlapBudgetExhausted.as_str(), "FlapBudgetExhausted");
+        let restartable: Vec<_> = FailureReason::ALL.iter().filter(|r| r.restartable()).collect();
+        assert_eq!(
+            restartable,
+            [&FailureReason::LeaseReleased, &FailureReason::PodGone, &FailureReason::PodReplaced],
+            "only these let the same member take the role back"
+        );
+    }
+}

@@ -1,11 +1,26 @@
 //! `hapair operator`: watches pairs and everything they own, and keeps
 //! exactly one member active.
 //!
-//! Each pair gets a worker task that loops observe → decide → act, woken by
+//! Each pair gets a worker task that loops gather → decide → act, woken by
 //! any change to the pair or its objects, by its agents' answers, or by the
-//! next deadline the plan names (e.g. when an unrenewed Lease would expire).
-//! One task per pair serialises its decisions and keeps failover timing in
-//! the operator's hands rather than a generic requeue queue's.
+//! next deadline the decision names (e.g. when an unrenewed Lease would
+//! expire). One task per pair serialises its decisions and keeps failover
+//! timing in the operator's hands rather than a generic requeue queue's.
+//!
+//! # Map
+//!
+//! Each layer imports only the layers below it; nothing points back up.
+//!
+//! | layer | files | what it does |
+//! |---|---|---|
+//! | run | `mod.rs`, `worker.rs` | watches (pairs through `DeserializeGuard`), leader election, one worker per pair ordering the steps |
+//! | write | `act.rs` (+ `fault.rs`, test builds only) | **every** API write and agent call: Lease CAS, Services, pods, Jobs, labels, status, Events, drain/sync/wake requests |
+//! | read | `gather.rs`, `poller.rs`, `context.rs`, `stores.rs` | the watch caches and the agents' answers into an `Observed`, with the worker's memory |
+//! | decide | `decide.rs` | the precedence list: bootstrap, Lease timings, request, failback, split brain, failover, what follows |
+//! | rules | `operations.rs`, `failover.rs`, `failback.rs`, `split_brain.rs`, `outage.rs`, `returning.rs` | one concern each, pure, returning what it changes |
+//! | status | `status.rs` (one builder per condition), `resync_status.rs`, `publish.rs` (metrics) | the pair's status and series from the decision |
+//! | model | `model.rs`, `observe.rs` | the shared types (`Decision`, `Step`, `ResyncLabel`, reasons) and predicates, the observation types |
+//! | build | `build/` (`common`, `objects`, `jobs`, `netpol`, `placement`) | pure construction of every object the operator owns |
 
 pub mod act;
 pub mod build;

@@ -31,6 +31,12 @@ macro_rules! words {
             }
         }
 
+        impl From<$name> for &'static str {
+            fn from(v: $name) -> &'static str {
+                v.as_str()
+            }
+        }
+
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
@@ -60,6 +66,61 @@ pub enum LeaseAction {
     UpdateTimings,
 }
 
+/// Something under way that a condition reports until it is done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub reason: Reason,
+    pub message: String,
+}
+
+words! {
+    /// The pair's status conditions.
+    pub enum ConditionType {
+        Available,
+        Ready,
+        Degraded,
+        FailoverRequired,
+        SplitBrain,
+        Synced,
+        ClockSkew,
+        StandbyOutage,
+        Paused,
+    }
+}
+
+words! {
+    /// Reasons of the status conditions (besides `Ready`'s, the mode, and
+    /// `FailoverRequired`'s, the failover gate).
+    pub enum Reason {
+        ActiveServing,
+        NoActiveMember,
+        BothMembersHealthy,
+        MemberUnavailable,
+        NotRequired,
+        BothMembersActive,
+        SecondaryIsolated,
+        RepairJobRunning,
+        RepairJobFailed,
+        ChangedWhileStandby,
+        OneActive,
+        StandbyUnreachable,
+        ActiveUnreachable,
+        Diverged,
+        InSync,
+        Behind,
+        ClocksAgree,
+        ClockSkewTooHigh,
+        WithinLimits,
+        Above75Percent,
+        Above90Percent,
+        LimitExceeded,
+        FullResync,
+        FullResyncFailed,
+        SpecPaused,
+        Running,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notice {
     pub warning: bool,
@@ -82,10 +143,10 @@ pub struct Decision {
     /// Start the user's repair Job after the split-brain resync so labelled.
     pub repair: Option<String>,
     /// The repair Job is due, running or failed: not `Enabled` yet.
-    pub repair_pending: Option<(&'static str, String)>,
+    pub repair_pending: Option<Pending>,
     /// A standby back from an outage past its limit gets a full resync:
     /// the condition's reason and message meanwhile.
-    pub outage_resync: Option<(&'static str, String)>,
+    pub outage_resync: Option<Pending>,
     /// Member the VIP Service should select once the Lease action is done.
     pub vip: Option<Member>,
     pub standby: Option<Member>,
@@ -95,6 +156,12 @@ pub struct Decision {
     pub failure: Option<String>,
     /// Reconcile again within this time even if nothing happens.
     pub recheck: Duration,
+}
+
+impl Notice {
+    pub fn warning(reason: impl Into<String>, note: String) -> Self {
+        Notice { warning: true, reason: reason.into(), note }
+    }
 }
 
 impl Decision {
@@ -350,6 +417,17 @@ pub fn record_operation(status: &mut HighAvailabilityPairStatus, op: crate::api:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_and_condition_type_reads_back_as_the_word_written() {
+        for r in Reason::ALL {
+            assert_eq!(r.to_string().parse::<Reason>(), Ok(*r));
+        }
+        for t in ConditionType::ALL {
+            assert_eq!(t.as_str().parse::<ConditionType>(), Ok(*t));
+        }
+        assert!("ActiveServing ".parse::<Reason>().is_err(), "no trimming, no guessing");
+    }
 
     #[test]
     fn every_job_label_reads_back_as_what_it_was_written_from() {

@@ -2,7 +2,7 @@
 //! replication-log thresholds): how much of it the standby has used, and
 //! the full resync a standby gets when it returns after going past it.
 
-use super::model::{ResyncLabel, resync_order, syncs_files};
+use super::model::{Reason, ResyncLabel, resync_order, syncs_files};
 use super::observe::{JobPhase, Observed};
 use crate::api::{Condition, HighAvailabilityPairSpec, Member};
 use crate::proto::ResyncOrder;
@@ -29,11 +29,12 @@ impl Outage {
     }
 }
 
+/// The threshold a `StandbyOutage` reason stands for (0 for the others).
 pub fn outage_rank(reason: &str) -> u8 {
-    match reason {
-        "LimitExceeded" => 100,
-        "Above90Percent" => 90,
-        "Above75Percent" => 75,
+    match reason.parse() {
+        Ok(Reason::LimitExceeded) => 100,
+        Ok(Reason::Above90Percent) => 90,
+        Ok(Reason::Above75Percent) => 75,
         _ => 0,
     }
 }
@@ -107,7 +108,7 @@ pub struct OutageResync {
     /// Start this resync Job (the standby is back).
     pub order: Option<(Member, ResyncOrder)>,
     /// The `StandbyOutage` condition's reason and message meanwhile.
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -124,7 +125,9 @@ pub fn resync_after(
     condition: Option<&Condition>,
 ) -> Option<OutageResync> {
     let standby = active?.peer();
-    let c = condition.filter(|c| matches!(c.reason.as_str(), "LimitExceeded" | "FullResync" | "FullResyncFailed"))?;
+    let c = condition.filter(|c| {
+        matches!(c.reason.parse(), Ok(Reason::LimitExceeded | Reason::FullResync | Reason::FullResyncFailed))
+    })?;
     let epoch = obs.lease.as_ref().map_or(0, |l| l.epoch);
     let label = ResyncLabel::Outage { epoch, since: c.last_transition_time.timestamp() }.to_string();
     let back = {
@@ -134,16 +137,18 @@ pub fn resync_after(
     let (order, reason, message) = match obs.resync_jobs.iter().find(|j| j.label == label) {
         None if back && !spec.paused && syncs_files(spec) => (
             Some((standby, resync_order(spec, obs, label.clone(), false, true))),
-            "FullResync",
+            Reason::FullResync,
             format!("{standby} is back: full resync {label} starting"),
         ),
-        None => (None, "LimitExceeded", format!("{standby} is still away past the outage limit")),
+        None => (None, Reason::LimitExceeded, format!("{standby} is still away past the outage limit")),
         Some(j) if j.phase == JobPhase::Running => {
-            (None, "FullResync", format!("{standby} is back: full resync Job {} running", j.name))
+            (None, Reason::FullResync, format!("{standby} is back: full resync Job {} running", j.name))
         }
-        Some(j) if j.phase == JobPhase::Failed => {
-            (None, "FullResyncFailed", format!("the full resync Job {} failed; request a resync to try again", j.name))
-        }
+        Some(j) if j.phase == JobPhase::Failed => (
+            None,
+            Reason::FullResyncFailed,
+            format!("the full resync Job {} failed; request a resync to try again", j.name),
+        ),
         Some(_) => return None,
     };
     Some(OutageResync { order, reason, message })

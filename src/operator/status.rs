@@ -6,13 +6,11 @@ use chrono::{DateTime, Utc};
 
 use super::failover::Blocked;
 use super::model::{
-    Decision, LeaseAction, Notice, RoundInputs, Usable, push_history, standby_lag, syncs_files, usable,
+    ConditionType, Decision, LeaseAction, Notice, Pending, Reason, RoundInputs, Usable, push_history, standby_lag,
+    syncs_files, usable,
 };
 use super::observe::{MemberObs, Observed};
 use super::outage::{outage_rank, standby_outage};
-
-/// The `StandbyOutage` condition's type (its full resync reads it).
-pub const STANDBY_OUTAGE: &str = "StandbyOutage";
 use crate::api::{
     Condition, ConditionStatus, EffectiveTimings, HighAvailabilityPairSpec, Member, MemberState, MemberStatus, Mode,
     Role,
@@ -214,101 +212,157 @@ pub fn compute(
         push_history(s, t);
     }
 
-    let c = &mut s.conditions;
-    set_condition(
-        c,
-        "Available",
-        active_ok,
-        if active_ok { "ActiveServing" } else { "NoActiveMember" },
-        match active {
-            Some(a) if active_ok => format!("{a} is active at epoch {epoch}"),
-            Some(a) => format!("{a} holds the lease but cannot serve"),
-            None => "no member holds the lease".into(),
-        },
-        now,
-        generation,
-    );
-    set_condition(
-        c,
-        "Ready",
-        mode == Mode::Enabled,
-        &format!("{mode:?}"),
-        match mode {
-            Mode::Enabled => "one member active, the other ready to take over".into(),
-            Mode::Alone => "running without a usable standby".into(),
-            m => format!("mode {m:?}"),
-        },
-        now,
-        generation,
-    );
-    let degraded: Vec<String> = Member::BOTH
-        .into_iter()
-        .filter_map(|m| match usable(m) {
-            Usable::Yes => None,
-            u => Some(format!("{m}: {u:?}")),
-        })
-        .collect();
-    set_condition(
-        c,
-        "Degraded",
-        !degraded.is_empty(),
-        if degraded.is_empty() { "BothMembersHealthy" } else { "MemberUnavailable" },
-        degraded.join("; "),
-        now,
-        generation,
-    );
-    let (required, reason, message) = match &blocked {
-        Some(b) => (true, b.gate.as_str(), b.message.clone()),
-        None => (false, "NotRequired", String::new()),
-    };
-    if required && !c.iter().any(|x| x.type_ == "FailoverRequired" && x.status == ConditionStatus::True) {
-        plan.events.push(Notice { warning: true, reason: "FailoverRequired".into(), note: message.clone() });
+    // Every condition from its own builder, read against the conditions as
+    // they stood, then merged once.
+    let f = Facts { active, active_ok, both_active, evidence, isolated, epoch, usable: Member::BOTH.map(usable) };
+    let before = s.conditions.clone();
+    let was = |t: ConditionType| before.iter().find(|c| c.type_ == t.as_str());
+    let mut built = vec![
+        available(&f),
+        ready(mode),
+        degraded(&f),
+        failover_required(blocked.as_ref(), was(ConditionType::FailoverRequired)),
+        split_brain(&f, plan.repair_pending.as_ref(), plan.split_brain_hold.as_deref(), was(ConditionType::SplitBrain)),
+    ];
+    if syncs_files(spec) {
+        built.push(synced(spec, obs, active));
+    } else {
+        s.conditions.retain(|x| x.type_ != ConditionType::Synced.as_str());
     }
-    set_condition(c, "FailoverRequired", required, reason, message, now, generation);
-    let split = both_active || !evidence.is_empty() || isolated.is_some() || plan.repair_pending.is_some();
-    let mut message = if both_active {
-        "both members report active".to_string()
-    } else if let Some(m) = isolated {
-        format!(
+    built.push(clock_skew(spec, obs, was(ConditionType::ClockSkew)));
+    let outage =
+        standby_outage_condition(spec, obs, active, plan.outage_resync.as_ref(), was(ConditionType::StandbyOutage));
+    let mut built: Vec<(Cond, Vec<Notice>)> = built.into_iter().map(|(c, n)| (c, n.into_iter().collect())).collect();
+    built.push(outage);
+    let (c, n) = paused(spec);
+    built.push((c, n.into_iter().collect()));
+    for (c, notices) in built {
+        plan.events.extend(notices);
+        set_condition(&mut s.conditions, c.type_.as_str(), c.on, c.reason, c.message, now, generation);
+    }
+}
+
+/// A condition as its builder computed it.
+struct Cond {
+    type_: ConditionType,
+    on: bool,
+    reason: &'static str,
+    message: String,
+}
+
+impl Cond {
+    fn new(type_: ConditionType, on: bool, reason: impl Into<&'static str>, message: String) -> Self {
+        Cond { type_, on, reason: reason.into(), message }
+    }
+}
+
+/// What several conditions read, computed once per round.
+struct Facts {
+    active: Option<Member>,
+    active_ok: bool,
+    both_active: bool,
+    /// Members whose files changed while they were not active, in words.
+    evidence: Vec<String>,
+    isolated: Option<Member>,
+    epoch: i64,
+    /// Whether each member (primary, secondary) can serve.
+    usable: [Usable; 2],
+}
+
+fn was_on(c: Option<&Condition>) -> bool {
+    c.is_some_and(|c| c.status == ConditionStatus::True)
+}
+
+fn available(f: &Facts) -> (Cond, Option<Notice>) {
+    let reason = if f.active_ok { Reason::ActiveServing } else { Reason::NoActiveMember };
+    let message = match f.active {
+        Some(a) if f.active_ok => format!("{a} is active at epoch {}", f.epoch),
+        Some(a) => format!("{a} holds the lease but cannot serve"),
+        None => "no member holds the lease".into(),
+    };
+    (Cond::new(ConditionType::Available, f.active_ok, reason, message), None)
+}
+
+fn ready(mode: Mode) -> (Cond, Option<Notice>) {
+    let message = match mode {
+        Mode::Enabled => "one member active, the other ready to take over".into(),
+        Mode::Alone => "running without a usable standby".into(),
+        m => format!("mode {m:?}"),
+    };
+    (Cond::new(ConditionType::Ready, mode == Mode::Enabled, mode_word(mode), message), None)
+}
+
+/// A mode's name, the `Ready` condition's reason.
+fn mode_word(mode: Mode) -> &'static str {
+    match mode {
+        Mode::NotConfigured => "NotConfigured",
+        Mode::Initializing => "Initializing",
+        Mode::Enabled => "Enabled",
+        Mode::Alone => "Alone",
+        Mode::SplitBrain => "SplitBrain",
+        Mode::Paused => "Paused",
+    }
+}
+
+fn degraded(f: &Facts) -> (Cond, Option<Notice>) {
+    let down: Vec<String> = Member::BOTH
+        .into_iter()
+        .zip(f.usable)
+        .filter(|(_, u)| *u != Usable::Yes)
+        .map(|(m, u)| format!("{m}: {u:?}"))
+        .collect();
+    let reason = if down.is_empty() { Reason::BothMembersHealthy } else { Reason::MemberUnavailable };
+    (Cond::new(ConditionType::Degraded, !down.is_empty(), reason, down.join("; ")), None)
+}
+
+fn failover_required(blocked: Option<&Blocked>, was: Option<&Condition>) -> (Cond, Option<Notice>) {
+    let Some(b) = blocked else {
+        return (Cond::new(ConditionType::FailoverRequired, false, Reason::NotRequired, String::new()), None);
+    };
+    let notice = (!was_on(was)).then(|| Notice::warning("FailoverRequired", b.message.clone()));
+    (Cond::new(ConditionType::FailoverRequired, true, b.gate.as_str(), b.message.clone()), notice)
+}
+
+fn split_brain(
+    f: &Facts,
+    repair_pending: Option<&Pending>,
+    hold: Option<&str>,
+    was: Option<&Condition>,
+) -> (Cond, Option<Notice>) {
+    let pending = repair_pending.filter(|_| f.evidence.is_empty());
+    let split = f.both_active || !f.evidence.is_empty() || f.isolated.is_some() || repair_pending.is_some();
+    let (reason, mut message) = if f.both_active {
+        (Reason::BothMembersActive, "both members report active".to_string())
+    } else if let Some(m) = f.isolated {
+        let why = format!(
             "{m}'s pod is stopped (splitBrain.policy IsolateSecondary); the other member serves alone until a \
              resolveSplitBrain request"
-        )
-    } else if let (true, Some((_, why))) = (evidence.is_empty(), &plan.repair_pending) {
-        why.clone()
+        );
+        (Reason::SecondaryIsolated, why)
+    } else if let Some(p) = pending {
+        (p.reason, p.message.clone())
+    } else if split {
+        (Reason::ChangedWhileStandby, f.evidence.join("; "))
     } else {
-        evidence.join("; ")
+        (Reason::OneActive, f.evidence.join("; "))
     };
-    if let Some(why) = &plan.split_brain_hold {
+    if let Some(why) = hold {
         message = format!("{message}; {why}");
     }
-    let was = c.iter().any(|x| x.type_ == "SplitBrain" && x.status == ConditionStatus::True);
-    if split && !was {
-        plan.events.push(Notice { warning: true, reason: "SplitBrain".into(), note: message.clone() });
-    } else if was && !split {
-        plan.events.push(Notice {
+    let notice = match (split, was_on(was)) {
+        (true, false) => Some(Notice::warning("SplitBrain", message.clone())),
+        (false, true) => Some(Notice {
             warning: false,
             reason: "SplitBrainResolved".into(),
             note: "no member reports changes made while it was not active any more".into(),
-        });
-    }
-    let reason = if both_active {
-        "BothMembersActive"
-    } else if isolated.is_some() {
-        "SecondaryIsolated"
-    } else if let (true, Some((reason, _))) = (evidence.is_empty(), &plan.repair_pending) {
-        reason
-    } else if split {
-        "ChangedWhileStandby"
-    } else {
-        "OneActive"
+        }),
+        _ => None,
     };
-    set_condition(c, "SplitBrain", split, reason, message.chars().take(1024).collect(), now, generation);
-    if syncs_files(spec) {
-        let (ok, reason, message) = synced(spec, obs, active);
-        set_condition(c, "Synced", ok, reason, message, now, generation);
-    } else {
-        c.retain(|x| x.type_ != "Synced");
-    }
+    (Cond::new(ConditionType::SplitBrain, split, reason, message.chars().take(1024).collect()), notice)
+}
+
+fn clock_skew(spec: &HighAvailabilityPairSpec, obs: &Observed, was: Option<&Condition>) -> (Cond, Option<Notice>) {
+    let missed = spec.heartbeat.missed_threshold as u32;
     let limit = i64::from(spec.max_clock_skew_seconds) * 1000;
     let skewed: Vec<String> = Member::BOTH
         .into_iter()
@@ -317,85 +371,95 @@ pub fn compute(
             (k.abs() > limit).then(|| format!("{m}'s clock is {:+.1}s off the operator's", k as f64 / 1000.0))
         })
         .collect();
-    if !skewed.is_empty() && !c.iter().any(|x| x.type_ == "ClockSkew" && x.status == ConditionStatus::True) {
-        plan.events.push(Notice { warning: true, reason: "ClockSkew".into(), note: skewed.join("; ") });
+    if skewed.is_empty() {
+        return (Cond::new(ConditionType::ClockSkew, false, Reason::ClocksAgree, String::new()), None);
     }
-    set_condition(
-        c,
-        "ClockSkew",
-        !skewed.is_empty(),
-        if skewed.is_empty() { "ClocksAgree" } else { "ClockSkewTooHigh" },
-        if skewed.is_empty() {
-            String::new()
-        } else {
-            format!("{} (limit {}s; NewestWins resync refused)", skewed.join("; "), spec.max_clock_skew_seconds)
-        },
-        now,
-        generation,
-    );
+    let notice = (!was_on(was)).then(|| Notice::warning("ClockSkew", skewed.join("; ")));
+    let message = format!("{} (limit {}s; NewestWins resync refused)", skewed.join("; "), spec.max_clock_skew_seconds);
+    (Cond::new(ConditionType::ClockSkew, true, Reason::ClockSkewTooHigh, message), notice)
+}
+
+/// `StandbyOutage`: the thresholds the standby's outage has reached (an
+/// Event each time a higher one is), and past the limit the full resync
+/// until it is done.
+fn standby_outage_condition(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    active: Option<Member>,
+    outage_resync: Option<&Pending>,
+    was: Option<&Condition>,
+) -> (Cond, Vec<Notice>) {
     let outage = standby_outage(spec, obs, active);
     let level = outage.level();
-    let was = c.iter().find(|x| x.type_ == "StandbyOutage").map(|x| x.reason.clone()).unwrap_or_default();
+    let was = was.map(|c| c.reason.clone()).unwrap_or_default();
+    let mut notices = Vec::new();
     let mut reason = match level {
-        100 => "LimitExceeded",
-        90 => "Above90Percent",
-        75 => "Above75Percent",
-        _ => "WithinLimits",
+        100 => Reason::LimitExceeded,
+        90 => Reason::Above90Percent,
+        75 => Reason::Above75Percent,
+        _ => Reason::WithinLimits,
     };
-    if level > 0 && was != reason && outage_rank(&was) < level {
-        plan.events.push(Notice {
-            warning: true,
-            reason: format!("StandbyOutage{reason}"),
-            note: outage.message.clone(),
-        });
+    if level > 0 && was != reason.as_str() && outage_rank(&was) < level {
+        notices.push(Notice::warning(format!("StandbyOutage{reason}"), outage.message.clone()));
     }
     let mut message = if level > 0 { outage.message.clone() } else { String::new() };
     // Past the limit, the condition stays until the full resync is done.
-    if let Some((r, m)) = &plan.outage_resync
-        && outage_rank(reason) < 100
+    if let Some(p) = outage_resync
+        && outage_rank(reason.as_str()) < 100
     {
-        if was != *r && *r != "LimitExceeded" {
-            plan.events.push(Notice {
-                warning: *r == "FullResyncFailed",
-                reason: format!("StandbyOutage{r}"),
-                note: m.clone(),
+        if was != p.reason.as_str() && p.reason != Reason::LimitExceeded {
+            notices.push(Notice {
+                warning: p.reason == Reason::FullResyncFailed,
+                reason: format!("StandbyOutage{}", p.reason),
+                note: p.message.clone(),
             });
         }
-        (reason, message) = (r, m.clone());
+        (reason, message) = (p.reason, p.message.clone());
     }
-    let outage_on = reason != "WithinLimits";
-    set_condition(c, "StandbyOutage", outage_on, reason, message, now, generation);
-    set_condition(
-        c,
-        "Paused",
-        spec.paused,
-        if spec.paused { "SpecPaused" } else { "Running" },
-        if spec.paused { "spec.paused is set: observing only".into() } else { String::new() },
-        now,
-        generation,
-    );
+    (Cond::new(ConditionType::StandbyOutage, reason != Reason::WithinLimits, reason, message), notices)
 }
 
-fn synced(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member>) -> (bool, &'static str, String) {
-    let Some(a) = active else { return (false, "NoActiveMember", "no member is active".into()) };
+fn paused(spec: &HighAvailabilityPairSpec) -> (Cond, Option<Notice>) {
+    if spec.paused {
+        (Cond::new(ConditionType::Paused, true, Reason::SpecPaused, "spec.paused is set: observing only".into()), None)
+    } else {
+        (Cond::new(ConditionType::Paused, false, Reason::Running, String::new()), None)
+    }
+}
+
+/// `Synced`: the standby holds the active member's files (within two
+/// realtime intervals) and nothing has diverged.
+fn synced(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member>) -> (Cond, Option<Notice>) {
+    let (ok, reason, message) = synced_state(spec, obs, active);
+    (Cond::new(ConditionType::Synced, ok, reason, message), None)
+}
+
+fn synced_state(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member>) -> (bool, Reason, String) {
+    let Some(a) = active else { return (false, Reason::NoActiveMember, "no member is active".into()) };
     let standby = a.peer();
     let report = |m: Member| obs.member(m).agent.last.as_ref().and_then(|x| x.sync.clone());
     let Some(theirs) = report(standby) else {
-        return (false, "StandbyUnreachable", format!("{standby} does not report its files"));
+        return (false, Reason::StandbyUnreachable, format!("{standby} does not report its files"));
     };
     if !theirs.diverged.is_empty() {
         let why: Vec<String> = theirs.diverged.values().cloned().collect();
-        return (false, "Diverged", format!("{standby} needs a resync: {}", why.join("; ")));
+        return (false, Reason::Diverged, format!("{standby} needs a resync: {}", why.join("; ")));
     }
-    let Some(mine) = report(a) else { return (false, "ActiveUnreachable", format!("{a} does not report its files")) };
+    let Some(mine) = report(a) else {
+        return (false, Reason::ActiveUnreachable, format!("{a} does not report its files"));
+    };
     let lag = mine.peer_lag_seconds.unwrap_or(f64::INFINITY);
     let limit = 2.0 * f64::from(spec.file_sync.as_ref().map_or(11, |f| f.realtime_interval_seconds));
     if lag <= limit {
-        (true, "InSync", format!("{standby} holds generation {} of {}", theirs.point.generation, mine.point.generation))
+        (
+            true,
+            Reason::InSync,
+            format!("{standby} holds generation {} of {}", theirs.point.generation, mine.point.generation),
+        )
     } else {
         (
             false,
-            "Behind",
+            Reason::Behind,
             format!(
                 "{standby} is {lag:.0}s behind: {} files, {} bytes to copy",
                 mine.pending_files, mine.pending_bytes
