@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use super::build::{self, applied_hash};
 use super::context::Context;
-use super::model::{Decision, LeaseAction, push_history};
+use super::model::{Decision, LeaseAction};
 use super::observe::Observed;
 use crate::api::{HighAvailabilityPair, LABEL_ROLE, Member, Role};
 use crate::http::{self, Target};
@@ -341,8 +341,6 @@ async fn apply_lease_and_status(
                         .failovers
                         .with_label_values(&[&ns, &name, &format!("{:?}", transition.type_), &transition.reason])
                         .inc();
-                    plan.status.last_transition = None;
-                    push_history(&mut plan.status, transition);
                 }
                 Err(e) if is_conflict(&e) => {
                     info!(pair = %name, "lease changed under us; observing again");
@@ -367,6 +365,8 @@ async fn apply_lease_and_status(
     if !obs.vip_exists || obs.vip_hash.as_deref() != applied_hash(&vip.metadata) {
         services.patch(&name, &apply_params(), &Patch::Apply(&vip)).await?;
     }
+    // The decision recorded the transition in the history; the time from
+    // the commit point to the selector move is known only now.
     if let (Some(t0), Some(t)) = (committed_at, plan.status.history.first_mut()) {
         let ms = t0.elapsed().as_millis() as i64;
         t.lease_to_selector_millis = Some(ms);

@@ -138,6 +138,15 @@ fn an_app_failure_reported_by_the_active_agent_fails_over_at_once() {
     assert_eq!(takeover(&plan), Some((Member::Secondary, 2, "AppHealthCheckFailed")));
     assert_eq!(plan.vip, Some(Member::Secondary));
     assert_eq!(plan.status.epoch, 2);
+    // The transition enters the history with the decision (written only once
+    // the Lease has moved), exactly as the bootstrap's does.
+    let t = &plan.status.history[0];
+    assert_eq!(
+        (t.type_, t.to, t.epoch, t.reason.as_str()),
+        (TransitionType::Failover, Some(Member::Secondary), 2, "AppHealthCheckFailed")
+    );
+    assert_eq!(plan.status.last_transition.as_ref(), Some(t));
+    assert_eq!(plan.status.history.len(), 1);
 }
 
 #[test]

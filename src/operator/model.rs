@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+pub use super::build::ResyncLabel;
 use super::observe::{MemberObs, Observed};
 use crate::api::{
     HighAvailabilityPairSpec, HighAvailabilityPairStatus, MAX_HISTORY, Member, Role, Transition, TransitionType,
@@ -325,83 +326,6 @@ pub fn handover(obs: &Observed, to: Member, epoch: i64, holder: Option<Member>, 
     if holds { takeover } else { Step::SyncWait { member: to } }
 }
 
-/// The label of a Job the operator runs for a pair: what it is for. It
-/// names the Job (`<pair>-<label>`), is written on it as an annotation and
-/// in the resync order, and is how a later round finds it again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResyncLabel {
-    /// A returning member's diverged files, once per epoch: `resync-<epoch>`.
-    Returning { epoch: i64 },
-    /// A resync request: `resync-<epoch>-<id>`.
-    Request { epoch: i64, id: String },
-    /// The full resync after a standby outage past its limit:
-    /// `outage-<epoch>-<since>` (the condition's transition, Unix seconds).
-    Outage { epoch: i64, since: i64 },
-    /// A split brain's dry run (the difference): `splitbrain-<epoch>-<since>-diff`.
-    SplitBrainDiff { epoch: i64, since: i64 },
-    /// A split brain's repair: `splitbrain-<epoch>-<since>`.
-    SplitBrain { epoch: i64, since: i64 },
-    /// The former active's resync after a split brain resolved by keeping
-    /// the other side: `splitbrain-<epoch>-handover`.
-    SplitBrainHandover { epoch: i64 },
-    /// The user's repair Job after the split-brain resync so labelled:
-    /// `<label>-repair`.
-    Repair(Box<ResyncLabel>),
-}
-
-impl ResyncLabel {
-    /// The repair Job's label for the resync labelled `label`.
-    pub fn repair_of(label: &str) -> String {
-        format!("{label}-repair")
-    }
-}
-
-impl std::fmt::Display for ResyncLabel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ResyncLabel::Returning { epoch } => write!(f, "resync-{epoch}"),
-            ResyncLabel::Request { epoch, id } => write!(f, "resync-{epoch}-{id}"),
-            ResyncLabel::Outage { epoch, since } => write!(f, "outage-{epoch}-{since}"),
-            ResyncLabel::SplitBrainDiff { epoch, since } => write!(f, "splitbrain-{epoch}-{since}-diff"),
-            ResyncLabel::SplitBrain { epoch, since } => write!(f, "splitbrain-{epoch}-{since}"),
-            ResyncLabel::SplitBrainHandover { epoch } => write!(f, "splitbrain-{epoch}-handover"),
-            ResyncLabel::Repair(of) => write!(f, "{of}-repair"),
-        }
-    }
-}
-
-impl std::str::FromStr for ResyncLabel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not a hapair Job label");
-        let num = |x: &str| x.parse::<i64>().map_err(|_| bad());
-        if let Some(rest) = s.strip_prefix("resync-") {
-            return Ok(match rest.split_once('-') {
-                None => ResyncLabel::Returning { epoch: num(rest)? },
-                Some((epoch, id)) if !id.is_empty() => ResyncLabel::Request { epoch: num(epoch)?, id: id.to_string() },
-                Some(_) => return Err(bad()),
-            });
-        }
-        if let Some(of) = s.strip_suffix("-repair") {
-            return Ok(ResyncLabel::Repair(Box::new(of.parse()?)));
-        }
-        if let Some(rest) = s.strip_prefix("outage-") {
-            let (epoch, since) = rest.split_once('-').ok_or_else(bad)?;
-            return Ok(ResyncLabel::Outage { epoch: num(epoch)?, since: num(since)? });
-        }
-        let rest = s.strip_prefix("splitbrain-").ok_or_else(bad)?;
-        let (epoch, rest) = rest.split_once('-').ok_or_else(bad)?;
-        let epoch = num(epoch)?;
-        Ok(match rest {
-            "handover" => ResyncLabel::SplitBrainHandover { epoch },
-            r => match r.strip_suffix("-diff") {
-                Some(since) => ResyncLabel::SplitBrainDiff { epoch, since: num(since)? },
-                None => ResyncLabel::SplitBrain { epoch, since: num(r)? },
-            },
-        })
-    }
-}
-
 /// Records an operation's status: in place when known, else newest first,
 /// keeping at most [`MAX_OPERATIONS`](crate::api::MAX_OPERATIONS).
 pub fn record_operation(status: &mut HighAvailabilityPairStatus, op: crate::api::OperationStatus) {
@@ -427,28 +351,5 @@ mod tests {
             assert_eq!(t.as_str().parse::<ConditionType>(), Ok(*t));
         }
         assert!("ActiveServing ".parse::<Reason>().is_err(), "no trimming, no guessing");
-    }
-
-    #[test]
-    fn every_job_label_reads_back_as_what_it_was_written_from() {
-        let labels = [
-            ResyncLabel::Returning { epoch: 3 },
-            ResyncLabel::Request { epoch: 3, id: "nightly-check-2".into() },
-            ResyncLabel::Outage { epoch: 4, since: 1_795_000_000 },
-            ResyncLabel::SplitBrainDiff { epoch: 5, since: 1_795_000_001 },
-            ResyncLabel::SplitBrain { epoch: 5, since: 1_795_000_001 },
-            ResyncLabel::SplitBrainHandover { epoch: 6 },
-            ResyncLabel::Repair(Box::new(ResyncLabel::SplitBrain { epoch: 5, since: 1_795_000_001 })),
-            ResyncLabel::Repair(Box::new(ResyncLabel::SplitBrainHandover { epoch: 6 })),
-        ];
-        for l in labels {
-            assert_eq!(l.to_string().parse::<ResyncLabel>(), Ok(l.clone()), "{l}");
-        }
-        assert_eq!(ResyncLabel::repair_of("splitbrain-6-handover"), "splitbrain-6-handover-repair");
-        for bad in
-            ["", "resync-", "resync-x", "resync-3-", "outage-3", "splitbrain-x-1", "other-1", "splitbrain-1-y-diff"]
-        {
-            assert!(bad.parse::<ResyncLabel>().is_err(), "{bad:?} must not parse");
-        }
     }
 }

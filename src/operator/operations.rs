@@ -24,13 +24,48 @@
 
 use chrono::{DateTime, Utc};
 
-use super::model::{ResyncLabel, Step, can_take_over, handover, handover_timeout, resync_order, syncs_files};
+use super::model::{ResyncLabel, Step, can_take_over, handover, handover_timeout, resync_order, syncs_files, words};
 use super::observe::Observed;
 use super::split_brain;
 use crate::api::{
     HighAvailabilityPairSpec, HighAvailabilityPairStatus, Member, OperationKind, OperationPhase, OperationRequest,
     OperationStatus, Role, TransitionType,
 };
+
+words! {
+    /// Why a request was refused, failed or succeeded (its `reason`).
+    pub enum OperationReason {
+        Malformed,
+        NoActiveMember,
+        AlreadyOnPrimary,
+        Paused,
+        AlreadyStandby,
+        NotInitialized,
+        TargetUnreachable,
+        StandbyNotHealthy,
+        NoFileSync,
+        StandbyUnreachable,
+        NoSplitBrain,
+        Superseded,
+        HandoverTimedOut,
+        ResyncFailed,
+        TimedOut,
+        Done,
+    }
+}
+
+/// A request that cannot be honoured, and why in words.
+#[derive(Debug, Clone, PartialEq)]
+struct Refusal {
+    reason: OperationReason,
+    message: String,
+}
+
+impl Refusal {
+    fn new(reason: OperationReason, message: String) -> Self {
+        Refusal { reason, message }
+    }
+}
 
 /// What a round of `spec.operation` changes: the step, and the request's
 /// record for `status.operations`.
@@ -56,7 +91,7 @@ impl Ledger {
         self.changed = true;
     }
 
-    fn finish(&mut self, phase: OperationPhase, reason: &str, message: String, now: DateTime<Utc>) {
+    fn finish(&mut self, phase: OperationPhase, reason: OperationReason, message: String, now: DateTime<Utc>) {
         if let Some(o) = self.record.as_mut() {
             o.phase = phase;
             o.reason = Some(reason.to_string());
@@ -68,24 +103,24 @@ impl Ledger {
 }
 
 /// The member a request makes active, or why it cannot.
-fn target(
-    req: &OperationRequest,
-    kind: OperationKind,
-    holder: Option<Member>,
-) -> Result<Member, (&'static str, String)> {
+fn target(req: &OperationRequest, kind: OperationKind, holder: Option<Member>) -> Result<Member, Refusal> {
     match kind {
-        OperationKind::Switchover | OperationKind::Failover => {
-            holder.map(Member::peer).ok_or(("NoActiveMember", "no member holds the lease".into()))
-        }
+        OperationKind::Switchover | OperationKind::Failover => holder
+            .map(Member::peer)
+            .ok_or(Refusal::new(OperationReason::NoActiveMember, "no member holds the lease".into())),
         OperationKind::Failback => match holder {
-            Some(Member::Primary) => Err(("AlreadyOnPrimary", "the primary is already active".into())),
+            Some(Member::Primary) => {
+                Err(Refusal::new(OperationReason::AlreadyOnPrimary, "the primary is already active".into()))
+            }
             _ => Ok(Member::Primary),
         },
         OperationKind::GoStandby => {
             let m = req.go_standby.as_ref().map(|g| g.member).unwrap_or(Member::Secondary);
             Ok(m.peer())
         }
-        OperationKind::Resync => holder.map(Member::peer).ok_or(("NoActiveMember", "no member holds the lease".into())),
+        OperationKind::Resync => holder
+            .map(Member::peer)
+            .ok_or(Refusal::new(OperationReason::NoActiveMember, "no member holds the lease".into())),
         OperationKind::ResolveSplitBrain => Ok(req.resolve_split_brain.as_ref().map_or(Member::Primary, |r| r.keep)),
     }
 }
@@ -128,7 +163,7 @@ fn advance(
             ledger.ack(refused(
                 req,
                 OperationKind::Switchover,
-                "Malformed",
+                OperationReason::Malformed,
                 "the request names no single action".into(),
                 now,
             ));
@@ -146,16 +181,16 @@ fn advance(
         Some(o) => o,
         None => {
             // First sight: accept or refuse.
-            let refuse = |reason: &'static str, message: String| Some((reason, message));
+            let refuse = |reason: OperationReason, message: String| Some(Refusal { reason, message });
             let t = target(req, kind, last_holder);
             let problem = match (&t, kind) {
-                (Err((r, m)), _) => refuse(r, m.clone()),
-                _ if spec.paused => refuse("Paused", "the pair is paused (spec.paused)".into()),
+                (Err(r), _) => Some(r.clone()),
+                _ if spec.paused => refuse(OperationReason::Paused, "the pair is paused (spec.paused)".into()),
                 (Ok(_), OperationKind::GoStandby) if holder != req.go_standby.as_ref().map(|g| g.member) => {
                     let m = req.go_standby.as_ref().map(|g| g.member.to_string()).unwrap_or_default();
                     ledger.ack(OperationStatus {
                         phase: OperationPhase::Succeeded,
-                        reason: Some("AlreadyStandby".into()),
+                        reason: Some(OperationReason::AlreadyStandby.to_string()),
                         message: Some(format!("{m} is not active; nothing to do")),
                         end_time: Some(now),
                         ..accepted(req, kind, None, epoch, now)
@@ -163,21 +198,25 @@ fn advance(
                     return Step::Idle;
                 }
                 (Ok(t), _) if lease.is_none() => {
-                    refuse("NotInitialized", format!("no member is active yet; cannot move to {t}"))
+                    refuse(OperationReason::NotInitialized, format!("no member is active yet; cannot move to {t}"))
                 }
                 (Ok(t), OperationKind::Failover) if req.failover.as_ref().is_some_and(|f| f.force) => {
                     let m = obs.member(*t);
                     let reachable = m.pod.as_ref().is_some_and(|p| p.running && !p.deleting) && m.agent.missed < missed;
-                    (!reachable)
-                        .then(|| ("TargetUnreachable", format!("{t} is not running or its agent does not answer")))
+                    (!reachable).then(|| {
+                        Refusal::new(
+                            OperationReason::TargetUnreachable,
+                            format!("{t} is not running or its agent does not answer"),
+                        )
+                    })
                 }
                 (Ok(t), _) if !can_take_over(obs.member(*t), missed) => refuse(
-                    "StandbyNotHealthy",
+                    OperationReason::StandbyNotHealthy,
                     format!("{t} cannot take over now (not running, silent, failing its health check or fenced)"),
                 ),
                 _ => None,
             };
-            if let Some((reason, message)) = problem {
+            if let Some(Refusal { reason, message }) = problem {
                 ledger.ack(refused(req, kind, reason, message, now));
                 return Step::Idle;
             }
@@ -194,7 +233,7 @@ fn advance(
     if epoch > start && !ours {
         ledger.finish(
             OperationPhase::Refused,
-            "Superseded",
+            OperationReason::Superseded,
             format!(
                 "the active role moved to {} at epoch {epoch} by another transition first",
                 holder.map_or("nobody".into(), |m| m.to_string())
@@ -206,7 +245,12 @@ fn advance(
     if holder == Some(to) && epoch > start {
         let serving = obs.member(to).agent.last.as_ref().is_some_and(|a| a.role == Role::Active && a.epoch == epoch);
         if serving {
-            ledger.finish(OperationPhase::Succeeded, "Done", format!("{to} active at epoch {epoch}"), now);
+            ledger.finish(
+                OperationPhase::Succeeded,
+                OperationReason::Done,
+                format!("{to} active at epoch {epoch}"),
+                now,
+            );
             return Step::Idle;
         }
         return Step::Wait;
@@ -214,7 +258,7 @@ fn advance(
     if epoch > start {
         ledger.finish(
             OperationPhase::Failed,
-            "Superseded",
+            OperationReason::Superseded,
             format!("the lease moved to another member at epoch {epoch}"),
             now,
         );
@@ -224,7 +268,7 @@ fn advance(
     if !force && !can_take_over(obs.member(to), missed) {
         ledger.finish(
             OperationPhase::Failed,
-            "StandbyNotHealthy",
+            OperationReason::StandbyNotHealthy,
             format!("{to} stopped being able to take over"),
             now,
         );
@@ -247,7 +291,7 @@ fn advance(
         } else {
             "the active member did not hand over in time; it serves again".to_string()
         };
-        ledger.finish(OperationPhase::Failed, "HandoverTimedOut", why, now);
+        ledger.finish(OperationPhase::Failed, OperationReason::HandoverTimedOut, why, now);
         return Step::Idle;
     }
     // Planned handover: the active drains first, so the old and the new
@@ -282,18 +326,22 @@ fn resync(
                 let a = &obs.member(m).agent;
                 a.missed < missed && a.last.as_ref().is_some_and(|s| s.role == Role::Standby && s.sync.is_some())
             };
-            let problem: Option<(&str, String)> = match target(req, kind, holder) {
-                Err((r, m)) => Some((r, m)),
-                Ok(_) if !syncs_files(spec) => {
-                    Some(("NoFileSync", "the pair syncs no files: set spec.storage and spec.fileSync.paths".into()))
+            let problem: Option<Refusal> = match target(req, kind, holder) {
+                Err(r) => Some(r),
+                Ok(_) if !syncs_files(spec) => Some(Refusal::new(
+                    OperationReason::NoFileSync,
+                    "the pair syncs no files: set spec.storage and spec.fileSync.paths".into(),
+                )),
+                Ok(_) if spec.paused => {
+                    Some(Refusal::new(OperationReason::Paused, "the pair is paused (spec.paused)".into()))
                 }
-                Ok(_) if spec.paused => Some(("Paused", "the pair is paused (spec.paused)".into())),
-                Ok(t) if !answers(t) => {
-                    Some(("StandbyUnreachable", format!("{t} does not answer as a standby syncing files")))
-                }
+                Ok(t) if !answers(t) => Some(Refusal::new(
+                    OperationReason::StandbyUnreachable,
+                    format!("{t} does not answer as a standby syncing files"),
+                )),
                 Ok(_) => None,
             };
-            if let Some((reason, message)) = problem {
+            if let Some(Refusal { reason, message }) = problem {
                 ledger.ack(refused(req, kind, reason, message, now));
                 return Step::Idle;
             }
@@ -335,11 +383,21 @@ fn resync(
                 )
             });
             let what = if dry_run { "planned (dry run, nothing changed)" } else { "done" };
-            ledger.finish(OperationPhase::Succeeded, "Done", format!("Job {} {what}{counts}", job.name), now);
+            ledger.finish(
+                OperationPhase::Succeeded,
+                OperationReason::Done,
+                format!("Job {} {what}{counts}", job.name),
+                now,
+            );
         }
         JobPhase::Failed => {
             let why = job.message.clone().unwrap_or_else(|| "no reason given".into());
-            ledger.finish(OperationPhase::Failed, "ResyncFailed", format!("Job {}: {why}", job.name), now);
+            ledger.finish(
+                OperationPhase::Failed,
+                OperationReason::ResyncFailed,
+                format!("Job {}: {why}", job.name),
+                now,
+            );
         }
     }
     Step::Idle
@@ -366,16 +424,19 @@ fn resolve(
         Some(o) if o.phase.is_terminal() => return Step::Idle,
         Some(o) => o,
         None => {
-            let problem: Option<(&str, String)> = if spec.paused {
-                Some(("Paused", "the pair is paused (spec.paused)".into()))
+            let problem: Option<Refusal> = if spec.paused {
+                Some(Refusal::new(OperationReason::Paused, "the pair is paused (spec.paused)".into()))
             } else if holder.is_none() {
-                Some(("NoActiveMember", "no member holds the lease".into()))
+                Some(Refusal::new(OperationReason::NoActiveMember, "no member holds the lease".into()))
             } else if evidence.is_none() && isolated.is_none() {
-                Some(("NoSplitBrain", "no member reports changes made while it was not active".into()))
+                Some(Refusal::new(
+                    OperationReason::NoSplitBrain,
+                    "no member reports changes made while it was not active".into(),
+                ))
             } else {
                 None
             };
-            if let Some((reason, message)) = problem {
+            if let Some(Refusal { reason, message }) = problem {
                 ledger.ack(refused(req, kind, reason, message, now));
                 return Step::Idle;
             }
@@ -405,7 +466,7 @@ fn resolve(
     if evidence.is_none() && holder == Some(keep) && follows {
         ledger.finish(
             OperationPhase::Succeeded,
-            "Done",
+            OperationReason::Done,
             format!("{keep} kept and active at epoch {epoch}; {} follows it again", keep.peer()),
             now,
         );
@@ -413,7 +474,7 @@ fn resolve(
     }
     let started = op.start_time.unwrap_or(now);
     if (now - started).to_std().unwrap_or_default() > std::time::Duration::from_secs(3600) {
-        ledger.finish(OperationPhase::Failed, "TimedOut", "not resolved within an hour".into(), now);
+        ledger.finish(OperationPhase::Failed, OperationReason::TimedOut, "not resolved within an hour".into(), now);
         return Step::Idle;
     }
     match holder {
@@ -464,7 +525,7 @@ fn accepted(
 fn refused(
     req: &OperationRequest,
     kind: OperationKind,
-    reason: &str,
+    reason: OperationReason,
     message: String,
     now: DateTime<Utc>,
 ) -> OperationStatus {

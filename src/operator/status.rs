@@ -176,7 +176,10 @@ pub fn compute(
         });
     }
 
+    // Every transition enters the history here; `act` writes this status
+    // only once the Lease has moved.
     if let Some(LeaseAction::Takeover { transition, .. }) = &plan.lease {
+        push_history(s, transition.clone());
         plan.events.push(Notice {
             warning: true,
             reason: format!("{:?}", transition.type_),

@@ -10,7 +10,7 @@ pub mod placement;
 
 pub use common::*;
 pub use jobs::{
-    ANN_RESYNC_DRY_RUN, ANN_RESYNC_LABEL, ANN_RESYNC_TARGET, LABEL_COMPONENT, RESYNC_CONTAINER, repair_job, resync_job,
-    resync_job_name,
+    ANN_RESYNC_DRY_RUN, ANN_RESYNC_LABEL, ANN_RESYNC_TARGET, LABEL_COMPONENT, RESYNC_CONTAINER, ResyncLabel,
+    repair_job, resync_job, resync_job_name,
 };
 pub use objects::*;
