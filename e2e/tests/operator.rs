@@ -122,3 +122,51 @@ async fn a_deleted_pair_leaves_no_metric_series_and_its_neighbour_keeps_its_own(
     }
     assert!(kept_after.len() + 4 >= kept_before, "the kept pair lost series: {kept_before} -> {}", kept_after.len());
 }
+
+#[tokio::test]
+async fn a_hand_edited_vip_selector_is_put_back_at_once_and_the_endpoints_follow() {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let h = Harness::new("drift").await;
+    h.apply(&test_pair("web", 1, json!({}))).await;
+    let p = h.wait_enabled("web", BOOT).await;
+    let active = p.status.unwrap().active_member.unwrap();
+    let active_ip = h.member_pod("web", active).await.status.unwrap().pod_ip.unwrap();
+    let services: Api<Service> = Api::namespaced(h.client.clone(), &h.ns.name);
+    let selected = |s: &Service| s.spec.as_ref()?.selector.as_ref()?.get(hapair::api::LABEL_MEMBER).cloned();
+    for edit in [
+        json!({"spec": {"selector": {hapair::api::LABEL_MEMBER: active.peer().to_string()}}}),
+        json!({"spec": {"selector": {hapair::api::LABEL_MEMBER: null}}}),
+    ] {
+        let start = Instant::now();
+        services.patch("web", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+        loop {
+            let s = services.get("web").await.unwrap();
+            if selected(&s) == Some(active.to_string()) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "the selector was not put back: {:?}", s.spec);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("selector edited by hand ({edit}) put back after {:?}", start.elapsed());
+    }
+    // What the cluster routes, not only what the operator wrote: the VIP's
+    // EndpointSlices name the active member alone.
+    let slices: Api<EndpointSlice> = Api::namespaced(h.client.clone(), &h.ns.name);
+    let start = Instant::now();
+    loop {
+        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.unwrap();
+        let ready: Vec<String> = list
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .flat_map(|e| e.addresses.clone())
+            .collect();
+        if ready == [active_ip.clone()] {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the VIP routes to {ready:?}, not only {active_ip}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -360,9 +360,10 @@ async fn apply_lease_and_status(
         None => {}
     }
 
-    // The VIP follows the Lease in the very next write.
+    // The VIP follows the Lease in the very next write; a hand edit of its
+    // selector, type or ports is put back the same way.
     let vip = build::vip_service(pair, plan.vip);
-    if !obs.vip_exists || obs.vip_hash.as_deref() != applied_hash(&vip.metadata) {
+    if !obs.vip_shape.as_ref().is_some_and(|s| s.matches(&vip)) {
         services.patch(&name, &apply_params(), &Patch::Apply(&vip)).await?;
     }
     // The decision recorded the transition in the history; the time from
@@ -377,7 +378,7 @@ async fn apply_lease_and_status(
     let standby_name = build::standby_service_name(&name);
     if pair.spec.service.standby {
         let svc = build::standby_service(pair, plan.standby);
-        if !obs.standby_exists || ctx.service_hash(&ns, &standby_name).as_deref() != applied_hash(&svc.metadata) {
+        if !obs.standby_shape.as_ref().is_some_and(|s| s.matches(&svc)) {
             services.patch(&standby_name, &apply_params(), &Patch::Apply(&svc)).await?;
         }
     } else if obs.standby_exists {

@@ -13,7 +13,6 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
 
 use super::build::BuildContext;
-use super::observe;
 use super::stores::Stores;
 use crate::api::HighAvailabilityPair;
 use crate::metrics::OperatorMetrics;
@@ -48,9 +47,6 @@ impl Context {
     }
     pub fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
         self.services.get(&ObjectRef::new(name).within(ns))
-    }
-    pub fn service_hash(&self, ns: &str, name: &str) -> Option<String> {
-        self.service(ns, name).and_then(|s| observe::service_hash(&s))
     }
     pub fn pod_finished(&self, ns: &str, name: &str) -> bool {
         self.pod(ns, name)

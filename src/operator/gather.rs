@@ -11,7 +11,7 @@ use kube::ResourceExt;
 
 use super::context::Context;
 use super::model::{Usable, usable};
-use super::observe::{JobObs, LeaseObs, MemberObs, Observed, PodObs, selected_member, service_hash};
+use super::observe::{JobObs, LeaseObs, MemberObs, Observed, PodObs, ServiceShape, selected_member};
 use super::poller::{Endpoint, PollState};
 use crate::api::{HighAvailabilityPair, Member};
 
@@ -103,11 +103,12 @@ pub fn gather(ctx: &Context, pair: &HighAvailabilityPair, poll: &Mutex<PollState
     if let Some(vip) = ctx.service(&ns, &name).filter(|s| owned(&s.metadata)) {
         obs.vip_exists = true;
         obs.vip_member = selected_member(&vip);
-        obs.vip_hash = service_hash(&vip);
+        obs.vip_shape = Some(ServiceShape::of(&vip));
     }
     if let Some(sb) = ctx.service(&ns, &super::build::standby_service_name(&name)).filter(|s| owned(&s.metadata)) {
         obs.standby_exists = true;
         obs.standby_member = selected_member(&sb);
+        obs.standby_shape = Some(ServiceShape::of(&sb));
     }
     obs.resync_jobs =
         ctx.jobs.in_namespace(&ns).iter().filter(|j| owned(&j.metadata)).filter_map(|j| JobObs::of(j)).collect();

@@ -181,9 +181,11 @@ pub struct Observed {
     /// Member the VIP Service selects (`None`: nobody, or no Service).
     pub vip_member: Option<Member>,
     pub vip_exists: bool,
-    pub vip_hash: Option<String>,
+    /// What the VIP Service is, as far as routing goes.
+    pub vip_shape: Option<ServiceShape>,
     pub standby_member: Option<Member>,
     pub standby_exists: bool,
+    pub standby_shape: Option<ServiceShape>,
     /// How long this worker has watched the pair without a Lease.
     pub without_lease_for: Duration,
     /// How long the current failure of the active member has been seen.
@@ -215,6 +217,116 @@ pub fn selected_member(svc: &Service) -> Option<Member> {
     svc.spec.as_ref()?.selector.as_ref()?.get(LABEL_MEMBER)?.parse().ok()
 }
 
+/// What decides where a Service routes: its selector, type and ports, and
+/// the hash of what the operator last applied. A hand edit of any of these
+/// (a selector pointed at the standby, say) leaves the hash as it was, so
+/// the hash alone cannot tell that the object drifted.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServiceShape {
+    pub hash: Option<String>,
+    pub selector: std::collections::BTreeMap<String, String>,
+    pub type_: Option<String>,
+    pub ports: Vec<PortShape>,
+}
+
+/// A Service port as routing sees it: name, port, target port, protocol,
+/// node port.
+pub type PortShape = (Option<String>, i32, Option<String>, Option<String>, Option<i32>);
+
+impl ServiceShape {
+    pub fn of(svc: &Service) -> Self {
+        let spec = svc.spec.clone().unwrap_or_default();
+        ServiceShape {
+            hash: service_hash(svc),
+            selector: spec.selector.unwrap_or_default(),
+            type_: spec.type_,
+            ports: spec
+                .ports
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| {
+                    let target = p.target_port.map(|t| match t {
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i) => i.to_string(),
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s,
+                    });
+                    (p.name, p.port, target, p.protocol, p.node_port)
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether this Service routes as `desired` says: same applied hash,
+    /// selector, type and ports (a node port the API server picked counts as
+    /// matching one the spec leaves open).
+    pub fn matches(&self, desired: &Service) -> bool {
+        let want = ServiceShape::of(desired);
+        let ports_match = self.ports.len() == want.ports.len()
+            && self.ports.iter().zip(&want.ports).all(|(have, want)| {
+                (&have.0, have.1, &have.2, &have.3) == (&want.0, want.1, &want.2, &want.3)
+                    && (want.4.is_none() || have.4 == want.4)
+            });
+        self.hash == want.hash && self.selector == want.selector && self.type_ == want.type_ && ports_match
+    }
+}
+
 pub fn service_hash(svc: &Service) -> Option<String> {
     svc.metadata.annotations.as_ref()?.get(ANN_HASH).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(pair: &str, member: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": pair, "annotations": {"hapair.dev/applied-hash": "h1"}},
+            "spec": {"type": "ClusterIP", "selector": {"hapair.dev/pair": pair, "hapair.dev/member": member},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_service_drifts_when_its_selector_type_or_ports_are_edited_not_when_the_server_fills_defaults() {
+        let desired = vip("db", "primary");
+        let mut stored = desired.clone();
+        let spec = stored.spec.as_mut().unwrap();
+        spec.cluster_ip = Some("10.96.0.10".into());
+        spec.session_affinity = Some("None".into());
+        spec.ip_families = Some(vec!["IPv4".into()]);
+        assert!(ServiceShape::of(&stored).matches(&desired), "defaults the API server fills in are not drift");
+
+        let edited = |f: &dyn Fn(&mut Service)| {
+            let mut s = stored.clone();
+            f(&mut s);
+            ServiceShape::of(&s).matches(&desired)
+        };
+        assert!(
+            !edited(&|s| {
+                s.spec
+                    .as_mut()
+                    .unwrap()
+                    .selector
+                    .as_mut()
+                    .unwrap()
+                    .insert("hapair.dev/member".into(), "secondary".into());
+            }),
+            "the selector pointed at the standby by hand"
+        );
+        assert!(!edited(&|s| s.spec.as_mut().unwrap().type_ = Some("NodePort".into())), "the type");
+        assert!(
+            !edited(&|s| {
+                s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].target_port =
+                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9090));
+            }),
+            "a target port"
+        );
+        assert!(
+            !edited(&|s| {
+                s.metadata.annotations.as_mut().unwrap().insert("hapair.dev/applied-hash".into(), "h0".into());
+            }),
+            "an older applied spec"
+        );
+        assert!(!ServiceShape::of(&vip("db", "secondary")).matches(&desired), "the active moved");
+    }
 }
