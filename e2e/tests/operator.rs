@@ -170,3 +170,34 @@ async fn a_hand_edited_vip_selector_is_put_back_at_once_and_the_endpoints_follow
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_deleted_lease_comes_back_past_the_highest_epoch_for_the_member_that_served() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let h = Harness::new("lease-gone").await;
+    h.apply(&test_pair("web", 1, json!({}))).await;
+    let p = h.wait_enabled("web", BOOT).await;
+    let (active, epoch) = p.status.map(|s| (s.active_member.unwrap(), s.epoch)).unwrap();
+    let writer = h.writer("web").await;
+    writer.wait_epoch(epoch, Duration::from_secs(30)).await;
+    let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns.name);
+    leases.delete("web", &DeleteParams::default()).await.unwrap();
+    let p = h
+        .wait_for("web", "the Lease back past the highest epoch", Duration::from_secs(30), |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.epoch > epoch && s.history.first().is_some_and(|t| t.reason == "LeaseRecreated"))
+        })
+        .await;
+    let s = p.status.unwrap();
+    assert_eq!((s.epoch, s.active_member), (epoch + 1, Some(active)), "the member that served keeps serving");
+    let lease = leases.get("web").await.unwrap().spec.unwrap();
+    assert_eq!(lease.lease_transitions, Some(epoch as i32 + 1), "the fencing token did not go backwards");
+    assert!(lease.holder_identity.unwrap().starts_with(&format!("{active}/")));
+    writer.wait_epoch(epoch + 1, Duration::from_secs(30)).await;
+    let log = writer.stop().await;
+    let epochs: Vec<i64> = log.acknowledged.iter().map(|(_, e)| *e).collect();
+    assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "acknowledged epochs went backwards: {epochs:?}");
+    let members: std::collections::BTreeSet<&str> = log.answered_by.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(members.len(), 1, "only the member that served answered: {members:?}");
+}

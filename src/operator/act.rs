@@ -295,10 +295,10 @@ async fn apply_lease_and_status(
     let mut committed_at = None;
 
     match plan.lease.clone() {
-        Some(LeaseAction::Create { holder, pod_uid }) => {
-            match leases.create(&PostParams::default(), &build::lease(pair, holder, &pod_uid, 1)).await {
+        Some(LeaseAction::Create { holder, pod_uid, epoch }) => {
+            match leases.create(&PostParams::default(), &build::lease(pair, holder, &pod_uid, epoch)).await {
                 Ok(_) => {
-                    info!(pair = %name, %holder, "bootstrap: lease granted at epoch 1");
+                    info!(pair = %name, %holder, epoch, "lease created");
                     outcome.promoted = Some(holder);
                 }
                 Err(e) if is_conflict(&e) => {

@@ -6,7 +6,8 @@
 //! [`decide`] reads top to bottom as the precedence list; each rule lives in
 //! its own module and returns what it changes:
 //!
-//! 1. nobody has held the Lease yet: bootstrap (`failover::bootstrap`);
+//! 1. no Lease: bootstrap, or (deleted) recreated past the highest epoch
+//!    ever seen (`failover::without_lease`);
 //! 2. the heartbeat settings on the Lease follow the spec;
 //! 3. a user's request, `spec.operation` (`operations`);
 //! 4. otherwise automatic failback (`failback`);
@@ -40,9 +41,9 @@ pub fn decide(
     let interval = Duration::from_secs(spec.heartbeat.interval_seconds as u64);
     let mut d = Decision::new(current.cloned().unwrap_or_default(), interval);
     let Some(lease) = &obs.lease else {
-        // 1. Nobody has held the Lease yet.
+        // 1. No Lease: bootstrap, or the Lease back past the highest epoch.
         if !spec.paused {
-            match failover::bootstrap(spec, obs) {
+            match failover::without_lease(spec, &d.status, obs) {
                 Ok(create) => d.lease = Some(create),
                 Err(wait) => d.recheck = d.recheck.min(wait.unwrap_or(d.recheck)),
             }

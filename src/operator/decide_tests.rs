@@ -77,6 +77,17 @@ pub(super) fn enabled() -> Observed {
     }
 }
 
+/// Both members up before any Lease was ever granted: agents at epoch 0.
+pub(super) fn never_leased() -> Observed {
+    let mut obs = enabled();
+    obs.lease = None;
+    for m in Member::BOTH {
+        let a = obs.member_mut(m).agent.last.as_mut().unwrap();
+        (a.role, a.epoch) = (Role::Standby, 0);
+    }
+    obs
+}
+
 pub(super) fn clock() -> RoundInputs {
     RoundInputs { pair: "db".into(), now: Utc::now(), generation: Some(1) }
 }
@@ -107,10 +118,12 @@ fn a_healthy_pair_is_enabled_and_changes_nothing() {
 
 #[test]
 fn bootstrap_makes_the_primary_active_once_both_agents_answer() {
-    let mut obs = enabled();
-    obs.lease = None;
+    let obs = never_leased();
     let plan = decide(&spec(""), None, &obs, &clock());
-    assert_eq!(plan.lease, Some(LeaseAction::Create { holder: Member::Primary, pod_uid: "primary-uid".into() }));
+    assert_eq!(
+        plan.lease,
+        Some(LeaseAction::Create { holder: Member::Primary, pod_uid: "primary-uid".into(), epoch: 1 })
+    );
     assert_eq!(plan.vip, Some(Member::Primary));
     assert_eq!(plan.status.epoch, 1);
     assert_eq!(plan.status.history[0].type_, TransitionType::Bootstrap);
@@ -118,15 +131,17 @@ fn bootstrap_makes_the_primary_active_once_both_agents_answer() {
 
 #[test]
 fn bootstrap_with_one_member_waits_a_bounded_time_then_runs_alone() {
-    let mut obs = enabled();
-    obs.lease = None;
+    let mut obs = never_leased();
     obs.primary.pod = None;
     let plan = decide(&spec(""), None, &obs, &clock());
     assert_eq!(plan.lease, None, "waits for the second member first");
     assert_eq!(plan.status.mode, Some(Mode::Initializing));
     obs.without_lease_for = bootstrap_alone_after(&spec(""));
     let plan = decide(&spec(""), None, &obs, &clock());
-    assert_eq!(plan.lease, Some(LeaseAction::Create { holder: Member::Secondary, pod_uid: "secondary-uid".into() }));
+    assert_eq!(
+        plan.lease,
+        Some(LeaseAction::Create { holder: Member::Secondary, pod_uid: "secondary-uid".into(), epoch: 1 })
+    );
     assert_eq!(plan.status.mode, Some(Mode::Alone));
 }
 
@@ -235,8 +250,7 @@ fn paused_pairs_observe_and_report_but_never_act() {
     assert_eq!(plan.lease, None);
     assert_eq!(plan.status.mode, Some(Mode::Paused));
     assert_eq!(condition(&plan, "Paused").0, ConditionStatus::True);
-    let mut fresh = enabled();
-    fresh.lease = None;
+    let fresh = never_leased();
     assert_eq!(decide(&spec("paused: true"), None, &fresh, &clock()).lease, None, "no bootstrap either");
 }
 
@@ -544,4 +558,49 @@ fn max_sync_lag_holds_back_an_automatic_failover_to_a_standby_too_far_behind() {
     assert!(!transition.data_loss_possible, "a standby that had everything loses nothing");
     // Without file sync the limit has nothing to measure and does not apply.
     assert!(takeover(&decide(&spec("failover: {maxSyncLagSeconds: 30}"), None, &lagging(45.0), &clock())).is_some());
+}
+
+#[test]
+fn a_deleted_lease_comes_back_past_the_highest_epoch_for_the_member_that_served() {
+    let s = spec("");
+    // Epoch 3, secondary active; then the Lease is deleted.
+    let mut obs = enabled();
+    obs.lease = None;
+    for (m, role) in [(Member::Primary, Role::Standby), (Member::Secondary, Role::Active)] {
+        let a = obs.member_mut(m).agent.last.as_mut().unwrap();
+        (a.role, a.epoch) = (role, 3);
+    }
+    let current = HighAvailabilityPairStatus { epoch: 3, active_member: Some(Member::Secondary), ..Default::default() };
+    let plan = decide(&s, Some(&current), &obs, &clock());
+    assert_eq!(
+        plan.lease,
+        Some(LeaseAction::Create { holder: Member::Secondary, pod_uid: "secondary-uid".into(), epoch: 4 }),
+        "not a bootstrap at epoch 1 for the primary"
+    );
+    let t = &plan.status.history[0];
+    assert_eq!((t.epoch, t.reason.as_str(), t.to), (4, "LeaseRecreated", Some(Member::Secondary)));
+    assert_eq!(plan.status.epoch, 4);
+
+    // The status was lost too (a restore): the members' reports still count.
+    let a = obs.secondary.agent.last.as_mut().unwrap();
+    a.epoch = 7;
+    let plan = decide(&s, None, &obs, &clock());
+    assert!(
+        matches!(plan.lease, Some(LeaseAction::Create { holder: Member::Secondary, epoch: 8, .. })),
+        "{:?}",
+        plan.lease
+    );
+
+    // The one that served cannot serve now: the other member, still past it.
+    obs.secondary.agent.last.as_mut().unwrap().app_healthy = Some(false);
+    let plan = decide(&s, Some(&current), &obs, &clock());
+    assert!(
+        matches!(plan.lease, Some(LeaseAction::Create { holder: Member::Primary, epoch: 8, .. })),
+        "{:?}",
+        plan.lease
+    );
+
+    // Nobody can serve: wait, never a Lease for a member that cannot act on it.
+    obs.primary.agent.missed = 5;
+    assert_eq!(decide(&s, Some(&current), &obs, &clock()).lease, None);
 }

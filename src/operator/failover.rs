@@ -15,7 +15,9 @@ use chrono::{DateTime, Utc};
 
 use super::model::{LeaseAction, can_take_over, standby_lag, syncs_files, words};
 use super::observe::{LeaseObs, Observed};
-use crate::api::{FailoverMode, HighAvailabilityPairSpec, Member, Transition, TransitionType};
+use crate::api::{
+    FailoverMode, HighAvailabilityPairSpec, HighAvailabilityPairStatus, Member, Transition, TransitionType,
+};
 
 words! {
     /// Why the Lease holder counts as failed (the transition's reason).
@@ -239,6 +241,45 @@ fn gate(
     None
 }
 
+/// The highest epoch the pair has ever been seen at: in its status and
+/// history, and in what either member last reported. 0 for a pair that
+/// never had a Lease.
+pub fn highest_epoch(status: &HighAvailabilityPairStatus, obs: &Observed) -> i64 {
+    let reported = Member::BOTH.iter().filter_map(|m| obs.member(*m).agent.last.as_ref().map(|a| a.epoch));
+    let recorded = status.history.iter().map(|t| t.epoch).chain([status.epoch]);
+    reported.chain(recorded).max().unwrap_or(0).max(0)
+}
+
+/// There is no Lease. A pair that never had one bootstraps; one whose Lease
+/// was deleted (by hand, by a restore, by a namespace cleanup) gets it back
+/// past the highest epoch ever seen — a fencing token never goes backwards —
+/// for the member the evidence says was serving. Otherwise, when to look
+/// again.
+pub fn without_lease(
+    spec: &HighAvailabilityPairSpec,
+    status: &HighAvailabilityPairStatus,
+    obs: &Observed,
+) -> Result<LeaseAction, Option<Duration>> {
+    let highest = highest_epoch(status, obs);
+    if highest == 0 {
+        return bootstrap(spec, obs);
+    }
+    let missed = spec.heartbeat.missed_threshold as u32;
+    let serves = |m: Member| can_take_over(obs.member(m), missed);
+    // The member that reported serving at the highest epoch, else the one
+    // the status named active, else whoever can serve (primary first).
+    let reported_active = Member::BOTH.into_iter().find(|m| {
+        obs.member(*m).agent.last.as_ref().is_some_and(|a| a.epoch == highest && a.role == crate::api::Role::Active)
+    });
+    let holder = [reported_active, status.active_member, Some(Member::Primary), Some(Member::Secondary)]
+        .into_iter()
+        .flatten()
+        .find(|m| serves(*m))
+        .ok_or(None)?;
+    let pod_uid = obs.member(holder).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
+    Ok(LeaseAction::Create { holder, pod_uid, epoch: highest + 1 })
+}
+
 /// Nobody has held the Lease yet: the primary once both members can serve,
 /// or the only one that can after [`bootstrap_alone_after`]. Otherwise,
 /// when to look again.
@@ -252,7 +293,7 @@ pub fn bootstrap(spec: &HighAvailabilityPairSpec, obs: &Observed) -> Result<Leas
         _ => return Err(None),
     };
     let pod_uid = obs.member(holder).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
-    Ok(LeaseAction::Create { holder, pod_uid })
+    Ok(LeaseAction::Create { holder, pod_uid, epoch: 1 })
 }
 
 #[cfg(test)]

@@ -59,8 +59,10 @@ pub(crate) use words;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum LeaseAction {
-    /// First grant (bootstrap) at epoch 1.
-    Create { holder: Member, pod_uid: String },
+    /// Create the Lease for `holder` at `epoch`: 1 at bootstrap; past the
+    /// highest epoch ever seen when the Lease was deleted (epochs never go
+    /// backwards).
+    Create { holder: Member, pod_uid: String, epoch: i64 },
     /// Compare-and-swap to a new holder at `epoch` (current + 1).
     Takeover { to: Member, pod_uid: String, expected_rv: String, epoch: i64, transition: Transition },
     /// Heartbeat settings on the Lease differ from the spec.

@@ -125,7 +125,7 @@ pub fn compute(
     };
     let epoch = match &plan.lease {
         Some(LeaseAction::Takeover { epoch, .. }) => *epoch,
-        Some(LeaseAction::Create { .. }) => 1,
+        Some(LeaseAction::Create { epoch, .. }) => *epoch,
         _ => obs.lease.as_ref().map_or(0, |l| l.epoch),
     };
     if s.mode != Some(mode) {
@@ -192,15 +192,25 @@ pub fn compute(
             ),
         });
     }
-    if let Some(LeaseAction::Create { holder, .. }) = &plan.lease {
+    if let Some(LeaseAction::Create { holder, epoch, .. }) = &plan.lease {
+        let (reason, message) = if *epoch > 1 {
+            let m = format!(
+                "the Lease was gone: recreated for {holder} at epoch {epoch}, past the highest epoch seen ({})",
+                epoch - 1
+            );
+            ("LeaseRecreated", m)
+        } else if standby_ok || usable(holder.peer()) == Usable::Yes {
+            ("BothMembersUp", format!("{holder} becomes active at epoch 1"))
+        } else {
+            ("OnlyMemberUp", format!("{holder} becomes active at epoch 1"))
+        };
         let t = crate::api::Transition {
             type_: crate::api::TransitionType::Bootstrap,
             from: None,
             to: Some(*holder),
-            epoch: 1,
-            reason: if standby_ok || usable(holder.peer()) == Usable::Yes { "BothMembersUp" } else { "OnlyMemberUp" }
-                .into(),
-            message: Some(format!("{holder} becomes active at epoch 1")),
+            epoch: *epoch,
+            reason: reason.into(),
+            message: Some(message),
             time: now,
             detection_millis: None,
             lease_to_selector_millis: None,
@@ -208,8 +218,8 @@ pub fn compute(
             operation_id: None,
         };
         plan.events.push(Notice {
-            warning: false,
-            reason: "Bootstrap".into(),
+            warning: *epoch > 1,
+            reason: if *epoch > 1 { "LeaseRecreated" } else { "Bootstrap" }.into(),
             note: t.message.clone().unwrap_or_default(),
         });
         push_history(s, t);
