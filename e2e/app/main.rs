@@ -7,6 +7,9 @@
 //! - `GET /read?key=K`: the stored value, 404 when unknown.
 //! - `GET /healthz`: 200.
 //! - `GET /role`: the role and epoch it sees.
+//! - `GET /api-credential`: the Kubernetes token this container could use
+//!   (the in-cluster path), 404 when it has none: what an application, or
+//!   anyone who compromises it, could act on the cluster with.
 //!
 //! Every answer carries `x-hapair-member`: the pod's hostname, which the
 //! operator sets to the member's name, so a client through the VIP knows who
@@ -75,6 +78,10 @@ fn handle(app: &App, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes
             app.store.lock().unwrap().insert(k, v);
             reply(StatusCode::OK, format!("epoch={epoch}"))
         }
+        "/api-credential" => match std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/token") {
+            Ok(token) => reply(StatusCode::OK, token),
+            Err(_) => reply(StatusCode::NOT_FOUND, "none".into()),
+        },
         "/read" => match query(&req, "key").and_then(|k| app.store.lock().unwrap().get(&k).cloned()) {
             Some(v) => reply(StatusCode::OK, v),
             None => reply(StatusCode::NOT_FOUND, String::new()),

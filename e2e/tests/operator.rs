@@ -201,3 +201,97 @@ async fn a_deleted_lease_comes_back_past_the_highest_epoch_for_the_member_that_s
     let members: std::collections::BTreeSet<&str> = log.answered_by.iter().map(|(_, m)| m.as_str()).collect();
     assert_eq!(members.len(), 1, "only the member that served answered: {members:?}");
 }
+
+/// Plain HTTP GET from the test process (the host reaches pod IPs).
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("the pod answers");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: app\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_string())
+}
+
+#[tokio::test]
+async fn application_containers_hold_no_credential_that_can_touch_the_lease() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let h = Harness::new("privilege").await;
+    h.apply(&test_pair("web", 1, json!({}))).await;
+    // Enabled: the agents read and renew the Lease with their credential.
+    h.wait_enabled("web", BOOT).await;
+    for member in hapair::api::Member::BOTH {
+        let pod = h.member_pod("web", member).await;
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
+        let (code, token) = http_get(&format!("{ip}:8080"), "/api-credential").await;
+        if code == 200 {
+            // Show what such a credential allows before failing.
+            let mut config = kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(common::kubeconfig_path()).unwrap(),
+                &Default::default(),
+            )
+            .await
+            .unwrap();
+            config.auth_info =
+                kube::config::AuthInfo { token: Some(token.trim().to_string().into()), ..Default::default() };
+            let as_app: Api<Lease> = Api::namespaced(kube::Client::try_from(config).unwrap(), &h.ns.name);
+            let forged = json!({"spec": {"holderIdentity": "forged"}});
+            let r = as_app.patch("web", &PatchParams::default(), &Patch::Merge(&forged)).await;
+            panic!("{member}'s application container holds an API token; patching the Lease with it: {r:?}");
+        }
+        assert_eq!(code, 404, "{member}: the app answers");
+        let spec = pod.spec.unwrap();
+        let mounts = |name: &str| {
+            spec.containers.iter().find(|c| c.name == name).unwrap().volume_mounts.clone().unwrap_or_default()
+        };
+        let credential = "/var/run/secrets/kubernetes.io/serviceaccount";
+        assert!(!mounts("app").iter().any(|m| m.mount_path == credential), "{member}: the app has no token mount");
+        assert!(mounts(hapair::api::AGENT_CONTAINER).iter().any(|m| m.mount_path == credential), "the agent has one");
+    }
+}
+
+#[tokio::test]
+async fn the_member_a_forced_failover_leaves_stops_acting_as_active_at_once_not_at_its_next_renewal() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let h = Harness::new("told").await;
+    // A long interval: without being told, the old active would go on
+    // reading `active` for up to 10 s after the Lease moved.
+    h.apply(&test_pair("web", 10, json!({}))).await;
+    h.wait_enabled("web", BOOT).await;
+    let tls = h.pair_tls("web").await;
+    let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns.name);
+    for round in 0..2 {
+        let p = h.wait_enabled("web", BOOT).await;
+        let (old, epoch) = p.status.map(|s| (s.active_member.unwrap(), s.epoch)).unwrap();
+        let target = h.agent_target("web", old, tls.clone()).await;
+        let op = json!({"operation": {"id": format!("forced-{round}"), "failover": {"force": true}}});
+        h.merge_spec("web", op).await;
+        // The moment the Lease moved, as the API server shows it.
+        let start = Instant::now();
+        let moved = loop {
+            let l = leases.get("web").await.unwrap().spec.unwrap();
+            if l.lease_transitions.unwrap_or(0) as i64 > epoch {
+                break Instant::now();
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "the forced failover did not move the Lease");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let stood_down = loop {
+            let s: hapair::proto::AgentStatus =
+                hapair::http::get_json(&target, "/v1/status", Duration::from_secs(1)).await.unwrap();
+            if s.role != hapair::api::Role::Active {
+                break moved.elapsed();
+            }
+            assert!(moved.elapsed() < Duration::from_secs(15), "{old} still says active");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        eprintln!("round {round}: {old} stood down {stood_down:?} after the Lease moved");
+        assert!(stood_down < Duration::from_millis(1500), "{old} was told only after {stood_down:?}");
+        let id = format!("forced-{round}");
+        h.wait_for("web", "the request to finish", Duration::from_secs(60), |p| {
+            p.status.as_ref().is_some_and(|s| s.operations.iter().any(|o| o.id == id && o.phase.is_terminal()))
+        })
+        .await;
+    }
+}

@@ -117,9 +117,12 @@ impl State {
     /// Records a successful renewal made with `used` (interval, missed) and
     /// adopts the settings the Lease carries for the next one. Returns
     /// whether they differ, so the caller renews again at once and publishes
-    /// them.
-    fn record_renewal(&mut self, used: (i32, i32), view: &lease::LeaseView) -> bool {
-        self.last_renew = Some(Instant::now());
+    /// them. The renewal counts from when it was `sent`: the API server may
+    /// have written it at any moment after that, and the operator counts the
+    /// lease from its own observation of the write, so stamping the answer's
+    /// arrival would let a slow answer eat the fence margin.
+    fn record_renewal(&mut self, used: (i32, i32), view: &lease::LeaseView, sent: Instant) -> bool {
+        self.last_renew = Some(sent);
         self.published = used;
         if let Some(i) = view.interval_seconds {
             self.interval_seconds = i;
@@ -322,6 +325,7 @@ async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
         };
         let wait = Duration::from_secs(used.0 as u64);
         let duration = used.0 * used.1;
+        let sent = Instant::now();
         let answer = match renewal::step(&tick) {
             renewal::Step::Renew { epoch } => {
                 match tokio::time::timeout(wait, lease::renew(&api, &name, &agent.identity, epoch, duration)).await {
@@ -340,7 +344,7 @@ async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
             },
         };
         let verdict = renewal::verdict(&tick, &agent.identity, &answer);
-        apply_verdict(&agent, &api, &name, tick.epoch, verdict, used).await;
+        apply_verdict(&agent, &api, &name, tick.epoch, verdict, used, sent).await;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = agent.wake.notified() => {}
@@ -348,7 +352,8 @@ async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
     }
 }
 
-/// Makes a verdict of the lease loop true; `epoch` is the tick's.
+/// Makes a verdict of the lease loop true; `epoch` is the tick's, `sent`
+/// when its request left.
 async fn apply_verdict(
     agent: &Agent,
     api: &Api<Lease>,
@@ -356,12 +361,13 @@ async fn apply_verdict(
     epoch: i64,
     verdict: renewal::Verdict,
     used: (i32, i32),
+    sent: Instant,
 ) {
     use renewal::Verdict;
     match verdict {
-        Verdict::Keep(view) => renewed(agent, used, view),
+        Verdict::Keep(view) => renewed(agent, used, view, sent),
         Verdict::ServeAgain(view) => {
-            renewed(agent, used, view);
+            renewed(agent, used, view, sent);
             warn!(epoch, "handover did not happen: serving again");
             let mut s = agent.lock();
             s.draining_since = None;
@@ -396,8 +402,8 @@ async fn apply_verdict(
     }
 }
 
-fn renewed(agent: &Agent, used: (i32, i32), view: lease::LeaseView) {
-    if agent.lock().record_renewal(used, &view) {
+fn renewed(agent: &Agent, used: (i32, i32), view: lease::LeaseView, sent: Instant) {
+    if agent.lock().record_renewal(used, &view, sent) {
         // New heartbeat settings: publish their lease duration right away.
         agent.wake.notify_one();
     }
@@ -416,10 +422,11 @@ async fn claim(agent: &Agent, api: &Api<Lease>, name: &str, epoch: i64, used: (i
     if let Some(syncer) = &agent.syncer {
         syncer.stop_pulling().await;
     }
+    let sent = Instant::now();
     match lease::renew(api, name, &agent.identity, epoch, used.0 * used.1).await {
         Ok(view) => {
             let epoch = view.epoch;
-            renewed(agent, used, view);
+            renewed(agent, used, view, sent);
             let mut s = agent.lock();
             s.released = None;
             agent.set_role(&mut s, Role::Active, epoch);
@@ -557,19 +564,30 @@ mod tests {
     fn a_longer_interval_read_from_the_lease_does_not_move_the_fence_until_it_is_published() {
         let mut s = state();
         // Renewed with 1 s x 3 (lease 3 s); the Lease now asks for 10 s x 3.
-        assert!(s.record_renewal((1, 3), &view(10, 3)), "the new settings must be published at once");
+        assert!(s.record_renewal((1, 3), &view(10, 3), Instant::now()), "the new settings must be published at once");
         assert_eq!(s.fence_after(), Duration::from_secs(2), "still fences inside the 3 s lease the operator counts");
         assert_eq!((s.interval_seconds, s.missed_threshold), (10, 3));
         // The next renewal writes the 30 s lease; only then does the deadline grow.
-        assert!(!s.record_renewal((10, 3), &view(10, 3)));
+        assert!(!s.record_renewal((10, 3), &view(10, 3), Instant::now()));
         assert_eq!(s.fence_after(), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_renewal_counts_from_when_it_was_sent_not_from_when_its_answer_came() {
+        let mut s = state();
+        // 1 s x 3: fence 2 s after the renewal. The answer took 1.5 s.
+        let sent = Instant::now() - Duration::from_millis(1500);
+        s.record_renewal((1, 3), &view(1, 3), sent);
+        assert_eq!(s.last_renew, Some(sent));
+        let left = s.fence_after().saturating_sub(s.last_renew.unwrap().elapsed());
+        assert!(left <= Duration::from_millis(500), "only the rest of the margin is left: {left:?}");
     }
 
     #[test]
     fn the_fence_always_comes_an_interval_before_the_published_lease_ends() {
         for (i, m) in [(1, 2), (1, 3), (5, 3), (600, 30)] {
             let mut s = state();
-            s.record_renewal((i, m), &view(i, m));
+            s.record_renewal((i, m), &view(i, m), Instant::now());
             assert_eq!(s.fence_after() + Duration::from_secs(i as u64), Duration::from_secs((i * m) as u64));
         }
     }

@@ -211,7 +211,10 @@ pub async fn apply(
     let mut outcome = apply_lease_and_status(ctx, pair, obs, decision, current, failure_started).await?;
     outcome.answers = answers;
     if let Some(m) = outcome.promoted {
-        wake_agent(pair, obs, m, client_tls);
+        wake_agent(pair, obs, m, client_tls.clone());
+        // The member the Lease left is told at once, not at its next
+        // renewal: woken, it renews, fails the epoch test and stands down.
+        wake_agent(pair, obs, m.peer(), client_tls);
     }
     Ok(outcome)
 }

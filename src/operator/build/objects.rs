@@ -130,6 +130,7 @@ pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContex
         }),
         ..Default::default()
     });
+    volumes.push(api_credential_volume());
     if spec.storage.is_some() {
         volumes.push(Volume {
             name: "hapair-data".into(),
@@ -174,6 +175,12 @@ pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContex
     let mut agent_mounts = vec![
         VolumeMount { name: "hapair-run".into(), mount_path: RUN_DIR.into(), ..Default::default() },
         VolumeMount {
+            name: API_CREDENTIAL_VOLUME.into(),
+            mount_path: SERVICE_ACCOUNT_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
             name: "hapair-tls".into(),
             mount_path: TLS_DIR.into(),
             read_only: Some(true),
@@ -208,7 +215,11 @@ pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContex
         ..Default::default()
     });
     pod_spec.service_account_name = Some(service_account_name(pair));
-    pod_spec.automount_service_account_token = Some(true);
+    // The pod's service account may patch the pair's Lease: its token goes
+    // to the agent container alone (the projected volume above), never to
+    // the application's containers, which could otherwise forge the holder
+    // or the epoch.
+    pod_spec.automount_service_account_token = Some(false);
     pod_spec.hostname.get_or_insert_with(|| member.to_string());
     super::placement::spread_members(&mut pod_spec, &name);
 
@@ -238,6 +249,63 @@ pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContex
     };
     pod.metadata.annotations.get_or_insert_with(Default::default).insert(ANN_HASH.into(), hash);
     pod
+}
+
+/// Where Kubernetes clients look for in-cluster credentials.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The volume holding the agent's API credential.
+pub const API_CREDENTIAL_VOLUME: &str = "hapair-api-credential";
+
+/// What the kubelet would mount into every container with automounting on
+/// (a bound, rotated token, the cluster's CA, the namespace), as a volume
+/// mounted into the agent container only.
+fn api_credential_volume() -> Volume {
+    use k8s_openapi::api::core::v1::{
+        ConfigMapProjection, DownwardAPIProjection, DownwardAPIVolumeFile, ObjectFieldSelector, ProjectedVolumeSource,
+        ServiceAccountTokenProjection, VolumeProjection,
+    };
+    Volume {
+        name: API_CREDENTIAL_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(TLS_FILE_MODE),
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        expiration_seconds: Some(3607),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".into(),
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: "metadata.namespace".into(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]),
+                    }),
+                    ..Default::default()
+                },
+            ]),
+        }),
+        ..Default::default()
+    }
 }
 
 fn service(pair: &HighAvailabilityPair, name: String, member: Option<Member>) -> Service {
@@ -396,6 +464,14 @@ mod tests {
         assert_eq!(env["HAPAIR_AGENT_PORT"].as_deref(), Some("7443"));
         assert_eq!(agent.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
         assert_eq!(spec.service_account_name.as_deref(), Some("db-hapair"));
+        // The account may patch the Lease: only the agent holds its token.
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        let has_credential =
+            |c: &Container| c.volume_mounts.iter().flatten().any(|m| m.mount_path == SERVICE_ACCOUNT_DIR);
+        assert!(!has_credential(app) && has_credential(agent));
+        let volume = spec.volumes.iter().flatten().find(|v| v.name == API_CREDENTIAL_VOLUME).unwrap();
+        let sources = volume.projected.as_ref().unwrap().sources.as_ref().unwrap();
+        assert!(sources.iter().any(|s| s.service_account_token.as_ref().is_some_and(|t| t.path == "token")));
         assert_eq!(spec.topology_spread_constraints.map(|c| c.len()), Some(1), "members spread over nodes");
         assert_eq!(pod.metadata.owner_references.unwrap()[0].name, "db");
     }
