@@ -167,7 +167,7 @@ fn take_step(
     round: &RoundInputs,
 ) {
     match step {
-        Step::Takeover { to, type_, force, id, reason } => {
+        Step::Takeover { to, type_, force, lossy, id, reason } => {
             let message = if force {
                 format!("forced {type_:?} to {to}: the standby's state was not checked, data may be missing")
             } else {
@@ -183,7 +183,7 @@ fn take_step(
                 time: round.now,
                 detection_millis: None,
                 lease_to_selector_millis: None,
-                data_loss_possible: force,
+                data_loss_possible: force || lossy,
                 operation_id: Some(id).filter(|i| !i.is_empty()),
             };
             commit(d, obs, lease, to, transition);

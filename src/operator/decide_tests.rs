@@ -604,3 +604,32 @@ fn a_deleted_lease_comes_back_past_the_highest_epoch_for_the_member_that_served(
     obs.primary.agent.missed = 5;
     assert_eq!(decide(&s, Some(&current), &obs, &clock()).lease, None);
 }
+
+#[test]
+fn a_failover_request_honours_max_sync_lag_unless_forced_and_says_when_data_may_be_missing() {
+    let files =
+        "storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}\nfailover: {maxSyncLagSeconds: 30}";
+    let lagging = |lag: f64| {
+        let mut obs = enabled();
+        let a = obs.primary.agent.last.as_mut().unwrap();
+        a.sync = Some(crate::proto::SyncStatus { peer_lag_seconds: Some(lag), ..Default::default() });
+        obs
+    };
+    let request = |force: bool| with_op(files, &format!("{{id: fo-1, failover: {{force: {force}}}}}"));
+    let plan = decide(&request(false), None, &lagging(45.0), &clock());
+    assert_eq!(plan.lease, None, "45 s behind, limit 30 s");
+    let op = op_status(&plan);
+    assert_eq!((op.phase, op.reason.as_deref()), (OperationPhase::Refused, Some("SyncLagTooHigh")));
+    assert!(op.message.as_deref().unwrap().contains("forced failover"), "{:?}", op.message);
+    let data_loss = |plan: &Decision| match &plan.lease {
+        Some(LeaseAction::Takeover { transition, .. }) => transition.data_loss_possible,
+        other => panic!("no takeover: {other:?}"),
+    };
+    assert!(data_loss(&decide(&request(true), None, &lagging(45.0), &clock())), "forced: taken, and said");
+    assert!(data_loss(&decide(&request(false), None, &lagging(12.0), &clock())), "12 s behind: may be missing");
+    assert!(!data_loss(&decide(&request(false), None, &lagging(0.0), &clock())), "had everything");
+    let mut unknown = lagging(0.0);
+    unknown.primary.agent.last.as_mut().unwrap().sync = None;
+    assert!(data_loss(&decide(&request(false), None, &unknown, &clock())), "lag unknown: may be missing");
+    assert!(!data_loss(&decide(&with_op("", "{id: fo-1, failover: {}}"), None, &enabled(), &clock())), "no file sync");
+}

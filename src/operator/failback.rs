@@ -32,6 +32,7 @@ pub fn step(
         to: Member::Primary,
         type_: TransitionType::Failback,
         force: false,
+        lossy: false,
         id: String::new(),
         reason: "AutomaticFailback".into(),
     };

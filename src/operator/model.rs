@@ -252,8 +252,9 @@ pub enum Step {
     Idle,
     /// Ask the active member to drain at its epoch.
     Drain { member: Member, epoch: i64 },
-    /// Move the Lease to `to`.
-    Takeover { to: Member, type_: TransitionType, force: bool, id: String, reason: String },
+    /// Move the Lease to `to`. `lossy`: writes the standby never pulled may
+    /// be lost (recorded as `dataLossPossible`).
+    Takeover { to: Member, type_: TransitionType, force: bool, lossy: bool, id: String, reason: String },
     /// The active member has drained; the standby must pull its final
     /// files before the Lease moves.
     SyncWait { member: Member },

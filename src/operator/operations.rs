@@ -24,7 +24,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::model::{ResyncLabel, Step, can_take_over, handover, handover_timeout, resync_order, syncs_files, words};
+use super::model::{
+    ResyncLabel, Step, can_take_over, handover, handover_timeout, resync_order, standby_lag, syncs_files, words,
+};
 use super::observe::Observed;
 use super::split_brain;
 use crate::api::{
@@ -43,6 +45,7 @@ words! {
         NotInitialized,
         TargetUnreachable,
         StandbyNotHealthy,
+        SyncLagTooHigh,
         NoFileSync,
         StandbyUnreachable,
         NoSplitBrain,
@@ -210,6 +213,16 @@ fn advance(
                         )
                     })
                 }
+                (Ok(_), OperationKind::Failover) if lag_over_limit(spec, obs, holder).is_some() => {
+                    let (lag, max) = lag_over_limit(spec, obs, holder).unwrap_or_default();
+                    refuse(
+                        OperationReason::SyncLagTooHigh,
+                        format!(
+                            "the standby's files were {lag:.0}s behind at the last answer, over \
+                             failover.maxSyncLagSeconds ({max}s); request a forced failover to proceed"
+                        ),
+                    )
+                }
                 (Ok(t), _) if !can_take_over(obs.member(*t), missed) => refuse(
                     OperationReason::StandbyNotHealthy,
                     format!("{t} cannot take over now (not running, silent, failing its health check or fenced)"),
@@ -282,7 +295,11 @@ fn advance(
     };
     let reason = req.reason.clone().unwrap_or_else(|| format!("{kind:?}Requested"));
     if kind == OperationKind::Failover {
-        return Step::Takeover { to, type_, force, id: req.id.clone(), reason };
+        // The Lease moves at once, without a drain: what the standby had not
+        // pulled yet may be lost, forced or not.
+        let behind = holder.and_then(|h| standby_lag(obs, h)).is_none_or(|lag| lag > 0.0);
+        let lossy = force || (syncs_files(spec) && behind);
+        return Step::Takeover { to, type_, force, lossy, id: req.id.clone(), reason };
     }
     let started = op.start_time.unwrap_or(now);
     if (now - started).to_std().unwrap_or_default() > handover_timeout(spec) {
@@ -296,8 +313,16 @@ fn advance(
     }
     // Planned handover: the active drains first, so the old and the new
     // active never take writes at the same time.
-    let takeover = Step::Takeover { to, type_, force: false, id: req.id.clone(), reason };
+    let takeover = Step::Takeover { to, type_, force: false, lossy: false, id: req.id.clone(), reason };
     handover(obs, to, epoch, holder, syncs_files(spec), takeover)
+}
+
+/// How far the standby lags the active member `holder` when that is over
+/// `failover.maxSyncLagSeconds`: (lag, limit).
+fn lag_over_limit(spec: &HighAvailabilityPairSpec, obs: &Observed, holder: Option<Member>) -> Option<(f64, i32)> {
+    let max = spec.failover.max_sync_lag_seconds?;
+    let lag = standby_lag(obs, holder?)?;
+    (syncs_files(spec) && lag > f64::from(max)).then_some((lag, max))
 }
 
 /// A resync request: the standby (at the time of the request) is
@@ -487,14 +512,15 @@ fn resolve(
                 to: keep,
                 type_: TransitionType::SplitBrainResolved,
                 force: false,
+                lossy: false,
                 id: req.id.clone(),
                 reason: "SplitBrainResolved".into(),
             };
             handover(obs, keep, epoch, holder, false, takeover)
         }
         _ => match split_brain::step(spec, obs, None, holder, epoch, Some(keep)).step {
-            Step::Takeover { to, type_, force, reason, .. } => {
-                Step::Takeover { to, type_, force, id: req.id.clone(), reason }
+            Step::Takeover { to, type_, force, lossy, reason, .. } => {
+                Step::Takeover { to, type_, force, lossy, id: req.id.clone(), reason }
             }
             Step::Idle => Step::Wait,
             s => s,

@@ -91,6 +91,7 @@ pub fn step(
                 to,
                 type_: TransitionType::SplitBrainResolved,
                 force: false,
+                lossy: false,
                 id: String::new(),
                 reason: "SplitBrainRepair".into(),
             };
