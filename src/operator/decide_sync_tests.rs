@@ -465,3 +465,24 @@ fn isolate_secondary_with_the_secondary_active_hands_over_then_isolates_it() {
     assert_eq!(plan.status.isolated_member, Some(Member::Secondary), "and is isolated once it no longer holds");
     assert_eq!(condition(&plan, "SplitBrain").1, "SecondaryIsolated");
 }
+
+#[test]
+fn the_standby_outage_clock_survives_an_operator_restart_and_a_standby_without_an_address() {
+    let s = files("standbyOutage: {maxDurationSeconds: 100}");
+    // The standby's pod lost its address: the poller cannot even ask, so
+    // nothing is "missed"; a fresh worker has heard nothing either.
+    let mut away = enabled();
+    away.secondary.pod.as_mut().unwrap().ip = None;
+    away.secondary.agent = Default::default();
+    let first = decide(&s, None, &away, &clock());
+    let seen = first.status.members.iter().find(|m| m.name == Member::Secondary).unwrap().last_seen_time;
+    assert!(seen.is_some(), "the status records when the standby was last seen");
+    assert_eq!(condition(&first, "StandbyOutage"), (ConditionStatus::False, "WithinLimits".into()));
+    // 120 s later, from the status alone (as after an operator restart).
+    let later = RoundInputs { now: Utc::now() + chrono::Duration::seconds(120), ..clock() };
+    let plan = decide(&s, Some(&first.status), &away, &later);
+    assert_eq!(condition(&plan, "StandbyOutage"), (ConditionStatus::True, "LimitExceeded".into()));
+    // Back and answering: the record is cleared and the clock stops.
+    let back = decide(&s, Some(&plan.status), &enabled(), &later);
+    assert_eq!(back.status.members.iter().find(|m| m.name == Member::Secondary).unwrap().last_seen_time, None);
+}

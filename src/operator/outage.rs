@@ -4,7 +4,11 @@
 
 use super::model::{Reason, ResyncLabel, resync_order, syncs_files};
 use super::observe::{JobPhase, Observed};
-use crate::api::{Condition, HighAvailabilityPairSpec, Member};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::api::{Condition, HighAvailabilityPairSpec, HighAvailabilityPairStatus, Member};
 use crate::proto::ResyncOrder;
 
 /// How much of its outage budget (`spec.standbyOutage`) the standby has
@@ -29,6 +33,19 @@ impl Outage {
     }
 }
 
+/// How long the status says the standby has been away: since its
+/// `lastSeenTime` (set when its agent stopped answering, kept in the status
+/// across operator restarts); `None` while it answers.
+pub fn recorded_away(
+    status: &HighAvailabilityPairStatus,
+    active: Option<Member>,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    let standby = active?.peer();
+    let since = status.members.iter().find(|m| m.name == standby)?.last_seen_time?;
+    Some((now - since).to_std().unwrap_or_default())
+}
+
 /// The threshold a `StandbyOutage` reason stands for (0 for the others).
 pub fn outage_rank(reason: &str) -> u8 {
     match reason.parse() {
@@ -39,17 +56,28 @@ pub fn outage_rank(reason: &str) -> u8 {
     }
 }
 
-pub fn standby_outage(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member>) -> Outage {
+pub fn standby_outage(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    active: Option<Member>,
+    recorded_away: Option<Duration>,
+) -> Outage {
     let Some(a) = active else { return Outage::default() };
     let standby = a.peer();
     let limits = &spec.standby_outage;
     let mut parts = Vec::new();
     let mut ratio: f64 = 0.0;
     let silent = &obs.member(standby).agent;
+    let answering = silent.missed == 0 && silent.last.is_some();
     if let Some(max) = limits.max_duration_seconds.filter(|m| *m > 0)
-        && silent.missed > 0
+        && !answering
     {
-        let away = silent.since_answer.map_or(obs.without_lease_for.as_secs_f64(), |d| d.as_secs_f64());
+        // The longer of what this worker heard (time since the last answer)
+        // and what the status recorded (when the standby was last seen):
+        // the record survives an operator restart and a standby pod without
+        // an address, which the poller cannot even ask.
+        let heard = silent.since_answer.filter(|_| silent.missed > 0);
+        let away = heard.into_iter().chain(recorded_away).max().unwrap_or_default().as_secs_f64();
         ratio = ratio.max(away / max as f64);
         parts.push(format!("{standby} unreachable for {away:.0}s of {max}s allowed"));
     }

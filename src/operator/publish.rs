@@ -51,7 +51,8 @@ pub fn publish(
             metrics.clock_skew.with_label_values(&[&ns, &name, &member]).set(skew as f64);
         }
     }
-    let outage = super::outage::standby_outage(&pair.spec, obs, status.active_member);
+    let away = super::outage::recorded_away(status, status.active_member, chrono::Utc::now());
+    let outage = super::outage::standby_outage(&pair.spec, obs, status.active_member, away);
     metrics.standby_outage.with_label_values(&[&ns, &name]).set(outage.ratio);
     if let Some(r) = &status.resync {
         for (phase, word) in [

@@ -10,7 +10,7 @@ use super::model::{
     syncs_files, usable,
 };
 use super::observe::{MemberObs, Observed};
-use super::outage::{outage_rank, standby_outage};
+use super::outage::{outage_rank, recorded_away, standby_outage};
 use crate::api::{
     Condition, ConditionStatus, EffectiveTimings, HighAvailabilityPairSpec, Member, MemberState, MemberStatus, Mode,
     Role,
@@ -243,8 +243,15 @@ pub fn compute(
         s.conditions.retain(|x| x.type_ != ConditionType::Synced.as_str());
     }
     built.push(clock_skew(spec, obs, was(ConditionType::ClockSkew)));
-    let outage =
-        standby_outage_condition(spec, obs, active, plan.outage_resync.as_ref(), was(ConditionType::StandbyOutage));
+    let away = recorded_away(s, active, now);
+    let outage = standby_outage_condition(
+        away,
+        spec,
+        obs,
+        active,
+        plan.outage_resync.as_ref(),
+        was(ConditionType::StandbyOutage),
+    );
     let mut built: Vec<(Cond, Vec<Notice>)> = built.into_iter().map(|(c, n)| (c, n.into_iter().collect())).collect();
     built.push(outage);
     let (c, n) = paused(spec);
@@ -396,13 +403,14 @@ fn clock_skew(spec: &HighAvailabilityPairSpec, obs: &Observed, was: Option<&Cond
 /// Event each time a higher one is), and past the limit the full resync
 /// until it is done.
 fn standby_outage_condition(
+    away: Option<std::time::Duration>,
     spec: &HighAvailabilityPairSpec,
     obs: &Observed,
     active: Option<Member>,
     outage_resync: Option<&Pending>,
     was: Option<&Condition>,
 ) -> (Cond, Vec<Notice>) {
-    let outage = standby_outage(spec, obs, active);
+    let outage = standby_outage(spec, obs, active, away);
     let level = outage.level();
     let was = was.map(|c| c.reason.clone()).unwrap_or_default();
     let mut notices = Vec::new();
