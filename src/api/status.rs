@@ -68,6 +68,12 @@ pub struct HighAvailabilityPairStatus {
     /// until a resolve request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolated_member: Option<Member>,
+    /// When the automatic failovers within the flap budget's window
+    /// happened, newest first: the budget is counted here, not in the
+    /// history, which keeps only the last 20 transitions of any kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub automatic_failovers: Vec<DateTime<Utc>>,
     /// The most recent resync Job and what it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<ResyncStatus>,

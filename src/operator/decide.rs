@@ -88,8 +88,11 @@ pub fn decide(
     let mut blocked = None;
     if let (None, Some(f)) = (&d.lease, &failure) {
         d.failure = Some(f.reason.to_string());
-        let r = failover::failover(spec, obs, lease, f, &d.status.history, round.now);
+        let r = failover::failover(spec, obs, lease, f, &d.status, round.now);
         if let Some((to, transition)) = r.takeover {
+            if transition.type_ == TransitionType::Failover {
+                failover::record_automatic_failover(spec, &mut d.status, round.now);
+            }
             commit(&mut d, obs, lease, to, transition);
         }
         d.recheck = d.recheck.min(r.recheck.unwrap_or(d.recheck));

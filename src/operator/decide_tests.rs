@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::*;
-use crate::api::{ConditionStatus, MemberState, Mode, Role};
+use crate::api::{ConditionStatus, MAX_HISTORY, MemberState, Mode, Role};
 use crate::operator::failover::bootstrap_alone_after;
 use crate::operator::observe::{AgentObs, LeaseObs, MemberObs, PodObs};
 use crate::proto::AgentStatus;
@@ -632,4 +632,32 @@ fn a_failover_request_honours_max_sync_lag_unless_forced_and_says_when_data_may_
     unknown.primary.agent.last.as_mut().unwrap().sync = None;
     assert!(data_loss(&decide(&request(false), None, &unknown, &clock())), "lag unknown: may be missing");
     assert!(!data_loss(&decide(&with_op("", "{id: fo-1, failover: {}}"), None, &enabled(), &clock())), "no file sync");
+}
+
+#[test]
+fn the_flap_budget_counts_past_the_twenty_transitions_the_history_keeps() {
+    let s = spec("failover: {flapBudget: {maxAutomaticFailovers: 25, windowSeconds: 3600}}");
+    let failing = |holder: Member, epoch: i64| {
+        let mut obs = enabled();
+        obs.lease = Some(lease(holder, epoch, Duration::from_secs(1)));
+        *obs.member_mut(holder) = member(holder, Role::Active, Some(true));
+        *obs.member_mut(holder.peer()) = member(holder.peer(), Role::Standby, Some(true));
+        obs.member_mut(holder).pod.as_mut().unwrap().deleting = true;
+        obs
+    };
+    let (mut status, mut holder) = (None, Member::Primary);
+    for epoch in 1..=25 {
+        let plan = decide(&s, status.as_ref(), &failing(holder, epoch), &clock());
+        assert_eq!(takeover(&plan).map(|t| t.0), Some(holder.peer()), "failover {epoch} of 25 allowed");
+        status = Some(plan.status);
+        holder = holder.peer();
+    }
+    let s25 = status.as_ref().unwrap();
+    assert_eq!((s25.history.len(), s25.automatic_failovers.len()), (MAX_HISTORY, 25));
+    let plan = decide(&s, status.as_ref(), &failing(holder, 26), &clock());
+    assert_eq!(plan.lease, None, "the 26th within the hour is held back");
+    assert_eq!(condition(&plan, "FailoverRequired"), (ConditionStatus::True, "FlapBudgetExhausted".into()));
+    // An hour later the window has moved on.
+    let later = RoundInputs { now: Utc::now() + chrono::Duration::seconds(3601), ..clock() };
+    assert!(takeover(&decide(&s, status.as_ref(), &failing(holder, 26), &later)).is_some());
 }

@@ -103,12 +103,38 @@ pub fn holder_failure(obs: &Observed) -> Option<Failure> {
     None
 }
 
-fn automatic_failovers_in_window(spec: &HighAvailabilityPairSpec, history: &[Transition], now: DateTime<Utc>) -> usize {
+/// Automatic failovers within the flap budget's window: those recorded for
+/// the budget, and any in the history a status from before that record
+/// still shows.
+fn automatic_failovers_in_window(
+    spec: &HighAvailabilityPairSpec,
+    status: &HighAvailabilityPairStatus,
+    now: DateTime<Utc>,
+) -> usize {
     let window = chrono::Duration::seconds(i64::from(spec.failover.flap_budget.window_seconds));
-    history
+    let from_history = status
+        .history
         .iter()
-        .filter(|t| t.type_ == TransitionType::Failover && t.operation_id.is_none() && now - t.time < window)
-        .count()
+        .filter(|t| t.type_ == TransitionType::Failover && t.operation_id.is_none())
+        .map(|t| t.time);
+    let mut times: Vec<DateTime<Utc>> = status.automatic_failovers.iter().copied().chain(from_history).collect();
+    times.sort();
+    times.dedup();
+    times.into_iter().filter(|t| now - *t < window).count()
+}
+
+/// Records an automatic failover at `at` for the flap budget, keeping only
+/// those still inside the window (at most the budget's maximum).
+pub fn record_automatic_failover(
+    spec: &HighAvailabilityPairSpec,
+    status: &mut HighAvailabilityPairStatus,
+    at: DateTime<Utc>,
+) {
+    let budget = &spec.failover.flap_budget;
+    let window = chrono::Duration::seconds(i64::from(budget.window_seconds));
+    status.automatic_failovers.insert(0, at);
+    status.automatic_failovers.retain(|t| at - *t < window);
+    status.automatic_failovers.truncate(budget.max_automatic_failovers.clamp(1, 100) as usize);
 }
 
 /// What the automatic failover rule says this round.
@@ -129,7 +155,7 @@ pub fn failover(
     obs: &Observed,
     lease: &LeaseObs,
     f: &Failure,
-    history: &[Transition],
+    status: &HighAvailabilityPairStatus,
     now: DateTime<Utc>,
 ) -> FailoverRound {
     let missed = spec.heartbeat.missed_threshold as u32;
@@ -154,7 +180,7 @@ pub fn failover(
     let same = from.filter(|h| f.reason.restartable() && can_take_over(obs.member(*h), missed) && fresh(*h));
     let waited = obs.failure_for.unwrap_or_default();
     let delay = Duration::from_secs(spec.failover.delay_seconds as u64);
-    let gate = gate(spec, obs, f, from, peer.is_some(), history, now);
+    let gate = gate(spec, obs, f, from, peer.is_some(), status, now);
     let (to, restart) = match (&gate, peer, same) {
         (None, Some(p), _) => (Some(p), false),
         (_, _, Some(s)) => (Some(s), true),
@@ -204,7 +230,7 @@ fn gate(
     f: &Failure,
     from: Option<Member>,
     peer_can_serve: bool,
-    history: &[Transition],
+    status: &HighAvailabilityPairStatus,
     now: DateTime<Utc>,
 ) -> Option<Blocked> {
     let blocked = |gate, message| Some(Blocked { gate, message });
@@ -218,7 +244,7 @@ fn gate(
             format!("{}: failover.mode is Manual; request a failover to proceed", f.reason),
         );
     }
-    if automatic_failovers_in_window(spec, history, now) >= budget.max_automatic_failovers as usize {
+    if automatic_failovers_in_window(spec, status, now) >= budget.max_automatic_failovers as usize {
         return blocked(
             Gate::FlapBudgetExhausted,
             format!(
