@@ -295,3 +295,28 @@ async fn the_member_a_forced_failover_leaves_stops_acting_as_active_at_once_not_
         .await;
     }
 }
+
+#[tokio::test]
+async fn the_operator_leader_lease_is_renewed_while_the_leader_has_not_looked_at_it_yet() {
+    use hapair::operator::leader::Elector;
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client, "leader").await;
+    let metrics = hapair::metrics::OperatorMetrics::register(&prometheus::Registry::new()).unwrap();
+    let lease = Duration::from_secs(2);
+    let first = Elector::with_duration(client.clone(), &ns.name, "op", "replica-a", lease);
+    let lost = first.acquire(&metrics).await.unwrap();
+    // The leader is busy (its caches syncing, say) for well over a lease
+    // duration and never polls what acquire returned.
+    let second = Elector::with_duration(client.clone(), &ns.name, "op", "replica-b", lease);
+    let takeover = tokio::time::timeout(Duration::from_secs(6), second.acquire(&metrics)).await;
+    assert!(takeover.is_err(), "a second replica took the lead while the first still held it");
+    let spec = Api::<Lease>::namespaced(client.clone(), &ns.name).get("op").await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("replica-a"));
+    assert!(!lost.is_finished(), "the first replica still leads");
+    // Once it lets go, the other takes over.
+    lost.abort();
+    first.release().await;
+    let b = tokio::time::timeout(Duration::from_secs(6), second.acquire(&metrics)).await;
+    assert!(b.is_ok(), "the second replica leads once the first released");
+}

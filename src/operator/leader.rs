@@ -27,7 +27,11 @@ fn lease_seconds() -> u64 {
 
 impl Elector {
     pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Self {
-        let duration = Duration::from_secs(lease_seconds());
+        Self::with_duration(client, namespace, name, identity, Duration::from_secs(lease_seconds()))
+    }
+
+    /// An elector whose Lease lasts `duration`, renewed every fifth of it.
+    pub fn with_duration(client: Client, namespace: &str, name: &str, identity: &str, duration: Duration) -> Self {
         Elector {
             api: Api::namespaced(client, namespace),
             name: name.to_string(),
@@ -41,12 +45,11 @@ impl Elector {
         MicroTime(k8s_openapi::jiff::Timestamp::now())
     }
 
-    /// Waits until this replica leads; returns a future that resolves if
-    /// leadership is lost.
-    pub async fn acquire(
-        &self,
-        metrics: &OperatorMetrics,
-    ) -> Result<impl std::future::Future<Output = ()> + Send + 'static + use<>, kube::Error> {
+    /// Waits until this replica leads. The renewals start at once, on a task
+    /// of their own, whatever the caller does next (a slow first sync of the
+    /// caches must not let the Lease lapse while this replica goes on to
+    /// act); the returned handle completes when leadership is lost.
+    pub async fn acquire(&self, metrics: &OperatorMetrics) -> Result<tokio::task::JoinHandle<()>, kube::Error> {
         let mut seen: Option<(String, Instant)> = None;
         loop {
             match self.api.get_opt(&self.name).await? {
@@ -83,10 +86,12 @@ impl Elector {
         let (api, name, identity, duration, every) =
             (self.api.clone(), self.name.clone(), self.identity.clone(), self.duration, self.renew_every);
         let leader = metrics.leader.clone();
-        Ok(async move {
+        Ok(tokio::spawn(async move {
             let mut last = Instant::now();
             loop {
                 tokio::time::sleep(every).await;
+                // A renewal counts from when it was sent.
+                let sent = Instant::now();
                 let renewed = async {
                     let mut lease = api.get(&name).await.ok()?;
                     let spec = lease.spec.as_mut()?;
@@ -97,7 +102,7 @@ impl Elector {
                     Some(api.replace(&name, &PostParams::default(), &lease).await.is_ok())
                 };
                 match tokio::time::timeout(every, renewed).await {
-                    Ok(Some(true)) => last = Instant::now(),
+                    Ok(Some(true)) => last = sent,
                     Ok(Some(false)) => break,
                     _ => warn!("leader lease renewal failed"),
                 }
@@ -108,7 +113,7 @@ impl Elector {
                 }
             }
             leader.set(0);
-        })
+        }))
     }
 
     fn spec(&self, transitions: i32) -> LeaseSpec {

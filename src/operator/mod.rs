@@ -31,7 +31,7 @@ pub mod failback;
 pub mod failover;
 mod fault;
 pub mod gather;
-mod leader;
+pub mod leader;
 pub mod model;
 pub mod observe;
 pub mod operations;
@@ -125,7 +125,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let elector = leader::Elector::new(client.clone(), &config.leader_namespace, &config.leader_lease, &identity);
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     info!(%identity, "waiting to lead");
-    let lost = elector.acquire(&metrics).await?;
+    let mut lost = elector.acquire(&metrics).await?;
     info!(%identity, "leading: observing every pair before the first decision");
 
     let selector = watcher::Config::default().labels(LABEL_PAIR);
@@ -217,14 +217,24 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     for (w, api) in job_feeds {
         tokio::spawn(owned_stream!(w, api));
     }
-    // A new leader decides nothing until it has seen everything.
-    tokio::join!(
-        ctx.pairs.wait_until_ready(),
-        ctx.pods.wait_until_ready(),
-        ctx.services.wait_until_ready(),
-        ctx.leases.wait_until_ready(),
-        ctx.jobs.wait_until_ready()
-    );
+    // A new leader decides nothing until it has seen everything, and stops
+    // if it loses the lead meanwhile (its Lease is renewed all along).
+    let synced = async {
+        tokio::join!(
+            ctx.pairs.wait_until_ready(),
+            ctx.pods.wait_until_ready(),
+            ctx.services.wait_until_ready(),
+            ctx.leases.wait_until_ready(),
+            ctx.jobs.wait_until_ready()
+        )
+    };
+    tokio::select! {
+        _ = synced => {}
+        _ = &mut lost => {
+            warn!("lost leadership while the caches synced: stopping");
+            return Ok(());
+        }
+    }
     for p in ctx.pairs.state() {
         let _ = tx.send((p.namespace().unwrap_or_default(), p.name_any()));
     }
@@ -252,7 +262,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     };
     tokio::select! {
         _ = dispatch => {}
-        _ = lost => warn!("lost leadership: stopping so a fresh replica re-observes everything"),
+        _ = &mut lost => warn!("lost leadership: stopping so a fresh replica re-observes everything"),
         _ = crate::telemetry::shutdown_signal() => {
             info!("operator stopping");
             elector.release().await;
