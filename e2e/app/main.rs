@@ -3,7 +3,8 @@
 //!
 //! - `POST /write?key=K&value=V`: stores the pair (appending to
 //!   `<data>/writes.log` with fsync when `--data-dir` is set); 200 with the
-//!   epoch it was accepted at, 503 when not active.
+//!   epoch it was accepted at, 503 when not active (or active past the
+//!   role file's deadline).
 //! - `GET /read?key=K`: the stored value, 404 when unknown.
 //! - `GET /healthz`: 200.
 //! - `GET /role`: the role and epoch it sees.
@@ -34,9 +35,22 @@ struct App {
     store: Mutex<HashMap<String, String>>,
 }
 
+/// The role as the README tells application authors to read it: `active`
+/// holds only while `/proc/uptime` is below the deadline the agent wrote
+/// (an agent that is frozen, killed or cut off cannot move it on); past it
+/// the answer is `expired`, and the application stops acting as active.
 fn role(app: &App) -> (String, i64) {
     let read = |f: &str| std::fs::read_to_string(app.run_dir.join(f)).unwrap_or_default().trim().to_string();
-    (read("role"), read("epoch").parse().unwrap_or(0))
+    let (role, epoch) = (read("role"), read("epoch").parse().unwrap_or(0));
+    let deadline: f64 = read("deadline").parse().unwrap_or(0.0);
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::INFINITY);
+    if role == "active" && uptime >= deadline {
+        return ("expired".to_string(), epoch);
+    }
+    (role, epoch)
 }
 
 fn query(req: &Request<hyper::body::Incoming>, key: &str) -> Option<String> {

@@ -249,6 +249,15 @@ impl Harness {
         }
     }
 
+    /// Freezes the agent container of a member (kill -STOP of the whole
+    /// container): its application runs on, the agent neither renews nor
+    /// rewrites the role files. `thaw_all` (or the end of the test) undoes it.
+    pub async fn freeze_agent(&self, name: &str, member: Member) {
+        let pod = self.member_pod(name, member).await;
+        let cg = nodes::freeze_container(&pod, hapair::api::AGENT_CONTAINER, true).expect("agent frozen");
+        self.frozen.lock().unwrap().push(cg);
+    }
+
     /// Thaws every pod this test froze.
     pub fn thaw_all(&self) {
         for cg in self.frozen.lock().unwrap().drain(..) {

@@ -74,6 +74,19 @@ pub fn freeze_pod(pod: &Pod, frozen: bool) -> PathBuf {
     cg
 }
 
+/// Freezes (or thaws) one container of a pod: its own cgroup under the
+/// pod's (the kubelet's cgroupfs layout names it by container id).
+pub fn freeze_container(pod: &Pod, container: &str, frozen: bool) -> Result<PathBuf, String> {
+    let id = container_id(pod, container)
+        .ok_or_else(|| format!("container {container} of {:?} is not running", pod.metadata.name))?;
+    let cg = pod_freezer(pod).join(id);
+    if !cg.is_dir() {
+        return Err(format!("no freezer cgroup {}", cg.display()));
+    }
+    set_freezer(&cg, frozen);
+    Ok(cg)
+}
+
 pub fn set_freezer(cgroup: &Path, frozen: bool) {
     let want = if frozen { "FROZEN" } else { "THAWED" };
     let file = cgroup.join("freezer.state");

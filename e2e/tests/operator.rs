@@ -320,3 +320,46 @@ async fn the_operator_leader_lease_is_renewed_while_the_leader_has_not_looked_at
     let b = tokio::time::timeout(Duration::from_secs(6), second.acquire(&metrics)).await;
     assert!(b.is_ok(), "the second replica leads once the first released");
 }
+
+#[tokio::test]
+async fn an_application_whose_agent_is_frozen_stops_acting_as_active_by_the_role_files_deadline() {
+    let h = Harness::new("frozen-agent").await;
+    // 2 s x 3: the agent fences 4 s after its last renewal, the standby is
+    // promoted only after 6 s without one.
+    h.apply(&test_pair("web", 2, json!({}))).await;
+    let p = h.wait_enabled("web", BOOT).await;
+    let (old, epoch) = p.status.map(|s| (s.active_member.unwrap(), s.epoch)).unwrap();
+    let ip = h.member_pod("web", old).await.status.unwrap().pod_ip.unwrap();
+    let writer = h.writer("web").await;
+    writer.wait_epoch(epoch, Duration::from_secs(30)).await;
+    // At a random phase of the renewal cycle.
+    let phase = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis() % 2000;
+    tokio::time::sleep(Duration::from_millis(phase as u64)).await;
+    h.freeze_agent("web", old).await;
+    let frozen = Instant::now();
+    // Writes straight to the old active's application, past the VIP: the
+    // way a client with a stale connection, or a job on the same pod, would.
+    let mut last_ok = None;
+    let mut n = 0;
+    while frozen.elapsed() < Duration::from_secs(9) {
+        n += 1;
+        let (code, _) = http_get(&format!("{ip}:8080"), &format!("/write?key=direct{n}&value={n}")).await;
+        if code == 200 {
+            last_ok = Some(frozen.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writer.wait_epoch(epoch + 1, Duration::from_secs(30)).await;
+    let promoted = frozen.elapsed();
+    let last_ok = last_ok.expect("the old active served while its agent was frozen, until the deadline");
+    eprintln!("agent frozen: old active acknowledged until {last_ok:?}; standby promoted by {promoted:?}");
+    assert!(last_ok < Duration::from_millis(4300), "the old active acted as active {last_ok:?} into the freeze");
+    let log = writer.stop().await;
+    let first_new = log.acknowledged.iter().position(|(_, e)| *e > epoch).expect("the new active acknowledged writes");
+    assert!(log.answered_by[first_new..].iter().all(|(_, m)| *m != old.to_string()), "the old active answered again");
+    h.thaw_all();
+    h.wait_for("web", "the old active back as standby", Duration::from_secs(60), |p| {
+        p.status.as_ref().is_some_and(|s| s.mode == Some(hapair::api::Mode::Enabled) && s.epoch > epoch)
+    })
+    .await;
+}

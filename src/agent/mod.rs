@@ -114,6 +114,13 @@ impl State {
         Duration::from_secs(((missed - 1).max(1) * interval.max(1)) as u64)
     }
 
+    /// The fence deadline on `CLOCK_BOOTTIME`, for the role file: the last
+    /// renewal's send time plus the fence delay. `None` before any renewal.
+    fn deadline(&self) -> Option<f64> {
+        let since = self.last_renew?.elapsed();
+        Some(role::boottime() - since.as_secs_f64() + self.fence_after().as_secs_f64())
+    }
+
     /// Records a successful renewal made with `used` (interval, missed) and
     /// adopts the settings the Lease carries for the next one. Returns
     /// whether they differ, so the caller renews again at once and publishes
@@ -164,7 +171,7 @@ impl Agent {
         if state.role == role && state.epoch == epoch {
             return;
         }
-        if let Err(e) = self.files.publish(role, epoch) {
+        if let Err(e) = self.files.publish(role, epoch, state.deadline()) {
             warn!(error = %e, "cannot write the role files");
         }
         info!(from = role_word(state.role), to = role_word(role), epoch, "role changed");
@@ -253,7 +260,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         _ => None,
     };
     let files = RoleFiles::new(&config.run_dir)?;
-    files.publish(Role::Standby, 0)?;
+    files.publish(Role::Standby, 0, None)?;
     metrics.set_role(Role::Standby);
     let client = Client::try_default().await?;
     let leases: Api<Lease> = Api::namespaced(client, &config.namespace);
@@ -403,7 +410,15 @@ async fn apply_verdict(
 }
 
 fn renewed(agent: &Agent, used: (i32, i32), view: lease::LeaseView, sent: Instant) {
-    if agent.lock().record_renewal(used, &view, sent) {
+    let mut s = agent.lock();
+    let changed = s.record_renewal(used, &view, sent);
+    if s.role == Role::Active
+        && let Err(e) = agent.files.refresh(s.deadline())
+    {
+        warn!(error = %e, "cannot move the role file's deadline");
+    }
+    drop(s);
+    if changed {
         // New heartbeat settings: publish their lease duration right away.
         agent.wake.notify_one();
     }

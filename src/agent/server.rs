@@ -100,7 +100,8 @@ pub async fn start(
                 }
                 "/v1/role" if peer.ip().is_loopback() => {
                     let s = agent.lock();
-                    json_reply(&serde_json::json!({"role": role_word(s.role), "epoch": s.epoch}))
+                    let deadline = s.deadline().filter(|_| s.role == crate::api::Role::Active).unwrap_or(0.0);
+                    json_reply(&serde_json::json!({"role": role_word(s.role), "epoch": s.epoch, "deadline": deadline}))
                 }
                 "/v1/role" => reply(StatusCode::FORBIDDEN, "the role endpoint serves only the pod itself"),
                 _ => reply(StatusCode::NOT_FOUND, "not found"),
