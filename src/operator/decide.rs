@@ -222,3 +222,7 @@ mod tests;
 #[cfg(test)]
 #[path = "decide_sync_tests.rs"]
 mod sync_tests;
+
+#[cfg(test)]
+#[path = "decide_gate_tests.rs"]
+mod gate_tests;

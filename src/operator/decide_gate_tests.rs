@@ -1,0 +1,139 @@
+//! The failover gates (sync lag, flap budget) and the epoch of a Lease
+//! that has to be recreated, without a cluster.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::tests::{clock, condition, enabled, lease, member, op_status, spec, takeover, with_op};
+use super::*;
+use crate::api::{ConditionStatus, MAX_HISTORY, OperationPhase, Role};
+
+#[test]
+fn max_sync_lag_holds_back_an_automatic_failover_to_a_standby_too_far_behind() {
+    let s = spec(
+        "storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}\nfailover: {maxSyncLagSeconds: 30}",
+    );
+    let lagging = |lag: f64| {
+        let mut obs = enabled();
+        obs.primary.pod.as_mut().unwrap().deleting = true;
+        let a = obs.primary.agent.last.as_mut().unwrap();
+        a.sync = Some(crate::proto::SyncStatus { peer_lag_seconds: Some(lag), ..Default::default() });
+        obs
+    };
+    let plan = decide(&s, None, &lagging(45.0), &clock());
+    assert_eq!(plan.lease, None, "45 s behind, limit 30 s");
+    assert_eq!(condition(&plan, "FailoverRequired").1, "SyncLagTooHigh");
+    let plan = decide(&s, None, &lagging(12.0), &clock());
+    assert!(takeover(&plan).is_some());
+    let Some(LeaseAction::Takeover { transition, .. }) = plan.lease else { panic!() };
+    assert!(transition.data_loss_possible, "12 s behind: what the old active had since may be missing");
+    let Some(LeaseAction::Takeover { transition, .. }) = decide(&s, None, &lagging(0.0), &clock()).lease else {
+        panic!()
+    };
+    assert!(!transition.data_loss_possible, "a standby that had everything loses nothing");
+    // Without file sync the limit has nothing to measure and does not apply.
+    assert!(takeover(&decide(&spec("failover: {maxSyncLagSeconds: 30}"), None, &lagging(45.0), &clock())).is_some());
+}
+
+#[test]
+fn a_deleted_lease_comes_back_past_the_highest_epoch_for_the_member_that_served() {
+    let s = spec("");
+    // Epoch 3, secondary active; then the Lease is deleted.
+    let mut obs = enabled();
+    obs.lease = None;
+    for (m, role) in [(Member::Primary, Role::Standby), (Member::Secondary, Role::Active)] {
+        let a = obs.member_mut(m).agent.last.as_mut().unwrap();
+        (a.role, a.epoch) = (role, 3);
+    }
+    let current = HighAvailabilityPairStatus { epoch: 3, active_member: Some(Member::Secondary), ..Default::default() };
+    let plan = decide(&s, Some(&current), &obs, &clock());
+    assert_eq!(
+        plan.lease,
+        Some(LeaseAction::Create { holder: Member::Secondary, pod_uid: "secondary-uid".into(), epoch: 4 }),
+        "not a bootstrap at epoch 1 for the primary"
+    );
+    let t = &plan.status.history[0];
+    assert_eq!((t.epoch, t.reason.as_str(), t.to), (4, "LeaseRecreated", Some(Member::Secondary)));
+    assert_eq!(plan.status.epoch, 4);
+
+    // The status was lost too (a restore): the members' reports still count.
+    let a = obs.secondary.agent.last.as_mut().unwrap();
+    a.epoch = 7;
+    let plan = decide(&s, None, &obs, &clock());
+    assert!(
+        matches!(plan.lease, Some(LeaseAction::Create { holder: Member::Secondary, epoch: 8, .. })),
+        "{:?}",
+        plan.lease
+    );
+
+    // The one that served cannot serve now: the other member, still past it.
+    obs.secondary.agent.last.as_mut().unwrap().app_healthy = Some(false);
+    let plan = decide(&s, Some(&current), &obs, &clock());
+    assert!(
+        matches!(plan.lease, Some(LeaseAction::Create { holder: Member::Primary, epoch: 8, .. })),
+        "{:?}",
+        plan.lease
+    );
+
+    // Nobody can serve: wait, never a Lease for a member that cannot act on it.
+    obs.primary.agent.missed = 5;
+    assert_eq!(decide(&s, Some(&current), &obs, &clock()).lease, None);
+}
+
+#[test]
+fn a_failover_request_honours_max_sync_lag_unless_forced_and_says_when_data_may_be_missing() {
+    let files =
+        "storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}\nfailover: {maxSyncLagSeconds: 30}";
+    let lagging = |lag: f64| {
+        let mut obs = enabled();
+        let a = obs.primary.agent.last.as_mut().unwrap();
+        a.sync = Some(crate::proto::SyncStatus { peer_lag_seconds: Some(lag), ..Default::default() });
+        obs
+    };
+    let request = |force: bool| with_op(files, &format!("{{id: fo-1, failover: {{force: {force}}}}}"));
+    let plan = decide(&request(false), None, &lagging(45.0), &clock());
+    assert_eq!(plan.lease, None, "45 s behind, limit 30 s");
+    let op = op_status(&plan);
+    assert_eq!((op.phase, op.reason.as_deref()), (OperationPhase::Refused, Some("SyncLagTooHigh")));
+    assert!(op.message.as_deref().unwrap().contains("forced failover"), "{:?}", op.message);
+    let data_loss = |plan: &Decision| match &plan.lease {
+        Some(LeaseAction::Takeover { transition, .. }) => transition.data_loss_possible,
+        other => panic!("no takeover: {other:?}"),
+    };
+    assert!(data_loss(&decide(&request(true), None, &lagging(45.0), &clock())), "forced: taken, and said");
+    assert!(data_loss(&decide(&request(false), None, &lagging(12.0), &clock())), "12 s behind: may be missing");
+    assert!(!data_loss(&decide(&request(false), None, &lagging(0.0), &clock())), "had everything");
+    let mut unknown = lagging(0.0);
+    unknown.primary.agent.last.as_mut().unwrap().sync = None;
+    assert!(data_loss(&decide(&request(false), None, &unknown, &clock())), "lag unknown: may be missing");
+    assert!(!data_loss(&decide(&with_op("", "{id: fo-1, failover: {}}"), None, &enabled(), &clock())), "no file sync");
+}
+
+#[test]
+fn the_flap_budget_counts_past_the_twenty_transitions_the_history_keeps() {
+    let s = spec("failover: {flapBudget: {maxAutomaticFailovers: 25, windowSeconds: 3600}}");
+    let failing = |holder: Member, epoch: i64| {
+        let mut obs = enabled();
+        obs.lease = Some(lease(holder, epoch, Duration::from_secs(1)));
+        *obs.member_mut(holder) = member(holder, Role::Active, Some(true));
+        *obs.member_mut(holder.peer()) = member(holder.peer(), Role::Standby, Some(true));
+        obs.member_mut(holder).pod.as_mut().unwrap().deleting = true;
+        obs
+    };
+    let (mut status, mut holder) = (None, Member::Primary);
+    for epoch in 1..=25 {
+        let plan = decide(&s, status.as_ref(), &failing(holder, epoch), &clock());
+        assert_eq!(takeover(&plan).map(|t| t.0), Some(holder.peer()), "failover {epoch} of 25 allowed");
+        status = Some(plan.status);
+        holder = holder.peer();
+    }
+    let s25 = status.as_ref().unwrap();
+    assert_eq!((s25.history.len(), s25.automatic_failovers.len()), (MAX_HISTORY, 25));
+    let plan = decide(&s, status.as_ref(), &failing(holder, 26), &clock());
+    assert_eq!(plan.lease, None, "the 26th within the hour is held back");
+    assert_eq!(condition(&plan, "FailoverRequired"), (ConditionStatus::True, "FlapBudgetExhausted".into()));
+    // An hour later the window has moved on.
+    let later = RoundInputs { now: Utc::now() + chrono::Duration::seconds(3601), ..clock() };
+    assert!(takeover(&decide(&s, status.as_ref(), &failing(holder, 26), &later)).is_some());
+}
