@@ -8,7 +8,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Client;
 use kube::core::DeserializeGuard;
-use kube::core::error_boundary::InvalidObject;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
 
@@ -33,11 +32,11 @@ pub struct Context {
 }
 
 impl Context {
-    /// The pair as stored: `Err` when its object no longer deserializes (a
-    /// CRD change, a hand edit through an old client); `None` when gone.
-    pub fn pair(&self, ns: &str, name: &str) -> Option<Result<Arc<HighAvailabilityPair>, InvalidObject>> {
-        let guard = self.pairs.get(&ObjectRef::new(name).within(ns))?;
-        Some(guard.0.clone().map(Arc::new))
+    /// The pair as stored (shared with the cache, not copied): `.0` is
+    /// `Err` when its object no longer deserializes (a CRD change, a hand
+    /// edit through an old client); `None` when gone.
+    pub fn pair(&self, ns: &str, name: &str) -> Option<Arc<DeserializeGuard<HighAvailabilityPair>>> {
+        self.pairs.get(&ObjectRef::new(name).within(ns))
     }
     pub fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods.get(&ObjectRef::new(name).within(ns))

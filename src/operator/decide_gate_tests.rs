@@ -76,6 +76,12 @@ fn a_deleted_lease_comes_back_past_the_highest_epoch_for_the_member_that_served(
         plan.lease
     );
 
+    // A member reporting an epoch no Lease can hold is not believed.
+    let mut liar = obs.clone();
+    liar.primary.agent.last.as_mut().unwrap().epoch = i64::MAX;
+    let plan = decide(&s, Some(&current), &liar, &clock());
+    assert!(matches!(plan.lease, Some(LeaseAction::Create { epoch: 8, .. })), "{:?}", plan.lease);
+
     // Nobody can serve: wait, never a Lease for a member that cannot act on it.
     obs.primary.agent.missed = 5;
     assert_eq!(decide(&s, Some(&current), &obs, &clock()).lease, None);

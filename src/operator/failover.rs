@@ -273,8 +273,13 @@ fn gate(
 pub fn highest_epoch(status: &HighAvailabilityPairStatus, obs: &Observed) -> i64 {
     let reported = Member::BOTH.iter().filter_map(|m| obs.member(*m).agent.last.as_ref().map(|a| a.epoch));
     let recorded = status.history.iter().map(|t| t.epoch).chain([status.epoch]);
-    reported.chain(recorded).max().unwrap_or(0).max(0)
+    // A Lease counts epochs in an int32: a report past that is garbage (a
+    // member cannot have read it from a Lease) and is not trusted.
+    reported.chain(recorded).filter(|e| (0..MAX_EPOCH).contains(e)).max().unwrap_or(0)
 }
+
+/// The largest epoch a Lease can carry (`leaseTransitions` is an int32).
+const MAX_EPOCH: i64 = i32::MAX as i64;
 
 /// There is no Lease. A pair that never had one bootstraps; one whose Lease
 /// was deleted (by hand, by a restore, by a namespace cleanup) gets it back
@@ -303,7 +308,7 @@ pub fn without_lease(
         .find(|m| serves(*m))
         .ok_or(None)?;
     let pod_uid = obs.member(holder).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
-    Ok(LeaseAction::Create { holder, pod_uid, epoch: highest + 1 })
+    Ok(LeaseAction::Create { holder, pod_uid, epoch: (highest + 1).min(MAX_EPOCH) })
 }
 
 /// Nobody has held the Lease yet: the primary once both members can serve,

@@ -28,8 +28,8 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
         let mut mem = Memory::default();
         let mut failing = Failing::default();
         let mut told_invalid: Option<String> = None;
-        while let Some(pair) = ctx.pair(&ns, &name) {
-            let pair = match pair {
+        while let Some(stored) = ctx.pair(&ns, &name) {
+            let pair = match &stored.0 {
                 Ok(p) => {
                     told_invalid = None;
                     p
@@ -38,7 +38,7 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
                     // Nothing is decided on a spec that cannot be read: the
                     // agents keep renewing and fencing on their own, and the
                     // pair waits here until its object is fixed.
-                    act::report_invalid(&ctx, &bad, &mut told_invalid).await;
+                    act::report_invalid(&ctx, bad, &mut told_invalid).await;
                     notify.notified().await;
                     continue;
                 }
@@ -94,7 +94,7 @@ fn client_config(secret: &Secret) -> Result<Arc<rustls::ClientConfig>, tls::TlsE
 #[allow(clippy::too_many_arguments)]
 async fn round(
     ctx: &Arc<Context>,
-    pair: &Arc<HighAvailabilityPair>,
+    pair: &HighAvailabilityPair,
     poll: &Arc<Mutex<PollState>>,
     poller: &mut Option<tokio::task::JoinHandle<()>>,
     client_tls: &mut Option<Arc<rustls::ClientConfig>>,
@@ -168,8 +168,8 @@ async fn poll_loop(
         .filter_map(|m| tls::server_name(&tls::member_server_name(m, &name, &ns)).ok().map(|n| (m, n)))
         .collect();
     loop {
-        let interval = match ctx.pair(&ns, &name) {
-            Some(Ok(p)) => p.spec.heartbeat.interval_seconds.max(1) as u64,
+        let interval = match ctx.pair(&ns, &name).as_deref() {
+            Some(kube::core::DeserializeGuard(Ok(p))) => p.spec.heartbeat.interval_seconds.max(1) as u64,
             _ => 5,
         };
         let tick = Duration::from_secs(interval);
