@@ -49,7 +49,7 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
             }
             let started = Instant::now();
             ctx.metrics.reconciles.with_label_values(&[&ns, &name]).inc();
-            let recheck = match round(&ctx, &pair, &poll, &mut poller, &mut client_tls, &mut mem, &notify).await {
+            let recheck = match round(&ctx, pair, &poll, &mut poller, &mut client_tls, &mut mem, &notify).await {
                 Ok(r) => {
                     failing = Failing::default();
                     r
@@ -59,7 +59,7 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
                     ctx.metrics.reconcile_errors.with_label_values(&[&ns, &name, e.metric_label()]).inc();
                     let conflict = e.metric_label() == "conflict";
                     if let Some(note) = failing.failed(&e.to_string(), conflict) {
-                        act::warn(&ctx, &pair, "ReconcileFailed", note).await;
+                        act::warn(&ctx, pair, "ReconcileFailed", note).await;
                     }
                     failing.backoff(conflict)
                 }
