@@ -23,6 +23,16 @@ fn series<'a>(page: &'a str, metric: &str, pair: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// A harness with the pair `web` (heartbeat `interval` s x 3) Enabled: its
+/// active member and epoch.
+async fn up(name: &str, interval: i32) -> (Harness, hapair::api::Member, i64) {
+    let h = Harness::new(name).await;
+    h.apply(&test_pair("web", interval, json!({}))).await;
+    let s = h.wait_enabled("web", BOOT).await.status.unwrap();
+    let active = s.active_member.unwrap();
+    (h, active, s.epoch)
+}
+
 impl Harness {
     /// Waits until the leader's metrics page satisfies `check`.
     async fn wait_metrics(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
@@ -127,10 +137,7 @@ async fn a_deleted_pair_leaves_no_metric_series_and_its_neighbour_keeps_its_own(
 async fn a_hand_edited_vip_selector_is_put_back_at_once_and_the_endpoints_follow() {
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
-    let h = Harness::new("drift").await;
-    h.apply(&test_pair("web", 1, json!({}))).await;
-    let p = h.wait_enabled("web", BOOT).await;
-    let active = p.status.unwrap().active_member.unwrap();
+    let (h, active, _) = up("drift", 1).await;
     let active_ip = h.member_pod("web", active).await.status.unwrap().pod_ip.unwrap();
     let services: Api<Service> = Api::namespaced(h.client.clone(), &h.ns.name);
     let selected = |s: &Service| s.spec.as_ref()?.selector.as_ref()?.get(hapair::api::LABEL_MEMBER).cloned();
@@ -174,10 +181,7 @@ async fn a_hand_edited_vip_selector_is_put_back_at_once_and_the_endpoints_follow
 #[tokio::test]
 async fn a_deleted_lease_comes_back_past_the_highest_epoch_for_the_member_that_served() {
     use k8s_openapi::api::coordination::v1::Lease;
-    let h = Harness::new("lease-gone").await;
-    h.apply(&test_pair("web", 1, json!({}))).await;
-    let p = h.wait_enabled("web", BOOT).await;
-    let (active, epoch) = p.status.map(|s| (s.active_member.unwrap(), s.epoch)).unwrap();
+    let (h, active, epoch) = up("lease-gone", 1).await;
     let writer = h.writer("web").await;
     writer.wait_epoch(epoch, Duration::from_secs(30)).await;
     let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns.name);
@@ -323,12 +327,9 @@ async fn the_operator_leader_lease_is_renewed_while_the_leader_has_not_looked_at
 
 #[tokio::test]
 async fn an_application_whose_agent_is_frozen_stops_acting_as_active_by_the_role_files_deadline() {
-    let h = Harness::new("frozen-agent").await;
     // 2 s x 3: the agent fences 4 s after its last renewal, the standby is
     // promoted only after 6 s without one.
-    h.apply(&test_pair("web", 2, json!({}))).await;
-    let p = h.wait_enabled("web", BOOT).await;
-    let (old, epoch) = p.status.map(|s| (s.active_member.unwrap(), s.epoch)).unwrap();
+    let (h, old, epoch) = up("frozen-agent", 2).await;
     let ip = h.member_pod("web", old).await.status.unwrap().pod_ip.unwrap();
     let writer = h.writer("web").await;
     writer.wait_epoch(epoch, Duration::from_secs(30)).await;

@@ -56,19 +56,30 @@ async fn http_get(host: &str, port: i32, path: &str) -> Result<(), String> {
 /// does not speak TLS, or answers an error, fails.
 async fn https_get(host: &str, port: i32, path: &str) -> Result<(), String> {
     let tcp = TcpStream::connect((host, port as u16)).await.map_err(|e| format!("connect {host}:{port}: {e}"))?;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| format!("TLS: {e}"))?;
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(probe_tls()?)
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
     get(tls, host, path).await
+}
+
+/// The probes' TLS client, built once: a check runs every `periodSeconds`.
+fn probe_tls() -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    static CONFIG: std::sync::OnceLock<Result<std::sync::Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS: {e}"))?
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            Ok(std::sync::Arc::new(config))
+        })
+        .clone()
 }
 
 /// Accepts whatever certificate the application presents, but still checks

@@ -228,34 +228,40 @@ pub fn compute(
     // Every condition from its own builder, read against the conditions as
     // they stood, then merged once.
     let f = Facts { active, active_ok, both_active, evidence, isolated, epoch, usable: Member::BOTH.map(usable) };
-    let before = s.conditions.clone();
-    let was = |t: ConditionType| before.iter().find(|c| c.type_ == t.as_str());
-    let mut built = vec![
-        available(&f),
-        ready(mode),
-        degraded(&f),
-        failover_required(blocked.as_ref(), was(ConditionType::FailoverRequired)),
-        split_brain(&f, plan.repair_pending.as_ref(), plan.split_brain_hold.as_deref(), was(ConditionType::SplitBrain)),
-    ];
-    if syncs_files(spec) {
-        built.push(synced(spec, obs, active));
-    } else {
-        s.conditions.retain(|x| x.type_ != ConditionType::Synced.as_str());
-    }
-    built.push(clock_skew(spec, obs, was(ConditionType::ClockSkew)));
+    // Every builder reads the conditions as they stood; nothing is written
+    // before all are built.
+    let was = |t: ConditionType| s.conditions.iter().find(|c| c.type_ == t.as_str());
     let away = recorded_away(s, active, now);
-    let outage = standby_outage_condition(
+    let one = |(c, n): (Cond, Option<Notice>)| (c, n.into_iter().collect::<Vec<_>>());
+    let mut built: Vec<(Cond, Vec<Notice>)> = vec![
+        one(available(&f)),
+        one(ready(mode)),
+        one(degraded(&f)),
+        one(failover_required(blocked.as_ref(), was(ConditionType::FailoverRequired))),
+        one(split_brain(
+            &f,
+            plan.repair_pending.as_ref(),
+            plan.split_brain_hold.as_deref(),
+            was(ConditionType::SplitBrain),
+        )),
+    ];
+    let syncs = syncs_files(spec);
+    if syncs {
+        built.push(one(synced(spec, obs, active)));
+    }
+    built.push(one(clock_skew(spec, obs, was(ConditionType::ClockSkew))));
+    built.push(standby_outage_condition(
         away,
         spec,
         obs,
         active,
         plan.outage_resync.as_ref(),
         was(ConditionType::StandbyOutage),
-    );
-    let mut built: Vec<(Cond, Vec<Notice>)> = built.into_iter().map(|(c, n)| (c, n.into_iter().collect())).collect();
-    built.push(outage);
-    let (c, n) = paused(spec);
-    built.push((c, n.into_iter().collect()));
+    ));
+    built.push(one(paused(spec)));
+    if !syncs {
+        s.conditions.retain(|x| x.type_ != ConditionType::Synced.as_str());
+    }
     for (c, notices) in built {
         plan.events.extend(notices);
         set_condition(&mut s.conditions, c.type_.as_str(), c.on, c.reason, c.message, now, generation);
