@@ -19,6 +19,12 @@ pub struct AgentMetrics {
     pub health_check_failures: IntCounter,
     role: IntGaugeVec,
     pub fenced: IntGauge,
+    /// Serving past the renewal deadline on the peer's promise.
+    pub failsafe_serving: IntGauge,
+    /// Promises this member asked its peer for, by `result`.
+    pub failsafe_requests: IntCounterVec,
+    /// Promises this member was asked for, by `result`.
+    pub failsafe_promises: IntCounterVec,
 }
 
 impl AgentMetrics {
@@ -38,6 +44,24 @@ impl AgentMetrics {
             )?,
             role: IntGaugeVec::new(Opts::new("hapair_agent_role", "1 for the member's current role"), &["role"])?,
             fenced: IntGauge::new("hapair_agent_fenced", "1 while the agent is fenced")?,
+            failsafe_serving: IntGauge::new(
+                "hapair_agent_failsafe_serving",
+                "1 while the member serves past its renewal deadline on its peer's promise (API server unreachable)",
+            )?,
+            failsafe_requests: IntCounterVec::new(
+                Opts::new(
+                    "hapair_agent_failsafe_requests_total",
+                    "Promises asked of the peer while renewals failed, by result (granted, refused, unreachable)",
+                ),
+                &["result"],
+            )?,
+            failsafe_promises: IntCounterVec::new(
+                Opts::new(
+                    "hapair_agent_failsafe_promises_total",
+                    "Promises not to act as active asked of this member, by result (granted, refused, malformed)",
+                ),
+                &["result"],
+            )?,
         };
         for c in m.collectors() {
             r.register(c)?;
@@ -54,6 +78,9 @@ impl AgentMetrics {
             Box::new(self.health_check_failures.clone()),
             Box::new(self.role.clone()),
             Box::new(self.fenced.clone()),
+            Box::new(self.failsafe_serving.clone()),
+            Box::new(self.failsafe_requests.clone()),
+            Box::new(self.failsafe_promises.clone()),
         ]
     }
 

@@ -77,6 +77,10 @@ pub struct AgentStatus {
     /// way and the application has stopped taking writes.
     #[serde(default)]
     pub draining: bool,
+    /// Active past its renewal deadline on its peer's promise: the API
+    /// server does not answer its renewals.
+    #[serde(default)]
+    pub failsafe: bool,
     /// File sync, when the pair syncs files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncStatus>,

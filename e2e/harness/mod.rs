@@ -45,6 +45,8 @@ pub struct Harness {
     /// and pods cut from the API server.
     frozen: Mutex<Vec<PathBuf>>,
     cut: Mutex<Vec<Pod>>,
+    /// Pairs of pods cut off from each other.
+    apart: Mutex<Vec<(Pod, Pod)>>,
 }
 
 /// One operator replica, restarted when it exits until told to stop.
@@ -91,7 +93,15 @@ impl Harness {
         let ns = TestNamespace::new(&client, name).await;
         let dir = std::env::temp_dir().join(format!("hapair-e2e-{}", ns.name));
         std::fs::create_dir_all(&dir).unwrap();
-        Harness { client, ns, dir, operators: Vec::new(), frozen: Mutex::default(), cut: Mutex::default() }
+        Harness {
+            client,
+            ns,
+            dir,
+            operators: Vec::new(),
+            frozen: Mutex::default(),
+            cut: Mutex::default(),
+            apart: Mutex::default(),
+        }
     }
 
     /// Starts one more operator replica; returns its index.
@@ -277,6 +287,18 @@ impl Harness {
         }
     }
 
+    /// Cuts (or restores) the two members' pods off from each other only:
+    /// each still reaches the API server, the operator and its clients.
+    pub async fn cut_members_apart(&self, name: &str, cut: bool) {
+        let (a, b) = (self.member_pod(name, Member::Primary).await, self.member_pod(name, Member::Secondary).await);
+        nodes::cut_pods_apart(&a, &b, cut);
+        let mut list = self.apart.lock().unwrap();
+        list.retain(|(x, _)| x.metadata.uid != a.metadata.uid);
+        if cut {
+            list.push((a, b));
+        }
+    }
+
     /// Kills the running containers of the pair's resync Job pods (a Job
     /// interrupted mid-copy); returns how many were killed.
     pub async fn kill_job_pods(&self) -> usize {
@@ -421,6 +443,9 @@ impl Drop for Harness {
         self.thaw_all();
         for pod in self.cut.lock().unwrap().drain(..) {
             nodes::cut_pod_from_api(&pod, false);
+        }
+        for (a, b) in self.apart.lock().unwrap().drain(..) {
+            nodes::cut_pods_apart(&a, &b, false);
         }
         for o in &self.operators {
             // Dropping the task drops its child, which kills it.

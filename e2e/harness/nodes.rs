@@ -108,6 +108,39 @@ pub fn cut_pod_from_api(pod: &Pod, cut: bool) {
     testbed(&["node", "cut-api", &node_of(pod), &ip, if cut { "on" } else { "off" }]).expect("cut set");
 }
 
+/// Cuts (or restores) two pods' traffic with each other, nothing else.
+pub fn cut_pods_apart(a: &Pod, b: &Pod, cut: bool) {
+    let ip = |p: &Pod| p.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+    let on = if cut { "on" } else { "off" };
+    testbed(&["node", "cut-peer", &node_of(a), &ip(a), &ip(b), on]).expect("cut set");
+}
+
+/// The API server frozen (every client's calls hang); thawed when dropped,
+/// so a failing test leaves no control plane stopped.
+pub struct ApiServerFrozen {
+    thawed: bool,
+}
+
+impl ApiServerFrozen {
+    pub fn freeze() -> Self {
+        testbed(&["apiserver", "freeze"]).expect("API server frozen");
+        ApiServerFrozen { thawed: false }
+    }
+
+    pub fn thaw(mut self) {
+        self.thawed = true;
+        testbed(&["apiserver", "thaw"]).expect("API server thawed");
+    }
+}
+
+impl Drop for ApiServerFrozen {
+    fn drop(&mut self) {
+        if !self.thawed {
+            let _ = testbed(&["apiserver", "thaw"]);
+        }
+    }
+}
+
 /// A node-level fault: `freeze`, `thaw`, `partition`, `heal`, `kill`, `restart`.
 pub fn node(action: &str, n: u32) {
     testbed(&["node", action, &n.to_string()]).unwrap_or_else(|e| panic!("node {n} {action}: {e}"));

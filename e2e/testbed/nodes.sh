@@ -431,6 +431,25 @@ table inet $table {
 EOF2
 }
 
+# Cuts two pods (by address) off from each other, leaving their other
+# traffic alone: the members of a pair that can no longer hear one another.
+# Set on the first pod's node, which forwards every packet of that pod.
+pods_cut_apart() { # n ip-a ip-b on|off
+  local name table
+  name=$(node_name "$1") table="hapair_cut_peer_$(echo "$2_$3" | tr . _)"
+  ip netns exec "$name" nft delete table inet "$table" 2>/dev/null || true
+  [ "$4" = on ] || return 0
+  ip netns exec "$name" nft -f - <<EOF2
+table inet $table {
+  chain cut {
+    type filter hook forward priority -10;
+    ip saddr $2 ip daddr $3 drop
+    ip saddr $3 ip daddr $2 drop
+  }
+}
+EOF2
+}
+
 node_ctr() { # n args...
   local n=$1
   shift

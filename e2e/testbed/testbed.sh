@@ -262,11 +262,22 @@ case "${1:-}" in
       kill) node_kill "$n" ;;
       restart) bindir=$("$here/cachedir.sh"); api_port=$(awk -F= '$1 == "apiserver" {print $2}' "$state/ports"); node_restart "$n" ;;
       cut-api) pod_cut_api "$n" "${4:?pod IP}" "${5:?on|off}" ;;
+      cut-peer) pods_cut_apart "$n" "${4:?pod IP}" "${5:?peer pod IP}" "${6:?on|off}" ;;
       ctr) shift 3; node_ctr "$n" "$@" ;;
-      *) echo "usage: $0 node freeze|thaw|partition|heal|kill|restart|cut-api|ctr N ..." >&2; exit 2 ;;
+      *) echo "usage: $0 node freeze|thaw|partition|heal|kill|restart|cut-api|cut-peer|ctr N ..." >&2; exit 2 ;;
+    esac
+    ;;
+  apiserver)
+    # The API server stopped in its tracks (SIGSTOP) and let go again: every
+    # client's connections hang, as on a control plane that stalls.
+    pid=$(cat "$state/kube-apiserver.pid")
+    case "${2:-}" in
+      freeze) kill -STOP "$pid" ;;
+      thaw) kill -CONT "$pid" ;;
+      *) echo "usage: $0 apiserver freeze|thaw" >&2; exit 2 ;;
     esac
     ;;
   recycle) bindir=$("$here/cachedir.sh"); storage_recycle ;;
   client) shift; exec ip netns exec "$CLIENT_NS" "$@" ;;
-  *) echo "usage: $0 up|down|status|kubeconfig|node ...|client ..." >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|node ...|apiserver freeze|thaw|client ..." >&2; exit 2 ;;
 esac

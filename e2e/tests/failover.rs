@@ -188,16 +188,50 @@ async fn deleting_the_active_pod_fails_over_and_the_pod_is_recreated_as_standby(
     checker.assert_clean();
 }
 
+/// The API server cannot hear the active, but its peer can: the standby
+/// promises not to act as active, the active serves on past its renewal
+/// deadline, and the operator (which still reaches the active's agent) does
+/// not fail over. Before, the active fenced at 2 s and the pair failed over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_active_cut_off_from_the_api_server_fences_before_the_standby_is_promoted() {
+async fn an_active_cut_off_from_the_api_server_serves_on_while_its_peer_promises() {
     let h = up("partition", 1, json!({})).await;
     let checker = h.checker("web").await;
+    let writer = h.writer("web").await;
+    writer.wait_epoch(1, FAILOVER).await;
+    h.partition("web", Member::Primary, true).await;
+    // Five leases of 3 s without one renewal reaching the API server.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let p = h.pair("web").await;
+    assert_eq!((active(&p), epoch(&p)), (Some(Member::Primary), 1), "failed over although the active served on");
+    h.partition("web", Member::Primary, false).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = writer.stop().await;
+    assert!(log.acknowledged.iter().all(|(_, e)| *e == 1), "a write at another epoch: {log:?}");
+    assert!(
+        log.longest_outage < Duration::from_secs(1),
+        "writes stopped for {:?} while the active was cut from the API server",
+        log.longest_outage
+    );
+    let p = h.wait_enabled("web", FAILOVER).await;
+    assert_eq!((active(&p), epoch(&p)), (Some(Member::Primary), 1));
+    checker.assert_clean();
+}
+
+/// Cut from the API server and from its peer, nobody can promise: the
+/// active fences before its Lease runs out, and only then is the standby
+/// promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_cut_off_from_the_api_server_and_its_peer_fences_before_the_standby_is_promoted() {
+    let h = up("partition-both", 1, json!({})).await;
+    let checker = h.checker("web").await;
+    h.cut_members_apart("web", true).await;
     h.partition("web", Member::Primary, true).await;
     h.wait_active(Member::Secondary, 2).await;
     h.wait_vip_writable("web").await;
     assert_eq!(checker.both_active_samples(), 0, "the old active served while the new one was promoted");
     // Healed, the old active sees it lost the Lease and stays standby.
     h.partition("web", Member::Primary, false).await;
+    h.cut_members_apart("web", false).await;
     let p = h.wait_enabled("web", FAILOVER).await;
     assert_eq!(active(&p), Some(Member::Secondary));
     checker.assert_clean();

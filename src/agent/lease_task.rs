@@ -52,6 +52,11 @@ pub(super) async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
                 Err(_) => renewal::Answer::Unreachable("reading the lease timed out".into()),
             },
         };
+        if let renewal::Answer::Read(view) = &answer {
+            // Named holder: no more promises to the active (see failsafe).
+            let named = view.as_ref().filter(|v| v.holder.as_deref() == Some(agent.identity.as_str()));
+            agent.lock().named_at = named.map(|v| v.epoch);
+        }
         let verdict = renewal::verdict(&tick, &agent.identity, &answer);
         apply_verdict(&agent, &api, &name, tick.epoch, verdict, used, sent).await;
         tokio::select! {
@@ -136,6 +141,17 @@ fn renew_failed(agent: &Agent, why: &str) {
 /// this member serves, so pulling stops first; a successful renewal at that
 /// epoch proves the holding before the member acts on it.
 async fn claim(agent: &Agent, api: &Api<Lease>, name: &str, epoch: i64, used: (i32, i32)) {
+    if let Err(until) = super::failsafe::begin_claim(&mut agent.lock(), Instant::now(), epoch) {
+        // The old active may still serve on this member's promise.
+        let left = until.saturating_duration_since(Instant::now());
+        info!(epoch, ?left, "named holder: waiting out the promise given to the active");
+        return;
+    }
+    claim_now(agent, api, name, epoch, used).await;
+    agent.lock().claiming = false;
+}
+
+async fn claim_now(agent: &Agent, api: &Api<Lease>, name: &str, epoch: i64, used: (i32, i32)) {
     if let Some(syncer) = &agent.syncer {
         syncer.stop_pulling().await;
     }
@@ -174,10 +190,12 @@ pub(super) async fn watchdog(agent: Arc<Agent>) {
     loop {
         tick.tick().await;
         let mut s = agent.lock();
+        let now = Instant::now();
+        agent.metrics.failsafe_serving.set(i64::from(s.on_promise(now)));
         if s.role != Role::Active && s.draining_since.is_none() {
             continue;
         }
-        let overdue = s.last_renew.is_none_or(|t| t.elapsed() >= s.fence_after());
+        let overdue = s.fence_at().is_none_or(|t| now >= t);
         if overdue {
             let epoch = s.epoch;
             s.draining_since = None;

@@ -10,6 +10,7 @@
 //! application fails its health check while active, it releases the Lease so
 //! the standby can take over at once.
 
+mod failsafe;
 mod lease;
 mod lease_task;
 mod probe;
@@ -107,6 +108,19 @@ pub(crate) struct State {
     /// the operator still counts the old, shorter lease and may promote the
     /// standby before a deadline computed from the new values.
     pub published: (i32, i32),
+    /// Active: the peer's promise not to act as active, asked for while the
+    /// API server does not answer (see [`failsafe`]).
+    pub confirmed: Option<failsafe::Confirmed>,
+    /// Standby: the end of the promise given to the active.
+    pub promised_until: Option<Instant>,
+    /// Standby: the epoch at which the last Lease read named this member
+    /// holder; no promise is given while it is set.
+    pub named_at: Option<i64>,
+    /// Standby: proving it holds the Lease (no promise meanwhile).
+    pub claiming: bool,
+    /// One lease duration after the agent started: what a former life of
+    /// this member may have promised ends by then.
+    pub started_hold: Option<Instant>,
 }
 
 impl State {
@@ -115,11 +129,29 @@ impl State {
         Duration::from_secs(((missed - 1).max(1) * interval.max(1)) as u64)
     }
 
-    /// The fence deadline on `CLOCK_BOOTTIME`, for the role file: the last
-    /// renewal's send time plus the fence delay. `None` before any renewal.
+    /// When an active member must stop acting as active: the fence delay
+    /// after its last renewal was sent, or the end of the peer's promise at
+    /// this epoch if that is later. `None` before any renewal.
+    fn fence_at(&self) -> Option<Instant> {
+        let renewed = self.last_renew? + self.fence_after();
+        let promised = self.confirmed.filter(|c| c.epoch == self.epoch).map(|c| c.until);
+        Some(promised.map_or(renewed, |p| p.max(renewed)))
+    }
+
+    /// Serving only because the peer promised: the renewal deadline passed.
+    fn on_promise(&self, now: Instant) -> bool {
+        self.role == Role::Active && self.last_renew.is_some_and(|t| t + self.fence_after() <= now) && {
+            self.fence_at().is_some_and(|t| t > now)
+        }
+    }
+
+    /// The fence deadline on `CLOCK_BOOTTIME`, for the role file. `None`
+    /// before any renewal.
     fn deadline(&self) -> Option<f64> {
-        let since = self.last_renew?.elapsed();
-        Some(role::boottime() - since.as_secs_f64() + self.fence_after().as_secs_f64())
+        let at = self.fence_at()?;
+        let now = Instant::now();
+        let left = at.saturating_duration_since(now).as_secs_f64() - now.saturating_duration_since(at).as_secs_f64();
+        Some(role::boottime() + left)
     }
 
     /// Records a successful renewal made with `used` (interval, missed) and
@@ -209,6 +241,7 @@ impl Agent {
             lease_renew_failures: s.renew_failures,
             released: s.released.clone(),
             draining: s.draining_since.is_some(),
+            failsafe: s.on_promise(Instant::now()),
             sync,
         }
     }
@@ -281,6 +314,14 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             peer_reachable: None,
             draining_since: None,
             published: (config.interval_seconds.max(1), config.missed_threshold.max(2)),
+            confirmed: None,
+            promised_until: None,
+            named_at: None,
+            claiming: false,
+            started_hold: Some(
+                Instant::now()
+                    + Duration::from_secs((config.interval_seconds.max(1) * config.missed_threshold.max(2)) as u64),
+            ),
         }),
         files,
         wake: Notify::new(),
@@ -296,6 +337,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(health_loop(agent.clone(), spec));
     }
     tokio::spawn(lease_task::watchdog(agent.clone()));
+    tokio::spawn(failsafe::failsafe_loop(agent.clone()));
     tokio::spawn(server::peer_loop(agent.clone(), tls));
     if agent.syncer.is_some() {
         tokio::spawn(sync_loop(agent.clone()));
@@ -379,7 +421,7 @@ async fn health_loop(agent: Arc<Agent>, spec: HealthCheckSpec) {
 mod tests {
     use super::*;
 
-    fn state() -> State {
+    pub(super) fn state() -> State {
         State {
             role: Role::Active,
             epoch: 1,
@@ -394,6 +436,11 @@ mod tests {
             peer_reachable: None,
             draining_since: None,
             published: (1, 3),
+            confirmed: None,
+            promised_until: None,
+            named_at: None,
+            claiming: false,
+            started_hold: None,
         }
     }
 

@@ -5,7 +5,9 @@
 //!   which the agent then heartbeats), `POST /v1/wake` (re-read the Lease now,
 //!   sent by the operator right after it moves the Lease), `POST
 //!   /v1/drain?epoch=N` (stop serving but keep the Lease, for a planned
-//!   handover), `GET /v1/ping`.
+//!   handover), `GET /v1/ping`, `POST /v1/failsafe?epoch=N&ms=M` (the peer
+//!   serves at N without the API server: promise not to act as active for M
+//!   ms; see [`failsafe`](super::failsafe)).
 //! - file sync on the mTLS port: see [`crate::sync::wire`]; plus `POST
 //!   /v1/sync/resync?label=..&onlyOnTarget=..&conflict=..&clocksAgree=0|1&dryRun=0|1&full=0|1`
 //!   (the operator orders a resync of this member).
@@ -61,6 +63,7 @@ pub async fn start(
                     reply(StatusCode::ACCEPTED, "")
                 }
                 (&Method::GET, "/v1/ping") => reply(StatusCode::OK, "pong"),
+                (&Method::POST, "/v1/failsafe") => promise(&agent, req.uri().query()),
                 (&Method::POST, "/v1/drain") => match query_epoch(req.uri().query()) {
                     Some(epoch) if agent.drain(epoch) => {
                         if let Some(syncer) = &agent.syncer {
@@ -198,6 +201,30 @@ async fn sync_endpoint(agent: &Agent, method: &Method, path: &str, query: Option
             None => reply(StatusCode::BAD_REQUEST, "label, onlyOnTarget and conflict required"),
         },
         _ => reply(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// The peer asks this member not to act as active for a while: it serves
+/// at `epoch` and cannot reach the API server. Answers the milliseconds
+/// granted, or why not.
+fn promise(agent: &Agent, query: Option<&str>) -> http::Reply {
+    let counted = |result: &str| agent.metrics.failsafe_promises.with_label_values(&[result]).inc();
+    let ms = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms="))).and_then(|v| v.parse::<u64>().ok());
+    let (Some(epoch), Some(ms)) = (query_epoch(query), ms) else {
+        counted("malformed");
+        return reply(StatusCode::BAD_REQUEST, "epoch=N and ms=M required");
+    };
+    let mut s = agent.lock();
+    match super::failsafe::grant(&mut s, epoch, Duration::from_millis(ms), std::time::Instant::now()) {
+        Ok(granted) => {
+            counted("granted");
+            tracing::debug!(epoch, ms = granted.as_millis() as u64, "promised the peer not to act as active");
+            reply(StatusCode::OK, granted.as_millis().to_string())
+        }
+        Err(why) => {
+            counted("refused");
+            reply(StatusCode::CONFLICT, why.to_string())
+        }
     }
 }
 

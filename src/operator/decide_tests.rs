@@ -40,6 +40,7 @@ pub(super) fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs 
                 lease_renew_failures: 0,
                 released: None,
                 draining: false,
+                failsafe: false,
                 sync: None,
             }),
             missed: 0,
@@ -200,6 +201,35 @@ fn active_missing_heartbeats_fails_over_only_after_a_full_lease_duration() {
     assert!(plan.recheck <= Duration::from_millis(100), "wakes up when the lease expires: {:?}", plan.recheck);
     obs.lease.as_mut().unwrap().unchanged_for = Duration::from_secs(15);
     assert_eq!(takeover(&decide(&spec(""), None, &obs, &clock())), Some((Member::Secondary, 2, "LeaseExpired")));
+}
+
+#[test]
+fn an_unrenewed_lease_is_no_failure_while_its_holder_answers_as_active_at_its_epoch() {
+    // The API server does not hear the active (it serves on its peer's
+    // promise), but the operator reaches its agent.
+    let mut obs = enabled();
+    obs.lease.as_mut().unwrap().unchanged_for = Duration::from_secs(60);
+    obs.primary.agent.last.as_mut().unwrap().failsafe = true;
+    let plan = decide(&spec(""), None, &obs, &clock());
+    assert_eq!(plan.lease, None, "the holder vouches for itself");
+    // Each part of the vouching matters: a fresh answer, active, at the Lease's
+    // epoch, from the pod the Lease names.
+    let breaks: [fn(&mut Observed); 5] = [
+        |o| o.primary.agent.missed = 1,
+        |o| o.primary.agent.since_answer = Some(Duration::from_secs(6)),
+        |o| o.primary.agent.last.as_mut().unwrap().role = Role::Fenced,
+        |o| o.primary.agent.last.as_mut().unwrap().epoch = 0,
+        |o| o.primary.agent.last.as_mut().unwrap().pod_uid = "other".into(),
+    ];
+    for (i, b) in breaks.into_iter().enumerate() {
+        let mut o = obs.clone();
+        b(&mut o);
+        assert_eq!(
+            takeover(&decide(&spec(""), None, &o, &clock())),
+            Some((Member::Secondary, 2, "LeaseExpired")),
+            "case {i}"
+        );
+    }
 }
 
 #[test]

@@ -97,10 +97,25 @@ pub fn holder_failure(obs: &Observed) -> Option<Failure> {
     if m.agent.missed == 0 && m.agent.last.as_ref().is_some_and(|a| a.app_healthy == Some(false)) {
         return confirmed(AppHealthCheckFailed);
     }
-    if lease.unchanged_for >= lease.duration {
+    if lease.unchanged_for >= lease.duration && !vouched_for(&m.agent, uid, lease) {
         return Some(Failure { reason: LeaseExpired, confirmed: false });
     }
     None
+}
+
+/// The holder's agent answered the last poll, within one interval, as
+/// active at the Lease's epoch: it is inside its deadline (renewed, or on
+/// its peer's promise while the API server does not hear it), so a Lease
+/// that looks unrenewed here is no failure of the holder. Failing over
+/// would only make the standby wait out the promise the active holds.
+fn vouched_for(agent: &super::observe::AgentObs, uid: &str, lease: &LeaseObs) -> bool {
+    let interval = lease.duration / lease.missed_threshold.unwrap_or(3).max(1) as u32;
+    agent.missed == 0
+        && agent.since_answer.is_some_and(|t| t <= interval)
+        && agent
+            .last
+            .as_ref()
+            .is_some_and(|a| a.role == crate::api::Role::Active && a.epoch == lease.epoch && a.pod_uid == uid)
 }
 
 /// Automatic failovers within the flap budget's window: those recorded for
