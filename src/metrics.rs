@@ -114,6 +114,7 @@ pub struct OperatorMetrics {
     pub resync_files: IntGaugeVec,
     pub condition: IntGaugeVec,
     pub member_fenced: IntGaugeVec,
+    pub member_failsafe: IntGaugeVec,
     pub last_transition: prometheus::GaugeVec,
     pub leader: IntGauge,
     pub invalid: IntGaugeVec,
@@ -221,6 +222,13 @@ impl OperatorMetrics {
                 Opts::new("hapair_member_fenced", "1 while the member's agent reports itself fenced"),
                 &["namespace", "pair", "member"],
             )?,
+            member_failsafe: IntGaugeVec::new(
+                Opts::new(
+                    "hapair_member_failsafe",
+                    "1 while the member's agent serves on its peer's promise: the API server does not hear its renewals",
+                ),
+                &["namespace", "pair", "member"],
+            )?,
             last_transition: prometheus::GaugeVec::new(
                 Opts::new(
                     "hapair_last_transition_timestamp_seconds",
@@ -247,7 +255,7 @@ impl OperatorMetrics {
     /// Every metric labelled by namespace and pair: the one list that both
     /// registers them and forgets a deleted pair's series, so the two cannot
     /// drift apart.
-    fn per_pair(&self) -> [&dyn PairSeries; 18] {
+    fn per_pair(&self) -> [&dyn PairSeries; 19] {
         [
             &self.invalid,
             &self.reconciles,
@@ -264,6 +272,7 @@ impl OperatorMetrics {
             &self.resync_phase,
             &self.condition,
             &self.member_fenced,
+            &self.member_failsafe,
             &self.last_transition,
             &self.standby_outage,
             &self.resync_files,

@@ -478,6 +478,8 @@ pub struct WriteLog {
     /// to the first after it, as the client lived it (a request that hangs
     /// until its deadline counts from when it was sent, not when it gave up).
     pub longest_outage: Duration,
+    /// When that outage ended, counted from the writer's start.
+    pub longest_outage_ended: Duration,
 }
 
 impl Harness {
@@ -490,7 +492,9 @@ impl Harness {
         let task = tokio::spawn(async move {
             let mut conn = client::VipConnection::new(addr);
             let mut log = WriteLog::default();
-            let (mut last_ack, mut failing) = (Instant::now(), false);
+            // No outage before the first acknowledgement: nothing was served yet.
+            let (mut last_ack, mut failing): (Option<Instant>, bool) = (None, false);
+            let started = Instant::now();
             let mut n = 0u64;
             while !flag.load(std::sync::atomic::Ordering::SeqCst) {
                 n += 1;
@@ -500,10 +504,14 @@ impl Harness {
                         log.acknowledged.push((n, epoch));
                         log.answered_by.push((n, member));
                         latest.store(epoch, std::sync::atomic::Ordering::SeqCst);
-                        if std::mem::take(&mut failing) {
-                            log.longest_outage = log.longest_outage.max(last_ack.elapsed());
+                        if std::mem::take(&mut failing)
+                            && let Some(t) = last_ack
+                            && t.elapsed() > log.longest_outage
+                        {
+                            log.longest_outage = t.elapsed();
+                            log.longest_outage_ended = started.elapsed();
                         }
-                        last_ack = Instant::now();
+                        last_ack = Some(Instant::now());
                     }
                     _ => {
                         log.failed += 1;

@@ -216,7 +216,7 @@ fn an_unrenewed_lease_is_no_failure_while_its_holder_answers_as_active_at_its_ep
     // epoch, from the pod the Lease names.
     let breaks: [fn(&mut Observed); 5] = [
         |o| o.primary.agent.missed = 1,
-        |o| o.primary.agent.since_answer = Some(Duration::from_secs(6)),
+        |o| o.primary.agent.since_answer = Some(Duration::from_secs(11)),
         |o| o.primary.agent.last.as_mut().unwrap().role = Role::Fenced,
         |o| o.primary.agent.last.as_mut().unwrap().epoch = 0,
         |o| o.primary.agent.last.as_mut().unwrap().pod_uid = "other".into(),

@@ -103,15 +103,17 @@ pub fn holder_failure(obs: &Observed) -> Option<Failure> {
     None
 }
 
-/// The holder's agent answered the last poll, within one interval, as
-/// active at the Lease's epoch: it is inside its deadline (renewed, or on
-/// its peer's promise while the API server does not hear it), so a Lease
-/// that looks unrenewed here is no failure of the holder. Failing over
-/// would only make the standby wait out the promise the active holds.
+/// The holder's agent answered the last poll (polls go out every
+/// interval, so within two) as active at the Lease's epoch: it is inside its
+/// deadline (renewed, or on its peer's promise while the API server does
+/// not hear it), so a Lease that looks unrenewed here is no failure of the
+/// holder. Failing over would only make the standby wait out the promise
+/// the active holds. Safety does not rest on this: a failover that happens
+/// anyway is safe by the promise rules (`agent::failsafe`).
 fn vouched_for(agent: &super::observe::AgentObs, uid: &str, lease: &LeaseObs) -> bool {
     let interval = lease.duration / lease.missed_threshold.unwrap_or(3).max(1) as u32;
     agent.missed == 0
-        && agent.since_answer.is_some_and(|t| t <= interval)
+        && agent.since_answer.is_some_and(|t| t <= 2 * interval)
         && agent
             .last
             .as_ref()

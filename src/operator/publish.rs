@@ -78,6 +78,8 @@ pub fn publish(
         let a = &obs.member(m).agent;
         let fenced = a.last.as_ref().is_some_and(|s| s.role == crate::api::Role::Fenced);
         metrics.member_fenced.with_label_values(&[&ns, &name, &member]).set(i64::from(fenced));
+        let failsafe = a.last.as_ref().is_some_and(|s| s.failsafe);
+        metrics.member_failsafe.with_label_values(&[&ns, &name, &member]).set(i64::from(failsafe));
         metrics.missed_heartbeats.with_label_values(&[&ns, &name, &member]).set(i64::from(a.missed));
         if let Some(age) = a.since_answer {
             metrics.heartbeat_age.with_label_values(&[&ns, &name, &member]).set(age.as_secs_f64());
