@@ -206,6 +206,48 @@ async fn a_deleted_lease_comes_back_past_the_highest_epoch_for_the_member_that_s
     assert_eq!(members.len(), 1, "only the member that served answered: {members:?}");
 }
 
+/// The Lease edited by hand twice under writes: its holder moved to the
+/// standby at the same epoch, then its epoch set back to 0. Each time it is
+/// written again past the highest epoch for the member that served; the
+/// standby never claims the epoch it saw the active hold (two members
+/// active at one epoch is what the checker flags), and no acknowledged
+/// write carries an epoch below an earlier one.
+#[tokio::test]
+async fn a_hand_edited_lease_is_written_again_past_the_highest_epoch_for_the_member_that_served() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let (h, active, mut epoch) = up("lease-edit", 1).await;
+    let checker = h.checker("web").await;
+    let writer = h.writer("web").await;
+    writer.wait_epoch(epoch, Duration::from_secs(30)).await;
+    let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns.name);
+    let standby_pod = h.member_pod("web", active.peer()).await;
+    let standby_identity = format!("{}/{}", active.peer(), standby_pod.metadata.uid.unwrap());
+    let edits = [json!({"spec": {"holderIdentity": standby_identity}}), json!({"spec": {"leaseTransitions": 0}})];
+    for edit in edits {
+        leases.patch("web", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+        let p = h
+            .wait_for("web", "the Lease written again", Duration::from_secs(30), |p| {
+                p.status
+                    .as_ref()
+                    .is_some_and(|s| s.epoch > epoch && s.history.first().is_some_and(|t| t.reason == "LeaseRestored"))
+            })
+            .await;
+        let s = p.status.unwrap();
+        assert_eq!((s.epoch, s.active_member), (epoch + 1, Some(active)), "after {edit}");
+        let lease = leases.get("web").await.unwrap().spec.unwrap();
+        assert_eq!(lease.lease_transitions, Some(epoch as i32 + 1), "after {edit}");
+        assert!(lease.holder_identity.unwrap().starts_with(&format!("{active}/")), "after {edit}");
+        epoch += 1;
+        writer.wait_epoch(epoch, Duration::from_secs(30)).await;
+    }
+    let log = writer.stop().await;
+    let epochs: Vec<i64> = log.acknowledged.iter().map(|(_, e)| *e).collect();
+    assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "acknowledged epochs went backwards: {epochs:?}");
+    let members: std::collections::BTreeSet<&str> = log.answered_by.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(members.len(), 1, "only the member that served answered: {members:?}");
+    checker.assert_clean();
+}
+
 /// Plain HTTP GET from the test process (the host reaches pod IPs).
 async fn http_get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

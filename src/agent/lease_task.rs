@@ -29,6 +29,7 @@ pub(super) async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
                 healthy: s.app_healthy(),
                 draining_for: s.draining_since.map(|t| t.elapsed()),
                 handover_hold: hold,
+                seen_other: s.seen_other,
             };
             (tick, (s.interval_seconds, s.missed_threshold))
         };
@@ -55,7 +56,10 @@ pub(super) async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
         if let renewal::Answer::Read(view) = &answer {
             // Named holder: no more promises to the active (see failsafe).
             let named = view.as_ref().filter(|v| v.holder.as_deref() == Some(agent.identity.as_str()));
-            agent.lock().named_at = named.map(|v| v.epoch);
+            let other = view.as_ref().filter(|v| v.holder.is_some() && named.is_none()).map(|v| v.epoch);
+            let mut s = agent.lock();
+            s.named_at = named.map(|v| v.epoch);
+            s.seen_other = s.seen_other.max(other);
         }
         let verdict = renewal::verdict(&tick, &agent.identity, &answer);
         apply_verdict(&agent, &api, &name, tick.epoch, verdict, used, sent).await;

@@ -118,6 +118,8 @@ pub(crate) struct State {
     pub named_at: Option<i64>,
     /// Standby: proving it holds the Lease (no promise meanwhile).
     pub claiming: bool,
+    /// The highest epoch at which a Lease read showed another holder.
+    pub seen_other: Option<i64>,
     /// One lease duration after the agent started: what a former life of
     /// this member may have promised ends by then.
     pub started_hold: Option<Instant>,
@@ -318,6 +320,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             promised_until: None,
             named_at: None,
             claiming: false,
+            seen_other: None,
             started_hold: Some(
                 Instant::now()
                     + Duration::from_secs((config.interval_seconds.max(1) * config.missed_threshold.max(2)) as u64),
@@ -440,6 +443,7 @@ mod tests {
             promised_until: None,
             named_at: None,
             claiming: false,
+            seen_other: None,
             started_hold: None,
         }
     }

@@ -25,6 +25,12 @@ pub struct Tick {
     pub draining_for: Option<Duration>,
     /// How long a drain may hold the Lease before the member serves again.
     pub handover_hold: Duration,
+    /// The highest epoch at which this member read the Lease held by
+    /// another: it never claims at that epoch or below. The operator moves
+    /// the holder only with a new epoch, so the same epoch under a new
+    /// holder is a hand edit, and claiming it would make two members active
+    /// at one epoch until the old holder's next renewal fails.
+    pub seen_other: Option<i64>,
 }
 
 /// What to ask the API server this tick.
@@ -125,6 +131,7 @@ pub fn verdict(t: &Tick, identity: &str, answer: &Answer) -> Verdict {
                 Verdict::Nothing
             }
         }
+        Answer::Read(Some(view)) if t.seen_other.is_some_and(|e| view.epoch <= e) => Verdict::Nothing,
         Answer::Read(Some(view)) if t.healthy == Some(false) => Verdict::GiveBack { epoch: view.epoch },
         Answer::Read(Some(view)) => Verdict::Claim { epoch: view.epoch },
     }
@@ -138,7 +145,14 @@ mod tests {
     const HOLD: Duration = Duration::from_secs(10);
 
     fn tick(role: Role, healthy: Option<bool>, draining_for: Option<u64>) -> Tick {
-        Tick { role, epoch: 4, healthy, draining_for: draining_for.map(Duration::from_secs), handover_hold: HOLD }
+        Tick {
+            role,
+            epoch: 4,
+            healthy,
+            draining_for: draining_for.map(Duration::from_secs),
+            handover_hold: HOLD,
+            seen_other: None,
+        }
     }
 
     fn view(holder: &str, epoch: i64) -> LeaseView {
@@ -148,6 +162,10 @@ mod tests {
             interval_seconds: Some(1),
             missed_threshold: Some(3),
         }
+    }
+
+    fn seen(epoch: i64) -> Tick {
+        Tick { seen_other: Some(epoch), ..tick(Role::Standby, Some(true), None) }
     }
 
     #[test]
@@ -201,6 +219,11 @@ mod tests {
             (tick(Fenced, Some(true), None), Answer::Read(Some(view("secondary/uid-2", 5))), Verdict::Unfence),
             (tick(Fenced, Some(true), None), Answer::Read(Some(view(ME, 4))), Verdict::Claim { epoch: 4 }),
             (tick(Fenced, Some(true), None), Answer::Read(None), Verdict::Nothing),
+            // Named at an epoch another member was seen holding: a hand edit
+            // of the holder, never claimed; a later epoch is the operator's.
+            (seen(4), Answer::Read(Some(view(ME, 4))), Verdict::Nothing),
+            (seen(4), Answer::Read(Some(view(ME, 3))), Verdict::Nothing),
+            (seen(4), Answer::Read(Some(view(ME, 5))), Verdict::Claim { epoch: 5 }),
         ];
         for (t, answer, want) in rows {
             assert_eq!(verdict(&t, ME, &answer), want, "{t:?} answered {answer:?}");

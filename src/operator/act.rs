@@ -353,6 +353,21 @@ async fn apply_lease_and_status(
                 Err(e) => return Err(e.into()),
             }
         }
+        Some(LeaseAction::Restore { holder, pod_uid, epoch, expected_rv, edit }) => {
+            let mut lease = build::lease(pair, holder, &pod_uid, epoch);
+            lease.metadata.resource_version = Some(expected_rv);
+            match leases.replace(&name, &PostParams::default(), &lease).await {
+                Ok(_) => {
+                    warn!(pair = %name, %holder, epoch, %edit, "lease edited by hand: written again");
+                    outcome.promoted = Some(holder);
+                }
+                Err(e) if is_conflict(&e) => {
+                    outcome.conflict = true;
+                    return Ok(outcome);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Some(LeaseAction::UpdateTimings) => {
             let patch = json!({"metadata": {"annotations": {
                 ANN_INTERVAL: pair.spec.heartbeat.interval_seconds.to_string(),

@@ -7,7 +7,8 @@
 //! its own module and returns what it changes:
 //!
 //! 1. no Lease: bootstrap, or (deleted) recreated past the highest epoch
-//!    ever seen (`failover::without_lease`);
+//!    ever seen (`failover::without_lease`); a Lease edited by hand is
+//!    written again the same way (`failover::edited_lease`);
 //! 2. the heartbeat settings on the Lease follow the spec;
 //! 3. a user's request, `spec.operation` (`operations`);
 //! 4. otherwise automatic failback (`failback`);
@@ -50,6 +51,13 @@ pub fn decide(
         }
         return conclude(spec, obs, d, None, round);
     };
+    // 1b. A Lease edited by hand is written again past the highest epoch,
+    //     for the member that served (drift repair, also while paused: it
+    //     keeps what was, it moves nothing).
+    if let Some(restore) = failover::edited_lease(spec, &d.status, obs, lease) {
+        d.lease = Some(restore);
+        return conclude(spec, obs, d, None, round);
+    }
     // 2. The heartbeat settings the agents read follow the spec.
     if lease.interval_seconds != Some(spec.heartbeat.interval_seconds)
         || lease.missed_threshold != Some(spec.heartbeat.missed_threshold)
@@ -118,7 +126,7 @@ fn conclude(
     let missed = spec.heartbeat.missed_threshold as u32;
     let active = match &d.lease {
         Some(LeaseAction::Takeover { to, .. }) => Some(*to),
-        Some(LeaseAction::Create { holder, .. }) => Some(*holder),
+        Some(LeaseAction::Create { holder, .. } | LeaseAction::Restore { holder, .. }) => Some(*holder),
         _ => d.vip,
     };
     d.vip = active;

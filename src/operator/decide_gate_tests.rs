@@ -37,6 +37,59 @@ fn max_sync_lag_holds_back_an_automatic_failover_to_a_standby_too_far_behind() {
 }
 
 #[test]
+fn a_lease_edited_by_hand_is_written_again_past_the_highest_epoch_for_the_member_that_served() {
+    let s = spec("");
+    // Epoch 3, primary active, as the status recorded.
+    let mut obs = enabled();
+    obs.lease.as_mut().unwrap().epoch = 3;
+    for m in Member::BOTH {
+        obs.member_mut(m).agent.last.as_mut().unwrap().epoch = 3;
+    }
+    let current = HighAvailabilityPairStatus { epoch: 3, active_member: Some(Member::Primary), ..Default::default() };
+    assert_eq!(decide(&s, Some(&current), &obs, &clock()).lease, None, "as the operator left it");
+    let restored = |o: &Observed| match decide(&s, Some(&current), o, &clock()).lease {
+        Some(LeaseAction::Restore { holder, epoch, edit, expected_rv, .. }) => {
+            assert_eq!(expected_rv, "42", "a compare-and-swap on what was read");
+            Some((holder, epoch, edit))
+        }
+        other => panic!("{other:?}"),
+    };
+    // The holder changed to the standby at the same epoch.
+    let mut edited = obs.clone();
+    edited.lease.as_mut().unwrap().holder = Some((Member::Secondary, "secondary-uid".into()));
+    let (holder, epoch, edit) = restored(&edited).unwrap();
+    assert_eq!((holder, epoch), (Member::Primary, 4));
+    assert!(edit.contains("holder was changed to secondary at epoch 3"), "{edit}");
+    let plan = decide(&s, Some(&current), &edited, &clock());
+    let t = &plan.status.history[0];
+    assert_eq!((t.epoch, t.reason.as_str(), t.to), (4, "LeaseRestored", Some(Member::Primary)));
+    assert_eq!((plan.status.epoch, plan.vip), (4, Some(Member::Primary)));
+    assert!(plan.events.iter().any(|e| e.warning && e.reason == "LeaseRestored"));
+    // The holder cleared without a release (an agent always says why).
+    let mut cleared = obs.clone();
+    cleared.lease.as_mut().unwrap().holder = None;
+    assert_eq!(restored(&cleared).unwrap().0, Member::Primary);
+    cleared.lease.as_mut().unwrap().released_reason = Some("AppHealthCheckFailed".into());
+    cleared.lease.as_mut().unwrap().released_by = Some(Member::Primary);
+    assert!(
+        !matches!(decide(&s, Some(&current), &cleared, &clock()).lease, Some(LeaseAction::Restore { .. })),
+        "a release is the agent's, not an edit"
+    );
+    // The epoch set back: past the highest recorded, for the same member.
+    let mut back = obs.clone();
+    back.lease.as_mut().unwrap().epoch = 0;
+    let (holder, epoch, edit) = restored(&back).unwrap();
+    assert_eq!((holder, epoch), (Member::Primary, 4));
+    assert!(edit.contains("set back to 0"), "{edit}");
+    // A later epoch under a new holder is how the operator moves the role
+    // (its status write may not have landed yet): not an edit.
+    let mut moved = obs.clone();
+    let l = moved.lease.as_mut().unwrap();
+    (l.epoch, l.holder) = (4, Some((Member::Secondary, "secondary-uid".into())));
+    assert!(!matches!(decide(&s, Some(&current), &moved, &clock()).lease, Some(LeaseAction::Restore { .. })));
+}
+
+#[test]
 fn a_deleted_lease_comes_back_past_the_highest_epoch_for_the_member_that_served() {
     let s = spec("");
     // Epoch 3, secondary active; then the Lease is deleted.

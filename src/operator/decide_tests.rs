@@ -309,7 +309,9 @@ fn the_flap_budget_stops_the_third_automatic_failover_in_a_window() {
         transition.time = Utc::now() - chrono::Duration::minutes(minutes_ago);
         crate::operator::model::push_history(&mut status, transition);
     }
-    // One failover 20 minutes ago (outside the window) and one 5 minutes ago.
+    // One failover 20 minutes ago (outside the window) and one 5 minutes ago;
+    // the Lease is at the epoch the latest of them wrote.
+    obs.lease.as_mut().unwrap().epoch = 3;
     assert!(takeover(&decide(&s, Some(&status), &obs, &clock())).is_some());
     status.history[1].time = Utc::now() - chrono::Duration::minutes(1);
     let plan = decide(&s, Some(&status), &obs, &clock());

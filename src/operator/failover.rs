@@ -312,20 +312,69 @@ pub fn without_lease(
     if highest == 0 {
         return bootstrap(spec, obs);
     }
-    let missed = spec.heartbeat.missed_threshold as u32;
-    let serves = |m: Member| can_take_over(obs.member(m), missed);
     // The member that reported serving at the highest epoch, else the one
     // the status named active, else whoever can serve (primary first).
-    let reported_active = Member::BOTH.into_iter().find(|m| {
-        obs.member(*m).agent.last.as_ref().is_some_and(|a| a.epoch == highest && a.role == crate::api::Role::Active)
-    });
-    let holder = [reported_active, status.active_member, Some(Member::Primary), Some(Member::Secondary)]
-        .into_iter()
-        .flatten()
-        .find(|m| serves(*m))
-        .ok_or(None)?;
+    let holder = served(spec, obs, [reported_active(obs, highest), status.active_member]).ok_or(None)?;
     let pod_uid = obs.member(holder).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
     Ok(LeaseAction::Create { holder, pod_uid, epoch: (highest + 1).min(MAX_EPOCH) })
+}
+
+/// The member whose agent reported serving at `epoch`.
+fn reported_active(obs: &Observed, epoch: i64) -> Option<Member> {
+    Member::BOTH.into_iter().find(|m| {
+        obs.member(*m).agent.last.as_ref().is_some_and(|a| a.epoch == epoch && a.role == crate::api::Role::Active)
+    })
+}
+
+/// The first of `evidence`, then primary, then secondary, that can serve.
+fn served(spec: &HighAvailabilityPairSpec, obs: &Observed, evidence: [Option<Member>; 2]) -> Option<Member> {
+    let missed = spec.heartbeat.missed_threshold as u32;
+    evidence
+        .into_iter()
+        .chain([Some(Member::Primary), Some(Member::Secondary)])
+        .flatten()
+        .find(|m| can_take_over(obs.member(*m), missed))
+}
+
+/// The Lease says what the operator never writes: an epoch below the
+/// highest ever recorded, or — at the epoch the status recorded — another
+/// holder than the one it recorded, or none without a release (the
+/// operator changes the holder only with a new epoch; an agent clears it
+/// only with its reason). It is written again past the highest epoch for
+/// the member that served: the one the status named active (the one clients
+/// were told), else the one that reported serving. `None` when the Lease is
+/// as the operator and the agents left it, or when no member can serve.
+pub fn edited_lease(
+    spec: &HighAvailabilityPairSpec,
+    status: &HighAvailabilityPairStatus,
+    obs: &Observed,
+    lease: &LeaseObs,
+) -> Option<LeaseAction> {
+    let highest = highest_epoch(status, obs);
+    let holder = lease.holder.as_ref().map(|(m, _)| *m);
+    let recorded = status.active_member.filter(|_| status.epoch > 0 && lease.epoch == status.epoch);
+    let edit = if lease.epoch < highest {
+        format!("its epoch was set back to {} below the highest recorded, {highest}", lease.epoch)
+    } else if let Some(was) = recorded.filter(|was| holder.is_some_and(|h| h != *was)) {
+        format!(
+            "its holder was changed to {} at epoch {}, which {was} held",
+            holder.map_or("nobody".into(), |h| h.to_string()),
+            lease.epoch
+        )
+    } else if let Some(was) = recorded.filter(|_| holder.is_none() && lease.released_reason.is_none()) {
+        format!("its holder was cleared at epoch {}, which {was} held, without a release", lease.epoch)
+    } else {
+        return None;
+    };
+    let to = served(spec, obs, [status.active_member, reported_active(obs, highest)])?;
+    let pod_uid = obs.member(to).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
+    Some(LeaseAction::Restore {
+        holder: to,
+        pod_uid,
+        epoch: (highest + 1).min(MAX_EPOCH),
+        expected_rv: lease.resource_version.clone(),
+        edit,
+    })
 }
 
 /// Nobody has held the Lease yet: the primary once both members can serve,

@@ -67,6 +67,9 @@ pub enum LeaseAction {
     Takeover { to: Member, pod_uid: String, expected_rv: String, epoch: i64, transition: Transition },
     /// Heartbeat settings on the Lease differ from the spec.
     UpdateTimings,
+    /// The Lease was edited by hand (`edit` says how): write it again for
+    /// `holder` past the highest epoch, compare-and-swap at `expected_rv`.
+    Restore { holder: Member, pod_uid: String, epoch: i64, expected_rv: String, edit: String },
 }
 
 /// Something under way that a condition reports until it is done.

@@ -125,7 +125,7 @@ pub fn compute(
     };
     let epoch = match &plan.lease {
         Some(LeaseAction::Takeover { epoch, .. }) => *epoch,
-        Some(LeaseAction::Create { epoch, .. }) => *epoch,
+        Some(LeaseAction::Create { epoch, .. } | LeaseAction::Restore { epoch, .. }) => *epoch,
         _ => obs.lease.as_ref().map_or(0, |l| l.epoch),
     };
     if s.mode != Some(mode) {
@@ -191,6 +191,28 @@ pub fn compute(
                 transition.reason
             ),
         });
+    }
+    let restored = match &plan.lease {
+        Some(LeaseAction::Restore { holder, epoch, edit, .. }) => Some((*holder, *epoch, edit.clone())),
+        _ => None,
+    };
+    if let Some((holder, epoch, edit)) = restored {
+        let message = format!("the Lease was edited by hand ({edit}): written again for {holder} at epoch {epoch}");
+        let t = crate::api::Transition {
+            type_: crate::api::TransitionType::Bootstrap,
+            from: None,
+            to: Some(holder),
+            epoch,
+            reason: "LeaseRestored".into(),
+            message: Some(message.clone()),
+            time: now,
+            detection_millis: None,
+            lease_to_selector_millis: None,
+            data_loss_possible: false,
+            operation_id: None,
+        };
+        plan.events.push(Notice::warning("LeaseRestored", message));
+        push_history(s, t);
     }
     if let Some(LeaseAction::Create { holder, epoch, .. }) = &plan.lease {
         let (reason, message) = if *epoch > 1 {
