@@ -248,6 +248,90 @@ async fn a_hand_edited_lease_is_written_again_past_the_highest_epoch_for_the_mem
     checker.assert_clean();
 }
 
+/// The agent's Role widened, its RoleBinding given to another account, the
+/// pair's NetworkPolicy opened to everyone and a member's role label
+/// flipped, all by hand: each is put back within a reconcile (the watch
+/// wakes the pair), and nothing is written again once it is back.
+#[tokio::test]
+async fn hand_edits_of_rbac_the_network_policy_and_role_labels_are_put_back() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let h = Harness::new_with("rbac-drift", &[("HAPAIR_AGENT_NETWORK_POLICY", "true")]).await;
+    h.apply(&test_pair("web", 1, json!({}))).await;
+    let s = h.wait_enabled("web", BOOT).await.status.unwrap();
+    let active = s.active_member.unwrap();
+    let roles: Api<Role> = Api::namespaced(h.client.clone(), &h.ns.name);
+    let bindings: Api<RoleBinding> = Api::namespaced(h.client.clone(), &h.ns.name);
+    let policies: Api<NetworkPolicy> = Api::namespaced(h.client.clone(), &h.ns.name);
+    let pods = h.pods();
+    let name = "web-hapair-agent";
+    let (role0, binding0, policy0) =
+        (roles.get(name).await.unwrap(), bindings.get(name).await.unwrap(), policies.get(name).await.unwrap());
+    let merge = |v: serde_json::Value| Patch::Merge(v);
+    roles
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(json!([
+                    {"op": "add", "path": "/rules/0/verbs/-", "value": "update"},
+                    {"op": "remove", "path": "/rules/0/resourceNames"}
+                ]))
+                .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    bindings
+        .patch(name, &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(json!([
+            {"op": "add", "path": "/subjects/-", "value": {"kind": "ServiceAccount", "name": "default", "namespace": h.ns.name}}
+        ])).unwrap()))
+        .await
+        .unwrap();
+    policies.patch(name, &PatchParams::default(), &merge(json!({"spec": {"ingress": [{}]}}))).await.unwrap();
+    let pod = active.pod_name("web");
+    pods.patch(
+        &pod,
+        &PatchParams::default(),
+        &merge(json!({"metadata": {"labels": {hapair::api::LABEL_ROLE: "standby"}}})),
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        let (r, b, p) =
+            (roles.get(name).await.unwrap(), bindings.get(name).await.unwrap(), policies.get(name).await.unwrap());
+        let label =
+            pods.get(&pod).await.unwrap().metadata.labels.unwrap_or_default().get(hapair::api::LABEL_ROLE).cloned();
+        if r.rules == role0.rules
+            && b.subjects == binding0.subjects
+            && p.spec == policy0.spec
+            && label.as_deref() == Some("active")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not put back: role {:?}, subjects {:?}, ingress {:?}, label {label:?}",
+            r.rules,
+            b.subjects,
+            p.spec.and_then(|s| s.ingress)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("hand edits put back in {:?}", start.elapsed());
+    // Back as built: left alone from now on.
+    let versions = |r: Role, b: RoleBinding, p: NetworkPolicy| {
+        (r.metadata.resource_version, b.metadata.resource_version, p.metadata.resource_version)
+    };
+    let before =
+        versions(roles.get(name).await.unwrap(), bindings.get(name).await.unwrap(), policies.get(name).await.unwrap());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after =
+        versions(roles.get(name).await.unwrap(), bindings.get(name).await.unwrap(), policies.get(name).await.unwrap());
+    assert_eq!(before, after, "written again although nothing changed");
+}
+
 /// Plain HTTP GET from the test process (the host reaches pod IPs).
 async fn http_get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use super::build::{self, applied_hash};
 use super::context::Context;
+use super::drift;
 use super::model::{Decision, LeaseAction};
 use super::observe::Observed;
 use crate::api::{HighAvailabilityPair, LABEL_ROLE, Member, Role};
@@ -72,14 +73,22 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// Creates `obj` unless it exists; re-applies it when its hash changed.
-async fn ensure<K>(api: &Api<K>, obj: &K, current: Option<&K>) -> Result<(), kube::Error>
+/// Creates `obj` unless it exists; re-applies it when its hash changed or
+/// `matches` says its content no longer is what was built (a hand edit
+/// keeps the hash).
+async fn ensure<K>(
+    api: &Api<K>,
+    obj: &K,
+    current: Option<&K>,
+    matches: impl Fn(&K, &K) -> bool,
+) -> Result<(), kube::Error>
 where
     K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     if let Some(cur) = current
         && applied_hash(cur.meta()) == applied_hash(obj.meta())
+        && matches(cur, obj)
     {
         return Ok(());
     }
@@ -116,15 +125,15 @@ pub async fn ensure_supporting(ctx: &Context, pair: &HighAvailabilityPair) -> Re
     }
     let roles: Api<RbacRole> = Api::namespaced(ctx.client.clone(), &ns);
     let cur = roles.get_opt(&role.name_any()).await?;
-    ensure(&roles, &role, cur.as_ref()).await?;
+    ensure(&roles, &role, cur.as_ref(), drift::role_matches).await?;
     let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ns);
     let cur = bindings.get_opt(&binding.name_any()).await?;
-    ensure(&bindings, &binding, cur.as_ref()).await?;
+    ensure(&bindings, &binding, cur.as_ref(), drift::binding_matches).await?;
     if let Some(operator) = &ctx.build.agent_network_policy {
         let np = build::netpol::agent_network_policy(pair, operator);
         let api: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         let cur = api.get_opt(&np.name_any()).await?;
-        ensure(&api, &np, cur.as_ref()).await?;
+        ensure(&api, &np, cur.as_ref(), drift::network_policy_matches).await?;
     }
     for m in Member::BOTH {
         if let Some(claim) = build::pvc(pair, m) {

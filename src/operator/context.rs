@@ -6,6 +6,8 @@ use std::sync::Arc;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
 use kube::core::DeserializeGuard;
 use kube::runtime::events::Recorder;
@@ -26,6 +28,11 @@ pub struct Context {
     pub services: Stores<Service>,
     pub leases: Stores<Lease>,
     pub jobs: Stores<Job>,
+    /// The agents' Roles and RoleBindings, and the NetworkPolicies when the
+    /// operator makes them (`None`: not watched).
+    pub roles: Stores<Role>,
+    pub role_bindings: Stores<RoleBinding>,
+    pub network_policies: Option<Stores<NetworkPolicy>>,
     pub build: BuildContext,
     pub metrics: OperatorMetrics,
     pub recorder: Recorder,
@@ -46,6 +53,15 @@ impl Context {
     }
     pub fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
         self.services.get(&ObjectRef::new(name).within(ns))
+    }
+    pub fn role(&self, ns: &str, name: &str) -> Option<Arc<Role>> {
+        self.roles.get(&ObjectRef::new(name).within(ns))
+    }
+    pub fn role_binding(&self, ns: &str, name: &str) -> Option<Arc<RoleBinding>> {
+        self.role_bindings.get(&ObjectRef::new(name).within(ns))
+    }
+    pub fn network_policy(&self, ns: &str, name: &str) -> Option<Arc<NetworkPolicy>> {
+        self.network_policies.as_ref()?.get(&ObjectRef::new(name).within(ns))
     }
     pub fn pod_finished(&self, ns: &str, name: &str) -> bool {
         self.pod(ns, name)

@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | run | `mod.rs`, `worker.rs` | watches (pairs through `DeserializeGuard`), leader election, one worker per pair ordering the steps |
 //! | write | `act.rs` (+ `fault.rs`, test builds only) | **every** API write and agent call: Lease CAS, Services, pods, Jobs, labels, status, Events, drain/sync/wake requests |
-//! | read | `gather.rs`, `poller.rs`, `context.rs`, `stores.rs` | the watch caches and the agents' answers into an `Observed`, with the worker's memory |
+//! | read | `gather.rs`, `poller.rs`, `context.rs`, `stores.rs`, `drift.rs` | the watch caches and the agents' answers into an `Observed`, with the worker's memory; whether the RBAC and NetworkPolicy still say what was built |
 //! | decide | `decide.rs` | the precedence list: bootstrap, Lease timings, request, failback, split brain, failover, what follows |
 //! | rules | `operations.rs`, `failover.rs`, `failback.rs`, `split_brain.rs`, `outage.rs`, `returning.rs` | one concern each, pure, returning what it changes |
 //! | status | `status.rs` (one builder per condition), `resync_status.rs`, `publish.rs` (metrics) | the pair's status and series from the decision |
@@ -26,6 +26,7 @@ pub mod act;
 pub mod build;
 pub mod context;
 pub mod decide;
+pub mod drift;
 mod endpoints;
 pub mod failback;
 pub mod failover;
@@ -140,6 +141,15 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let (services, service_feeds) = Stores::<Service>::reflect(&client, &namespaces);
     let (leases, lease_feeds) = Stores::<Lease>::reflect(&client, &namespaces);
     let (jobs, job_feeds) = Stores::<Job>::reflect(&client, &namespaces);
+    let (roles, role_feeds) = Stores::<k8s_openapi::api::rbac::v1::Role>::reflect(&client, &namespaces);
+    let (role_bindings, binding_feeds) =
+        Stores::<k8s_openapi::api::rbac::v1::RoleBinding>::reflect(&client, &namespaces);
+    let (network_policies, policy_feeds) = if config.agent_network_policy {
+        let (s, f) = Stores::<k8s_openapi::api::networking::v1::NetworkPolicy>::reflect(&client, &namespaces);
+        (Some(s), f)
+    } else {
+        (None, Vec::new())
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         pairs,
@@ -147,6 +157,9 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         services,
         leases,
         jobs,
+        roles,
+        role_bindings,
+        network_policies,
         build: BuildContext {
             agent_image: config.agent_image.clone(),
             agent_network_policy: config.agent_network_policy.then(|| build::OperatorPods {
@@ -217,6 +230,15 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     for (w, api) in job_feeds {
         tokio::spawn(owned_stream!(w, api));
     }
+    for (w, api) in role_feeds {
+        tokio::spawn(owned_stream!(w, api));
+    }
+    for (w, api) in binding_feeds {
+        tokio::spawn(owned_stream!(w, api));
+    }
+    for (w, api) in policy_feeds {
+        tokio::spawn(owned_stream!(w, api));
+    }
     // A new leader decides nothing until it has seen everything, and stops
     // if it loses the lead meanwhile (its Lease is renewed all along).
     let synced = async {
@@ -225,7 +247,14 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             ctx.pods.wait_until_ready(),
             ctx.services.wait_until_ready(),
             ctx.leases.wait_until_ready(),
-            ctx.jobs.wait_until_ready()
+            ctx.jobs.wait_until_ready(),
+            ctx.roles.wait_until_ready(),
+            ctx.role_bindings.wait_until_ready(),
+            async {
+                if let Some(p) = &ctx.network_policies {
+                    p.wait_until_ready().await;
+                }
+            }
         )
     };
     tokio::select! {

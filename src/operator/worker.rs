@@ -122,8 +122,11 @@ async fn round(
         return Ok(Duration::from_millis(200));
     }
     let holder = obs.lease.as_ref().and_then(|l| l.holder.as_ref().map(|(m, _)| *m));
+    // Again with a new spec, every five minutes, and at once when the watch
+    // shows one of them changed by hand.
     let fresh =
-        mem.supporting.is_some_and(|(g, t)| g == pair.metadata.generation && t.elapsed() < Duration::from_secs(300));
+        mem.supporting.is_some_and(|(g, t)| g == pair.metadata.generation && t.elapsed() < Duration::from_secs(300))
+            && !super::drift::supporting_drifted(ctx, pair);
     if !fresh {
         act::ensure_supporting(ctx, pair).await?;
         mem.supporting = Some((pair.metadata.generation, Instant::now()));
