@@ -472,7 +472,9 @@ fn writes_anywhere(dir: &Path) -> std::collections::HashSet<u64> {
 }
 
 /// A split brain made by a partition: the primary is cut off from the API
-/// server under writes, fences, the secondary takes over and the writes,
+/// server and from its peer under writes (cut from the API server alone, it
+/// would serve on on its peer's promise), fences, the secondary takes over
+/// and the writes,
 /// and something writes on the fenced primary's volume too. Once healed,
 /// `policy` (with a resolve request keeping the primary when it waits for
 /// one) must end with the primary serving and every acknowledged write in a
@@ -481,6 +483,7 @@ async fn partition_split_brain(name: &str, policy: serde_json::Value, resolve_at
     let h = split_brain_up(name, policy).await;
     let writer = h.writer("web").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    h.cut_members_apart("web", true).await;
     h.partition("web", Member::Primary, true).await;
     h.wait_for("web", "the secondary active", WAIT, |p| {
         p.status.as_ref().is_some_and(|s| s.active_member == Some(Member::Secondary))
@@ -489,6 +492,7 @@ async fn partition_split_brain(name: &str, policy: serde_json::Value, resolve_at
     let primary = h.data_dir("web", Member::Primary).await;
     std::fs::write(primary.join("while-fenced.txt"), b"written on the fenced primary").unwrap();
     h.partition("web", Member::Primary, false).await;
+    h.cut_members_apart("web", false).await;
     h.wait_for("web", "SplitBrain", WAIT, |p| condition(p, "SplitBrain") == Some(ConditionStatus::True)).await;
     if let Some(epoch) = resolve_at_epoch {
         h.wait_for("web", "the policy waiting", WAIT, |p| {
