@@ -152,7 +152,7 @@ fn bad_pairs() -> Vec<Bad> {
         Bad {
             what: "isolate-secondary keeping the most recent writer",
             patch: json!({"spec": {"splitBrain": {"policy": "IsolateSecondary", "keep": "MostRecent"}}}),
-            expect: &["spec.splitBrain.keep must be Primary"],
+            expect: &["spec.splitBrain.keep cannot be MostRecent or MostChanges"],
         },
         Bad {
             what: "agent port without room for its probe port",

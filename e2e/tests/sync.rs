@@ -474,12 +474,11 @@ fn writes_anywhere(dir: &Path) -> std::collections::HashSet<u64> {
 /// A split brain made by a partition: the primary is cut off from the API
 /// server and from its peer under writes (cut from the API server alone, it
 /// would serve on on its peer's promise), fences, the secondary takes over
-/// and the writes,
-/// and something writes on the fenced primary's volume too. Once healed,
-/// `policy` (with a resolve request keeping the primary when it waits for
-/// one) must end with the primary serving and every acknowledged write in a
-/// live or quarantined log.
-async fn partition_split_brain(name: &str, policy: serde_json::Value, resolve_at_epoch: Option<i64>) {
+/// and the writes, and something writes on the fenced primary's volume too.
+/// Once healed, `policy` (with a resolve request keeping the primary when it
+/// waits for one) must end with `kept` serving, every acknowledged write in
+/// a live or quarantined log, and the other side's files in its quarantine.
+async fn partition_split_brain(name: &str, policy: serde_json::Value, resolve_at_epoch: Option<i64>, kept: Member) {
     let h = split_brain_up(name, policy).await;
     let writer = h.writer("web").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -505,39 +504,70 @@ async fn partition_split_brain(name: &str, policy: serde_json::Value, resolve_at
             .await;
     }
     let p = h
-        .wait_for("web", "the primary kept and the pair repaired", Duration::from_secs(60), |p| {
+        .wait_for("web", &format!("{kept} kept and the pair repaired"), Duration::from_secs(60), |p| {
             p.status
                 .as_ref()
-                .is_some_and(|s| s.active_member == Some(Member::Primary) && s.mode == Some(hapair::api::Mode::Enabled))
+                .is_some_and(|s| s.active_member == Some(kept) && s.mode == Some(hapair::api::Mode::Enabled))
                 && condition(p, "SplitBrain") == Some(ConditionStatus::False)
         })
         .await;
     let log = writer.stop().await;
     let s = p.status.unwrap();
-    assert!(s.history.iter().any(|t| t.type_ == hapair::api::TransitionType::SplitBrainResolved), "{:?}", s.history);
+    let moved = s.history.iter().any(|t| t.type_ == hapair::api::TransitionType::SplitBrainResolved);
+    assert_eq!(moved, kept == Member::Primary, "the role moves only to keep the fenced primary: {:?}", s.history);
     let secondary = h.data_dir("web", Member::Secondary).await;
-    let kept: std::collections::HashSet<u64> =
+    let kept_anywhere: std::collections::HashSet<u64> =
         writes_anywhere(&primary).union(&writes_anywhere(&secondary)).copied().collect();
-    let lost: Vec<u64> = log.acknowledged.iter().map(|(n, _)| *n).filter(|n| !kept.contains(n)).collect();
+    let lost: Vec<u64> = log.acknowledged.iter().map(|(n, _)| *n).filter(|n| !kept_anywhere.contains(n)).collect();
     assert!(log.acknowledged.iter().any(|(_, e)| *e == 2), "writes were taken at epoch 2");
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
-    assert_eq!(std::fs::read(primary.join("while-fenced.txt")).unwrap(), b"written on the fenced primary");
-    until(&secondary.join("while-fenced.txt"), "the kept file on the secondary", |c| c.is_some()).await;
+    if kept == Member::Primary {
+        assert_eq!(std::fs::read(primary.join("while-fenced.txt")).unwrap(), b"written on the fenced primary");
+        until(&secondary.join("while-fenced.txt"), "the kept file on the secondary", |c| c.is_some()).await;
+    } else {
+        // The elected side keeps every write it acknowledged live; the fenced
+        // side's stray file is in its quarantine, not served.
+        let live = live_writes(&secondary);
+        let not_live: Vec<u64> =
+            log.acknowledged.iter().filter(|(_, e)| *e >= 2).map(|(n, _)| *n).filter(|n| !live.contains(n)).collect();
+        assert!(not_live.is_empty(), "writes the elected secondary acknowledged are not live: {not_live:?}");
+        until(&primary.join("while-fenced.txt"), "the fenced primary's stray file moved away", |c| c.is_none()).await;
+        assert_eq!(quarantined(&primary, "while-fenced.txt").as_deref(), Some(&b"written on the fenced primary"[..]));
+        assert!(!secondary.join("while-fenced.txt").exists(), "the fenced side's file reached the elected side");
+    }
+}
+
+/// Write numbers in a member's live `writes.log`.
+fn live_writes(dir: &Path) -> std::collections::HashSet<u64> {
+    let text = std::fs::read_to_string(dir.join("writes.log")).unwrap_or_default();
+    text.lines().filter_map(|l| l.split(' ').nth(2)?.parse().ok()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_partition_the_default_keeps_the_elected_secondary_and_quarantines_the_fenced_primarys_files() {
+    partition_split_brain("split-partition-default", json!({}), None, Member::Secondary).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_with_writes_on_both_sides_is_repaired_keeping_the_primary_and_loses_nothing() {
-    partition_split_brain("split-partition", json!({"policy": "ForceSecondaryStandby", "keep": "Primary"}), None).await;
+    partition_split_brain(
+        "split-partition",
+        json!({"policy": "ForceSecondaryStandby", "keep": "Primary"}),
+        None,
+        Member::Primary,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_split_brain_under_manual_waits_for_the_resolve_and_loses_nothing() {
-    partition_split_brain("split-partition-manual", json!({"policy": "Manual"}), Some(2)).await;
+    partition_split_brain("split-partition-manual", json!({"policy": "Manual"}), Some(2), Member::Primary).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_split_brain_under_isolate_secondary_hands_the_primary_the_role_and_loses_nothing() {
     // The primary takes the role back, the secondary is stopped until the
     // resolve request.
-    partition_split_brain("split-partition-isolate", json!({"policy": "IsolateSecondary"}), Some(3)).await;
+    partition_split_brain("split-partition-isolate", json!({"policy": "IsolateSecondary"}), Some(3), Member::Primary)
+        .await;
 }

@@ -404,7 +404,7 @@ pub enum ConflictRule {
 /// Split-brain handling.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[x_kube(
-    validation = Rule::new("self.policy != 'IsolateSecondary' || self.keep == 'Primary'").message("spec.splitBrain.keep must be Primary with policy IsolateSecondary: that policy always keeps the primary"),
+    validation = Rule::new("self.policy != 'IsolateSecondary' || self.keep == 'Active' || self.keep == 'Primary'").message("spec.splitBrain.keep cannot be MostRecent or MostChanges with policy IsolateSecondary: that policy always keeps the primary"),
     validation = Rule::new("self.policy != 'IsolateSecondary' || !has(self.repairJob)").message("spec.splitBrain.repairJob runs after a resync, which policy IsolateSecondary never does; use ForceSecondaryStandby or Manual, or remove repairJob"),
 )]
 #[serde(rename_all = "camelCase")]
@@ -415,8 +415,10 @@ pub struct SplitBrainSpec {
     /// run alone until a resolve request.
     #[serde(default)]
     pub policy: SplitBrainPolicy,
-    /// Side kept by `ForceSecondaryStandby`: the configured `Primary`, the
-    /// `MostRecent` writer, or the one with `MostChanges` since the split.
+    /// Side kept by `ForceSecondaryStandby`: the `Active` member (default:
+    /// the one holding the Lease, which clients were told serves), the
+    /// configured `Primary`, the `MostRecent` writer, or the one with
+    /// `MostChanges` since the split.
     #[serde(default)]
     pub keep: KeepSide,
     /// A container run as a Job after the file resync (e.g. a database repair
@@ -437,9 +439,17 @@ pub enum SplitBrainPolicy {
 }
 
 /// Which side a split-brain repair keeps.
+///
+/// `Active` is the default because after a partition the member holding the
+/// Lease is the one that was lawfully elected: the VIP sent clients to it and
+/// it acknowledged their writes, while the other side was fenced and could
+/// only have been written behind hapair's back. Keeping the `Primary` by
+/// default would hand the role back to the fenced side and move the
+/// acknowledged writes to quarantine.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum KeepSide {
     #[default]
+    Active,
     Primary,
     MostRecent,
     MostChanges,

@@ -219,6 +219,32 @@ fn a_standby_written_behind_the_pairs_back_is_a_split_brain_resynced_from_the_ke
 }
 
 #[test]
+fn after_a_partition_the_default_keeps_the_lawfully_elected_active_and_resyncs_the_fenced_primary() {
+    // The secondary was promoted while the primary was cut off; back, the
+    // primary (standby now) holds files written while it was fenced.
+    let after_partition = || {
+        let mut obs = enabled();
+        obs.primary = member(Member::Primary, Role::Standby, Some(true));
+        obs.secondary = member(Member::Secondary, Role::Active, Some(true));
+        obs.lease = Some(lease(Member::Secondary, 2, Duration::from_secs(1)));
+        obs.vip_member = Some(Member::Secondary);
+        obs.primary.agent.last.as_mut().unwrap().sync = Some(crate::proto::SyncStatus {
+            changed_while_standby: [(".".to_string(), Utc::now())].into(),
+            ..Default::default()
+        });
+        obs
+    };
+    let plan = decide(&files(""), None, &after_partition(), &clock());
+    assert_eq!(condition(&plan, "SplitBrain").0, ConditionStatus::True);
+    assert_eq!((plan.lease, plan.drain), (None, None), "the role stays where clients were sent");
+    let (target, order) = plan.start_resync.expect("the fenced side is resynced");
+    assert_eq!((target, order.dry_run), (Member::Primary, false), "from the active, its own versions to quarantine");
+    // Keeping the configured primary instead is a choice, and moves the role.
+    let plan = decide(&files("splitBrain: {keep: Primary}"), None, &after_partition(), &clock());
+    assert_eq!(plan.drain, Some((Member::Secondary, 2)), "the secondary drains for the primary");
+}
+
+#[test]
 fn keeping_the_most_recent_writer_hands_the_role_to_a_standby_that_wrote_last() {
     let s = files("splitBrain: {keep: MostRecent}");
     let (obs, _) = split(Utc::now(), Some(Utc::now() - chrono::Duration::seconds(60)));

@@ -7,9 +7,10 @@
 //! files changed while it was not active) and reports it. The policies are
 //! an HA appliance's three methods:
 //!
-//! - `ForceSecondaryStandby`: the side that loses (by `keep`) is, or is made,
-//!   the standby, and is resynced from the kept side; its own versions go to
-//!   quarantine, never lost.
+//! - `ForceSecondaryStandby`: the side that loses (by `keep`; by default the
+//!   side that does not hold the Lease) is, or is made, the standby, and is
+//!   resynced from the kept side; its own versions go to quarantine, never
+//!   lost.
 //! - `Manual`: nothing is changed; a dry-run resync shows the difference in
 //!   `status.resync`; a resolve request naming the side to keep repairs it.
 //! - `IsolateSecondary`: the secondary's pod is stopped and kept down, the
@@ -163,6 +164,7 @@ pub fn repair(
             };
         }
         (None, SplitBrainPolicy::ForceSecondaryStandby) => match spec.split_brain.keep {
+            KeepSide::Active => holder,
             KeepSide::Primary => Member::Primary,
             KeepSide::MostRecent => {
                 let active_wrote = obs.member(holder).agent.last.as_ref().and_then(|a| a.sync.as_ref()?.last_change_at);
