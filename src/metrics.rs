@@ -115,6 +115,7 @@ pub struct OperatorMetrics {
     pub condition: IntGaugeVec,
     pub member_fenced: IntGaugeVec,
     pub member_failsafe: IntGaugeVec,
+    pub quarantine_bytes: IntGaugeVec,
     pub last_transition: prometheus::GaugeVec,
     pub leader: IntGauge,
     pub invalid: IntGaugeVec,
@@ -229,6 +230,13 @@ impl OperatorMetrics {
                 ),
                 &["namespace", "pair", "member"],
             )?,
+            quarantine_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "hapair_quarantine_bytes",
+                    "Bytes of quarantined files on the member's volume, as its agent reports",
+                ),
+                &["namespace", "pair", "member"],
+            )?,
             last_transition: prometheus::GaugeVec::new(
                 Opts::new(
                     "hapair_last_transition_timestamp_seconds",
@@ -255,7 +263,7 @@ impl OperatorMetrics {
     /// Every metric labelled by namespace and pair: the one list that both
     /// registers them and forgets a deleted pair's series, so the two cannot
     /// drift apart.
-    fn per_pair(&self) -> [&dyn PairSeries; 19] {
+    fn per_pair(&self) -> [&dyn PairSeries; 20] {
         [
             &self.invalid,
             &self.reconciles,
@@ -273,6 +281,7 @@ impl OperatorMetrics {
             &self.condition,
             &self.member_fenced,
             &self.member_failsafe,
+            &self.quarantine_bytes,
             &self.last_transition,
             &self.standby_outage,
             &self.resync_files,

@@ -129,6 +129,13 @@ pub struct SyncStatus {
     pub garbage: u64,
     /// The last resync this member ran as target.
     pub resync: Option<ResyncReport>,
+    /// What this member's quarantine holds.
+    #[serde(default)]
+    pub quarantine: crate::sync::quarantine::Usage,
+    /// Quarantines removed by the retention limits since the agent started,
+    /// newest last (at most 20; all of them are recorded on the volume).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<crate::sync::quarantine::Pruned>,
 }
 
 /// What the operator asks of a target member: reconcile its diverged

@@ -33,6 +33,7 @@ fn spec() -> FileSyncSpec {
         paths: vec![FileSyncPath { path: ".".into(), class: SyncClass::Realtime }],
         realtime_interval_seconds: 1,
         batch_interval_seconds: 2,
+        quarantine: Default::default(),
     }
 }
 

@@ -332,6 +332,53 @@ async fn hand_edits_of_rbac_the_network_policy_and_role_labels_are_put_back() {
     assert_eq!(before, after, "written again although nothing changed");
 }
 
+/// A member's quarantine holds a resync's files from 40 days ago and one
+/// from now: with the default 30-day retention the old one is removed — after
+/// a line recording it, and told as a `QuarantinePruned` Event — and the
+/// recent one stays.
+#[tokio::test]
+async fn a_quarantine_past_its_retention_is_removed_with_a_record_and_an_event() {
+    let h = Harness::new("quarantine").await;
+    let synced = json!({"spec": {
+        "storage": {"size": "1Gi", "mountPath": "/data"},
+        "fileSync": {"paths": [{"path": "."}], "realtimeIntervalSeconds": 1, "batchIntervalSeconds": 2}
+    }});
+    h.apply(&test_pair("web", 1, synced)).await;
+    let s = h.wait_enabled("web", BOOT).await.status.unwrap();
+    let standby = s.active_member.unwrap().peer();
+    let data = h.data_dir("web", standby).await;
+    let quarantine = data.join(".hapair/quarantine");
+    for (label, days) in [("resync-old", 40), ("resync-recent", 0)] {
+        let files = quarantine.join(label).join("files");
+        std::fs::create_dir_all(&files).unwrap();
+        std::fs::write(files.join("kept.txt"), b"a version that lost a resync").unwrap();
+        let at = chrono::Utc::now() - chrono::Duration::days(days);
+        let record = json!({"path": "kept.txt", "reason": "onlyOnTarget", "member": standby.to_string(),
+                            "size": 28, "hash": "x", "mtime": 0, "at": at});
+        std::fs::write(quarantine.join(label).join("MANIFEST.jsonl"), format!("{record}\n")).unwrap();
+    }
+    let start = Instant::now();
+    while quarantine.join("resync-old").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the quarantine past its retention is still there");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(quarantine.join("resync-recent/files/kept.txt").exists(), "the recent quarantine was removed");
+    let record = std::fs::read_to_string(data.join(".hapair/quarantine-pruned.jsonl")).unwrap();
+    assert!(record.contains("\"label\":\"resync-old\"") && record.contains("\"why\":\"retention\""), "{record}");
+    let events: Api<Event> = Api::namespaced(h.client.clone(), &h.ns.name);
+    let start = Instant::now();
+    loop {
+        let list = events.list(&ListParams::default().fields("involvedObject.name=web")).await.unwrap();
+        if let Some(e) = list.items.into_iter().find(|e| e.reason.as_deref() == Some("QuarantinePruned")) {
+            let note = e.message.unwrap_or_default();
+            assert!(note.contains("resync-old") && note.contains(&standby.to_string()), "{note}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no QuarantinePruned event");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Plain HTTP GET from the test process (the host reaches pod IPs).
 async fn http_get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -344,6 +344,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(server::peer_loop(agent.clone(), tls));
     if agent.syncer.is_some() {
         tokio::spawn(sync_loop(agent.clone()));
+        tokio::spawn(quarantine_loop(agent.clone()));
     }
     tokio::select! {
         _ = lease_task::lease_loop(agent.clone(), leases) => {}
@@ -396,6 +397,33 @@ async fn sync_loop(agent: Arc<Agent>) {
             _ = tokio::time::sleep(wait) => false,
             _ = syncer.wake.notified() => true,
         };
+    }
+}
+
+/// Keeps the quarantine within `spec.fileSync.quarantine` (see
+/// [`crate::sync::quarantine`]), every half minute.
+async fn quarantine_loop(agent: Arc<Agent>) {
+    use crate::sync::quarantine::{Limits, prune};
+    let Some(syncer) = agent.syncer.clone() else { return };
+    let q = &syncer.spec.quarantine;
+    let limits = Limits {
+        retention: chrono::Duration::days(i64::from(q.retention_days.max(1))),
+        max_bytes: q.max_bytes.as_ref().and_then(|m| crate::api::quantity_bytes(&m.0)),
+    };
+    loop {
+        let busy = syncer.status().resync.filter(|r| !r.done).map(|r| r.label);
+        let root = syncer.root.clone();
+        match tokio::task::spawn_blocking(move || prune(&root, limits, chrono::Utc::now(), busy.as_deref())).await {
+            Ok(Ok((removed, usage))) => {
+                for p in &removed {
+                    warn!(label = %p.label, files = p.files, bytes = p.bytes, why = %p.why, "quarantine removed");
+                }
+                syncer.record_quarantine(removed, usage);
+            }
+            Ok(Err(e)) => warn!(error = %e, "cannot prune the quarantine"),
+            Err(e) => warn!(error = %e, "quarantine pruning stopped"),
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
     }
 }
 

@@ -331,6 +331,9 @@ pub struct FileSyncSpec {
     #[serde(default = "default_batch")]
     #[schemars(range(min = 2, max = 86400))]
     pub batch_interval_seconds: i32,
+    /// How long quarantined files are kept and how much room they may take.
+    #[serde(default)]
+    pub quarantine: QuarantineSpec,
 }
 
 fn default_realtime() -> i32 {
@@ -399,6 +402,67 @@ pub enum ConflictRule {
     #[default]
     SourceWins,
     NewestWins,
+}
+
+/// Quarantine limits: how long quarantined files are kept and how much
+/// room they may take on each member's volume.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.maxBytes) || quantity(self.maxBytes).isGreaterThan(quantity('0'))").message("spec.fileSync.quarantine.maxBytes must be a positive quantity such as 5Gi"))]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantineSpec {
+    /// Days a resync's quarantined files are kept after the newest of them
+    /// was moved there; then the whole resync's quarantine is removed (and
+    /// recorded, and told as an Event).
+    #[serde(default = "default_retention_days")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub retention_days: i32,
+    /// Room the quarantine may take on a member's volume, e.g. `5Gi`: past
+    /// it the oldest resyncs' quarantines are removed, never the newest.
+    /// Unset: no limit but the retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<Quantity>,
+}
+
+impl Default for QuarantineSpec {
+    fn default() -> Self {
+        QuarantineSpec { retention_days: default_retention_days(), max_bytes: None }
+    }
+}
+
+fn default_retention_days() -> i32 {
+    30
+}
+
+/// Bytes in a Kubernetes quantity (`10Gi`, `500M`, `1.5Ti`, `1e9`); `None`
+/// for anything else.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E').unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => return None,
+    };
+    let (n, mult) = match num.parse::<f64>() {
+        Ok(n) => (n, mult),
+        // `E` is also the exa suffix (`2E`), not only an exponent.
+        Err(_) if suffix.is_empty() && num.ends_with('E') => (num[..num.len() - 1].parse().ok()?, 1e18),
+        Err(_) => return None,
+    };
+    let bytes = n * mult;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// Split-brain handling.

@@ -34,6 +34,9 @@ pub struct Memory {
     /// recorded (a transition, an acknowledged operation). The operator is the
     /// status's only writer, so its own last write is the truth.
     pub status: Option<crate::api::HighAvailabilityPairStatus>,
+    /// Per member (primary, secondary): the time of the latest pruned
+    /// quarantine already told as an Event.
+    pub pruned_told: [Option<chrono::DateTime<chrono::Utc>>; 2],
 }
 
 impl Default for Memory {
@@ -46,6 +49,7 @@ impl Default for Memory {
             failure: None,
             primary_usable_since: None,
             status: None,
+            pruned_told: [None, None],
         }
     }
 }

@@ -98,37 +98,7 @@ pub fn standby_outage(
     Outage { ratio, message }
 }
 
-/// Bytes in a Kubernetes quantity (`10Gi`, `500M`, `1.5Ti`, `1e9`); `None`
-/// for anything else.
-pub fn quantity_bytes(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let split = q.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E').unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let mult: f64 = match suffix {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        _ => return None,
-    };
-    let (n, mult) = match num.parse::<f64>() {
-        Ok(n) => (n, mult),
-        // `E` is also the exa suffix (`2E`), not only an exponent.
-        Err(_) if suffix.is_empty() && num.ends_with('E') => (num[..num.len() - 1].parse().ok()?, 1e18),
-        Err(_) => return None,
-    };
-    let bytes = n * mult;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
-}
+pub use crate::api::quantity_bytes;
 
 /// Where the full resync after an outage past the limit stands.
 #[derive(Debug, Clone, PartialEq)]

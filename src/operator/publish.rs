@@ -80,6 +80,9 @@ pub fn publish(
         metrics.member_fenced.with_label_values(&[&ns, &name, &member]).set(i64::from(fenced));
         let failsafe = a.last.as_ref().is_some_and(|s| s.failsafe);
         metrics.member_failsafe.with_label_values(&[&ns, &name, &member]).set(i64::from(failsafe));
+        if let Some(q) = a.last.as_ref().and_then(|s| s.sync.as_ref()).map(|s| s.quarantine.bytes) {
+            metrics.quarantine_bytes.with_label_values(&[&ns, &name, &member]).set(q.min(i64::MAX as u64) as i64);
+        }
         metrics.missed_heartbeats.with_label_values(&[&ns, &name, &member]).set(i64::from(a.missed));
         if let Some(age) = a.since_answer {
             metrics.heartbeat_age.with_label_values(&[&ns, &name, &member]).set(age.as_secs_f64());
@@ -152,10 +155,23 @@ mod tests {
             .map(|d| d.fq_name)
             .collect();
         let mut obs = Observed::default();
-        for member in [&mut obs.primary, &mut obs.secondary] {
+        for (member, name) in [(&mut obs.primary, "primary"), (&mut obs.secondary, "secondary")] {
+            let last = serde_json::from_value(json!({
+                "member": name, "podUid": "u", "role": "Standby", "epoch": 3, "appHealthy": true,
+                "wallClock": "2026-01-01T00:00:00Z", "peerReachable": true, "syncGeneration": 1,
+                "leaseRenewFailures": 0, "released": null,
+                "sync": {"point": {"epoch": 3, "generation": 1}, "pendingFiles": 0, "pendingBytes": 0, "diverged": {}, "changedWhileStandby": {}, "copiedFiles": 0, "copiedBytes": 0, "errors": 0,
+                         "refused": 0, "garbage": 0, "quarantine": {"labels": 1, "files": 2, "bytes": 30}},
+            }))
+            .unwrap();
             *member = MemberObs {
                 pod: None,
-                agent: AgentObs { missed: 2, since_answer: Some(Duration::from_secs(9)), ..Default::default() },
+                agent: AgentObs {
+                    last: Some(last),
+                    missed: 2,
+                    since_answer: Some(Duration::from_secs(9)),
+                    ..Default::default()
+                },
             };
         }
         for name in ["a", "b"] {

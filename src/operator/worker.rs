@@ -131,6 +131,7 @@ async fn round(
         act::ensure_supporting(ctx, pair).await?;
         mem.supporting = Some((pair.metadata.generation, Instant::now()));
     }
+    tell_pruned(ctx, pair, &obs, mem).await;
     let current = mem.status.clone().or_else(|| pair.status.clone());
     let isolated = current.as_ref().and_then(|s| s.isolated_member);
     act::ensure_members(ctx, pair, &obs, holder, isolated).await?;
@@ -155,6 +156,28 @@ async fn round(
         mem.failure = None;
     }
     Ok(if outcome.conflict { Duration::from_millis(20) } else { recheck })
+}
+
+/// Each quarantine a member's agent removed by the retention limits is
+/// told once as a Warning Event (files go away only with a trace).
+async fn tell_pruned(
+    ctx: &Context,
+    pair: &crate::api::HighAvailabilityPair,
+    obs: &super::observe::Observed,
+    mem: &mut Memory,
+) {
+    for (i, m) in Member::BOTH.into_iter().enumerate() {
+        let Some(sync) = obs.member(m).agent.last.as_ref().and_then(|a| a.sync.as_ref()) else { continue };
+        let told = mem.pruned_told[i];
+        for p in sync.pruned.iter().filter(|p| told.is_none_or(|t| p.at > t)) {
+            let note = format!(
+                "{m}: quarantine {} removed by {} ({} files, {} bytes, newest from {}); recorded in .hapair/quarantine-pruned.jsonl",
+                p.label, p.why, p.files, p.bytes, p.newest
+            );
+            act::warn(ctx, pair, "QuarantinePruned", note).await;
+        }
+        mem.pruned_told[i] = sync.pruned.iter().map(|p| p.at).max().max(told);
+    }
 }
 
 /// Polls both agents every heartbeat interval.

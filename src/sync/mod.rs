@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod manifest;
 pub mod path;
 pub mod plan;
+pub mod quarantine;
 pub mod state;
 pub mod store;
 pub mod wire;

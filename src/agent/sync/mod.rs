@@ -124,6 +124,19 @@ impl Syncer {
         self.report().clone()
     }
 
+    /// What pruning removed and what the quarantine holds now.
+    pub fn record_quarantine(
+        &self,
+        removed: Vec<crate::sync::quarantine::Pruned>,
+        usage: crate::sync::quarantine::Usage,
+    ) {
+        let mut r = self.report();
+        r.quarantine = usage;
+        r.pruned.extend(removed);
+        let extra = r.pruned.len().saturating_sub(20);
+        r.pruned.drain(..extra);
+    }
+
     fn configured(&self, dir: &str) -> bool {
         self.spec.paths.iter().any(|p| p.path == dir)
     }
@@ -195,6 +208,7 @@ mod tests {
             paths: vec![FileSyncPath { path: ".".into(), class: SyncClass::Realtime }],
             realtime_interval_seconds: 1,
             batch_interval_seconds: 2,
+            quarantine: Default::default(),
         };
         Syncer::open(root, spec, Member::Secondary).unwrap()
     }
