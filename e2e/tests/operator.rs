@@ -357,6 +357,17 @@ async fn a_quarantine_past_its_retention_is_removed_with_a_record_and_an_event()
                             "size": 28, "hash": "x", "mtime": 0, "at": at});
         std::fs::write(quarantine.join(label).join("MANIFEST.jsonl"), format!("{record}\n")).unwrap();
     }
+    // As the agent itself would have made them: owned by the owner of its
+    // state directory.
+    let state = std::fs::metadata(data.join(".hapair")).unwrap();
+    let (owner, group) = (std::os::unix::fs::MetadataExt::uid(&state), std::os::unix::fs::MetadataExt::gid(&state));
+    let mut stack = vec![quarantine.clone()];
+    while let Some(p) = stack.pop() {
+        std::os::unix::fs::chown(&p, Some(owner), Some(group)).unwrap();
+        if p.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+        }
+    }
     let start = Instant::now();
     while quarantine.join("resync-old").exists() {
         assert!(start.elapsed() < Duration::from_secs(60), "the quarantine past its retention is still there");
