@@ -244,7 +244,10 @@ async fn automatic_failback_waits_until_a_flapping_primary_has_been_healthy_for_
     // seconds, three times: never healthy for the whole delay.
     let mut last_kill = std::time::Instant::now();
     for round in 0..3 {
-        h.wait_for("web", &format!("the primary healthy again ({round})"), WAIT, |p| {
+        // The kubelet's crash back-off doubles (10 s, 20 s, 40 s): the third
+        // restart alone can outlast WAIT on a loaded machine.
+        let back = WAIT + Duration::from_secs(45);
+        h.wait_for("web", &format!("the primary healthy again ({round})"), back, |p| {
             p.status.as_ref().is_some_and(|s| {
                 s.members
                     .iter()
