@@ -414,9 +414,12 @@ async fn quarantine_loop(agent: Arc<Agent>) {
         let busy = syncer.status().resync.filter(|r| !r.done).map(|r| r.label);
         let root = syncer.root.clone();
         match tokio::task::spawn_blocking(move || prune(&root, limits, chrono::Utc::now(), busy.as_deref())).await {
-            Ok(Ok((removed, usage))) => {
+            Ok(Ok(crate::sync::quarantine::Outcome { removed, usage, failed })) => {
                 for p in &removed {
                     warn!(label = %p.label, files = p.files, bytes = p.bytes, why = %p.why, "quarantine removed");
+                }
+                for (label, e) in &failed {
+                    warn!(%label, error = %e, "cannot remove a quarantine past its limits; trying again later");
                 }
                 syncer.record_quarantine(removed, usage);
             }

@@ -137,21 +137,30 @@ pub fn pruned_log(root: &Path) -> std::path::PathBuf {
     root.join(super::path::STATE_DIR).join("quarantine-pruned.jsonl")
 }
 
+/// What one pruning pass did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub removed: Vec<Pruned>,
+    /// What is left.
+    pub usage: Usage,
+    /// Labels that could not be removed, and why.
+    pub failed: Vec<(String, io::Error)>,
+}
+
 /// Prunes `root`'s quarantine by `limits`: records each label, then removes
-/// it. Returns what was removed and what is left.
-pub fn prune(root: &Path, limits: Limits, now: DateTime<Utc>, busy: Option<&str>) -> io::Result<(Vec<Pruned>, Usage)> {
+/// it. Returns what was removed, what is left, and the labels that could
+/// not be removed (each is tried again next time; the others go on).
+pub fn prune(root: &Path, limits: Limits, now: DateTime<Utc>, busy: Option<&str>) -> io::Result<Outcome> {
     let labels = scan(root)?;
     let mut removed = Vec::new();
+    let mut failed = Vec::new();
     for (name, why) in plan(&labels, limits, now, busy) {
         let Some(l) = labels.iter().find(|l| l.name == name) else { continue };
         let p = Pruned { label: name, files: l.files, bytes: l.bytes, newest: l.newest, at: now, why: why.into() };
-        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(pruned_log(root))?;
-        let mut line = serde_json::to_vec(&p).map_err(io::Error::other)?;
-        line.push(b'\n');
-        log.write_all(&line)?;
-        log.sync_all()?;
-        std::fs::remove_dir_all(quarantine_root(root).join(&p.label))?;
-        removed.push(p);
+        match remove_recorded(root, &p) {
+            Ok(()) => removed.push(p),
+            Err(e) => failed.push((p.label, e)),
+        }
     }
     let left = labels.iter().filter(|l| !removed.iter().any(|p| p.label == l.name));
     let usage = left.fold(Usage::default(), |u, l| Usage {
@@ -159,7 +168,17 @@ pub fn prune(root: &Path, limits: Limits, now: DateTime<Utc>, busy: Option<&str>
         files: u.files + l.files,
         bytes: u.bytes + l.bytes,
     });
-    Ok((removed, usage))
+    Ok(Outcome { removed, usage, failed })
+}
+
+/// The record first (appended, fsynced), then the label.
+fn remove_recorded(root: &Path, p: &Pruned) -> io::Result<()> {
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(pruned_log(root))?;
+    let mut line = serde_json::to_vec(p).map_err(io::Error::other)?;
+    line.push(b'\n');
+    log.write_all(&line)?;
+    log.sync_all()?;
+    std::fs::remove_dir_all(quarantine_root(root).join(&p.label))
 }
 
 #[cfg(test)]
@@ -207,7 +226,8 @@ mod tests {
             std::fs::write(quarantine_root(&root).join(name).join("MANIFEST.jsonl"), format!("{rec}\n")).unwrap();
         }
         let limits = Limits { retention: chrono::Duration::days(30), max_bytes: None };
-        let (removed, usage) = prune(&root, limits, now, None).unwrap();
+        let Outcome { removed, usage, failed } = prune(&root, limits, now, None).unwrap();
+        assert!(failed.is_empty());
         assert_eq!(
             removed.iter().map(|p| (p.label.as_str(), p.files, p.bytes)).collect::<Vec<_>>(),
             [("resync-1", 1, 5)]
@@ -219,6 +239,6 @@ mod tests {
         let p: Pruned = serde_json::from_str(log.lines().next().unwrap()).unwrap();
         assert_eq!((p.label.as_str(), p.why.as_str()), ("resync-1", "retention"));
         // Again: nothing more to do.
-        assert!(prune(&root, limits, now, None).unwrap().0.is_empty());
+        assert!(prune(&root, limits, now, None).unwrap().removed.is_empty());
     }
 }
