@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod client;
+pub mod history;
 pub mod nodes;
 
 use std::net::SocketAddr;
@@ -285,6 +286,12 @@ impl Harness {
         if cut {
             list.push(pod);
         }
+    }
+
+    /// `n` clients writing through the pair's ClusterIP at once, their
+    /// every operation recorded for [`history::check`].
+    pub async fn clients(&self, name: &str, n: usize) -> history::Clients {
+        history::Clients::start(self.cluster_ip(name).await, n)
     }
 
     /// Cuts (or restores) the two members' pods off from each other only:

@@ -197,6 +197,7 @@ async fn an_active_cut_off_from_the_api_server_serves_on_while_its_peer_promises
     let h = up("partition", 1, json!({})).await;
     let checker = h.checker("web").await;
     let writer = h.writer("web").await;
+    let clients = h.clients("web", 3).await;
     writer.wait_epoch(1, FAILOVER).await;
     h.partition("web", Member::Primary, true).await;
     // Five leases of 3 s without one renewal reaching the API server.
@@ -214,6 +215,7 @@ async fn an_active_cut_off_from_the_api_server_serves_on_while_its_peer_promises
     );
     let p = h.wait_enabled("web", FAILOVER).await;
     assert_eq!((active(&p), epoch(&p)), (Some(Member::Primary), 1));
+    harness::history::assert_sound(&clients.stop().await);
     checker.assert_clean();
 }
 
@@ -224,6 +226,7 @@ async fn an_active_cut_off_from_the_api_server_serves_on_while_its_peer_promises
 async fn an_active_cut_off_from_the_api_server_and_its_peer_fences_before_the_standby_is_promoted() {
     let h = up("partition-both", 1, json!({})).await;
     let checker = h.checker("web").await;
+    let clients = h.clients("web", 3).await;
     h.cut_members_apart("web", true).await;
     h.partition("web", Member::Primary, true).await;
     h.wait_active(Member::Secondary, 2).await;
@@ -234,6 +237,7 @@ async fn an_active_cut_off_from_the_api_server_and_its_peer_fences_before_the_st
     h.cut_members_apart("web", false).await;
     let p = h.wait_enabled("web", FAILOVER).await;
     assert_eq!(active(&p), Some(Member::Secondary));
+    harness::history::assert_sound(&clients.stop().await);
     checker.assert_clean();
 }
 

@@ -94,6 +94,7 @@ async fn active_node_fails(name: &str, fail: &str, heal: &'static str) {
     let p = h.pair("web").await;
     let (was, at) = (active(&p).unwrap(), epoch(&p));
     let writer = h.writer("web").await;
+    let clients = h.clients("web", 3).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let failed = Instant::now();
     let fault = NodeFault::apply(fail, heal, node);
@@ -133,6 +134,7 @@ async fn active_node_fails(name: &str, fail: &str, heal: &'static str) {
         })
         .await;
     assert_eq!(epoch(&p), new_epoch, "healing the node moved the role again");
+    harness::history::assert_sound(&clients.stop().await);
     checker.assert_clean();
 }
 
@@ -164,6 +166,7 @@ async fn a_stalled_api_server_does_not_stop_a_healthy_pair() {
     let p = h.pair("web").await;
     let (was, at) = (active(&p).unwrap(), epoch(&p));
     let writer = h.writer("web").await;
+    let clients = h.clients("web", 3).await;
     let start = Instant::now();
     writer.wait_epoch(at, FAILOVER).await;
     let frozen_at = start.elapsed();
@@ -187,6 +190,7 @@ async fn a_stalled_api_server_does_not_stop_a_healthy_pair() {
         log.longest_outage,
         log.acknowledged.len()
     );
+    harness::history::assert_sound(&clients.stop().await);
     checker.assert_clean();
 }
 

@@ -1,0 +1,192 @@
+//! A history of what clients saw, checked in the manner of Jepsen: several
+//! clients write through the pair's ClusterIP at once, each on its own
+//! keep-alive connection, and every operation is recorded with a unique id,
+//! when it was invoked and when it completed (one monotonic clock), and —
+//! when acknowledged — the member that answered and the epoch it answered
+//! at. A request that fails or times out is recorded too, never dropped.
+//!
+//! What the history must satisfy, whatever the faults:
+//!
+//! - **one member per epoch**: every acknowledgement at an epoch names the
+//!   same member (two members acknowledging at one epoch is two actives);
+//! - **epochs never go backwards in real time**: once an acknowledgement at
+//!   epoch `e` has completed, no operation invoked after that is
+//!   acknowledged at an epoch below `e` — the old active acknowledging after
+//!   the new one did is a dual active that clients saw.
+//!
+//! Unlike sampling, this misses nothing a client could see: every
+//! acknowledgement is in the history.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::client::{Answer, VipConnection};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Ack {
+        member: String,
+        epoch: i64,
+    },
+    /// An answer that is not an acknowledgement (503 from a standby).
+    Refused(u16),
+    /// No answer: connection refused, reset, or the deadline passed.
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub id: u64,
+    pub client: usize,
+    pub invoke: Instant,
+    pub complete: Instant,
+    pub outcome: Outcome,
+}
+
+/// Breaches of the two rules, in words; empty when the history is sound.
+pub fn check(ops: &[Op]) -> Vec<String> {
+    let mut out = Vec::new();
+    let acks: Vec<(&Op, &str, i64)> = ops
+        .iter()
+        .filter_map(|o| match &o.outcome {
+            Outcome::Ack { member, epoch } => Some((o, member.as_str(), *epoch)),
+            _ => None,
+        })
+        .collect();
+    let mut by_epoch: std::collections::BTreeMap<i64, &str> = Default::default();
+    for (op, member, epoch) in &acks {
+        match by_epoch.get(epoch) {
+            Some(first) if first != member => {
+                out.push(format!("epoch {epoch} acknowledged by {first} and by {member} (write {})", op.id));
+            }
+            Some(_) => {}
+            None => {
+                by_epoch.insert(*epoch, member);
+            }
+        }
+    }
+    // Acks by completion time; walk the invocations in order, keeping the
+    // highest epoch among acks completed before each invocation.
+    let mut completed: Vec<&(&Op, &str, i64)> = acks.iter().collect();
+    completed.sort_by_key(|(o, _, _)| o.complete);
+    let mut invoked: Vec<&(&Op, &str, i64)> = acks.iter().collect();
+    invoked.sort_by_key(|(o, _, _)| o.invoke);
+    let (mut i, mut highest): (usize, Option<(i64, u64)>) = (0, None);
+    for (op, member, epoch) in invoked {
+        while i < completed.len() && completed[i].0.complete < op.invoke {
+            let (o, _, e) = completed[i];
+            if highest.is_none_or(|(h, _)| *e > h) {
+                highest = Some((*e, o.id));
+            }
+            i += 1;
+        }
+        if let Some((h, by)) = highest
+            && *epoch < h
+        {
+            out.push(format!(
+                "write {} acknowledged by {member} at epoch {epoch} after write {by} had been acknowledged at epoch {h}",
+                op.id
+            ));
+        }
+    }
+    out
+}
+
+/// Clients writing through a Service's ClusterIP until stopped.
+pub struct Clients {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Op>>>,
+}
+
+impl Clients {
+    /// `n` clients, each writing every 20 ms on its own connection (dialled
+    /// again after a failure); write ids are unique across all of them.
+    pub fn start(addr: SocketAddr, n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ids = Arc::new(AtomicU64::new(0));
+        let tasks = (0..n)
+            .map(|client| {
+                let (stop, ids) = (stop.clone(), ids.clone());
+                tokio::spawn(async move {
+                    let mut conn = VipConnection::new(addr);
+                    let mut ops = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let id = ids.fetch_add(1, Ordering::SeqCst) + 1;
+                        let invoke = Instant::now();
+                        let answer = conn.request(&format!("/write?key=h{id}&value={id}")).await;
+                        let outcome = match answer {
+                            Ok(Answer { code: 200, body, member }) => {
+                                Outcome::Ack { member, epoch: body.trim_start_matches("epoch=").parse().unwrap_or(0) }
+                            }
+                            Ok(Answer { code, .. }) => Outcome::Refused(code),
+                            Err(_) => Outcome::Failed,
+                        };
+                        ops.push(Op { id, client, invoke, complete: Instant::now(), outcome });
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    ops
+                })
+            })
+            .collect();
+        Clients { stop, tasks }
+    }
+
+    /// Stops every client; the whole history, by invocation.
+    pub async fn stop(self) -> Vec<Op> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.expect("a client task"));
+        }
+        all.sort_by_key(|o| o.invoke);
+        all
+    }
+}
+
+/// Fails the test on any breach, and says what the history held.
+pub fn assert_sound(ops: &[Op]) {
+    let acks = ops.iter().filter(|o| matches!(o.outcome, Outcome::Ack { .. })).count();
+    let failed = ops.iter().filter(|o| o.outcome == Outcome::Failed).count();
+    let breaches = check(ops);
+    assert!(breaches.is_empty(), "the clients saw {} breach(es): {breaches:#?}", breaches.len());
+    assert!(acks > 0, "no write was acknowledged in {} operations", ops.len());
+    eprintln!("history: {} operations, {acks} acknowledged, {failed} without an answer, sound", ops.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(id: u64, at_ms: u64, took_ms: u64, member: &str, epoch: i64) -> Op {
+        let t0 = *T0;
+        Op {
+            id,
+            client: 0,
+            invoke: t0 + Duration::from_millis(at_ms),
+            complete: t0 + Duration::from_millis(at_ms + took_ms),
+            outcome: Outcome::Ack { member: member.into(), epoch },
+        }
+    }
+
+    static T0: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+    #[test]
+    fn a_clean_failover_is_sound_and_each_breach_is_named() {
+        // Primary at 1, then the secondary at 2, with a failed op between.
+        let mut ops = vec![op(1, 0, 5, "primary", 1), op(2, 10, 5, "primary", 1), op(4, 40, 5, "secondary", 2)];
+        ops.push(Op { outcome: Outcome::Failed, ..op(3, 20, 1000, "x", 0) });
+        assert!(check(&ops).is_empty(), "{:?}", check(&ops));
+        // Concurrent ops across the switch may complete in either order.
+        let overlap = vec![op(1, 0, 50, "primary", 1), op(2, 10, 5, "secondary", 2)];
+        assert!(check(&overlap).is_empty());
+        // The old active acknowledges after the new one did.
+        let stale = vec![op(1, 0, 5, "secondary", 2), op(2, 10, 5, "primary", 1)];
+        assert_eq!(check(&stale).len(), 1, "{:?}", check(&stale));
+        assert!(check(&stale)[0].contains("write 2 acknowledged by primary at epoch 1 after write 1"));
+        // Two members at one epoch.
+        let twins = vec![op(1, 0, 5, "primary", 3), op(2, 10, 5, "secondary", 3)];
+        assert_eq!(check(&twins), ["epoch 3 acknowledged by primary and by secondary (write 2)"]);
+    }
+}
