@@ -94,6 +94,9 @@ pub fn check(ops: &[Op]) -> Vec<String> {
     out
 }
 
+/// Where the history clients' write values start.
+pub const VALUE_BASE: u64 = 1_000_000_000;
+
 /// Clients writing through a Service's ClusterIP until stopped.
 pub struct Clients {
     stop: Arc<AtomicBool>,
@@ -115,7 +118,10 @@ impl Clients {
                     while !stop.load(Ordering::SeqCst) {
                         let id = ids.fetch_add(1, Ordering::SeqCst) + 1;
                         let invoke = Instant::now();
-                        let answer = conn.request(&format!("/write?key=h{id}&value={id}")).await;
+                        // Values far above the single writer's numbers, so a
+                        // member's writes.log never mixes the two up.
+                        let value = VALUE_BASE + id;
+                        let answer = conn.request(&format!("/write?key=h{id}&value={value}")).await;
                         let outcome = match answer {
                             Ok(Answer { code: 200, body, member }) => {
                                 Outcome::Ack { member, epoch: body.trim_start_matches("epoch=").parse().unwrap_or(0) }

@@ -82,6 +82,7 @@ async fn a_pair_bootstraps_to_enabled_with_the_primary_active_behind_the_vip() {
 async fn killing_the_active_application_fails_over_at_once_and_the_old_active_returns_as_standby() {
     let h = up("kill-app", 1, json!({})).await;
     let checker = h.checker("web").await;
+    let clients = h.clients("web", 3).await;
     let writer = h.writer("web").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     h.kill("web", Member::Primary, Kill::App).await;
@@ -109,6 +110,7 @@ async fn killing_the_active_application_fails_over_at_once_and_the_old_active_re
     let log = writer.stop().await;
     assert!(log.acknowledged.iter().any(|(_, e)| *e == 2), "writes continue at epoch 2");
     eprintln!("confirmed failure: client-visible outage {:?}", log.longest_outage);
+    harness::history::assert_sound(&clients.stop().await);
     checker.assert_clean();
 }
 
@@ -161,6 +163,7 @@ async fn a_failover_under_writes_keeps_every_write_the_standby_had_synced() {
 async fn a_silent_active_is_failed_over_only_after_its_lease_runs_out() {
     let h = up("kill-node", 1, json!({})).await;
     let checker = h.checker("web").await;
+    let clients = h.clients("web", 3).await;
     let killed = Instant::now();
     h.kill("web", Member::Primary, Kill::Freeze).await;
     let p = h.wait_active(Member::Secondary, 2).await;
@@ -171,6 +174,7 @@ async fn a_silent_active_is_failed_over_only_after_its_lease_runs_out() {
     assert!(waited >= Duration::from_secs(2), "promoted after {waited:?}, before the old active could fence");
     h.wait_vip_writable("web").await;
     eprintln!("unconfirmed failure: promoted {waited:?} after the kill");
+    harness::history::assert_sound(&clients.stop().await);
     checker.assert_clean();
 }
 
@@ -178,6 +182,7 @@ async fn a_silent_active_is_failed_over_only_after_its_lease_runs_out() {
 async fn deleting_the_active_pod_fails_over_and_the_pod_is_recreated_as_standby() {
     let h = up("delete-pod", 1, json!({})).await;
     let checker = h.checker("web").await;
+    let clients = h.clients("web", 3).await;
     let pods = h.pods();
     let old_uid = pods.get("web-primary").await.unwrap().metadata.uid;
     pods.delete("web-primary", &Default::default()).await.unwrap();
@@ -185,6 +190,7 @@ async fn deleting_the_active_pod_fails_over_and_the_pod_is_recreated_as_standby(
     let p = h.wait_enabled("web", FAILOVER).await;
     assert_eq!(active(&p), Some(Member::Secondary));
     assert_ne!(pods.get("web-primary").await.unwrap().metadata.uid, old_uid, "a new primary pod");
+    harness::history::assert_sound(&clients.stop().await);
     checker.assert_clean();
 }
 
@@ -292,6 +298,7 @@ async fn an_operator_killed_between_the_lease_move_and_the_selector_move_converg
     h.wait_vip_writable("web").await;
     // The VIP may lag the Lease while no operator runs: a leader lease (4 s) and a reconcile.
     let checker = h.checker_with_grace("web", Duration::from_secs(8)).await;
+    let clients = h.clients("web", 3).await;
     h.kill("web", Member::Primary, Kill::App).await;
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
         kube::Api::namespaced(h.client.clone(), &h.ns.name);
@@ -319,6 +326,7 @@ async fn an_operator_killed_between_the_lease_move_and_the_selector_move_converg
     assert_eq!(epoch(&p), 2, "no second failover");
     let s = h.pair("web").await.status.unwrap();
     assert_eq!(s.epoch, 2);
+    harness::history::assert_sound(&clients.stop().await);
     checker.assert_clean();
 }
 

@@ -217,6 +217,7 @@ async fn a_hand_edited_lease_is_written_again_past_the_highest_epoch_for_the_mem
     use k8s_openapi::api::coordination::v1::Lease;
     let (h, active, mut epoch) = up("lease-edit", 1).await;
     let checker = h.checker("web").await;
+    let clients = h.clients("web", 3).await;
     let writer = h.writer("web").await;
     writer.wait_epoch(epoch, Duration::from_secs(30)).await;
     let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns.name);
@@ -245,6 +246,7 @@ async fn a_hand_edited_lease_is_written_again_past_the_highest_epoch_for_the_mem
     assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "acknowledged epochs went backwards: {epochs:?}");
     let members: std::collections::BTreeSet<&str> = log.answered_by.iter().map(|(_, m)| m.as_str()).collect();
     assert_eq!(members.len(), 1, "only the member that served answered: {members:?}");
+    harness::history::assert_sound(&clients.stop().await);
     checker.assert_clean();
 }
 
