@@ -421,6 +421,24 @@ impl Harness {
 
 /// A pair for the scenarios: the test application behind the VIP on 8080,
 /// with an HTTP health check on it.
+/// Plain HTTP GET from the test process straight to a pod (the host
+/// reaches pod IPs), past the Service: status code and body.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    try_http_get(addr, path).await.expect("the pod answers")
+}
+
+/// [`http_get`], `None` when the pod does not answer.
+pub async fn try_http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: app\r\n\r\n").as_bytes()).await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Some((code, body.to_string()))
+}
+
 pub fn test_pair(name: &str, interval: i32, extra: Value) -> Value {
     let mut p = serde_json::json!({
         "apiVersion": "hapair.dev/v1alpha1",

@@ -1,5 +1,7 @@
 //! The operator itself on the testbed: a pair it cannot read holds only
-//! that pair, and a deleted pair leaves no metric series behind.
+//! that pair, a deleted pair leaves no metric series behind, hand edits of
+//! what it owns are put back, the Lease's epoch never goes backwards, the
+//! application holds no API credential, and the quarantine is bounded.
 
 mod common;
 #[path = "../harness/mod.rs"]
@@ -392,23 +394,6 @@ async fn a_quarantine_past_its_retention_is_removed_with_a_record_and_an_event()
     }
 }
 
-/// Plain HTTP GET from the test process (the host reaches pod IPs).
-async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    try_http_get(addr, path).await.expect("the pod answers")
-}
-
-/// [`http_get`], `None` when the pod does not answer.
-async fn try_http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: app\r\n\r\n").as_bytes()).await.ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Some((code, body.to_string()))
-}
-
 #[tokio::test]
 async fn application_containers_hold_no_credential_that_can_touch_the_lease() {
     use k8s_openapi::api::coordination::v1::Lease;
@@ -419,7 +404,7 @@ async fn application_containers_hold_no_credential_that_can_touch_the_lease() {
     for member in hapair::api::Member::BOTH {
         let pod = h.member_pod("web", member).await;
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
-        let (code, token) = http_get(&format!("{ip}:8080"), "/api-credential").await;
+        let (code, token) = harness::http_get(&format!("{ip}:8080"), "/api-credential").await;
         if code == 200 {
             // Show what such a credential allows before failing.
             let mut config = kube::Config::from_custom_kubeconfig(
@@ -514,91 +499,4 @@ async fn the_operator_leader_lease_is_renewed_while_the_leader_has_not_looked_at
     first.release().await;
     let b = tokio::time::timeout(Duration::from_secs(6), second.acquire(&metrics)).await;
     assert!(b.is_ok(), "the second replica leads once the first released");
-}
-
-#[tokio::test]
-async fn an_application_whose_agent_is_frozen_stops_acting_as_active_by_the_role_files_deadline() {
-    // 2 s x 3: the agent fences 4 s after its last renewal, the standby is
-    // promoted only after 6 s without one.
-    frozen_agent_stops_by_the_deadline("frozen-agent", 2, None).await;
-}
-
-#[tokio::test]
-async fn after_a_shorter_heartbeat_a_frozen_agents_application_stops_by_the_new_deadline() {
-    // 3 s x 3, then 1 s x 3: once the agent has published the shorter lease
-    // its deadline is 2 s after a renewal, and the standby may be promoted
-    // 3 s after one; an agent still counting 6 s would act past that.
-    frozen_agent_stops_by_the_deadline("frozen-agent-hb", 3, Some(1)).await;
-}
-
-/// The active's agent frozen at a random phase of its renewal cycle (after
-/// the heartbeat moved to `then` seconds, if given): its application, read
-/// straight past the VIP, stops acknowledging by the role file's deadline,
-/// `(missed - 1) x interval` after the last renewal, before the standby is
-/// promoted.
-async fn frozen_agent_stops_by_the_deadline(name: &str, interval: i32, then: Option<i32>) {
-    use k8s_openapi::api::coordination::v1::Lease;
-    let (h, old, epoch) = up(name, interval).await;
-    let interval = match then {
-        None => interval,
-        Some(i) => {
-            h.merge_spec("web", json!({"heartbeat": {"intervalSeconds": i}})).await;
-            // The agent has published the new lease, and the pair is whole again
-            // (the standby's pod is replaced for its new settings).
-            let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns.name);
-            let start = Instant::now();
-            while leases.get("web").await.unwrap().spec.unwrap().lease_duration_seconds != Some(3 * i) {
-                assert!(start.elapsed() < Duration::from_secs(30), "the new lease was not published");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let p = h.wait_for("web", "Enabled with the new heartbeat", BOOT, |p| {
-                p.status.as_ref().is_some_and(|s| {
-                    s.mode == Some(hapair::api::Mode::Enabled)
-                        && s.members.iter().all(|m| m.healthy == Some(true))
-                        && s.epoch == epoch
-                })
-            });
-            p.await;
-            i
-        }
-    };
-    let ip = h.member_pod("web", old).await.status.unwrap().pod_ip.unwrap();
-    let writer = h.writer("web").await;
-    writer.wait_epoch(epoch, Duration::from_secs(30)).await;
-    // At a random phase of the renewal cycle.
-    let cycle = 1000 * interval as u32;
-    let phase =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis() * cycle / 1000;
-    tokio::time::sleep(Duration::from_millis(phase as u64)).await;
-    h.freeze_agent("web", old).await;
-    let frozen = Instant::now();
-    // Writes straight to the old active's application, past the VIP: the
-    // way a client with a stale connection, or a job on the same pod, would.
-    let fence = Duration::from_secs(2 * interval as u64);
-    let mut last_ok = None;
-    let mut n = 0;
-    while frozen.elapsed() < fence + Duration::from_secs(interval as u64 + 3) {
-        n += 1;
-        // Once failed over, the former active's outdated pod may be replaced:
-        // a refused or reset connection acknowledges nothing.
-        let answer = try_http_get(&format!("{ip}:8080"), &format!("/write?key=direct{n}&value={n}")).await;
-        if answer.is_some_and(|(code, _)| code == 200) {
-            last_ok = Some(frozen.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    writer.wait_epoch(epoch + 1, Duration::from_secs(30)).await;
-    let promoted = frozen.elapsed();
-    let last_ok = last_ok.expect("the old active served while its agent was frozen, until the deadline");
-    eprintln!("agent frozen: old active acknowledged until {last_ok:?}; standby promoted by {promoted:?}");
-    let limit = fence + Duration::from_millis(300);
-    assert!(last_ok < limit, "the old active acted as active {last_ok:?} into the freeze (deadline {fence:?})");
-    let log = writer.stop().await;
-    let first_new = log.acknowledged.iter().position(|(_, e)| *e > epoch).expect("the new active acknowledged writes");
-    assert!(log.answered_by[first_new..].iter().all(|(_, m)| *m != old.to_string()), "the old active answered again");
-    h.thaw_all();
-    h.wait_for("web", "the old active back as standby", Duration::from_secs(60), |p| {
-        p.status.as_ref().is_some_and(|s| s.mode == Some(hapair::api::Mode::Enabled) && s.epoch > epoch)
-    })
-    .await;
 }

@@ -222,18 +222,7 @@ fn a_standby_written_behind_the_pairs_back_is_a_split_brain_resynced_from_the_ke
 fn after_a_partition_the_default_keeps_the_lawfully_elected_active_and_resyncs_the_fenced_primary() {
     // The secondary was promoted while the primary was cut off; back, the
     // primary (standby now) holds files written while it was fenced.
-    let after_partition = || {
-        let mut obs = enabled();
-        obs.primary = member(Member::Primary, Role::Standby, Some(true));
-        obs.secondary = member(Member::Secondary, Role::Active, Some(true));
-        obs.lease = Some(lease(Member::Secondary, 2, Duration::from_secs(1)));
-        obs.vip_member = Some(Member::Secondary);
-        obs.primary.agent.last.as_mut().unwrap().sync = Some(crate::proto::SyncStatus {
-            changed_while_standby: [(".".to_string(), Utc::now())].into(),
-            ..Default::default()
-        });
-        obs
-    };
+    let after_partition = secondary_active_primary_diverged;
     let plan = decide(&files(""), None, &after_partition(), &clock());
     assert_eq!(condition(&plan, "SplitBrain").0, ConditionStatus::True);
     assert_eq!((plan.lease, plan.drain), (None, None), "the role stays where clients were sent");
@@ -473,10 +462,9 @@ fn a_standby_back_from_an_outage_past_the_limit_gets_a_full_resync_then_the_pair
     assert_eq!(done.status.mode, Some(Mode::Enabled));
 }
 
-#[test]
-fn isolate_secondary_with_the_secondary_active_hands_over_then_isolates_it() {
-    let s = files("splitBrain: {policy: IsolateSecondary}");
-    // The primary, standby, holds changes made while standby.
+/// The secondary active at epoch 2; the primary, standby, holds changes
+/// made while standby.
+fn secondary_active_primary_diverged() -> Observed {
     let mut obs = enabled();
     obs.primary = member(Member::Primary, Role::Standby, Some(true));
     obs.secondary = member(Member::Secondary, Role::Active, Some(true));
@@ -486,6 +474,13 @@ fn isolate_secondary_with_the_secondary_active_hands_over_then_isolates_it() {
         changed_while_standby: [(".".to_string(), Utc::now())].into(),
         ..Default::default()
     });
+    obs
+}
+
+#[test]
+fn isolate_secondary_with_the_secondary_active_hands_over_then_isolates_it() {
+    let s = files("splitBrain: {policy: IsolateSecondary}");
+    let obs = secondary_active_primary_diverged();
     let plan = decide(&s, None, &obs, &clock());
     assert_eq!(plan.drain, Some((Member::Secondary, 2)), "the secondary drains for the primary");
     assert_eq!(plan.status.isolated_member, Some(Member::Secondary), "and is isolated once it no longer holds");
