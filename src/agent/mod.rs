@@ -403,17 +403,22 @@ async fn sync_loop(agent: Arc<Agent>) {
 /// Keeps the quarantine within `spec.fileSync.quarantine` (see
 /// [`crate::sync::quarantine`]), every half minute.
 async fn quarantine_loop(agent: Arc<Agent>) {
-    use crate::sync::quarantine::{Limits, prune};
+    use crate::sync::quarantine::{Limits, Scanner, prune};
     let Some(syncer) = agent.syncer.clone() else { return };
     let q = &syncer.spec.quarantine;
     let limits = Limits {
         retention: chrono::Duration::days(i64::from(q.retention_days.max(1))),
         max_bytes: q.max_bytes.as_ref().and_then(|m| crate::api::quantity_bytes(&m.0)),
     };
+    let scanner = Arc::new(Mutex::new(Scanner::default()));
     loop {
         let busy = syncer.status().resync.filter(|r| !r.done).map(|r| r.label);
-        let root = syncer.root.clone();
-        match tokio::task::spawn_blocking(move || prune(&root, limits, chrono::Utc::now(), busy.as_deref())).await {
+        let (root, scanner) = (syncer.root.clone(), scanner.clone());
+        let pass = move || {
+            let mut scanner = scanner.lock().unwrap_or_else(|p| p.into_inner());
+            prune(&root, limits, chrono::Utc::now(), busy.as_deref(), &mut scanner)
+        };
+        match tokio::task::spawn_blocking(pass).await {
             Ok(Ok(crate::sync::quarantine::Outcome { removed, usage, failed })) => {
                 for p in &removed {
                     warn!(label = %p.label, files = p.files, bytes = p.bytes, why = %p.why, "quarantine removed");

@@ -53,6 +53,19 @@ pub fn network_policy_matches(current: &NetworkPolicy, built: &NetworkPolicy) ->
     same(&current.spec, &built.spec)
 }
 
+/// The resource versions of the pair's Role, RoleBinding and NetworkPolicy
+/// in the watch caches: while they stay the same, what was found matching
+/// still matches, and the comparison need not run again.
+pub fn versions(ctx: &Context, pair: &HighAvailabilityPair) -> [Option<String>; 3] {
+    let ns = pair.namespace().unwrap_or_default();
+    let name = build::agent_object_name(&pair.name_any());
+    [
+        ctx.role(&ns, &name).and_then(|r| r.metadata.resource_version.clone()),
+        ctx.role_binding(&ns, &name).and_then(|b| b.metadata.resource_version.clone()),
+        ctx.network_policy(&ns, &name).and_then(|p| p.metadata.resource_version.clone()),
+    ]
+}
+
 /// Whether any of the pair's supporting objects is missing from the watch
 /// caches or differs from what the operator builds.
 pub fn supporting_drifted(ctx: &Context, pair: &HighAvailabilityPair) -> bool {

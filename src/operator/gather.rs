@@ -37,6 +37,9 @@ pub struct Memory {
     /// Per member (primary, secondary): the time of the latest pruned
     /// quarantine already told as an Event.
     pub pruned_told: [Option<chrono::DateTime<chrono::Utc>>; 2],
+    /// The supporting objects' resource versions when they last matched
+    /// what the operator builds (see `drift::versions`).
+    pub supporting_matched: Option<[Option<String>; 3]>,
 }
 
 impl Default for Memory {
@@ -50,6 +53,7 @@ impl Default for Memory {
             primary_usable_since: None,
             status: None,
             pruned_told: [None, None],
+            supporting_matched: None,
         }
     }
 }

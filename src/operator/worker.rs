@@ -123,13 +123,19 @@ async fn round(
     }
     let holder = obs.lease.as_ref().and_then(|l| l.holder.as_ref().map(|(m, _)| *m));
     // Again with a new spec, every five minutes, and at once when the watch
-    // shows one of them changed by hand.
+    // shows one of them changed by hand (compared only when their versions
+    // moved since they last matched).
+    let versions = super::drift::versions(ctx, pair);
+    let recent =
+        mem.supporting.is_some_and(|(g, t)| g == pair.metadata.generation && t.elapsed() < Duration::from_secs(300));
     let fresh =
-        mem.supporting.is_some_and(|(g, t)| g == pair.metadata.generation && t.elapsed() < Duration::from_secs(300))
-            && !super::drift::supporting_drifted(ctx, pair);
-    if !fresh {
+        recent && (mem.supporting_matched.as_ref() == Some(&versions) || !super::drift::supporting_drifted(ctx, pair));
+    if fresh {
+        mem.supporting_matched = Some(versions);
+    } else {
         act::ensure_supporting(ctx, pair).await?;
         mem.supporting = Some((pair.metadata.generation, Instant::now()));
+        mem.supporting_matched = None;
     }
     tell_pruned(ctx, pair, &obs, mem).await;
     let current = mem.status.clone().or_else(|| pair.status.clone());

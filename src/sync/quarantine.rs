@@ -87,28 +87,58 @@ pub fn plan(labels: &[Label], limits: Limits, now: DateTime<Utc>, busy: Option<&
     out
 }
 
-/// The labels under `root`'s quarantine.
-pub fn scan(root: &Path) -> io::Result<Vec<Label>> {
-    let dir = quarantine_root(root);
-    let entries = match std::fs::read_dir(&dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        r => r?,
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        if !e.file_type()?.is_dir() {
-            continue;
-        }
-        let name = e.file_name().to_string_lossy().into_owned();
-        let (files, bytes) = tree_size(&e.path().join("files"))?;
-        let recorded = quarantine_records(root, &name).unwrap_or_default().into_iter().map(|r| r.at).max();
-        let newest = match recorded {
-            Some(t) => t,
-            None => DateTime::<Utc>::from(e.metadata()?.modified()?),
+/// Reads the quarantine's labels, each from its manifest (files, bytes, the
+/// newest record), and remembers each label by its manifest's length and
+/// time so that a pass over an unchanged quarantine reads no manifest again.
+/// A label without a manifest is measured by walking its files.
+#[derive(Default)]
+pub struct Scanner {
+    seen: std::collections::HashMap<String, (u64, std::time::SystemTime, Label)>,
+}
+
+impl Scanner {
+    /// The labels under `root`'s quarantine.
+    pub fn scan(&mut self, root: &Path) -> io::Result<Vec<Label>> {
+        let dir = quarantine_root(root);
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            r => r?,
         };
-        out.push(Label { name, files, bytes, newest });
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            if !e.file_type()?.is_dir() {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let manifest = std::fs::metadata(e.path().join("MANIFEST.jsonl")).ok();
+            let key = manifest.as_ref().and_then(|m| Some((m.len(), m.modified().ok()?)));
+            if let (Some(k), Some((l, t, label))) = (key, self.seen.get(&name))
+                && k == (*l, *t)
+            {
+                out.push(label.clone());
+                continue;
+            }
+            let records = quarantine_records(root, &name).unwrap_or_default();
+            let label = match records.iter().map(|r| r.at).max() {
+                Some(newest) => Label {
+                    name: name.clone(),
+                    files: records.len() as u64,
+                    bytes: records.iter().map(|r| r.size).sum(),
+                    newest,
+                },
+                None => {
+                    let (files, bytes) = tree_size(&e.path().join("files"))?;
+                    Label { name: name.clone(), files, bytes, newest: DateTime::<Utc>::from(e.metadata()?.modified()?) }
+                }
+            };
+            if let Some((len, at)) = key {
+                self.seen.insert(name, (len, at, label.clone()));
+            }
+            out.push(label);
+        }
+        self.seen.retain(|n, _| out.iter().any(|l| &l.name == n));
+        Ok(out)
     }
-    Ok(out)
 }
 
 fn tree_size(dir: &Path) -> io::Result<(u64, u64)> {
@@ -150,8 +180,14 @@ pub struct Outcome {
 /// Prunes `root`'s quarantine by `limits`: records each label, then removes
 /// it. Returns what was removed, what is left, and the labels that could
 /// not be removed (each is tried again next time; the others go on).
-pub fn prune(root: &Path, limits: Limits, now: DateTime<Utc>, busy: Option<&str>) -> io::Result<Outcome> {
-    let labels = scan(root)?;
+pub fn prune(
+    root: &Path,
+    limits: Limits,
+    now: DateTime<Utc>,
+    busy: Option<&str>,
+    scanner: &mut Scanner,
+) -> io::Result<Outcome> {
+    let labels = scanner.scan(root)?;
     let mut removed = Vec::new();
     let mut failed = Vec::new();
     for (name, why) in plan(&labels, limits, now, busy) {
@@ -226,7 +262,8 @@ mod tests {
             std::fs::write(quarantine_root(&root).join(name).join("MANIFEST.jsonl"), format!("{rec}\n")).unwrap();
         }
         let limits = Limits { retention: chrono::Duration::days(30), max_bytes: None };
-        let Outcome { removed, usage, failed } = prune(&root, limits, now, None).unwrap();
+        let mut scanner = Scanner::default();
+        let Outcome { removed, usage, failed } = prune(&root, limits, now, None, &mut scanner).unwrap();
         assert!(failed.is_empty());
         assert_eq!(
             removed.iter().map(|p| (p.label.as_str(), p.files, p.bytes)).collect::<Vec<_>>(),
@@ -239,6 +276,6 @@ mod tests {
         let p: Pruned = serde_json::from_str(log.lines().next().unwrap()).unwrap();
         assert_eq!((p.label.as_str(), p.why.as_str()), ("resync-1", "retention"));
         // Again: nothing more to do.
-        assert!(prune(&root, limits, now, None).unwrap().removed.is_empty());
+        assert!(prune(&root, limits, now, None, &mut scanner).unwrap().removed.is_empty());
     }
 }

@@ -50,6 +50,12 @@ pub fn labels(pair: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The name of the agent's Role and RoleBinding and of the pair's
+/// NetworkPolicy.
+pub fn agent_object_name(pair: &str) -> String {
+    format!("{pair}-hapair-agent")
+}
+
 pub fn meta(pair: &HighAvailabilityPair, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),

@@ -31,7 +31,7 @@ pub fn parse_selector(s: &str) -> Option<BTreeMap<String, String>> {
 }
 
 pub fn name(pair: &str) -> String {
-    format!("{pair}-hapair-agent")
+    super::common::agent_object_name(pair)
 }
 
 fn port(protocol: &str, from: i32, to: i32) -> NetworkPolicyPort {

@@ -34,7 +34,7 @@ pub fn tls_secret(pair: &HighAvailabilityPair, data: BTreeMap<String, String>) -
 /// The agent may read and renew its own pair's Lease, and nothing else.
 pub fn agent_rbac(pair: &HighAvailabilityPair) -> (Option<ServiceAccount>, RbacRole, RoleBinding) {
     let name = pair.name_any();
-    let role_name = format!("{name}-hapair-agent");
+    let role_name = super::common::agent_object_name(&name);
     let sa_name = service_account_name(pair);
     let own_sa = pair.spec.template.spec.as_ref().and_then(|s| s.service_account_name.as_ref()).is_none();
     let sa = own_sa.then(|| ServiceAccount { metadata: meta(pair, sa_name.clone()), ..Default::default() });
