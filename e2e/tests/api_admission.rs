@@ -150,6 +150,12 @@ fn bad_pairs() -> Vec<Bad> {
             expect: &["spec.splitBrain", "repairJob runs after a resync"],
         },
         Bad {
+            what: "a quarantine limit below one byte",
+            patch: json!({"spec": {"storage": {"size": "1Gi", "mountPath": "/data"},
+                                   "fileSync": {"paths": [{"path": "."}], "quarantine": {"maxBytes": "500m"}}}}),
+            expect: &["spec.fileSync.quarantine.maxBytes must be at least one byte"],
+        },
+        Bad {
             what: "isolate-secondary keeping the most recent writer",
             patch: json!({"spec": {"splitBrain": {"policy": "IsolateSecondary", "keep": "MostRecent"}}}),
             expect: &["spec.splitBrain.keep cannot be MostRecent or MostChanges"],

@@ -410,6 +410,11 @@ async fn quarantine_loop(agent: Arc<Agent>) {
         retention: chrono::Duration::days(i64::from(q.retention_days.max(1))),
         max_bytes: q.max_bytes.as_ref().and_then(|m| crate::api::quantity_bytes(&m.0)),
     };
+    if let (Some(m), None) = (&q.max_bytes, limits.max_bytes) {
+        // The API accepts any positive quantity; a fraction of a byte
+        // (`500m`) is none. Say so rather than drop the limit silently.
+        warn!(max_bytes = %m.0, "spec.fileSync.quarantine.maxBytes is not a whole number of bytes: no size limit");
+    }
     let scanner = Arc::new(Mutex::new(Scanner::default()));
     loop {
         let busy = syncer.status().resync.filter(|r| !r.done).map(|r| r.label);

@@ -407,7 +407,7 @@ pub enum ConflictRule {
 /// Quarantine limits: how long quarantined files are kept and how much
 /// room they may take on each member's volume.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("!has(self.maxBytes) || quantity(self.maxBytes).isGreaterThan(quantity('0'))").message("spec.fileSync.quarantine.maxBytes must be a positive quantity such as 5Gi"))]
+#[x_kube(validation = Rule::new("!has(self.maxBytes) || quantity(self.maxBytes).compareTo(quantity('1')) >= 0").message("spec.fileSync.quarantine.maxBytes must be at least one byte, a quantity such as 5Gi"))]
 #[serde(rename_all = "camelCase")]
 pub struct QuarantineSpec {
     /// Days a resync's quarantined files are kept after the newest of them
