@@ -28,10 +28,18 @@ fn max_sync_lag_holds_back_an_automatic_failover_to_a_standby_too_far_behind() {
     assert!(takeover(&plan).is_some());
     let Some(LeaseAction::Takeover { transition, .. }) = plan.lease else { panic!() };
     assert!(transition.data_loss_possible, "12 s behind: what the old active had since may be missing");
-    let Some(LeaseAction::Takeover { transition, .. }) = decide(&s, None, &lagging(0.0), &clock()).lease else {
-        panic!()
-    };
+    // Lag 0 in an answer from after the failure was seen: nothing the old
+    // active acknowledged can be missing.
+    let mut caught_up = lagging(0.0);
+    caught_up.failure_for = Some(Duration::from_millis(1500));
+    caught_up.primary.agent.since_answer = Some(Duration::from_millis(200));
+    let Some(LeaseAction::Takeover { transition, .. }) = decide(&s, None, &caught_up, &clock()).lease else { panic!() };
     assert!(!transition.data_loss_possible, "a standby that had everything loses nothing");
+    // The same lag 0 from before the failure: the application may have
+    // acknowledged writes since, which the standby never pulled.
+    caught_up.primary.agent.since_answer = Some(Duration::from_millis(1800));
+    let Some(LeaseAction::Takeover { transition, .. }) = decide(&s, None, &caught_up, &clock()).lease else { panic!() };
+    assert!(transition.data_loss_possible, "lag 0 from before the failure proves nothing");
     // Without file sync the limit has nothing to measure and does not apply.
     assert!(takeover(&decide(&spec("failover: {maxSyncLagSeconds: 30}"), None, &lagging(45.0), &clock())).is_some());
 }
@@ -162,7 +170,9 @@ fn a_failover_request_honours_max_sync_lag_unless_forced_and_says_when_data_may_
     };
     assert!(data_loss(&decide(&request(true), None, &lagging(45.0), &clock())), "forced: taken, and said");
     assert!(data_loss(&decide(&request(false), None, &lagging(12.0), &clock())), "12 s behind: may be missing");
-    assert!(!data_loss(&decide(&request(false), None, &lagging(0.0), &clock())), "had everything");
+    // Lag 0 in the last report proves nothing: the active serves on until
+    // it is told, and the standby never pulls what it takes meanwhile.
+    assert!(data_loss(&decide(&request(false), None, &lagging(0.0), &clock())), "the active serves on");
     let mut unknown = lagging(0.0);
     unknown.primary.agent.last.as_mut().unwrap().sync = None;
     assert!(data_loss(&decide(&request(false), None, &unknown, &clock())), "lag unknown: may be missing");
@@ -195,4 +205,58 @@ fn the_flap_budget_counts_past_the_twenty_transitions_the_history_keeps() {
     // An hour later the window has moved on.
     let later = RoundInputs { now: Utc::now() + chrono::Duration::seconds(3601), ..clock() };
     assert!(takeover(&decide(&s, status.as_ref(), &failing(holder, 26), &later)).is_some());
+}
+
+#[test]
+fn a_lease_moved_by_an_operator_that_died_before_its_status_write_enters_the_history_late() {
+    let files = spec("storage: {size: 1Gi, mountPath: /data}\nfileSync: {paths: [{path: .}]}");
+    // The status recorded epoch 3 with the primary active; the Lease is at 4
+    // for the secondary, moved for the switchover `sw-1` the status shows.
+    let mut obs = enabled();
+    obs.lease = Some(lease(Member::Secondary, 4, Duration::from_secs(1)));
+    obs.lease.as_mut().unwrap().operation_id = Some("sw-1".into());
+    obs.primary.agent.last.as_mut().unwrap().role = Role::Standby;
+    obs.secondary.agent.last.as_mut().unwrap().role = Role::Active;
+    for m in Member::BOTH {
+        obs.member_mut(m).agent.last.as_mut().unwrap().epoch = 4;
+    }
+    let recorded = crate::api::Transition {
+        type_: crate::api::TransitionType::Bootstrap,
+        from: None,
+        to: Some(Member::Primary),
+        epoch: 3,
+        reason: "BothMembersUp".into(),
+        message: None,
+        time: Utc::now(),
+        detection_millis: None,
+        lease_to_selector_millis: None,
+        data_loss_possible: false,
+        operation_id: None,
+    };
+    let mut current = HighAvailabilityPairStatus {
+        epoch: 3,
+        active_member: Some(Member::Primary),
+        history: vec![recorded],
+        ..Default::default()
+    };
+    let op = serde_json::json!({"id": "sw-1", "kind": "Switchover", "phase": "Running"});
+    current.operations.push(serde_json::from_value(op).unwrap());
+    let plan = decide(&files, Some(&current), &obs, &clock());
+    let t = &plan.status.history[0];
+    assert_eq!(
+        (t.type_, t.epoch, t.to, t.reason.as_str()),
+        (crate::api::TransitionType::Switchover, 4, Some(Member::Secondary), "RecordedLate")
+    );
+    assert!(!t.data_loss_possible, "a switchover drained first");
+    assert!(plan.events.iter().any(|e| e.warning && e.reason == "TransitionRecordedLate"));
+    // Recorded once: the next round finds it in the history.
+    let again = decide(&files, Some(&plan.status), &obs, &clock());
+    assert_eq!(again.status.history.iter().filter(|t| t.epoch == 4).count(), 1);
+    // Without a request the move is taken for an automatic failover, which
+    // with file sync may have lost what the standby had not pulled.
+    obs.lease.as_mut().unwrap().operation_id = None;
+    let plan = decide(&files, Some(&current), &obs, &clock());
+    let t = &plan.status.history[0];
+    assert_eq!((t.type_, t.reason.as_str()), (crate::api::TransitionType::Failover, "RecordedLate"));
+    assert!(t.data_loss_possible);
 }

@@ -231,13 +231,26 @@ pub fn failover(
         detection_millis: Some(waited.as_millis() as i64),
         lease_to_selector_millis: None,
         // Files the old active had that the new one never pulled.
-        data_loss_possible: !restart
-            && syncs_files(spec)
-            && from.and_then(|h| standby_lag(obs, h)).is_none_or(|lag| lag > 0.0),
+        data_loss_possible: !restart && syncs_files(spec) && !from.is_some_and(|h| caught_up_after_failure(obs, h)),
         operation_id: None,
     };
     round.takeover = Some((to, transition));
     round
+}
+
+/// Whether the standby is known to hold everything the failed holder
+/// wrote: the holder's agent said so (lag 0) in an answer that arrived
+/// after the failure was first seen. From then on the holder's files cannot
+/// change (its application is down, or it is past its fence deadline: a
+/// Lease counts as expired only after the holder has fenced), so nothing it
+/// acknowledged can be missing. An answer from before the failure proves
+/// nothing — the application may have acknowledged writes after it, which
+/// the standby never pulled (found by the chaos suite: a partitioned active
+/// kept writing for two seconds after its last report of lag 0).
+fn caught_up_after_failure(obs: &Observed, holder: Member) -> bool {
+    let agent = &obs.member(holder).agent;
+    let after = matches!((agent.since_answer, obs.failure_for), (Some(answer), Some(failed)) if answer < failed);
+    agent.missed == 0 && after && standby_lag(obs, holder) == Some(0.0)
 }
 
 /// The first gate that holds an automatic failover back, if any.

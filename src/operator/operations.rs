@@ -296,9 +296,10 @@ fn advance(
     let reason = req.reason.clone().unwrap_or_else(|| format!("{kind:?}Requested"));
     if kind == OperationKind::Failover {
         // The Lease moves at once, without a drain: what the standby had not
-        // pulled yet may be lost, forced or not.
-        let behind = holder.and_then(|h| standby_lag(obs, h)).is_none_or(|lag| lag > 0.0);
-        let lossy = force || (syncs_files(spec) && behind);
+        // pulled yet may be lost, forced or not. A lag of 0 in the last
+        // report does not prove otherwise: the active serves on until it is
+        // told, and what it acknowledges meanwhile the standby never pulls.
+        let lossy = force || syncs_files(spec);
         return Step::Takeover { to, type_, force, lossy, id: req.id.clone(), reason };
     }
     let started = op.start_time.unwrap_or(now);
