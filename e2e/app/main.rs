@@ -8,6 +8,14 @@
 //! - `GET /read?key=K`: the stored value, 404 when unknown.
 //! - `GET /healthz`: 200.
 //! - `GET /role`: the role and epoch it sees.
+//! - On standard output, every change of the role it sees (checked every
+//!   10 ms, and whenever the agent moves the deadline on): `view role=R
+//!   epoch=E wall_ms=T until_ms=D`, T the wall clock when it saw it and D the
+//!   wall-clock moment its deadline passes (0 unless active); while active,
+//!   the line is repeated every 100 ms, so a killed application's view ends
+//!   within 100 ms of its last line. The tests read these lines from the
+//!   container's log to know when each application took itself for the
+//!   active one — a frozen one's view still ends at D.
 //! - `GET /api-credential`: the Kubernetes token this container could use
 //!   (the in-cluster path), 404 when it has none: what an application, or
 //!   anyone who compromises it, could act on the cluster with.
@@ -30,6 +38,9 @@ use hyper_util::rt::TokioIo;
 
 struct App {
     member: String,
+    /// When this process started: role files written before it are not
+    /// trusted (see `view`).
+    started: std::time::SystemTime,
     run_dir: PathBuf,
     data_dir: Option<PathBuf>,
     store: Mutex<HashMap<String, String>>,
@@ -38,19 +49,59 @@ struct App {
 /// The role as the README tells application authors to read it: `active`
 /// holds only while `/proc/uptime` is below the deadline the agent wrote
 /// (an agent that is frozen, killed or cut off cannot move it on); past it
-/// the answer is `expired`, and the application stops acting as active.
+/// the answer is `expired`, and the application stops acting as active. A
+/// deadline written before this process started is not trusted
+/// (`unconfirmed`) until the agent writes it again.
 fn role(app: &App) -> (String, i64) {
+    let (role, epoch, _) = view(app);
+    (role, epoch)
+}
+
+/// The role, its epoch, and how many seconds of validity it has left.
+fn view(app: &App) -> (String, i64, f64) {
     let read = |f: &str| std::fs::read_to_string(app.run_dir.join(f)).unwrap_or_default().trim().to_string();
     let (role, epoch) = (read("role"), read("epoch").parse().unwrap_or(0));
+    // Written before this process started, the files may be what the agent
+    // said before a failure this very restart followed (the application
+    // killed, the agent with it): not active until the agent rewrites the
+    // deadline, which it does at every renewal.
+    let fresh =
+        std::fs::metadata(app.run_dir.join("deadline")).and_then(|m| m.modified()).is_ok_and(|t| t >= app.started);
+    if role == "active" && !fresh {
+        return ("unconfirmed".to_string(), epoch, 0.0);
+    }
     let deadline: f64 = read("deadline").parse().unwrap_or(0.0);
     let uptime: f64 = std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|u| u.split_whitespace().next()?.parse().ok())
         .unwrap_or(f64::INFINITY);
     if role == "active" && uptime >= deadline {
-        return ("expired".to_string(), epoch);
+        return ("expired".to_string(), epoch, 0.0);
     }
-    (role, epoch)
+    let left = if role == "active" { deadline - uptime } else { 0.0 };
+    (role, epoch, left)
+}
+
+/// Prints every change of the role this application sees (see the module
+/// doc), the deadline's moves included.
+async fn log_views(app: Arc<App>) {
+    let mut last: Option<(String, i64, u64)> = None;
+    let mut printed = 0u64;
+    loop {
+        let (role, epoch, left) = view(&app);
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let until = if left > 0.0 { wall + (left * 1000.0) as u64 } else { 0 };
+        // The deadline as a wall-clock moment moves by a millisecond or two
+        // between reads: only a real renewal (≥ 100 ms on) is a change.
+        let changed = last.as_ref().is_none_or(|(r, e, u)| *r != role || *e != epoch || until.abs_diff(*u) >= 100);
+        if changed || (role == "active" && wall.saturating_sub(printed) >= 100) {
+            println!("view role={role} epoch={epoch} wall_ms={wall} until_ms={until}");
+            printed = wall;
+            last = Some((role, epoch, until));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 fn query(req: &Request<hyper::body::Incoming>, key: &str) -> Option<String> {
@@ -120,8 +171,10 @@ async fn main() {
     }
     let data_dir = data_dir.filter(|d| d.is_dir());
     let member = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-    let app = Arc::new(App { member, run_dir, data_dir, store: Mutex::default() });
+    let started = std::time::SystemTime::now();
+    let app = Arc::new(App { member, started, run_dir, data_dir, store: Mutex::default() });
     let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
+    tokio::spawn(log_views(app.clone()));
     // Leave on SIGTERM as a well-behaved application does; without it the
     // kubelet waits out the whole grace period before it kills us.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
