@@ -1,9 +1,15 @@
-//! The safety checker: samples the pair the whole time a scenario runs and
+//! The safety checker: follows the pair the whole time a scenario runs and
 //! records every breach of the safety invariants it can see:
 //!
-//! - two members report `active` at the same epoch;
-//! - the VIP selector names a member other than the Lease holder for longer
-//!   than one reconcile (`grace`);
+//! - the VIP's EndpointSlices name a pod other than the Lease holder's for
+//!   longer than one reconcile (`grace`), or the Lease's epoch goes
+//!   backwards — both by watching ([`super::routes`]), so no change is
+//!   missed between samples;
+//! - both applications take themselves for active at once, from their own
+//!   logged view of the role ([`super::views`]), read as it is written;
+//! - two members' agents report `active` at the same epoch (sampled: the
+//!   agents are asked every 50 ms; a member that does not answer is
+//!   counted, never silently skipped);
 //! - a write that a member held as a synced standby (its files following the
 //!   current epoch, nothing diverged) is missing from its `writes.log` while
 //!   it is active: a failover or switchover lost what had been synced.
@@ -12,21 +18,23 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hapair::api::{Member, Role};
 use hapair::http::{self, Target};
 use hapair::proto::{AgentStatus, parse_identity};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 
 #[derive(Default)]
 struct Seen {
-    violations: Vec<String>,
+    /// Each breach with its kind.
+    violations: Vec<(&'static str, String)>,
     both_active: u64,
     samples: u64,
-    mismatch_since: Option<Instant>,
+    /// Polls of a member's agent that got no answer.
+    unanswered: u64,
     /// Per member: write numbers seen in its `writes.log` while it was a
     /// standby following the epoch of the Lease.
     synced: [HashSet<u64>; 2],
@@ -35,7 +43,7 @@ struct Seen {
 
 /// Write numbers in the complete lines of a `writes.log` (`EPOCH kN N`); a
 /// line still being appended is not counted.
-fn held_writes(data_dir: &Path) -> HashSet<u64> {
+pub fn held_writes(data_dir: &Path) -> HashSet<u64> {
     let text = std::fs::read_to_string(data_dir.join("writes.log")).unwrap_or_default();
     let complete = text.rfind('\n').map_or("", |i| &text[..i]);
     complete.lines().filter_map(|l| l.split(' ').nth(2)?.parse().ok()).collect()
@@ -51,6 +59,8 @@ fn index(m: Member) -> usize {
 pub struct Checker {
     seen: Arc<Mutex<Seen>>,
     task: tokio::task::JoinHandle<()>,
+    routes: super::routes::Routes,
+    views: super::views::Views,
 }
 
 impl Checker {
@@ -64,13 +74,15 @@ impl Checker {
         data_dirs: [PathBuf; 2],
     ) -> Self {
         let seen = Arc::new(Mutex::new(Seen::default()));
+        let routes = super::routes::Routes::start(client.clone(), ns, pair, grace);
+        let views = super::views::Views::start(ns, pair);
         let (ns, pair, s) = (ns.to_string(), pair.to_string(), seen.clone());
         let task = tokio::spawn(async move {
             let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-            let services: Api<Service> = Api::namespaced(client.clone(), &ns);
             let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
             loop {
                 let mut agents: Vec<(Member, AgentStatus)> = Vec::new();
+                let mut unanswered = 0;
                 for m in Member::BOTH {
                     let Ok(Some(pod)) = pods.get_opt(&m.pod_name(&pair)).await else { continue };
                     let Some(ip) = pod.status.and_then(|s| s.pod_ip).and_then(|ip| ip.parse().ok()) else { continue };
@@ -78,8 +90,9 @@ impl Checker {
                         continue;
                     };
                     let t = Target { addr: SocketAddr::new(ip, agent_port), server_name: name, tls: tls.clone() };
-                    if let Ok(a) = http::get_json::<AgentStatus>(&t, "/v1/status", Duration::from_millis(300)).await {
-                        agents.push((m, a));
+                    match http::get_json::<AgentStatus>(&t, "/v1/status", Duration::from_millis(300)).await {
+                        Ok(a) => agents.push((m, a)),
+                        Err(_) => unanswered += 1,
                     }
                 }
                 let lease = leases.get_opt(&pair).await.ok().flatten();
@@ -92,34 +105,17 @@ impl Checker {
                 // the epoch now held these writes from the active.
                 let files: Vec<(Member, HashSet<u64>)> =
                     agents.iter().map(|(m, _)| (*m, held_writes(&data_dirs[index(*m)]))).collect();
-                let vip = services
-                    .get_opt(&pair)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|s| s.spec?.selector?.get(hapair::api::LABEL_MEMBER).cloned())
-                    .and_then(|m| m.parse::<Member>().ok());
                 {
                     let mut s = s.lock().unwrap();
                     s.samples += 1;
+                    s.unanswered += unanswered;
                     let actives: Vec<_> = agents.iter().map(|(_, a)| a).filter(|a| a.role == Role::Active).collect();
                     if actives.len() == 2 {
                         s.both_active += 1;
                     }
                     if actives.len() == 2 && actives[0].epoch == actives[1].epoch {
-                        s.violations.push(format!("both members active at epoch {}", actives[0].epoch));
-                    }
-                    match (vip, holder) {
-                        (Some(v), Some(h)) if v != h => {
-                            let since = *s.mismatch_since.get_or_insert_with(Instant::now);
-                            if since.elapsed() > grace {
-                                let msg = format!("VIP selects {v} while {h} holds the lease for over {grace:?}");
-                                if !s.violations.contains(&msg) {
-                                    s.violations.push(msg);
-                                }
-                            }
-                        }
-                        _ => s.mismatch_since = None,
+                        let msg = format!("both members active at epoch {}", actives[0].epoch);
+                        s.violations.push(("agents-active-at-one-epoch", msg));
                     }
                     for ((m, a), (_, held)) in agents.iter().zip(&files) {
                         let follows =
@@ -135,8 +131,8 @@ impl Checker {
                                     lost.len(),
                                     lost.iter().take(10).collect::<Vec<_>>()
                                 );
-                                if !s.violations.contains(&msg) {
-                                    s.violations.push(msg);
+                                if !s.violations.iter().any(|(_, m)| *m == msg) {
+                                    s.violations.push(("synced-write-lost", msg));
                                 }
                             }
                         }
@@ -145,7 +141,7 @@ impl Checker {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        Checker { seen, task }
+        Checker { seen, task, routes, views }
     }
 
     /// Samples in which both members reported active, at any epochs. Outside
@@ -161,11 +157,40 @@ impl Checker {
         self.seen.lock().unwrap().synced[index(member)].len()
     }
 
+    /// Every breach so far, each with its kind: the agents' and the data
+    /// clause's, the routes' and the applications' views.
+    pub fn breaches(&self) -> Vec<(&'static str, String)> {
+        let mut all = self.seen.lock().unwrap().violations.clone();
+        all.extend(self.routes.breaches());
+        all.extend(self.views.check().0.into_iter().map(|m| ("applications-both-active", m)));
+        all
+    }
+
+    /// Samples taken, agent polls unanswered, application view lines read.
+    pub fn coverage(&self) -> (u64, u64, usize) {
+        let s = self.seen.lock().unwrap();
+        (s.samples, s.unanswered, self.views.check().1)
+    }
+
+    /// The application logs followed, with their view lines.
+    pub fn view_files(&self) -> Vec<(std::path::PathBuf, usize)> {
+        self.views.files()
+    }
+
+    /// The highest epoch the Lease has had, as watched.
+    pub fn highest_epoch(&self) -> i64 {
+        self.routes.highest_epoch()
+    }
+
     /// Stops sampling and fails the test on any violation.
     pub fn assert_clean(self) {
+        let breaches = self.breaches();
+        let (samples, unanswered, lines) = self.coverage();
         self.task.abort();
-        let s = self.seen.lock().unwrap();
-        assert!(s.samples > 0, "the checker never sampled");
-        assert!(s.violations.is_empty(), "safety violations: {:#?}", s.violations);
+        assert!(samples > 0, "the checker never sampled");
+        assert!(breaches.is_empty(), "safety violations: {breaches:#?}");
+        eprintln!(
+            "checker: {samples} samples ({unanswered} agent polls unanswered), {lines} application view lines, clean"
+        );
     }
 }

@@ -1,0 +1,140 @@
+//! The operator as the tests run it: replicas of the real binary started as
+//! processes on the host (as its Deployment's pods would be), restarted when
+//! they exit, and the faults a test injects into them: kill -9 (restarted,
+//! as the kubelet would), SIGSTOP/SIGCONT of a replica, and which replica
+//! leads.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use kube::Api;
+use tokio::process::Command;
+
+use super::{Harness, hapair_bin, hapair_image};
+use crate::common;
+
+/// One operator replica, restarted when it exits until told to stop.
+pub(super) struct OperatorReplica {
+    pub(super) stop: tokio::sync::watch::Sender<bool>,
+    pub(super) task: tokio::task::JoinHandle<()>,
+    /// Its /metrics address (the same across its restarts).
+    metrics: SocketAddr,
+    /// The running process's id (0 between restarts).
+    pid: Arc<AtomicU32>,
+}
+
+impl Harness {
+    /// Starts one more operator replica; returns its index.
+    pub fn start_operator(&mut self) -> usize {
+        self.start_operator_with(&[])
+    }
+
+    /// Starts replica `operator-<i>` and, like its Deployment would,
+    /// starts it again whenever it exits by itself (an operator that loses
+    /// leadership stops on purpose); `kill_operator` ends it for good. A
+    /// replica given extra environment (fault injection) is not restarted:
+    /// its test plays the Deployment.
+    pub fn start_operator_with(&mut self, env: &[(&str, &str)]) -> usize {
+        let i = self.operators.len();
+        let restart = env.is_empty();
+        let log_path = self.dir.join(format!("operator.{i}.log"));
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let ns = self.ns.name.clone();
+        // A port free now, kept for every restart of this replica.
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let pid = Arc::new(AtomicU32::new(0));
+        let pid_now = pid.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+                let mut child = Command::new(hapair_bin())
+                    .arg("operator")
+                    .env("KUBECONFIG", common::kubeconfig_path())
+                    .env("HAPAIR_WATCH_NAMESPACES", &ns)
+                    .env("POD_NAMESPACE", &ns)
+                    .env("POD_NAME", format!("operator-{i}"))
+                    .env("HAPAIR_METRICS_ADDR", metrics.to_string())
+                    .env("HAPAIR_HEALTH_ADDR", "127.0.0.1:0")
+                    .env("HAPAIR_LEADER_LEASE_SECONDS", "4")
+                    .env("HAPAIR_AGENT_IMAGE", hapair_image())
+                    .env("RUST_LOG", std::env::var("HAPAIR_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("operator starts");
+                pid_now.store(child.id().unwrap_or(0), Ordering::SeqCst);
+                tokio::select! {
+                    _ = child.wait() => {}
+                    _ = stopped.changed() => {
+                        let _ = child.kill().await;
+                        return;
+                    }
+                }
+                if !restart {
+                    return;
+                }
+                // The kubelet's restart back-off, shortened.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        self.operators.push(OperatorReplica { stop, task, metrics, pid });
+        i
+    }
+
+    /// What replica `i` serves on /metrics (Prometheus text), or why not.
+    pub async fn operator_metrics(&self, i: usize) -> Result<String, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.operators[i].metrics).await.map_err(|e| e.to_string())?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: operator\r\n\r\n").await.map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.map_err(|e| e.to_string())?;
+        let (head, body) = out.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            return Err(head.lines().next().unwrap_or_default().to_string());
+        }
+        Ok(body.to_string())
+    }
+
+    /// kill -9 of one operator replica; it is not restarted.
+    pub async fn kill_operator(&mut self, i: usize) {
+        let o = &mut self.operators[i];
+        let _ = o.stop.send(true);
+        let _ = (&mut o.task).await;
+    }
+
+    /// Index of the operator replica holding the operators' Lease.
+    pub async fn leader(&self) -> Option<usize> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), &self.ns.name);
+        let l = leases.get_opt("hapair-operator").await.ok()??;
+        l.spec?.holder_identity?.strip_prefix("operator-")?.parse().ok()
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`) to replica `i`'s running
+    /// process. After `KILL` the replica is started again, as its
+    /// Deployment's kubelet would; `STOP` freezes it (a stalled process whose
+    /// leadership runs out under it) until `CONT`.
+    pub fn signal_operator(&self, i: usize, signal: &str) -> Result<(), String> {
+        let pid = self.operators[i].pid.load(Ordering::SeqCst);
+        if pid == 0 {
+            return Err(format!("operator replica {i} is not running"));
+        }
+        let out = std::process::Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .output()
+            .map_err(|e| format!("kill: {e}"))?;
+        if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
+    }
+
+    /// How many operator replicas were started.
+    pub fn operator_count(&self) -> usize {
+        self.operators.len()
+    }
+}

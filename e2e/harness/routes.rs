@@ -1,0 +1,154 @@
+//! What the cluster routes, followed by watching: the pair's Lease and the
+//! EndpointSlices of its VIP Service. Every change the API server records
+//! reaches the watcher in order (a watch that breaks is listed again), so
+//! nothing between two samples is missed:
+//!
+//! - the VIP's EndpointSlices name a ready pod other than the Lease holder's
+//!   for longer than `grace` (one reconcile of the operator plus the
+//!   endpoint controller's turn): clients are sent to a member that does not
+//!   hold the role;
+//! - the Lease's epoch (`leaseTransitions`) goes below one it had before: the
+//!   fencing token went backwards.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hapair::api::Member;
+use hapair::proto::parse_identity;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+
+#[derive(Default)]
+struct State {
+    holder: Option<Member>,
+    highest_epoch: i64,
+    /// Ready endpoints' pod names, per slice.
+    slices: BTreeMap<String, BTreeSet<String>>,
+    mismatch_since: Option<(Instant, String)>,
+    /// Breaches, each kind with its first few descriptions and a count.
+    breaches: Vec<(&'static str, String)>,
+    /// Changes seen (a slice or the Lease).
+    changes: u64,
+}
+
+impl State {
+    fn evaluate(&mut self, pair: &str, grace: Duration) {
+        let Some(holder) = self.holder else {
+            self.mismatch_since = None;
+            return;
+        };
+        let own = holder.pod_name(pair);
+        let stray: Vec<&String> = self.slices.values().flatten().filter(|p| **p != own).collect();
+        if stray.is_empty() {
+            self.mismatch_since = None;
+            return;
+        }
+        let what = format!("the VIP's endpoints name {stray:?} while {holder} holds the Lease");
+        let (since, _) = self.mismatch_since.get_or_insert_with(|| (Instant::now(), what.clone()));
+        if since.elapsed() > grace {
+            let msg = format!("{what} for over {grace:?}");
+            if !self.breaches.iter().any(|(_, m)| *m == msg) {
+                self.breaches.push(("vip-routes-non-holder", msg));
+            }
+        }
+    }
+}
+
+/// Follows the Lease and the VIP's EndpointSlices until dropped.
+pub struct Routes {
+    state: Arc<Mutex<State>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Routes {
+    pub fn start(client: Client, ns: &str, pair: &str, grace: Duration) -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+        let slices: Api<EndpointSlice> = Api::namespaced(client, ns);
+        let (p, s) = (pair.to_string(), state.clone());
+        let lease_task = tokio::spawn(async move {
+            let cfg = watcher::Config::default().fields(&format!("metadata.name={p}"));
+            let mut stream = watcher::watcher(leases, cfg).boxed();
+            while let Some(ev) = stream.next().await {
+                let Ok(ev) = ev else { continue };
+                let mut st = s.lock().unwrap();
+                match ev {
+                    Event::Apply(l) | Event::InitApply(l) => {
+                        let spec = l.spec.unwrap_or_default();
+                        st.holder = spec.holder_identity.as_deref().and_then(parse_identity).map(|(m, _)| m);
+                        let epoch = spec.lease_transitions.map_or(0, i64::from);
+                        if epoch < st.highest_epoch {
+                            let msg = format!("the Lease's epoch went from {} back to {epoch}", st.highest_epoch);
+                            st.breaches.push(("epoch-regression", msg));
+                        }
+                        st.highest_epoch = st.highest_epoch.max(epoch);
+                    }
+                    Event::Delete(_) => st.holder = None,
+                    Event::Init | Event::InitDone => {}
+                }
+                st.changes += 1;
+                st.evaluate(&p, grace);
+            }
+        });
+        let (p, s) = (pair.to_string(), state.clone());
+        let slice_task = tokio::spawn(async move {
+            let cfg = watcher::Config::default().labels(&format!("kubernetes.io/service-name={p}"));
+            let mut stream = watcher::watcher(slices, cfg).boxed();
+            while let Some(ev) = stream.next().await {
+                let Ok(ev) = ev else { continue };
+                let mut st = s.lock().unwrap();
+                match ev {
+                    Event::Apply(es) | Event::InitApply(es) => {
+                        let name = es.metadata.name.clone().unwrap_or_default();
+                        let ready: BTreeSet<String> = es
+                            .endpoints
+                            .iter()
+                            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                            .filter_map(|e| e.target_ref.as_ref()?.name.clone())
+                            .collect();
+                        st.slices.insert(name, ready);
+                    }
+                    Event::Delete(es) => {
+                        st.slices.remove(&es.metadata.name.unwrap_or_default());
+                    }
+                    Event::Init => st.slices.clear(),
+                    Event::InitDone => {}
+                }
+                st.changes += 1;
+                st.evaluate(&p, grace);
+            }
+        });
+        // The state is complete from the watches; this only measures how
+        // long a mismatch has lasted when nothing else changes.
+        let (p, s) = (pair.to_string(), state.clone());
+        let tick = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                s.lock().unwrap().evaluate(&p, grace);
+            }
+        });
+        Routes { state, tasks: vec![lease_task, slice_task, tick] }
+    }
+
+    /// Breaches so far, by kind.
+    pub fn breaches(&self) -> Vec<(&'static str, String)> {
+        self.state.lock().unwrap().breaches.clone()
+    }
+
+    /// The highest epoch the Lease has had.
+    pub fn highest_epoch(&self) -> i64 {
+        self.state.lock().unwrap().highest_epoch
+    }
+}
+
+impl Drop for Routes {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The applications' own view of their role, from their logs: the e2e
+//! application prints every change of the role it reads (`view role=R
+//! epoch=E wall_ms=T until_ms=D`, repeated every 100 ms while active), and
+//! the kubelet writes those lines to the container's log on the node's disk.
+//! A follower reads every new line of both members' logs as they are written
+//! (the kubelet removes a dead container's log when it collects the
+//! container, so reading only at the end would lose them), and the check
+//! finds the moments when both applications took themselves for active.
+//!
+//! A view of `active` lasts from its line to the next line of the same
+//! container or its deadline `D`, whichever comes first — a frozen
+//! application's view ends at its deadline even though it cannot print. The
+//! last line of a container that has since been replaced (killed,
+//! restarted) lasts at most one repeat period more. Lines are printed within
+//! 10 ms of a change, so overlaps up to [`GRACE`] are the logging's
+//! resolution, not two actives.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hapair::api::Member;
+
+/// Where the testbed's kubelets write container logs.
+pub const POD_LOGS: &str = "/var/log/pods";
+
+/// The logging's resolution: overlaps shorter than this are not counted.
+pub const GRACE: Duration = Duration::from_millis(50);
+
+/// How long a replaced container's last `active` line is taken to last.
+const REPEAT: u64 = 150;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Line {
+    pub role: String,
+    pub epoch: i64,
+    pub wall_ms: u64,
+    pub until_ms: u64,
+}
+
+/// One `view …` line out of a CRI log line (`TIME stdout F view …`).
+pub fn parse(line: &str) -> Option<Line> {
+    let rest = &line[line.find("view role=")? + 5..];
+    let mut l = Line { role: String::new(), epoch: 0, wall_ms: 0, until_ms: 0 };
+    for kv in rest.split_whitespace() {
+        let (k, v) = kv.split_once('=')?;
+        match k {
+            "role" => l.role = v.to_string(),
+            "epoch" => l.epoch = v.parse().ok()?,
+            "wall_ms" => l.wall_ms = v.parse().ok()?,
+            "until_ms" => l.until_ms = v.parse().ok()?,
+            _ => {}
+        }
+    }
+    Some(l)
+}
+
+/// One container instance's lines (one log file), in order.
+#[derive(Clone, Debug, Default)]
+pub struct Instance {
+    pub lines: Vec<Line>,
+    offset: u64,
+    partial: String,
+}
+
+/// A span of time one member's application took itself for active.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub member: Member,
+    pub epoch: i64,
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
+/// The active spans of one member's container instances. An instance whose
+/// last line is followed by a later instance's first line was replaced.
+pub fn spans(member: Member, instances: &[&Instance], now_ms: u64) -> Vec<Span> {
+    let mut out = Vec::new();
+    for inst in instances {
+        let last = inst.lines.last().map_or(0, |l| l.wall_ms);
+        let replaced =
+            instances.iter().any(|o| o.lines.first().is_some_and(|f| f.wall_ms > last && !std::ptr::eq(*o, *inst)));
+        for (i, l) in inst.lines.iter().enumerate() {
+            if l.role != "active" {
+                continue;
+            }
+            let end = match inst.lines.get(i + 1) {
+                Some(next) => next.wall_ms.min(l.until_ms),
+                None if replaced => (l.wall_ms + REPEAT).min(l.until_ms),
+                None => l.until_ms.min(now_ms),
+            };
+            if end <= l.wall_ms {
+                continue;
+            }
+            // Consecutive repeats of one view make one span.
+            match out.last_mut() {
+                Some(Span { epoch, to_ms, .. }) if *epoch == l.epoch && *to_ms >= l.wall_ms => {
+                    *to_ms = (*to_ms).max(end);
+                }
+                _ => out.push(Span { member, epoch: l.epoch, from_ms: l.wall_ms, to_ms: end }),
+            }
+        }
+    }
+    out
+}
+
+/// Times both members' applications took themselves for active, longer
+/// than [`GRACE`], in words.
+pub fn overlaps(a: &[Span], b: &[Span]) -> Vec<String> {
+    let mut out = Vec::new();
+    for x in a {
+        for y in b {
+            let (from, to) = (x.from_ms.max(y.from_ms), x.to_ms.min(y.to_ms));
+            if to > from && to - from > GRACE.as_millis() as u64 {
+                out.push(format!(
+                    "both applications took themselves for active for {} ms: {} at epoch {} (wall ms {}..{}) and {} \
+                     at epoch {} ({}..{})",
+                    to - from,
+                    x.member,
+                    x.epoch,
+                    x.from_ms,
+                    x.to_ms,
+                    y.member,
+                    y.epoch,
+                    y.from_ms,
+                    y.to_ms
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Follows both members' application logs until dropped.
+pub struct Views {
+    files: Arc<Mutex<BTreeMap<PathBuf, (Member, Instance)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Views {
+    pub fn start(ns: &str, pair: &str) -> Self {
+        let files: Arc<Mutex<BTreeMap<PathBuf, (Member, Instance)>>> = Arc::default();
+        let (f, prefixes) = (files.clone(), Member::BOTH.map(|m| (m, format!("{ns}_{}_", m.pod_name(pair)))));
+        let task = tokio::spawn(async move {
+            loop {
+                let found = std::fs::read_dir(POD_LOGS).into_iter().flatten().flatten();
+                for pod_dir in found {
+                    let name = pod_dir.file_name().to_string_lossy().into_owned();
+                    let Some((m, _)) = prefixes.iter().find(|(_, p)| name.starts_with(p.as_str())) else {
+                        continue;
+                    };
+                    let logs = std::fs::read_dir(pod_dir.path().join("app")).into_iter().flatten().flatten();
+                    for log in logs {
+                        let path = log.path();
+                        // Only `N.log`: rotated copies repeat what was read.
+                        if path.extension().is_none_or(|e| e != "log") {
+                            continue;
+                        }
+                        let mut all = f.lock().unwrap();
+                        let (_, inst) = all.entry(path.clone()).or_insert_with(|| (*m, Instance::default()));
+                        read_new(&path, inst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Views { files, task }
+    }
+
+    /// Every time both applications took themselves for active, and how
+    /// many view lines were read (so a test can show there was something).
+    pub fn check(&self) -> (Vec<String>, usize) {
+        let files = self.files.lock().unwrap();
+        let now = now_ms();
+        let per = |m: Member| -> Vec<Span> {
+            let insts: Vec<&Instance> = files.values().filter(|(mm, _)| *mm == m).map(|(_, i)| i).collect();
+            spans(m, &insts, now)
+        };
+        let lines = files.values().map(|(_, i)| i.lines.len()).sum();
+        (overlaps(&per(Member::Primary), &per(Member::Secondary)), lines)
+    }
+}
+
+impl Views {
+    /// Each followed log and how many view lines it gave.
+    pub fn files(&self) -> Vec<(PathBuf, usize)> {
+        self.files.lock().unwrap().iter().map(|(p, (_, i))| (p.clone(), i.lines.len())).collect()
+    }
+}
+
+/// Appends what was written to `path` since the last read.
+fn read_new(path: &std::path::Path, inst: &mut Instance) {
+    let Ok(mut f) = std::fs::File::open(path) else { return };
+    let len = f.metadata().map_or(0, |m| m.len());
+    if len < inst.offset {
+        // Truncated or replaced (a new container reusing the name): start over.
+        *inst = Instance::default();
+    }
+    if f.seek(SeekFrom::Start(inst.offset)).is_err() {
+        return;
+    }
+    let mut buf = String::new();
+    let Ok(n) = f.read_to_string(&mut buf) else { return };
+    inst.offset += n as u64;
+    let text = std::mem::take(&mut inst.partial) + &buf;
+    let (complete, rest) = match text.rfind('\n') {
+        Some(i) => (&text[..i], &text[i + 1..]),
+        None => ("", text.as_str()),
+    };
+    inst.partial = rest.to_string();
+    inst.lines.extend(complete.lines().filter_map(parse));
+}
+
+impl Drop for Views {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(role: &str, epoch: i64, at: u64, until: u64) -> Line {
+        Line { role: role.into(), epoch, wall_ms: at, until_ms: until }
+    }
+
+    #[test]
+    fn a_log_line_is_read_and_spans_end_at_the_next_line_or_the_deadline() {
+        let l = parse("2026-11-29T18:00:00.1Z stdout F view role=active epoch=3 wall_ms=1000 until_ms=3000");
+        assert_eq!(l, Some(line("active", 3, 1000, 3000)));
+        assert_eq!(parse("2026-11-29T18:00:00.1Z stderr F something else"), None);
+        // Active, renewed, then standby: one span to the standby line.
+        let live = Instance {
+            lines: vec![line("active", 3, 1000, 3000), line("active", 3, 1100, 3100), line("standby", 4, 1500, 0)],
+            ..Default::default()
+        };
+        assert_eq!(spans(Member::Primary, &[&live], 9000)[0].to_ms, 1500);
+        // Frozen: nothing printed after its last line; the deadline ends it.
+        let frozen =
+            Instance { lines: vec![line("active", 3, 1000, 3000), line("expired", 3, 8000, 0)], ..Default::default() };
+        assert_eq!(spans(Member::Primary, &[&frozen], 9000)[0].to_ms, 3000);
+        // Killed and restarted: its last view lasts one repeat period.
+        let next = Instance { lines: vec![line("standby", 4, 5000, 0)], ..Default::default() };
+        let killed = Instance { lines: vec![line("active", 3, 1000, 3000)], ..Default::default() };
+        assert_eq!(spans(Member::Primary, &[&killed, &next], 9000)[0].to_ms, 1000 + REPEAT);
+    }
+
+    #[test]
+    fn only_overlaps_past_the_grace_are_breaches() {
+        let a = [Span { member: Member::Primary, epoch: 3, from_ms: 0, to_ms: 1000 }];
+        let near = [Span { member: Member::Secondary, epoch: 4, from_ms: 1000 - 40, to_ms: 2000 }];
+        assert!(overlaps(&a, &near).is_empty());
+        let far = [Span { member: Member::Secondary, epoch: 4, from_ms: 500, to_ms: 2000 }];
+        assert_eq!(overlaps(&a, &far).len(), 1, "{:?}", overlaps(&a, &far));
+    }
+}
