@@ -78,7 +78,7 @@ E2E_FAST := bootstraps killing_the_active a_failover_under_writes an_active_cut_
 	the_member_a_forced the_operator_leader an_application_whose hand_edits a_quarantine_past after_a_partition_the_default after_a_shorter
 
 .PHONY: test
-test: check-generated unit fuzz-brief chart image-check testbed-up integration chart-cluster e2e-fast e2e-nodes ## Generated files, unit tests, a brief fuzz, chart and image checks, API tests, the fastest e2e scenarios and the node faults on the testbed.
+test: check-generated unit fuzz-brief chart image-check testbed-up integration chart-cluster e2e-fast e2e-nodes chaos-brief ## Generated files, unit tests, a brief fuzz, chart and image checks, API tests, the fastest e2e scenarios, the node faults and one chaos round on the testbed.
 
 .PHONY: unit
 unit: ## Unit tests (no cluster).
@@ -99,6 +99,24 @@ e2e-fast: testbed-up
 e2e: testbed-up ## Every end-to-end scenario, on the testbed's real nodes (needs root).
 	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator -- --test-threads 3
 	@$(MAKE) --no-print-directory e2e-nodes
+
+# `make chaos`: every named fault case (e2e/chaos/cases.rs), the long ones
+# too, ROUNDS times on PAIRS pairs at once; CASES=a,b picks (and repeats)
+# cases, SEED replays a run. The table is also written to target/chaos-report.txt.
+ROUNDS ?= 1
+PAIRS ?= 1
+CASES ?=
+SEED ?=
+CHAOS_ENV = HAPAIR_CHAOS_ROUNDS=$(ROUNDS) HAPAIR_CHAOS_PAIRS=$(PAIRS) HAPAIR_CHAOS_CASES=$(CASES) HAPAIR_CHAOS_SEED=$(SEED) \
+  HAPAIR_CHAOS_REPORT=target/chaos-report.txt
+
+.PHONY: chaos
+chaos: testbed-up ## The chaos suite on the real nodes: ROUNDS=N rounds of every fault case (PAIRS=, CASES=, SEED=); prints faults, failovers, breaches by kind, writes lost, epoch regressions, time to converge.
+	$(TESTBED_ENV) $(CHAOS_ENV) HAPAIR_CHAOS_SOAK=1 $(CARGO) test $(TEST_FEATURES) --test chaos -- --nocapture chaos_rounds
+
+.PHONY: chaos-brief
+chaos-brief: testbed-up ## One round of every chaos case that fits `make test` (all but the 60 s API outage and the 30 s operator freeze).
+	$(TESTBED_ENV) $(CHAOS_ENV) $(CARGO) test $(TEST_FEATURES) --test chaos -- --nocapture
 
 .PHONY: e2e-nodes
 e2e-nodes: testbed-up ## Whole nodes frozen, partitioned and killed under a pair; members kept apart (one test at a time).

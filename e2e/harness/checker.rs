@@ -172,11 +172,6 @@ impl Checker {
         (s.samples, s.unanswered, self.views.check().1)
     }
 
-    /// The application logs followed, with their view lines.
-    pub fn view_files(&self) -> Vec<(std::path::PathBuf, usize)> {
-        self.views.files()
-    }
-
     /// The highest epoch the Lease has had, as watched.
     pub fn highest_epoch(&self) -> i64 {
         self.routes.highest_epoch()

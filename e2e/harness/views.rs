@@ -187,13 +187,6 @@ impl Views {
     }
 }
 
-impl Views {
-    /// Each followed log and how many view lines it gave.
-    pub fn files(&self) -> Vec<(PathBuf, usize)> {
-        self.files.lock().unwrap().iter().map(|(p, (_, i))| (p.clone(), i.lines.len())).collect()
-    }
-}
-
 /// Appends what was written to `path` since the last read.
 fn read_new(path: &std::path::Path, inst: &mut Instance) {
     let Ok(mut f) = std::fs::File::open(path) else { return };

@@ -173,6 +173,12 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
 serializeImagePulls: false
+# A container that crashed is started again within 2 s, not after a back-off
+# that doubles up to 5 min: the chaos suite kills the same member's containers
+# many times in a row, and a member held minutes in CrashLoopBackOff would
+# make every later round wait on the kubelet, not on hapair.
+featureGates: {KubeletCrashLoopBackOffMax: true}
+crashLoopBackOff: {maxContainerRestartPeriod: 2s}
 EOF
   write_kubeconfig_cert "$dir/kubelet.kubeconfig" "$name" "$pki/$name.crt" "$pki/$name.key"
 }

@@ -1,0 +1,6 @@
+//! The chaos suite (`make chaos`): named fault cases injected at random
+//! phases of the renewal cycle into pairs on the testbed's real nodes, with
+//! the history checker and the safety checker on throughout.
+
+pub mod cases;
+pub mod run;
