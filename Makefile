@@ -102,13 +102,15 @@ e2e: testbed-up ## Every end-to-end scenario, on the testbed's real nodes (needs
 
 # `make chaos`: every named fault case (e2e/chaos/cases.rs), the long ones
 # too, ROUNDS times on PAIRS pairs at once; CASES=a,b picks (and repeats)
-# cases, SEED replays a run. The table is also written to target/chaos-report.txt.
+# cases, SEED replays a run, MINUTES=M starts no round after M minutes. The
+# table is also written to target/chaos-report.txt.
 ROUNDS ?= 1
 PAIRS ?= 1
 CASES ?=
 SEED ?=
+MINUTES ?= 0
 CHAOS_ENV = HAPAIR_CHAOS_ROUNDS=$(ROUNDS) HAPAIR_CHAOS_PAIRS=$(PAIRS) HAPAIR_CHAOS_CASES=$(CASES) HAPAIR_CHAOS_SEED=$(SEED) \
-  HAPAIR_CHAOS_REPORT=target/chaos-report.txt
+  HAPAIR_CHAOS_MINUTES=$(MINUTES) HAPAIR_CHAOS_REPORT=target/chaos-report.txt
 
 .PHONY: chaos
 chaos: testbed-up ## The chaos suite on the real nodes: ROUNDS=N rounds of every fault case (PAIRS=, CASES=, SEED=); prints faults, failovers, breaches by kind, writes lost, epoch regressions, time to converge.

@@ -8,9 +8,10 @@
 //! Set through the environment (the Makefile's `ROUNDS`, `PAIRS`, `CASES`,
 //! `SEED`): `HAPAIR_CHAOS_ROUNDS` (1), `HAPAIR_CHAOS_PAIRS` (1),
 //! `HAPAIR_CHAOS_CASES` (all that fit a brief run; `HAPAIR_CHAOS_SOAK=1`
-//! adds the long ones), `HAPAIR_CHAOS_SEED` (from the clock; printed, so a
-//! run can be replayed), `HAPAIR_CHAOS_REPORT` (a file the table is also
-//! written to).
+//! adds the long ones; a name may repeat, to weigh it), `HAPAIR_CHAOS_SEED`
+//! (from the clock; printed, so a run can be replayed),
+//! `HAPAIR_CHAOS_MINUTES` (no round starts after that many minutes; 0: no
+//! limit), `HAPAIR_CHAOS_REPORT` (a file the table is also written to).
 
 #[path = "../chaos/mod.rs"]
 mod chaos;
@@ -42,6 +43,9 @@ async fn chaos_rounds_keep_every_invariant() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
     );
     let cases = run::selected(soak);
+    // A soak bounded by time rather than rounds: no round starts after it.
+    let minutes = env_u64("HAPAIR_CHAOS_MINUTES", 0);
+    let until = (minutes > 0).then(|| Instant::now() + std::time::Duration::from_secs(minutes * 60));
     eprintln!(
         "chaos: seed {seed}, {rounds} round(s), {pairs} pair(s), cases {:?}",
         cases.iter().map(|c| c.name()).collect::<Vec<_>>()
@@ -58,6 +62,10 @@ async fn chaos_rounds_keep_every_invariant() {
             let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(i as u64));
             let mut tallies: BTreeMap<Case, Tally> = BTreeMap::new();
             for round in 0..rounds {
+                if until.is_some_and(|u| Instant::now() >= u) {
+                    eprintln!("chaos: pair {i}: time is up after {round} round(s)");
+                    break;
+                }
                 let mut order = cases.clone();
                 rng.shuffle(&mut order);
                 for case in order {
