@@ -163,9 +163,7 @@ impl Pair {
         loop {
             let p = self.h.pair(&self.name).await;
             let epoch = p.status.as_ref().map_or(0, |s| s.epoch);
-            let served = self.clients.snapshot().iter().rev().take(50).any(|o| {
-                o.invoke >= start && matches!(o.outcome, history::Outcome::Ack { epoch: e, .. } if e == epoch)
-            });
+            let served = self.clients.acknowledged_since(start, epoch);
             if converged(&p) {
                 since.get_or_insert(start.elapsed());
             } else {

@@ -102,6 +102,9 @@ pub struct Clients {
     stop: Arc<AtomicBool>,
     /// Every completed operation so far, in completion order.
     ops: Arc<std::sync::Mutex<Vec<Op>>>,
+    /// The latest acknowledgement to complete: when its request was sent,
+    /// and its epoch (read often, so not from the whole history).
+    latest: Arc<std::sync::Mutex<Option<(Instant, i64)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -112,9 +115,10 @@ impl Clients {
         let stop = Arc::new(AtomicBool::new(false));
         let ids = Arc::new(AtomicU64::new(0));
         let ops: Arc<std::sync::Mutex<Vec<Op>>> = Arc::default();
+        let latest: Arc<std::sync::Mutex<Option<(Instant, i64)>>> = Arc::default();
         let tasks = (0..n)
             .map(|client| {
-                let (stop, ids, ops) = (stop.clone(), ids.clone(), ops.clone());
+                let (stop, ids, ops, latest) = (stop.clone(), ids.clone(), ops.clone(), latest.clone());
                 tokio::spawn(async move {
                     let mut conn = VipConnection::new(addr);
                     while !stop.load(Ordering::SeqCst) {
@@ -131,6 +135,9 @@ impl Clients {
                             Ok(Answer { code, .. }) => Outcome::Refused(code),
                             Err(_) => Outcome::Failed,
                         };
+                        if let Outcome::Ack { epoch, .. } = &outcome {
+                            *latest.lock().unwrap() = Some((invoke, *epoch));
+                        }
                         let op = Op { id, client, invoke, complete: Instant::now(), outcome };
                         ops.lock().unwrap().push(op);
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -138,7 +145,13 @@ impl Clients {
                 })
             })
             .collect();
-        Clients { stop, ops, tasks }
+        Clients { stop, ops, latest, tasks }
+    }
+
+    /// Whether a write sent at or after `since` was acknowledged at `epoch`
+    /// (the latest acknowledgement, without copying the history).
+    pub fn acknowledged_since(&self, since: Instant, epoch: i64) -> bool {
+        self.latest.lock().unwrap().is_some_and(|(invoke, e)| invoke >= since && e == epoch)
     }
 
     /// The history so far (operations that completed), by invocation.
