@@ -21,6 +21,11 @@ pub const ANN_RELEASED: &str = "hapair.dev/released-reason";
 /// holder (set by the operator at the compare-and-swap, so it survives a
 /// crash right after it).
 pub const ANN_OPERATION: &str = "hapair.dev/operation-id";
+/// Lease annotation: the `renewTime` of the Lease a takeover replaced — the
+/// previous holder's last successful renewal (the compare-and-swap fails if
+/// it renewed since). The new holder compares it with the renewals it read
+/// to know when the previous holder has surely fenced.
+pub const ANN_REPLACED_RENEWAL: &str = "hapair.dev/replaced-renewal";
 /// Lease annotation: which member released the Lease (set by the agent).
 pub const ANN_RELEASED_BY: &str = "hapair.dev/released-by";
 

@@ -106,8 +106,16 @@ pub(super) fn grant(s: &mut State, epoch: i64, asked: Duration, now: Instant) ->
 /// cannot know what its previous incarnation (or the pod it replaces)
 /// promised: it takes over an epoch that someone held before (`epoch > 1`)
 /// only one lease duration after it started.
+///
+/// Nor before the previous holder's own fence deadline has passed, unless
+/// that holder said it is not active (`peer_stood_down`): an operator that
+/// moved the Lease and died before waking it, or a wake-up that did not
+/// arrive, leaves it acting as active until its next renewal fails — and its
+/// application may act until its deadline. A Lease that ran out unrenewed
+/// is past that deadline already; a confirmed failure whose holder's agent
+/// still answers costs one question to the peer.
 pub(super) fn begin_claim(s: &mut State, now: Instant, epoch: i64) -> Result<(), Instant> {
-    let hold = [s.promised_until, s.started_hold.filter(|_| epoch > 1)].into_iter().flatten().max();
+    let hold = [s.promised_until, s.started_hold.filter(|_| epoch > 1), s.other_fenced_by].into_iter().flatten().max();
     match hold {
         Some(until) if until > now => Err(until),
         _ => {
@@ -115,6 +123,45 @@ pub(super) fn begin_claim(s: &mut State, now: Instant, epoch: i64) -> Result<(),
             Ok(())
         }
     }
+}
+
+/// Notes a Lease read: a renewal by another holder not seen before moves the
+/// moment that holder has surely fenced to `now` plus its fence delay (the
+/// interval and threshold it published on the Lease). The renewal was sent
+/// before it was written, and written before this read: its sender's
+/// deadline ends no later than that.
+///
+/// Read named holder by a takeover, the Lease says which renewal of the
+/// previous holder it replaced: if this agent read that very renewal, the
+/// bound above stands; if not (the previous holder renewed between this
+/// agent's reads, then the takeover came), the renewal was at least sent
+/// before this read, so the bound is `now` plus the fence delay.
+pub(super) fn observe_holder(s: &mut State, view: &crate::agent::lease::LeaseView, identity: &str, now: Instant) {
+    let interval = view.interval_seconds.unwrap_or(s.published.0).max(1);
+    let missed = view.missed_threshold.unwrap_or(s.published.1);
+    let fence = Duration::from_secs(((missed - 1).max(1) * interval) as u64);
+    let Some(holder) = view.holder.as_deref() else { return };
+    if holder == identity {
+        if s.named_checked != Some(view.epoch) {
+            s.named_checked = Some(view.epoch);
+            let read = s.other_renewal.as_ref().and_then(|(_, _, r)| r.as_ref());
+            if view.replaced.is_some() && view.replaced.as_ref() != read {
+                s.other_fenced_by = s.other_fenced_by.max(Some(now + fence));
+            }
+        }
+        return;
+    }
+    let seen = (holder.to_string(), view.epoch, view.renewed.clone());
+    if s.other_renewal.as_ref() == Some(&seen) {
+        return;
+    }
+    s.other_fenced_by = Some(now + fence);
+    s.other_renewal = Some(seen);
+}
+
+/// The peer answered that it is not active: nothing to wait for on its account.
+pub(super) fn peer_stood_down(s: &mut State) {
+    s.other_fenced_by = None;
 }
 
 /// Whether the active should ask its peer now: a renewal is overdue by
@@ -299,5 +346,60 @@ mod tests {
             set(&mut s);
             assert_eq!(due(&s, t0 + Duration::from_secs(5)), None);
         }
+    }
+
+    fn read(holder: &str, epoch: i64, renewed: &str, replaced: Option<&str>) -> crate::agent::lease::LeaseView {
+        crate::agent::lease::LeaseView {
+            holder: Some(holder.into()),
+            epoch,
+            interval_seconds: Some(1),
+            missed_threshold: Some(3),
+            renewed: Some(renewed.into()),
+            replaced: replaced.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_claim_waits_until_the_previous_holder_has_surely_fenced_unless_it_said_it_stood_down() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let me = "secondary/uid-2";
+        // Read at 0 ms: the primary renewed (r1). Its deadline is 2 s past its
+        // send, which was before this read.
+        let mut s = standby();
+        observe_holder(&mut s, &read("primary/uid-1", 3, "r1", None), me, at(0));
+        assert_eq!(s.other_fenced_by, Some(at(2000)));
+        // The same renewal read again does not move the bound.
+        observe_holder(&mut s, &read("primary/uid-1", 3, "r1", None), me, at(1000));
+        assert_eq!(s.other_fenced_by, Some(at(2000)));
+        // Named at 1,200 ms by a takeover that replaced r1, which this agent
+        // read: the bound stands; a claim waits until then.
+        observe_holder(&mut s, &read(me, 4, "t", Some("r1")), me, at(1200));
+        assert_eq!(begin_claim(&mut s, at(1200), 4), Err(at(2000)));
+        assert_eq!(begin_claim(&mut s, at(2000), 4), Ok(()));
+
+        // The primary renewed (r2) between this agent's reads, then the
+        // takeover came: r2 was sent before this read at 1,500 ms at least.
+        let mut s = standby();
+        observe_holder(&mut s, &read("primary/uid-1", 3, "r1", None), me, at(0));
+        observe_holder(&mut s, &read(me, 4, "t", Some("r2")), me, at(1500));
+        assert_eq!(begin_claim(&mut s, at(2100), 4), Err(at(3500)));
+        // Judged once per naming: later reads of it change nothing.
+        observe_holder(&mut s, &read(me, 4, "t2", Some("r2")), me, at(3000));
+        assert_eq!(s.other_fenced_by, Some(at(3500)));
+        // The peer answered that it is not active: no wait.
+        peer_stood_down(&mut s);
+        assert_eq!(begin_claim(&mut s, at(2100), 4), Ok(()));
+
+        // A Lease that ran out unrenewed: the last renewal read is long past
+        // its fence, and a claim goes at once.
+        let mut s = standby();
+        observe_holder(&mut s, &read("primary/uid-1", 3, "r1", None), me, at(0));
+        observe_holder(&mut s, &read(me, 4, "t", Some("r1")), me, at(3100));
+        assert_eq!(begin_claim(&mut s, at(3100), 4), Ok(()));
+        // A Lease recreated without a record of what it replaced adds no wait.
+        let mut s = standby();
+        observe_holder(&mut s, &read(me, 5, "t", None), me, at(0));
+        assert_eq!(s.other_fenced_by, None);
     }
 }

@@ -23,6 +23,12 @@ pub struct LeaseView {
     pub epoch: i64,
     pub interval_seconds: Option<i32>,
     pub missed_threshold: Option<i32>,
+    /// `renewTime` as written: which renewal this is (compared, never read
+    /// as a time — it is the writer's clock).
+    pub renewed: Option<String>,
+    /// The previous holder's last renewal, as the takeover that named the
+    /// current holder recorded it.
+    pub replaced: Option<String>,
 }
 
 impl LeaseView {
@@ -31,6 +37,8 @@ impl LeaseView {
         let ann = lease.metadata.annotations.clone().unwrap_or_default();
         let num = |k: &str| ann.get(k).and_then(|v| v.parse::<i32>().ok()).filter(|v| *v > 0);
         LeaseView {
+            renewed: spec.renew_time.as_ref().map(|t| t.0.to_string()),
+            replaced: ann.get(crate::proto::ANN_REPLACED_RENEWAL).cloned(),
             holder: spec.holder_identity.filter(|h| !h.is_empty()),
             epoch: i64::from(spec.lease_transitions.unwrap_or(0)),
             interval_seconds: num(ANN_INTERVAL),

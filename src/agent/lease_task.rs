@@ -60,11 +60,16 @@ pub(super) async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
             let mut s = agent.lock();
             s.named_at = named.map(|v| v.epoch);
             s.seen_other = s.seen_other.max(other);
+            if let Some(v) = view {
+                super::failsafe::observe_holder(&mut s, v, &agent.identity, Instant::now());
+            }
         }
         let verdict = renewal::verdict(&tick, &agent.identity, &answer);
         apply_verdict(&agent, &api, &name, tick.epoch, verdict, used, sent).await;
+        // A claim deferred to a moment sooner than the next tick is tried then.
+        let claim_in = agent.lock().claim_at.map(|t| t.saturating_duration_since(Instant::now()));
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(claim_in.map_or(wait, |c| c.min(wait))) => {}
             _ = agent.wake.notified() => {}
         }
     }
@@ -145,14 +150,34 @@ fn renew_failed(agent: &Agent, why: &str) {
 /// this member serves, so pulling stops first; a successful renewal at that
 /// epoch proves the holding before the member acts on it.
 async fn claim(agent: &Agent, api: &Api<Lease>, name: &str, epoch: i64, used: (i32, i32)) {
-    if let Err(until) = super::failsafe::begin_claim(&mut agent.lock(), Instant::now(), epoch) {
-        // The old active may still serve on this member's promise.
+    let waiting_on_holder = agent.lock().other_fenced_by.is_some_and(|t| t > Instant::now());
+    if waiting_on_holder && peer_not_active(agent, used.0).await {
+        super::failsafe::peer_stood_down(&mut agent.lock());
+    }
+    // The lock is released before the branch takes it again.
+    let claimable = super::failsafe::begin_claim(&mut agent.lock(), Instant::now(), epoch);
+    if let Err(until) = claimable {
+        // The old active may still serve: on this member's promise, or
+        // until its own fence deadline.
         let left = until.saturating_duration_since(Instant::now());
-        info!(epoch, ?left, "named holder: waiting out the promise given to the active");
+        info!(epoch, ?left, "named holder: waiting until the old active cannot be serving");
+        agent.lock().claim_at = Some(until);
         return;
     }
+    agent.lock().claim_at = None;
     claim_now(agent, api, name, epoch, used).await;
     agent.lock().claiming = false;
+}
+
+/// Whether the peer answers, over the pair's mTLS link, that it is not
+/// active (it stood down, or never was); `false` when it cannot be asked.
+async fn peer_not_active(agent: &Agent, interval: i32) -> bool {
+    let Some(peer) = agent.peer_target() else { return false };
+    let timeout = (Duration::from_secs(interval.max(1) as u64) / 4).min(Duration::from_millis(500));
+    match crate::http::get_json::<crate::proto::AgentStatus>(&peer, "/v1/status", timeout).await {
+        Ok(status) => status.role != Role::Active,
+        Err(_) => false,
+    }
 }
 
 async fn claim_now(agent: &Agent, api: &Api<Lease>, name: &str, epoch: i64, used: (i32, i32)) {

@@ -123,6 +123,17 @@ pub(crate) struct State {
     /// One lease duration after the agent started: what a former life of
     /// this member may have promised ends by then.
     pub started_hold: Option<Instant>,
+    /// Standby: the latest renewal read from another holder (holder, epoch,
+    /// `renewTime`), and the moment that holder's fence deadline has passed
+    /// for sure — counted from when this agent first read that renewal,
+    /// which it was sent before (see [`failsafe::observe_holder`]).
+    pub other_renewal: Option<(String, i64, Option<String>)>,
+    pub other_fenced_by: Option<Instant>,
+    /// The epoch at which this agent last read itself named holder (each
+    /// naming is judged once).
+    pub named_checked: Option<i64>,
+    /// A claim deferred until then (the lease loop wakes up for it).
+    pub claim_at: Option<Instant>,
 }
 
 impl State {
@@ -321,6 +332,10 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             named_at: None,
             claiming: false,
             seen_other: None,
+            other_renewal: None,
+            other_fenced_by: None,
+            named_checked: None,
+            claim_at: None,
             started_hold: Some(
                 Instant::now()
                     + Duration::from_secs((config.interval_seconds.max(1) * config.missed_threshold.max(2)) as u64),
@@ -485,12 +500,23 @@ mod tests {
             named_at: None,
             claiming: false,
             seen_other: None,
+            other_renewal: None,
+            other_fenced_by: None,
+            named_checked: None,
+            claim_at: None,
             started_hold: None,
         }
     }
 
     fn view(interval: i32, missed: i32) -> lease::LeaseView {
-        lease::LeaseView { holder: None, epoch: 1, interval_seconds: Some(interval), missed_threshold: Some(missed) }
+        lease::LeaseView {
+            holder: None,
+            epoch: 1,
+            interval_seconds: Some(interval),
+            missed_threshold: Some(missed),
+            renewed: None,
+            replaced: None,
+        }
     }
 
     #[test]

@@ -161,6 +161,8 @@ mod tests {
             epoch,
             interval_seconds: Some(1),
             missed_threshold: Some(3),
+            renewed: None,
+            replaced: None,
         }
     }
 

@@ -28,7 +28,9 @@ use super::observe::Observed;
 use crate::api::{HighAvailabilityPair, LABEL_ROLE, Member, Role};
 use crate::http::{self, Target};
 use crate::proto::AgentStatus;
-use crate::proto::{ANN_INTERVAL, ANN_MISSED, ANN_OPERATION, ANN_RELEASED, ANN_RELEASED_BY, lease_identity};
+use crate::proto::{
+    ANN_INTERVAL, ANN_MISSED, ANN_OPERATION, ANN_RELEASED, ANN_RELEASED_BY, ANN_REPLACED_RENEWAL, lease_identity,
+};
 use crate::tls;
 
 pub const FIELD_MANAGER: &str = "hapair-operator";
@@ -335,6 +337,10 @@ async fn apply_lease_and_status(
             };
             ann.insert(ANN_INTERVAL.into(), pair.spec.heartbeat.interval_seconds.to_string());
             ann.insert(ANN_MISSED.into(), pair.spec.heartbeat.missed_threshold.to_string());
+            match lease.spec.as_ref().and_then(|s| s.renew_time.as_ref()) {
+                Some(t) => ann.insert(ANN_REPLACED_RENEWAL.into(), t.0.to_string()),
+                None => ann.remove(ANN_REPLACED_RENEWAL),
+            };
             let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
             let spec = lease.spec.get_or_insert_with(Default::default);
             spec.holder_identity = Some(lease_identity(to, &pod_uid));
