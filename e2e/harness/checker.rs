@@ -172,6 +172,12 @@ impl Checker {
         (s.samples, s.unanswered, self.views.check().1)
     }
 
+    /// A test is about to set the Lease's epoch back by hand: that write is
+    /// the fault, not a breach (see [`super::routes::Routes::expect_lease_edit`]).
+    pub fn expect_lease_edit(&self) {
+        self.routes.expect_lease_edit();
+    }
+
     /// The highest epoch the Lease has had, as watched.
     pub fn highest_epoch(&self) -> i64 {
         self.routes.highest_epoch()
