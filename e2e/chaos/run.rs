@@ -64,6 +64,24 @@ impl Tally {
         self.examples.extend(o.examples.iter().take(5 - self.examples.len().min(5)).cloned());
     }
 
+    /// One line of the report's table.
+    fn row(&self, name: &str) -> String {
+        format!(
+            "{:<40} {:>6} {:>9} {:>9} {:>15} {:>10} {:>9} {:>5} {:>8} {:>5} {:>8.1}s\n",
+            name,
+            self.faults,
+            self.failovers,
+            self.unplanned,
+            format!("{}+{}", self.missed_failovers, self.needless_failovers),
+            self.violations.values().sum::<u64>(),
+            self.lost_recorded,
+            self.lost,
+            self.epoch_regressions,
+            self.stuck,
+            self.longest_converge.as_secs_f64()
+        )
+    }
+
     pub fn breaches(&self) -> u64 {
         self.violations.values().sum::<u64>()
             + self.lost
@@ -365,36 +383,10 @@ pub fn report(
         "converge"
     ));
     for (case, t) in tallies {
-        out.push_str(&format!(
-            "{:<40} {:>6} {:>9} {:>9} {:>15} {:>10} {:>9} {:>5} {:>8} {:>5} {:>8.1}s\n",
-            case.name(),
-            t.faults,
-            t.failovers,
-            t.unplanned,
-            format!("{}+{}", t.missed_failovers, t.needless_failovers),
-            t.violations.values().sum::<u64>(),
-            t.lost_recorded,
-            t.lost,
-            t.epoch_regressions,
-            t.stuck,
-            t.longest_converge.as_secs_f64()
-        ));
+        out.push_str(&t.row(case.name()));
         total.add(t);
     }
-    out.push_str(&format!(
-        "{:<40} {:>6} {:>9} {:>9} {:>15} {:>10} {:>9} {:>5} {:>8} {:>5} {:>8.1}s\n",
-        "total",
-        total.faults,
-        total.failovers,
-        total.unplanned,
-        format!("{}+{}", total.missed_failovers, total.needless_failovers),
-        total.violations.values().sum::<u64>(),
-        total.lost_recorded,
-        total.lost,
-        total.epoch_regressions,
-        total.stuck,
-        total.longest_converge.as_secs_f64()
-    ));
+    out.push_str(&total.row("total"));
     let kinds: Vec<String> = total.violations.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     out.push_str(&format!(
         "violations by kind: {}\nclient operations: {}, acknowledged: {}\n",
