@@ -107,14 +107,14 @@ pub fn spans(member: Member, instances: &[&Instance], now_ms: u64) -> Vec<Span> 
 }
 
 /// Times both members' applications took themselves for active, longer
-/// than [`GRACE`], in words.
-pub fn overlaps(a: &[Span], b: &[Span]) -> Vec<String> {
+/// than [`GRACE`]: when each began (wall ms) and in words.
+pub fn overlaps(a: &[Span], b: &[Span]) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     for x in a {
         for y in b {
             let (from, to) = (x.from_ms.max(y.from_ms), x.to_ms.min(y.to_ms));
             if to > from && to - from > GRACE.as_millis() as u64 {
-                out.push(format!(
+                out.push((from, format!(
                     "both applications took themselves for active for {} ms: {} at epoch {} (wall ms {}..{}) and {} \
                      at epoch {} ({}..{})",
                     to - from,
@@ -126,7 +126,7 @@ pub fn overlaps(a: &[Span], b: &[Span]) -> Vec<String> {
                     y.epoch,
                     y.from_ms,
                     y.to_ms
-                ));
+                )));
             }
         }
     }
@@ -183,7 +183,27 @@ impl Views {
             spans(m, &insts, now)
         };
         let lines = files.values().map(|(_, i)| i.lines.len()).sum();
-        (overlaps(&per(Member::Primary), &per(Member::Secondary)), lines)
+        let found = overlaps(&per(Member::Primary), &per(Member::Secondary));
+        let evidence = |(at, msg): (u64, String)| -> String {
+            // The lines read around the overlap, each with its log file: the
+            // kubelet may have deleted the files by the time anyone looks.
+            let mut around: Vec<String> = files
+                .iter()
+                .flat_map(|(path, (m, inst))| {
+                    let file = path.iter().rev().take(3).collect::<Vec<_>>();
+                    let file: Vec<String> = file.iter().rev().map(|p| p.to_string_lossy().into_owned()).collect();
+                    let file = file.join("/");
+                    inst.lines
+                        .iter()
+                        .filter(move |l| l.wall_ms + 3000 >= at && l.wall_ms <= at + 3000)
+                        .map(move |l| format!("{} {m} {file}: {} {} until {}", l.wall_ms, l.role, l.epoch, l.until_ms))
+                })
+                .collect();
+            around.sort();
+            around.truncate(200);
+            format!("{msg}\n    {}", around.join("\n    "))
+        };
+        (found.into_iter().map(evidence).collect(), lines)
     }
 }
 
