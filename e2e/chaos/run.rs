@@ -263,8 +263,10 @@ impl Pair {
             s.epoch,
             t.longest_converge.as_secs_f64()
         );
-        self.check_writes(&s, case, &mut t).await;
-        self.check_history(case, &mut t);
+        // One copy of the history for both checks.
+        let ops = self.clients.snapshot();
+        self.check_writes(&ops, &s, case, &mut t).await;
+        self.check_history(&ops, case, &mut t);
         if t.breaches() > 0 {
             self.keep_logs(&format!("round-{round}-{}", case.name()));
         }
@@ -288,13 +290,18 @@ impl Pair {
 
     /// Every acknowledged write is on the active now, unless a transition
     /// past its epoch recorded `dataLossPossible`.
-    async fn check_writes(&mut self, s: &hapair::api::HighAvailabilityPairStatus, case: Case, t: &mut Tally) {
+    async fn check_writes(
+        &mut self,
+        ops: &[history::Op],
+        s: &hapair::api::HighAvailabilityPairStatus,
+        case: Case,
+        t: &mut Tally,
+    ) {
         let Some(active) = s.active_member else { return };
-        let ops = self.clients.snapshot();
         let held: HashSet<u64> = held_writes(&self.h.data_dir(&self.name, active).await);
         self.lossy.extend(s.history.iter().filter(|x| x.data_loss_possible).map(|x| x.epoch));
         let lossy: Vec<i64> = self.lossy.iter().copied().collect();
-        let (excused, lost) = history::missing_writes(&ops, &held, &lossy);
+        let (excused, lost) = history::missing_writes(ops, &held, &lossy);
         for id in excused {
             if self.missing.insert(id) {
                 t.lost_recorded += 1;
@@ -311,8 +318,8 @@ impl Pair {
     }
 
     /// New breaches of the history's rules and of the checker's.
-    fn check_history(&mut self, case: Case, t: &mut Tally) {
-        let breaches = history::check(&self.clients.snapshot());
+    fn check_history(&mut self, ops: &[history::Op], case: Case, t: &mut Tally) {
+        let breaches = history::check(ops);
         for b in breaches.iter().skip(self.history_breaches) {
             let kind = if b.contains(" and by ") { "acks-two-members-one-epoch" } else { "ack-after-newer-epoch" };
             *t.violations.entry(kind).or_default() += 1;

@@ -178,11 +178,6 @@ impl Checker {
         self.routes.expect_lease_edit();
     }
 
-    /// The highest epoch the Lease has had, as watched.
-    pub fn highest_epoch(&self) -> i64 {
-        self.routes.highest_epoch()
-    }
-
     /// Stops sampling and fails the test on any violation.
     pub fn assert_clean(self) {
         let breaches = self.breaches();

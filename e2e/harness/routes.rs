@@ -31,8 +31,6 @@ struct State {
     mismatch_since: Option<(Instant, String)>,
     /// Breaches, each kind with its first few descriptions and a count.
     breaches: Vec<(&'static str, String)>,
-    /// Changes seen (a slice or the Lease).
-    changes: u64,
     /// Hand edits of the Lease's epoch a test announced: each lets one
     /// lower epoch through (the edit itself), without lowering the bar —
     /// hapair's next write must still be past the highest before it.
@@ -42,6 +40,49 @@ struct State {
 }
 
 impl State {
+    fn on_lease(&mut self, ev: Event<Lease>) {
+        match ev {
+            Event::Apply(l) | Event::InitApply(l) => {
+                let spec = l.spec.unwrap_or_default();
+                self.holder = spec.holder_identity.as_deref().and_then(parse_identity).map(|(m, _)| m);
+                let epoch = spec.lease_transitions.map_or(0, i64::from);
+                if epoch < self.highest_epoch {
+                    if self.edits_expected > 0 && epoch < self.last_epoch {
+                        self.edits_expected -= 1;
+                    } else {
+                        let msg = format!("the Lease's epoch went from {} back to {epoch}", self.highest_epoch);
+                        self.breaches.push(("epoch-regression", msg));
+                    }
+                }
+                self.last_epoch = epoch;
+                self.highest_epoch = self.highest_epoch.max(epoch);
+            }
+            Event::Delete(_) => self.holder = None,
+            Event::Init | Event::InitDone => {}
+        }
+    }
+
+    fn on_slice(&mut self, ev: Event<EndpointSlice>) {
+        match ev {
+            Event::Apply(es) | Event::InitApply(es) => {
+                let name = es.metadata.name.clone().unwrap_or_default();
+                let ready: BTreeSet<String> = es
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                    .filter_map(|e| e.target_ref.as_ref()?.name.clone())
+                    .collect();
+                self.slices.insert(name, ready);
+            }
+            Event::Delete(es) => {
+                self.slices.remove(&es.metadata.name.unwrap_or_default());
+            }
+            // A relist: what follows is the whole set.
+            Event::Init => self.slices.clear(),
+            Event::InitDone => {}
+        }
+    }
+
     fn evaluate(&mut self, pair: &str, grace: Duration) {
         let Some(holder) = self.holder else {
             self.mismatch_since = None;
@@ -64,6 +105,31 @@ impl State {
     }
 }
 
+/// Watches `api` (a watch that breaks is listed again), applying every
+/// event to the state and judging the routes after each.
+fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    state: Arc<Mutex<State>>,
+    pair: &str,
+    grace: Duration,
+    apply: fn(&mut State, Event<K>),
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let pair = pair.to_string();
+    tokio::spawn(async move {
+        let mut stream = watcher::watcher(api, config).boxed();
+        while let Some(ev) = stream.next().await {
+            let Ok(ev) = ev else { continue };
+            let mut st = state.lock().unwrap();
+            apply(&mut st, ev);
+            st.evaluate(&pair, grace);
+        }
+    })
+}
+
 /// Follows the Lease and the VIP's EndpointSlices until dropped.
 pub struct Routes {
     state: Arc<Mutex<State>>,
@@ -75,64 +141,10 @@ impl Routes {
         let state = Arc::new(Mutex::new(State::default()));
         let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
         let slices: Api<EndpointSlice> = Api::namespaced(client, ns);
-        let (p, s) = (pair.to_string(), state.clone());
-        let lease_task = tokio::spawn(async move {
-            let cfg = watcher::Config::default().fields(&format!("metadata.name={p}"));
-            let mut stream = watcher::watcher(leases, cfg).boxed();
-            while let Some(ev) = stream.next().await {
-                let Ok(ev) = ev else { continue };
-                let mut st = s.lock().unwrap();
-                match ev {
-                    Event::Apply(l) | Event::InitApply(l) => {
-                        let spec = l.spec.unwrap_or_default();
-                        st.holder = spec.holder_identity.as_deref().and_then(parse_identity).map(|(m, _)| m);
-                        let epoch = spec.lease_transitions.map_or(0, i64::from);
-                        if epoch < st.highest_epoch {
-                            if st.edits_expected > 0 && epoch < st.last_epoch {
-                                st.edits_expected -= 1;
-                            } else {
-                                let msg = format!("the Lease's epoch went from {} back to {epoch}", st.highest_epoch);
-                                st.breaches.push(("epoch-regression", msg));
-                            }
-                        }
-                        st.last_epoch = epoch;
-                        st.highest_epoch = st.highest_epoch.max(epoch);
-                    }
-                    Event::Delete(_) => st.holder = None,
-                    Event::Init | Event::InitDone => {}
-                }
-                st.changes += 1;
-                st.evaluate(&p, grace);
-            }
-        });
-        let (p, s) = (pair.to_string(), state.clone());
-        let slice_task = tokio::spawn(async move {
-            let cfg = watcher::Config::default().labels(&format!("kubernetes.io/service-name={p}"));
-            let mut stream = watcher::watcher(slices, cfg).boxed();
-            while let Some(ev) = stream.next().await {
-                let Ok(ev) = ev else { continue };
-                let mut st = s.lock().unwrap();
-                match ev {
-                    Event::Apply(es) | Event::InitApply(es) => {
-                        let name = es.metadata.name.clone().unwrap_or_default();
-                        let ready: BTreeSet<String> = es
-                            .endpoints
-                            .iter()
-                            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-                            .filter_map(|e| e.target_ref.as_ref()?.name.clone())
-                            .collect();
-                        st.slices.insert(name, ready);
-                    }
-                    Event::Delete(es) => {
-                        st.slices.remove(&es.metadata.name.unwrap_or_default());
-                    }
-                    Event::Init => st.slices.clear(),
-                    Event::InitDone => {}
-                }
-                st.changes += 1;
-                st.evaluate(&p, grace);
-            }
-        });
+        let by_name = watcher::Config::default().fields(&format!("metadata.name={pair}"));
+        let by_service = watcher::Config::default().labels(&format!("kubernetes.io/service-name={pair}"));
+        let lease_task = follow(leases, by_name, state.clone(), pair, grace, State::on_lease);
+        let slice_task = follow(slices, by_service, state.clone(), pair, grace, State::on_slice);
         // The state is complete from the watches; this only measures how
         // long a mismatch has lasted when nothing else changes.
         let (p, s) = (pair.to_string(), state.clone());
@@ -155,11 +167,6 @@ impl Routes {
     pub fn expect_lease_edit(&self) {
         self.state.lock().unwrap().edits_expected += 1;
     }
-
-    /// The highest epoch the Lease has had.
-    pub fn highest_epoch(&self) -> i64 {
-        self.state.lock().unwrap().highest_epoch
-    }
 }
 
 impl Drop for Routes {
@@ -167,5 +174,36 @@ impl Drop for Routes {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+
+    fn lease(holder: &str, epoch: i32) -> Event<Lease> {
+        let spec =
+            LeaseSpec { holder_identity: Some(holder.into()), lease_transitions: Some(epoch), ..Default::default() };
+        Event::Apply(Lease { spec: Some(spec), ..Default::default() })
+    }
+
+    #[test]
+    fn an_epoch_below_the_highest_is_a_breach_unless_a_test_announced_that_edit() {
+        let mut st = State::default();
+        st.on_lease(lease("primary/u1", 3));
+        st.on_lease(lease("primary/u1", 2));
+        assert_eq!(st.breaches.len(), 1, "{:?}", st.breaches);
+        // An announced hand edit passes once; hapair's next write must still
+        // be past the highest, and anything lower after it is a breach again.
+        let mut st = State::default();
+        st.on_lease(lease("primary/u1", 3));
+        st.edits_expected = 1;
+        st.on_lease(lease("primary/u1", 0));
+        st.on_lease(lease("primary/u1", 4));
+        assert!(st.breaches.is_empty(), "{:?}", st.breaches);
+        st.on_lease(lease("primary/u1", 3));
+        assert_eq!(st.breaches.len(), 1, "{:?}", st.breaches);
+        assert_eq!(st.holder, Some(Member::Primary));
     }
 }
