@@ -75,7 +75,7 @@ impl Checker {
     ) -> Self {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let routes = super::routes::Routes::start(client.clone(), ns, pair, grace);
-        let views = super::views::Views::start(ns, pair);
+        let views = super::views::Views::start(client.clone(), ns, pair);
         let (ns, pair, s) = (ns.to_string(), pair.to_string(), seen.clone());
         let task = tokio::spawn(async move {
             let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);

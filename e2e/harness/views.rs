@@ -61,6 +61,9 @@ pub fn parse(line: &str) -> Option<Line> {
 #[derive(Clone, Debug, Default)]
 pub struct Instance {
     pub lines: Vec<Line>,
+    /// The kubelet reports this container gone (its pod replaced, or the
+    /// container restarted since): its view ended with its last line.
+    pub dead: bool,
     offset: u64,
     partial: String,
 }
@@ -80,8 +83,8 @@ pub fn spans(member: Member, instances: &[&Instance], now_ms: u64) -> Vec<Span> 
     let mut out = Vec::new();
     for inst in instances {
         let last = inst.lines.last().map_or(0, |l| l.wall_ms);
-        let replaced =
-            instances.iter().any(|o| o.lines.first().is_some_and(|f| f.wall_ms > last && !std::ptr::eq(*o, *inst)));
+        let replaced = inst.dead
+            || instances.iter().any(|o| o.lines.first().is_some_and(|f| f.wall_ms > last && !std::ptr::eq(*o, *inst)));
         for (i, l) in inst.lines.iter().enumerate() {
             if l.role != "active" {
                 continue;
@@ -144,11 +147,31 @@ fn now_ms() -> u64 {
 }
 
 impl Views {
-    pub fn start(ns: &str, pair: &str) -> Self {
+    pub fn start(client: kube::Client, ns: &str, pair: &str) -> Self {
         let files: Arc<Mutex<BTreeMap<PathBuf, (Member, Instance)>>> = Arc::default();
         let (f, prefixes) = (files.clone(), Member::BOTH.map(|m| (m, format!("{ns}_{}_", m.pod_name(pair)))));
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, ns);
+        let pair = pair.to_string();
         let task = tokio::spawn(async move {
             loop {
+                // What the kubelet says runs: `<ns>_<pod>_<uid>/app/N.log` is
+                // alive only while that pod is the member's and the app
+                // container has restarted N times. A killed application may
+                // not have a successor that printed yet; its view must not
+                // be taken to last until its deadline meanwhile.
+                let mut running: Vec<(Member, String, u32)> = Vec::new();
+                for m in Member::BOTH {
+                    if let Ok(Some(pod)) = pods.get_opt(&m.pod_name(&pair)).await {
+                        let uid = pod.metadata.uid.clone().unwrap_or_default();
+                        let restarts =
+                            pod.status.as_ref().and_then(|st| st.container_statuses.as_ref()).and_then(|cs| {
+                                cs.iter().find(|c| c.name == "app").map(|c| c.restart_count.max(0) as u32)
+                            });
+                        if let Some(n) = restarts {
+                            running.push((m, format!("{}_{uid}", m.pod_name(&pair)), n));
+                        }
+                    }
+                }
                 let found = std::fs::read_dir(POD_LOGS).into_iter().flatten().flatten();
                 for pod_dir in found {
                     let name = pod_dir.file_name().to_string_lossy().into_owned();
@@ -162,9 +185,19 @@ impl Views {
                         if path.extension().is_none_or(|e| e != "log") {
                             continue;
                         }
+                        let number: Option<u32> = path.file_stem().and_then(|n| n.to_str()?.parse().ok());
+                        // Dead once the kubelet counts a later restart of
+                        // this pod's container, or the member's pod is
+                        // another one; a pod that could not be read this
+                        // time, or a restart not counted yet, proves nothing.
+                        let dead = running
+                            .iter()
+                            .find(|(rm, _, _)| rm == m)
+                            .is_some_and(|(_, pod, n)| !name.ends_with(pod.as_str()) || number.is_some_and(|k| k < *n));
                         let mut all = f.lock().unwrap();
                         let (_, inst) = all.entry(path.clone()).or_insert_with(|| (*m, Instance::default()));
                         read_new(&path, inst);
+                        inst.dead |= dead;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -263,6 +296,12 @@ mod tests {
         let next = Instance { lines: vec![line("standby", 4, 5000, 0)], ..Default::default() };
         let killed = Instance { lines: vec![line("active", 3, 1000, 3000)], ..Default::default() };
         assert_eq!(spans(Member::Primary, &[&killed, &next], 9000)[0].to_ms, 1000 + REPEAT);
+        // Killed, its successor not printing yet: the kubelet's restart count
+        // says it is dead, and its view ends with its last line all the same;
+        // without that word it lasts to its deadline (a frozen one's does).
+        let dead = Instance { dead: true, ..killed.clone() };
+        assert_eq!(spans(Member::Primary, &[&dead], 9000)[0].to_ms, 1000 + REPEAT);
+        assert_eq!(spans(Member::Primary, &[&killed], 9000)[0].to_ms, 3000);
     }
 
     #[test]
