@@ -57,6 +57,14 @@ cases! {
     OperatorLeaderFrozen = "operator-leader-frozen-30s",
     Switchover = "switchover",
     RequestsTogether = "switchover-failover-heartbeat-together",
+    OperatorCut = "operator-cut-from-agents",
+    CrashInFailover = "operator-crash-in-failover",
+    CrashInSwitchover = "operator-crash-in-switchover",
+    CrashInFailback = "operator-crash-in-failback",
+    CrashInRepair = "operator-crash-in-split-brain-repair",
+    CrashInResync = "operator-crash-in-resync",
+    CrashInLeaseRepair = "operator-crash-in-lease-repair",
+    ResyncJobKilled = "resync-job-killed",
 }
 
 impl Case {
@@ -89,13 +97,60 @@ impl Case {
                 | Case::LeaseHolderEdited
                 | Case::Switchover
                 | Case::OperatorLeaderFrozen
+                | Case::CrashInFailover
+                | Case::CrashInLeaseRepair
         )
     }
 
     /// Cases after which the role must not have moved: the pair's agents
     /// still hear each other, or only the Service was touched.
     pub fn must_not_fail_over(self) -> bool {
-        matches!(self, Case::CutApi | Case::CutPeer | Case::VipSelectorEdited | Case::ApiServerDown)
+        matches!(
+            self,
+            Case::CutApi
+                | Case::CutPeer
+                | Case::VipSelectorEdited
+                | Case::ApiServerDown
+                | Case::OperatorCut
+                | Case::CrashInRepair
+                | Case::CrashInResync
+                | Case::ResyncJobKilled
+        )
+    }
+
+    /// The operator's crash points (`hapair::operator::fault::STEPS`) a
+    /// procedure reaches, in its order; a crash case arms one at random each
+    /// round.
+    pub fn crash_points(self) -> &'static [&'static str] {
+        const FAILOVER: &[&str] = &[
+            "lease-moved",
+            "vip-written",
+            "standby-service-written",
+            "role-labelled",
+            "status-written",
+            "events-published",
+        ];
+        const HANDOVER: &[&str] = &[
+            "status-written",
+            "drain-asked",
+            "sync-asked",
+            "lease-moved",
+            "vip-written",
+            "standby-service-written",
+            "role-labelled",
+            "events-published",
+        ];
+        const JOB: &[&str] = &["job-started", "status-written", "events-published"];
+        // The Lease deleted (recreated) or its holder edited (written again).
+        // (The holder stays the same member: no role label changes.)
+        const LEASE: &[&str] = &["lease-created", "lease-restored", "status-written", "events-published"];
+        match self {
+            Case::CrashInFailover => FAILOVER,
+            Case::CrashInSwitchover | Case::CrashInFailback => HANDOVER,
+            Case::CrashInRepair | Case::CrashInResync => JOB,
+            Case::CrashInLeaseRepair => LEASE,
+            _ => &[],
+        }
     }
 
     pub fn parse(name: &str) -> Option<Case> {
@@ -132,7 +187,9 @@ impl Target<'_> {
     /// The API server refuses a new request while another is pending: that
     /// refusal is the answer, not an error of the test.
     async fn request(&self, id: String, action: serde_json::Value) -> Result<(), String> {
-        let mut op = json!({"id": id, "switchover": null, "failover": null});
+        // Null every other action: a merge patch keeps the previous request's.
+        let mut op = json!({"id": id, "switchover": null, "failover": null, "failback": null,
+            "goStandby": null, "resolveSplitBrain": null, "resync": null});
         crate::common::merge(&mut op, &action);
         let patch = Patch::Merge(json!({"spec": {"operation": op}}));
         match self.h.pairs().patch(self.pair, &PatchParams::default(), &patch).await {
@@ -154,8 +211,20 @@ impl Target<'_> {
     }
 }
 
-pub async fn inject(case: Case, t: &mut Target<'_>) {
+/// What an injection leaves for the runner to check once the pair has
+/// converged again.
+#[derive(Default)]
+pub struct Injected {
+    /// A fault that must land at a named point (an operator crash point,
+    /// a Job's pod killed mid-run), and whether it did.
+    pub crash: Option<(&'static str, bool)>,
+    /// The bulk tree was taken from the standby: it must be whole again.
+    pub tree_restored: bool,
+}
+
+pub async fn inject(case: Case, t: &mut Target<'_>) -> Injected {
     let (h, pair, active) = (t.h, t.pair, t.active);
+    let mut out = Injected::default();
     match case {
         Case::KillApp => h.kill(pair, active, Kill::App).await,
         Case::KillAgent => kill_until_gone(t, active, &[AGENT_CONTAINER]).await,
@@ -264,7 +333,180 @@ pub async fn inject(case: Case, t: &mut Target<'_>) {
             tokio::time::sleep(millis(t.rng, 3000)).await;
             h.merge_spec(pair, json!({"heartbeat": {"intervalSeconds": 1}})).await;
         }
+        Case::OperatorCut => {
+            h.cut_operator_from_members(pair, true).await;
+            tokio::time::sleep(LEASE * 2 + millis(t.rng, 2000)).await;
+            // Landed if the operator saw both agents miss their heartbeats.
+            let s = h.pair(pair).await.status.unwrap_or_default();
+            let deaf = s.members.len() == 2 && s.members.iter().all(|m| m.missed_heartbeats >= 3);
+            h.cut_operator_from_members(pair, false).await;
+            out.crash = Some(("operator-missed-both-agents", deaf));
+        }
+        Case::CrashInFailover
+        | Case::CrashInSwitchover
+        | Case::CrashInFailback
+        | Case::CrashInRepair
+        | Case::CrashInResync
+        | Case::CrashInLeaseRepair => out.crash = Some(crash_in(case, t).await),
+        Case::ResyncJobKilled => {
+            // The standby loses the bulk tree behind the pair's back: a
+            // split brain, repaired by a resync Job copying it all back.
+            take_bulk_from_standby(t).await;
+            out.tree_restored = true;
+            let pods = h.pods();
+            let running = || async {
+                let lp = kube::api::ListParams::default().labels("app.kubernetes.io/component=resync");
+                pods.list(&lp).await.map(|l| {
+                    l.items.iter().any(|p| {
+                        p.spec.iter().flat_map(|s| &s.containers).any(|c| nodes::container_id(p, &c.name).is_some())
+                    })
+                })
+            };
+            let start = std::time::Instant::now();
+            while !running().await.unwrap_or(false) && start.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Anywhere in its copy.
+            tokio::time::sleep(millis(t.rng, 1500)).await;
+            out.crash = Some(("resync-job-pod-killed", h.kill_job_pods().await > 0));
+        }
     }
+    out
+}
+
+/// Arms this round's crash point, sets off the case's procedure, and waits
+/// until a replica died there or the procedure is over; returns the point
+/// and whether it was reached.
+async fn crash_in(case: Case, t: &mut Target<'_>) -> (&'static str, bool) {
+    let (h, pair, active) = (t.h, t.pair, t.active);
+    let points = case.crash_points();
+    // Random, so that brief runs too cover every point across runs (the
+    // report counts each point's crashes).
+    let point = points[t.rng.usize(..points.len())];
+    if case == Case::CrashInFailback && active == Member::Primary {
+        // Failback moves the role back to the primary: hand it to the
+        // secondary first, unarmed.
+        let id = format!("chaos-fb-pre-{}", t.serial);
+        t.request(id.clone(), json!({"switchover": {}})).await.expect("nothing pending");
+        wait_settled(t, &id).await;
+    }
+    h.arm_crash(point);
+    let id = format!("chaos-crash-{}-{}", case.name(), t.serial);
+    match case {
+        Case::CrashInFailover => {
+            // Past the lease and the operators' own leader lease (4 s): a
+            // leader dead at the failure's first step is replaced, and its
+            // successor must still find the active gone.
+            h.kill(pair, active, Kill::Freeze).await;
+            tokio::time::sleep(past_lease(t.rng) + Duration::from_secs(6)).await;
+            h.thaw_all();
+        }
+        Case::CrashInSwitchover => t.request(id.clone(), json!({"switchover": {}})).await.expect("nothing pending"),
+        Case::CrashInFailback => t.request(id.clone(), json!({"failback": {}})).await.expect("nothing pending"),
+        Case::CrashInRepair => {
+            let dir = h.data_dir(pair, active.peer()).await;
+            std::fs::write(dir.join(format!("stray-{}.txt", t.serial)), b"written on the standby").unwrap();
+        }
+        Case::CrashInResync => {
+            t.request(id.clone(), json!({"resync": {"dryRun": false}})).await.expect("nothing pending")
+        }
+        Case::CrashInLeaseRepair => {
+            let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.ns.name);
+            // `lease-created` follows a deletion, `lease-restored` an edit;
+            // the later steps follow either.
+            if point == "lease-created" || (point != "lease-restored" && t.rng.bool()) {
+                leases.delete(pair, &DeleteParams::default()).await.expect("Lease deleted");
+            } else {
+                let standby = t.pod(active.peer()).await;
+                let identity = format!("{}/{}", active.peer(), standby.metadata.uid.unwrap_or_default());
+                let edit = json!({"spec": {"holderIdentity": identity}});
+                leases.patch(pair, &PatchParams::default(), &Patch::Merge(&edit)).await.expect("Lease edited");
+            }
+        }
+        _ => unreachable!("{case:?} has no crash points"),
+    }
+    let start = std::time::Instant::now();
+    while h.crash_file().exists() && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (point, h.disarm_crash())
+}
+
+/// Waits (bounded) until operation `id` is over and the pair is synced.
+async fn wait_settled(t: &Target<'_>, id: &str) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        let p = t.h.pair(t.pair).await;
+        let s = p.status.unwrap_or_default();
+        let done = s.operations.iter().any(|o| o.id == id && o.phase.is_terminal());
+        let synced = s.conditions.iter().any(|c| c.type_ == "Synced" && c.status == hapair::api::ConditionStatus::True);
+        if done && synced {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The tree the chaos pair keeps on its active for the resync cases.
+pub const BULK: &str = "bulk";
+/// Its size: enough files that copying it takes a few seconds.
+pub const BULK_FILES: usize = 3000;
+
+/// Writes the bulk tree on the active, owned like the volume (the agent
+/// runs as that user and must be able to move the files), and waits until
+/// the standby holds all of it.
+pub async fn ensure_bulk(h: &Harness, pair: &str, active: Member) {
+    use std::os::unix::fs::MetadataExt;
+    let root = h.data_dir(pair, active).await;
+    let dir = root.join(BULK);
+    if !dir.is_dir() {
+        let meta = std::fs::metadata(&root).unwrap();
+        let own = |p: &std::path::Path| std::os::unix::fs::chown(p, Some(meta.uid()), Some(meta.gid())).unwrap();
+        let tmp = dir.with_extension("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        own(&tmp);
+        for i in 0..BULK_FILES {
+            let sub = tmp.join(format!("{:02}", i % 30));
+            if !sub.is_dir() {
+                std::fs::create_dir(&sub).unwrap();
+                own(&sub);
+            }
+            let body: Vec<u8> = (0..8192).map(|b| ((b * 7 + i) % 251) as u8).collect();
+            let file = sub.join(format!("f{i:05}"));
+            std::fs::write(&file, body).unwrap();
+            own(&file);
+        }
+        std::fs::rename(&tmp, &dir).unwrap();
+    }
+    let want = bulk_size(h, pair, active).await;
+    let start = std::time::Instant::now();
+    while bulk_size(h, pair, active.peer()).await != want {
+        assert!(start.elapsed() < Duration::from_secs(120), "the standby never got the bulk tree");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn take_bulk_from_standby(t: &Target<'_>) {
+    let dir = t.h.data_dir(t.pair, t.active.peer()).await.join(BULK);
+    std::fs::remove_dir_all(&dir).expect("the standby has the bulk tree");
+}
+
+/// Files under the bulk tree of a member: (count, bytes).
+pub async fn bulk_size(h: &Harness, pair: &str, m: Member) -> (usize, u64) {
+    fn walk(d: &std::path::Path, acc: &mut (usize, u64)) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                walk(&e.path(), acc);
+            } else {
+                acc.0 += 1;
+                acc.1 += meta.len();
+            }
+        }
+    }
+    let mut acc = (0, 0);
+    walk(&h.data_dir(pair, m).await.join(BULK), &mut acc);
+    acc
 }
 
 /// kill -9 of the named containers of a member's pod, each retried until

@@ -27,7 +27,7 @@ pub struct Tally {
     pub faults: u64,
     /// Role changes (epoch increments) during its rounds.
     pub failovers: u64,
-    /// Of which forced or unplanned (not a switchover).
+    /// Of which no one asked for (not an operation, not a failback).
     pub unplanned: u64,
     pub violations: BTreeMap<&'static str, u64>,
     /// Acknowledged writes missing from the active, excused by a recorded
@@ -42,6 +42,8 @@ pub struct Tally {
     pub missed_failovers: u64,
     /// Rounds of a case that must not move the role in which it moved.
     pub needless_failovers: u64,
+    /// Crash points armed (how often, how often an operator died there).
+    pub crash_points: BTreeMap<&'static str, (u64, u64)>,
     /// A few breaches in words, for the report.
     pub examples: Vec<String>,
 }
@@ -61,6 +63,10 @@ impl Tally {
         self.stuck += o.stuck;
         self.missed_failovers += o.missed_failovers;
         self.needless_failovers += o.needless_failovers;
+        for (k, (armed, hit)) in &o.crash_points {
+            let e = self.crash_points.entry(k).or_default();
+            (e.0, e.1) = (e.0 + armed, e.1 + hit);
+        }
         self.examples.extend(o.examples.iter().take(5 - self.examples.len().min(5)).cloned());
     }
 
@@ -147,11 +153,14 @@ impl Pair {
         // would turn every later case into a FailoverRequired wait.
         let files = json!({"spec": {
             "storage": {"size": "1Gi", "mountPath": "/data"},
+            "service": {"standby": true},
             "fileSync": {"paths": [{"path": "."}], "realtimeIntervalSeconds": 1},
             "failover": {"flapBudget": {"maxAutomaticFailovers": 100, "windowSeconds": 60}}
         }});
         h.apply(&test_pair(&name, cases::INTERVAL.as_secs() as i32, files)).await;
         h.wait_enabled(&name, Duration::from_secs(90)).await;
+        let active = h.pair(&name).await.status.and_then(|s| s.active_member).expect("an active member");
+        cases::ensure_bulk(&h, &name, active).await;
         let checker = h.checker_with_grace(&name, Duration::from_secs(2)).await;
         let clients = h.clients(&name, 3).await;
         let mut p = Pair {
@@ -219,8 +228,18 @@ impl Pair {
         // A random phase of the renewal cycle.
         tokio::time::sleep(Duration::from_millis(rng.u64(0..cases::INTERVAL.as_millis() as u64))).await;
         self.serial += 1;
-        cases::inject(case, &mut Target { h: &self.h, pair: &self.name, active, serial: self.serial, rng }).await;
+        let injected =
+            cases::inject(case, &mut Target { h: &self.h, pair: &self.name, active, serial: self.serial, rng }).await;
         t.faults += 1;
+        if let Some((point, hit)) = injected.crash {
+            let e = t.crash_points.entry(point).or_default();
+            (e.0, e.1) = (e.0 + 1, e.1 + u64::from(hit));
+            // A fault that did not land tested nothing.
+            if !hit {
+                *t.violations.entry("fault-did-not-land").or_default() += 1;
+                t.examples.push(format!("{}: {point} was never reached", case.name()));
+            }
+        }
         let after = match self.converge(cases::LEASE + cases::INTERVAL).await {
             Ok((p, took)) => {
                 t.longest_converge = took;
@@ -234,9 +253,11 @@ impl Pair {
         };
         let s = after.status.clone().unwrap_or_default();
         t.failovers = (s.epoch - e0).max(0) as u64;
-        t.unplanned =
-            s.history.iter().filter(|x| x.epoch > e0 && x.type_ != hapair::api::TransitionType::Switchover).count()
-                as u64;
+        t.unplanned = s
+            .history
+            .iter()
+            .filter(|x| x.epoch > e0 && x.operation_id.is_none() && x.reason != "AutomaticFailback")
+            .count() as u64;
         if case.must_fail_over() && t.failovers == 0 {
             t.missed_failovers += 1;
             t.examples.push(format!("{}: the role did not move: {}", case.name(), brief(&after)));
@@ -263,6 +284,18 @@ impl Pair {
             s.epoch,
             t.longest_converge.as_secs_f64()
         );
+        if injected.tree_restored
+            && let Some(now) = s.active_member
+        {
+            let (want, got) = (
+                cases::bulk_size(&self.h, &self.name, now).await,
+                cases::bulk_size(&self.h, &self.name, now.peer()).await,
+            );
+            if want != got || want.0 != cases::BULK_FILES {
+                *t.violations.entry("resync-tree-incomplete").or_default() += 1;
+                t.examples.push(format!("{}: bulk tree {want:?} on the active, {got:?} on the standby", case.name()));
+            }
+        }
         // One copy of the history for both checks.
         let ops = self.clients.snapshot();
         self.check_writes(&ops, &s, case, &mut t).await;
@@ -401,6 +434,10 @@ pub fn report(
         ops.0,
         ops.1
     ));
+    let points: Vec<String> = total.crash_points.iter().map(|(k, (armed, hit))| format!("{k} {hit}/{armed}")).collect();
+    if !points.is_empty() {
+        out.push_str(&format!("faults that must land (landed / tried): {}\n", points.join(", ")));
+    }
     for e in &total.examples {
         out.push_str(&format!("  {e}\n"));
     }

@@ -49,6 +49,8 @@ pub struct Harness {
     cut: Mutex<Vec<Pod>>,
     /// Pairs of pods cut off from each other.
     apart: Mutex<Vec<(Pod, Pod)>>,
+    /// Pod addresses the operator replicas are cut off from.
+    operator_cut: Mutex<Vec<String>>,
 }
 
 pub fn hapair_bin() -> PathBuf {
@@ -95,6 +97,7 @@ impl Harness {
             frozen: Mutex::default(),
             cut: Mutex::default(),
             apart: Mutex::default(),
+            operator_cut: Mutex::default(),
         }
     }
 
@@ -377,6 +380,9 @@ impl Drop for Harness {
         }
         for (a, b) in self.apart.lock().unwrap().drain(..) {
             nodes::cut_pods_apart(&a, &b, false);
+        }
+        for ip in self.operator_cut.lock().unwrap().drain(..) {
+            operators::cut_operator_from(&ip, false);
         }
         for o in &self.operators {
             // Dropping the task drops its child, which kills it.

@@ -16,6 +16,10 @@ use tokio::process::Command;
 use super::{Harness, hapair_bin, hapair_image};
 use crate::common;
 
+/// The group the operator replicas run as (the user stays root): what the
+/// firewall rules that cut the operator off from the agents match on.
+pub const OPERATOR_GID: u32 = 4242;
+
 /// One operator replica, restarted when it exits until told to stop.
 pub(super) struct OperatorReplica {
     pub(super) stop: tokio::sync::watch::Sender<bool>,
@@ -43,6 +47,7 @@ impl Harness {
         let log_path = self.dir.join(format!("operator.{i}.log"));
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let ns = self.ns.name.clone();
+        let crash_file = self.crash_file();
         // A port free now, kept for every restart of this replica.
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -61,6 +66,10 @@ impl Harness {
                     .env("HAPAIR_HEALTH_ADDR", "127.0.0.1:0")
                     .env("HAPAIR_LEADER_LEASE_SECONDS", "4")
                     .env("HAPAIR_AGENT_IMAGE", hapair_image())
+                    .env("HAPAIR_FAULT_CRASH_FILE", &crash_file)
+                    // Its own group: a test can cut the operator's traffic
+                    // (and only the operator's) with an owner match.
+                    .gid(OPERATOR_GID)
                     .env("RUST_LOG", std::env::var("HAPAIR_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -133,8 +142,65 @@ impl Harness {
         if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
     }
 
+    /// The file that arms one crash point of the operator replicas
+    /// (`hapair::operator::fault`): written with a step's name, removed by
+    /// the replica that dies there.
+    pub fn crash_file(&self) -> std::path::PathBuf {
+        self.dir.join("crash-at")
+    }
+
+    /// Arms the crash point `step` (a name from `fault::STEPS`): the next
+    /// replica to reach it dies there and is started again.
+    pub fn arm_crash(&self, step: &str) {
+        std::fs::write(self.crash_file(), step).expect("crash point armed");
+    }
+
+    /// Disarms it; true if a replica died there since it was armed.
+    pub fn disarm_crash(&self) -> bool {
+        match std::fs::remove_file(self.crash_file()) {
+            Ok(()) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => panic!("crash point not disarmed: {e}"),
+        }
+    }
+
+    /// Cuts (or restores) every operator replica's traffic to and from
+    /// the pods of pair `name` — the agents' API and sync ports, and the
+    /// applications — while the operator still reaches the API server and
+    /// the agents still reach each other and the API server.
+    pub async fn cut_operator_from_members(&self, name: &str, cut: bool) {
+        let mut ips = Vec::new();
+        for m in hapair::api::Member::BOTH {
+            let pod = self.member_pod(name, m).await;
+            ips.extend(pod.status.and_then(|s| s.pod_ip));
+        }
+        for ip in &ips {
+            cut_operator_from(ip, cut);
+        }
+        let mut list = self.operator_cut.lock().unwrap();
+        list.retain(|i| !ips.contains(i));
+        if cut {
+            list.extend(ips);
+        }
+    }
+
     /// How many operator replicas were started.
     pub fn operator_count(&self) -> usize {
         self.operators.len()
     }
+}
+
+/// Drops (or stops dropping) the operator replicas' packets to `ip`.
+pub(super) fn cut_operator_from(ip: &str, cut: bool) {
+    let gid = OPERATOR_GID.to_string();
+    let rule = ["-m", "owner", "--gid-owner", &gid, "-d", ip, "-j", "DROP"];
+    let iptables = |action: &str| std::process::Command::new("iptables").args([action, "OUTPUT"]).args(rule).output();
+    let present = iptables("-C").is_ok_and(|o| o.status.success());
+    let action = match (cut, present) {
+        (true, false) => "-I",
+        (false, true) => "-D",
+        _ => return,
+    };
+    let out = iptables(action).expect("iptables runs");
+    assert!(out.status.success(), "iptables {action}: {}", String::from_utf8_lossy(&out.stderr));
 }

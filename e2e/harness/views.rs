@@ -185,20 +185,25 @@ impl Views {
                         if path.extension().is_none_or(|e| e != "log") {
                             continue;
                         }
-                        let number: Option<u32> = path.file_stem().and_then(|n| n.to_str()?.parse().ok());
-                        // Dead once the kubelet counts a later restart of
-                        // this pod's container, or the member's pod is
-                        // another one; a pod that could not be read this
-                        // time, or a restart not counted yet, proves nothing.
-                        let dead = running
-                            .iter()
-                            .find(|(rm, _, _)| rm == m)
-                            .is_some_and(|(_, pod, n)| !name.ends_with(pod.as_str()) || number.is_some_and(|k| k < *n));
                         let mut all = f.lock().unwrap();
                         let (_, inst) = all.entry(path.clone()).or_insert_with(|| (*m, Instance::default()));
                         read_new(&path, inst);
-                        inst.dead |= dead;
                     }
+                }
+                // Dead once the kubelet counts a later restart of this
+                // pod's container, or the member's pod is another one — for
+                // every instance read so far, its log still there or not
+                // (the kubelet may remove a dead container's log before its
+                // restart is counted). A pod that could not be read this
+                // time, or a restart not counted yet, proves nothing.
+                for (path, (m, inst)) in f.lock().unwrap().iter_mut() {
+                    let dir = path.parent().and_then(|p| p.parent()).and_then(|p| p.file_name());
+                    let dir = dir.map(|d| d.to_string_lossy().into_owned()).unwrap_or_default();
+                    let number: Option<u32> = path.file_stem().and_then(|n| n.to_str()?.parse().ok());
+                    inst.dead |= running
+                        .iter()
+                        .find(|(rm, _, _)| rm == m)
+                        .is_some_and(|(_, pod, n)| !dir.ends_with(pod.as_str()) || number.is_some_and(|k| k < *n));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

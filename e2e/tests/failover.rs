@@ -293,7 +293,7 @@ async fn the_flap_budget_stops_the_third_automatic_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(feature = "fault-injection"), ignore = "needs the operator's test hooks: --features fault-injection")]
 async fn an_operator_killed_between_the_lease_move_and_the_selector_move_converges_without_a_second_failover() {
-    let mut h = Harness::new_with("restart", &[("HAPAIR_FAULT_EXIT_AFTER_LEASE_CAS", "1")]).await;
+    let mut h = Harness::new_with("restart", &[("HAPAIR_FAULT_EXIT_AT", "lease-moved")]).await;
     h.apply(&test_pair("web", 1, json!({}))).await;
     h.wait_enabled("web", BOOT).await;
     h.wait_vip_writable("web").await;

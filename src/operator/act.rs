@@ -218,6 +218,12 @@ pub async fn apply(
     client_tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Outcome, ActError> {
     let answers = ask_agents(pair, obs, &decision, client_tls.clone()).await;
+    if decision.drain.is_some() {
+        super::fault::step("drain-asked");
+    }
+    if decision.sync_now.is_some() {
+        super::fault::step("sync-asked");
+    }
     start_jobs(ctx, pair, obs, &decision).await;
     let mut outcome = apply_lease_and_status(ctx, pair, obs, decision, current, failure_started).await?;
     outcome.answers = answers;
@@ -261,7 +267,10 @@ async fn start_jobs(ctx: &Context, pair: &HighAvailabilityPair, obs: &Observed, 
     {
         let job = build::resync_job(pair, *member, addr, order, &ctx.build);
         match jobs.create(&Default::default(), &job).await {
-            Ok(_) => info!(%member, label = %order.label, job = %job.name_any(), "resync Job started"),
+            Ok(_) => {
+                info!(%member, label = %order.label, job = %job.name_any(), "resync Job started");
+                super::fault::step("job-started");
+            }
             Err(e) if is_conflict(&e) => {}
             Err(e) => warn!(%member, error = %e, "could not start the resync Job"),
         }
@@ -271,7 +280,10 @@ async fn start_jobs(ctx: &Context, pair: &HighAvailabilityPair, obs: &Observed, 
         let addresses = [agent_address(pair, obs, Member::Primary), agent_address(pair, obs, Member::Secondary)];
         let job = build::repair_job(pair, container, label, kept, epoch, addresses);
         match jobs.create(&Default::default(), &job).await {
-            Ok(_) => info!(job = %job.name_any(), %kept, "split-brain repair Job started"),
+            Ok(_) => {
+                info!(job = %job.name_any(), %kept, "split-brain repair Job started");
+                super::fault::step("job-started");
+            }
             Err(e) if is_conflict(&e) => {}
             Err(e) => warn!(error = %e, "could not start the split-brain repair Job"),
         }
@@ -307,12 +319,26 @@ async fn apply_lease_and_status(
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let mut outcome = Outcome::default();
     let mut committed_at = None;
+    // A reconcile that carries out a step of some procedure (the only ones
+    // whose later steps are crash points: a quiet status refresh is not).
+    let procedure = plan.drain.is_some()
+        || plan.sync_now.is_some()
+        || plan.start_resync.is_some()
+        || plan.repair.is_some()
+        || matches!(plan.lease, Some(ref l) if !matches!(l, LeaseAction::UpdateTimings))
+        || !plan.events.is_empty();
+    let step = |name| {
+        if procedure {
+            super::fault::step(name)
+        }
+    };
 
     match plan.lease.clone() {
         Some(LeaseAction::Create { holder, pod_uid, epoch }) => {
             match leases.create(&PostParams::default(), &build::lease(pair, holder, &pod_uid, epoch)).await {
                 Ok(_) => {
                     info!(pair = %name, %holder, epoch, "lease created");
+                    super::fault::step("lease-created");
                     outcome.promoted = Some(holder);
                 }
                 Err(e) if is_conflict(&e) => {
@@ -352,7 +378,7 @@ async fn apply_lease_and_status(
             match leases.replace(&name, &PostParams::default(), &lease).await {
                 Ok(_) => {
                     committed_at = Some(Instant::now());
-                    super::fault::after_lease_moved();
+                    super::fault::step("lease-moved");
                     warn!(pair = %name, from = ?transition.from, %to, epoch, reason = %transition.reason, "lease moved");
                     outcome.promoted = Some(to);
                     ctx.metrics
@@ -374,6 +400,7 @@ async fn apply_lease_and_status(
             match leases.replace(&name, &PostParams::default(), &lease).await {
                 Ok(_) => {
                     warn!(pair = %name, %holder, epoch, %edit, "lease edited by hand: written again");
+                    super::fault::step("lease-restored");
                     outcome.promoted = Some(holder);
                 }
                 Err(e) if is_conflict(&e) => {
@@ -398,6 +425,7 @@ async fn apply_lease_and_status(
     let vip = build::vip_service(pair, plan.vip);
     if !obs.vip_shape.as_ref().is_some_and(|s| s.matches(&vip)) {
         services.patch(&name, &apply_params(), &Patch::Apply(&vip)).await?;
+        step("vip-written");
     }
     // The decision recorded the transition in the history; the time from
     // the commit point to the selector move is known only now.
@@ -413,6 +441,7 @@ async fn apply_lease_and_status(
         let svc = build::standby_service(pair, plan.standby);
         if !obs.standby_shape.as_ref().is_some_and(|s| s.matches(&svc)) {
             services.patch(&standby_name, &apply_params(), &Patch::Apply(&svc)).await?;
+            step("standby-service-written");
         }
     } else if obs.standby_exists {
         services.delete(&standby_name, &DeleteParams::default()).await.map(|_| ()).or_else(not_found)?;
@@ -431,6 +460,7 @@ async fn apply_lease_and_status(
         if p.role_label.as_deref() != Some(word) && !p.deleting {
             let patch = json!({"metadata": {"labels": {LABEL_ROLE: word}}});
             pods.patch(&p.name, &PatchParams::default(), &Patch::Merge(patch)).await.map(|_| ()).or_else(not_found)?;
+            step("role-labelled");
         }
     }
 
@@ -439,6 +469,7 @@ async fn apply_lease_and_status(
         // Server-side apply: fields the operator stops setting are removed.
         let patch = json!({"apiVersion": "hapair.dev/v1alpha1", "kind": "HighAvailabilityPair", "status": plan.status});
         api.patch_status(&name, &apply_params(), &Patch::Apply(&patch)).await?;
+        step("status-written");
     }
     super::publish::publish(&ctx.metrics, pair, &plan.status, obs);
     outcome.status = Some(plan.status.clone());
@@ -453,6 +484,9 @@ async fn apply_lease_and_status(
         if let Err(err) = ctx.recorder.publish(&ev, &pair.object_ref(&())).await {
             warn!(error = %err, "cannot publish event");
         }
+    }
+    if !plan.events.is_empty() {
+        step("events-published");
     }
     Ok(outcome)
 }

@@ -30,7 +30,7 @@ pub mod drift;
 mod endpoints;
 pub mod failback;
 pub mod failover;
-mod fault;
+pub mod fault;
 pub mod gather;
 pub mod leader;
 pub mod model;
