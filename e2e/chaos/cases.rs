@@ -58,6 +58,8 @@ cases! {
     Switchover = "switchover",
     RequestsTogether = "switchover-failover-heartbeat-together",
     OperatorCut = "operator-cut-from-agents",
+    ApiResponsesDelayed = "api-responses-delayed",
+    PairDeletedInFailover = "pair-deleted-in-failover",
     CrashInFailover = "operator-crash-in-failover",
     CrashInSwitchover = "operator-crash-in-switchover",
     CrashInFailback = "operator-crash-in-failback",
@@ -112,6 +114,7 @@ impl Case {
                 | Case::VipSelectorEdited
                 | Case::ApiServerDown
                 | Case::OperatorCut
+                | Case::ApiResponsesDelayed
                 | Case::CrashInRepair
                 | Case::CrashInResync
                 | Case::ResyncJobKilled
@@ -220,6 +223,10 @@ pub struct Injected {
     pub crash: Option<(&'static str, bool)>,
     /// The bulk tree was taken from the standby: it must be whole again.
     pub tree_restored: bool,
+    /// The pair was deleted: the runner applies it anew, with new clients
+    /// and checkers (a new pair is a new history). What the deletion left
+    /// behind, if anything.
+    pub deleted: Option<Vec<String>>,
 }
 
 pub async fn inject(case: Case, t: &mut Target<'_>) -> Injected {
@@ -333,6 +340,33 @@ pub async fn inject(case: Case, t: &mut Target<'_>) -> Injected {
             tokio::time::sleep(millis(t.rng, 3000)).await;
             h.merge_spec(pair, json!({"heartbeat": {"intervalSeconds": 1}})).await;
         }
+        Case::ApiResponsesDelayed => {
+            // Every answer of the API server to the active (its renewals',
+            // its watches') held most of an interval, nothing dropped.
+            let delay = INTERVAL.mul_f64(0.6 + 0.3 * t.rng.f64());
+            let pod = t.pod(active).await;
+            let failed_before = renewals_failed(&pod);
+            let proxy = crate::harness::delay::DelayedApi::start(pod.clone(), delay).await;
+            tokio::time::sleep(LEASE * 2 + millis(t.rng, 2000)).await;
+            // Landed once renewal answers went through it.
+            let bytes = proxy.end();
+            eprintln!(
+                "chaos: {} KiB of API answers to the {active} held {delay:?}; renewals failed meanwhile: {}",
+                bytes / 1024,
+                renewals_failed(&pod) - failed_before
+            );
+            out.crash = Some(("api-responses-delayed", bytes > 1024));
+        }
+        Case::PairDeletedInFailover => {
+            // The active lost, and the pair deleted anywhere from before the
+            // Lease moves to after: the operator must not recreate what the
+            // garbage collector removes, and nothing may be left.
+            h.kill(pair, active, Kill::Freeze).await;
+            tokio::time::sleep(LEASE + millis(t.rng, 2500)).await;
+            h.pairs().delete(pair, &DeleteParams::default()).await.expect("pair deleted");
+            h.thaw_all();
+            out.deleted = Some(super::teardown::left_behind(h, pair).await);
+        }
         Case::OperatorCut => {
             h.cut_operator_from_members(pair, true).await;
             tokio::time::sleep(LEASE * 2 + millis(t.rng, 2000)).await;
@@ -430,6 +464,22 @@ async fn crash_in(case: Case, t: &mut Target<'_>) -> (&'static str, bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (point, h.disarm_crash())
+}
+
+/// How many renewals the pod's agent has logged as failed so far.
+fn renewals_failed(pod: &k8s_openapi::api::core::v1::Pod) -> usize {
+    let (ns, name) =
+        (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+    let dir = std::path::Path::new(crate::harness::views::POD_LOGS)
+        .join(format!("{ns}_{name}_{}", pod.metadata.uid.clone().unwrap_or_default()))
+        .join(AGENT_CONTAINER);
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+        .map(|text| text.matches("lease renewal failed").count())
+        .sum()
 }
 
 /// Waits (bounded) until operation `id` is over and the pair is synced.

@@ -4,3 +4,4 @@
 
 pub mod cases;
 pub mod run;
+pub mod teardown;

@@ -148,21 +148,7 @@ impl Pair {
         // A second replica: the leader can be killed or frozen under a case.
         h.start_operator();
         let name = "web".to_string();
-        // The flap budget at its most: the suite fails the pair over again
-        // and again on purpose, and a spent budget (3 per hour by default)
-        // would turn every later case into a FailoverRequired wait.
-        let files = json!({"spec": {
-            "storage": {"size": "1Gi", "mountPath": "/data"},
-            "service": {"standby": true},
-            "fileSync": {"paths": [{"path": "."}], "realtimeIntervalSeconds": 1},
-            "failover": {"flapBudget": {"maxAutomaticFailovers": 100, "windowSeconds": 60}}
-        }});
-        h.apply(&test_pair(&name, cases::INTERVAL.as_secs() as i32, files)).await;
-        h.wait_enabled(&name, Duration::from_secs(90)).await;
-        let active = h.pair(&name).await.status.and_then(|s| s.active_member).expect("an active member");
-        cases::ensure_bulk(&h, &name, active).await;
-        let checker = h.checker_with_grace(&name, Duration::from_secs(2)).await;
-        let clients = h.clients(&name, 3).await;
+        let (checker, clients) = Self::apply(&h, &name).await;
         let mut p = Pair {
             h,
             name,
@@ -177,6 +163,39 @@ impl Pair {
         };
         p.converge(Duration::ZERO).await.expect("the new pair converges");
         p
+    }
+
+    /// Applies the pair, waits until it serves with the bulk tree on both
+    /// members, and starts its checker and clients.
+    async fn apply(h: &Harness, name: &str) -> (Checker, Clients) {
+        // The flap budget at its most: the suite fails the pair over again
+        // and again on purpose, and a spent budget (3 per hour by default)
+        // would turn every later case into a FailoverRequired wait.
+        let files = json!({"spec": {
+            "storage": {"size": "1Gi", "mountPath": "/data"},
+            "service": {"standby": true},
+            "fileSync": {"paths": [{"path": "."}], "realtimeIntervalSeconds": 1},
+            "failover": {"flapBudget": {"maxAutomaticFailovers": 100, "windowSeconds": 60}}
+        }});
+        h.apply(&test_pair(name, cases::INTERVAL.as_secs() as i32, files)).await;
+        h.wait_enabled(name, Duration::from_secs(90)).await;
+        let active = h.pair(name).await.status.and_then(|s| s.active_member).expect("an active member");
+        cases::ensure_bulk(h, name, active).await;
+        (h.checker_with_grace(name, Duration::from_secs(2)).await, h.clients(name, 3).await)
+    }
+
+    /// After the pair's deletion: the same pair applied anew — a new pair,
+    /// new volumes, a new history from epoch 1 — with new clients and
+    /// checkers. The old history was checked up to the deletion.
+    async fn recreate(&mut self) {
+        crate::harness::nodes::testbed(&["recycle"]).expect("local volumes recycled");
+        let (checker, clients) = Self::apply(&self.h, &self.name).await;
+        let old = std::mem::replace(&mut self.clients, clients);
+        old.stop().await;
+        self.checker = checker;
+        (self.seen_breaches, self.history_breaches, self.highest_epoch) = (0, 0, 0);
+        self.missing.clear();
+        self.lossy.clear();
     }
 
     /// Waits until the pair has converged — and stayed so for at least
@@ -231,6 +250,20 @@ impl Pair {
         let injected =
             cases::inject(case, &mut Target { h: &self.h, pair: &self.name, active, serial: self.serial, rng }).await;
         t.faults += 1;
+        let mut e0 = e0;
+        if let Some(left) = &injected.deleted {
+            for l in left {
+                *t.violations.entry("deleted-pair-left-objects").or_default() += 1;
+                t.examples.push(format!("{}: {l}", case.name()));
+            }
+            // The old pair's history is checked up to its deletion; the
+            // new pair starts its own.
+            let ops = self.clients.snapshot();
+            self.check_history(&ops, case, &mut t);
+            self.recreate().await;
+            // Its bootstrap is no failover.
+            e0 = self.h.pair(&self.name).await.status.map_or(0, |s| s.epoch);
+        }
         if let Some((point, hit)) = injected.crash {
             let e = t.crash_points.entry(point).or_default();
             (e.0, e.1) = (e.0 + 1, e.1 + u64::from(hit));

@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod client;
+pub mod delay;
 pub mod history;
 pub mod nodes;
 pub mod operators;

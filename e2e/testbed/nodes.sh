@@ -437,6 +437,33 @@ table inet $table {
 EOF2
 }
 
+# Sends one pod's new connections to the API server (the kubernetes
+# Service's ClusterIP or the server's own address) to a proxy at
+# HOST_IP:PORT instead, and ends the connections it has open so that its
+# next call goes through the proxy: a test's proxy that delays what the API
+# server answers. A nat chain ahead of kube-proxy's (priority -150 < -100)
+# translates first, and the first translation of a connection is the one
+# kept. Off: the rule goes; the proxy ends its own connections.
+pod_via_proxy() { # n ip port on|off
+  local name table api_port
+  name=$(node_name "$1") table="hapair_via_proxy_$(echo "$2" | tr . _)"
+  ip netns exec "$name" nft delete table ip "$table" 2>/dev/null || true
+  [ "$4" = on ] || return 0
+  api_port=$(awk -F= '$1 == "apiserver" {print $2}' "$state/ports")
+  ip netns exec "$name" nft -f - <<EOF2
+table ip $table {
+  chain steer {
+    type nat hook prerouting priority -150;
+    ip saddr $2 ip daddr { 10.96.0.1, $HOST_IP } tcp dport { 443, $api_port } dnat to $HOST_IP:$3
+  }
+}
+EOF2
+  # The open connections' next packets find no conntrack entry, are taken
+  # for new ones, go to the proxy, and are reset there.
+  ip netns exec "$name" conntrack -D -p tcp -s "$2" -d 10.96.0.1 >/dev/null 2>&1 || true
+  ip netns exec "$name" conntrack -D -p tcp -s "$2" -d "$HOST_IP" --dport "$api_port" >/dev/null 2>&1 || true
+}
+
 # Cuts two pods (by address) off from each other, leaving their other
 # traffic alone: the members of a pair that can no longer hear one another.
 # Set on the first pod's node, which forwards every packet of that pod.

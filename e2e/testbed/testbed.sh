@@ -14,6 +14,7 @@
 #                        fail node N (1, 2, …) one of the three ways nodes
 #                        fail, or bring it back
 #   testbed.sh node cut-api N POD_IP on|off   cut one pod off the API server
+#   testbed.sh node via-proxy N POD_IP PORT on|off   one pod's API traffic through a proxy on the host
 #   testbed.sh node ctr N ARGS...  ctr against node N's containerd
 #   testbed.sh client CMD...  run CMD in the test client's network namespace
 #   testbed.sh recycle   make Released local volumes Available again (wiped)
@@ -263,8 +264,9 @@ case "${1:-}" in
       restart) bindir=$("$here/cachedir.sh"); api_port=$(awk -F= '$1 == "apiserver" {print $2}' "$state/ports"); node_restart "$n" ;;
       cut-api) pod_cut_api "$n" "${4:?pod IP}" "${5:?on|off}" ;;
       cut-peer) pods_cut_apart "$n" "${4:?pod IP}" "${5:?peer pod IP}" "${6:?on|off}" ;;
+      via-proxy) pod_via_proxy "$n" "${4:?pod IP}" "${5:?proxy port}" "${6:?on|off}" ;;
       ctr) shift 3; node_ctr "$n" "$@" ;;
-      *) echo "usage: $0 node freeze|thaw|partition|heal|kill|restart|cut-api|cut-peer|ctr N ..." >&2; exit 2 ;;
+      *) echo "usage: $0 node freeze|thaw|partition|heal|kill|restart|cut-api|cut-peer|via-proxy|ctr N ..." >&2; exit 2 ;;
     esac
     ;;
   apiserver)

@@ -13,6 +13,30 @@ use tracing::{info, warn};
 use super::{Agent, lease, renewal};
 use crate::api::Role;
 
+/// Runs an API call in a task of its own and waits for it at most `wait`;
+/// `None` if it takes longer. A late call is left to finish (for at most
+/// `linger`) instead of being dropped: dropping an HTTP/1.1 request mid-way
+/// closes its connection, and when the API server answers slowly rather than
+/// not at all, every later call would pay a new TLS handshake on top of the
+/// delay and time out too — measured: answers held 0.6–0.9 s made every
+/// renewal of a 1 s interval time out. Left to finish, the connection goes
+/// back to the pool warm and the next call fits. The late result is not
+/// used: the loop already acted on the timeout, and a renewal the server
+/// applied late only keeps others waiting longer (its `test` operations let
+/// it apply only while this member still holds the Lease at that epoch).
+async fn bounded<T: Send + 'static>(
+    wait: Duration,
+    linger: Duration,
+    call: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let mut task = tokio::spawn(tokio::time::timeout(linger, call));
+    match tokio::time::timeout(wait, &mut task).await {
+        Ok(Ok(Ok(v))) => Some(v),
+        Ok(_) => None,
+        Err(_) => None,
+    }
+}
+
 /// Renews (active) or watches for promotion (standby), every interval or
 /// when the operator wakes it. What to ask and what the answer means come
 /// from [`renewal`]; this loop performs the calls and applies the verdict.
@@ -38,20 +62,26 @@ pub(super) async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
         let sent = Instant::now();
         let answer = match renewal::step(&tick) {
             renewal::Step::Renew { epoch } => {
-                match tokio::time::timeout(wait, lease::renew(&api, &name, &agent.identity, epoch, duration)).await {
-                    Ok(r) => renewal::Answer::from(r),
-                    Err(_) => renewal::Answer::Unreachable("timed out".into()),
+                let (api, name, identity) = (api.clone(), name.clone(), agent.identity.clone());
+                let call = async move { lease::renew(&api, &name, &identity, epoch, duration).await };
+                match bounded(wait, Duration::from_secs(duration as u64), call).await {
+                    Some(r) => renewal::Answer::from(r),
+                    None => renewal::Answer::Unreachable("timed out".into()),
                 }
             }
             renewal::Step::Release { epoch } => {
                 release(&agent, &api, &name, epoch).await;
                 renewal::Answer::Released
             }
-            renewal::Step::Read => match tokio::time::timeout(wait, lease::read(&api, &name)).await {
-                Ok(Ok(view)) => renewal::Answer::Read(view),
-                Ok(Err(e)) => renewal::Answer::Unreachable(e.to_string()),
-                Err(_) => renewal::Answer::Unreachable("reading the lease timed out".into()),
-            },
+            renewal::Step::Read => {
+                let (api, name) = (api.clone(), name.clone());
+                let call = async move { lease::read(&api, &name).await };
+                match bounded(wait, Duration::from_secs(duration as u64), call).await {
+                    Some(Ok(view)) => renewal::Answer::Read(view),
+                    Some(Err(e)) => renewal::Answer::Unreachable(e.to_string()),
+                    None => renewal::Answer::Unreachable("reading the lease timed out".into()),
+                }
+            }
         };
         if let renewal::Answer::Read(view) = &answer {
             // Named holder: no more promises to the active (see failsafe).
@@ -232,5 +262,45 @@ pub(super) async fn watchdog(agent: Arc<Agent>) {
             agent.set_role(&mut s, Role::Fenced, epoch);
             agent.metrics.fenced_total.inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_millis(100);
+    const LINGER: Duration = Duration::from_millis(400);
+
+    fn call(takes: Duration, done: &Arc<AtomicBool>) -> impl std::future::Future<Output = u8> + Send + 'static {
+        let flag = done.clone();
+        async move {
+            tokio::time::sleep(takes).await;
+            flag.store(true, Ordering::SeqCst);
+            7
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_call_times_out_but_is_left_to_finish_and_a_prompt_one_answers() {
+        let done = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        assert_eq!(bounded(WAIT, LINGER, call(Duration::from_millis(200), &done)).await, None);
+        assert!(started.elapsed() < Duration::from_millis(190), "the caller waits `wait`, no more");
+        // Dropped, the call would never finish (its connection closed with it).
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(done.load(Ordering::SeqCst), "the late call ran to its end");
+        let prompt = Arc::new(AtomicBool::new(false));
+        assert_eq!(bounded(WAIT, LINGER, call(Duration::from_millis(10), &prompt)).await, Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_outlives_the_linger_is_dropped() {
+        let done = Arc::new(AtomicBool::new(false));
+        assert_eq!(bounded(WAIT, LINGER, call(Duration::from_millis(700), &done)).await, None);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(!done.load(Ordering::SeqCst), "no call outlives the linger");
     }
 }
