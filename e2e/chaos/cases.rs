@@ -387,17 +387,8 @@ pub async fn inject(case: Case, t: &mut Target<'_>) -> Injected {
             // split brain, repaired by a resync Job copying it all back.
             take_bulk_from_standby(t).await;
             out.tree_restored = true;
-            let pods = h.pods();
-            let running = || async {
-                let lp = kube::api::ListParams::default().labels("app.kubernetes.io/component=resync");
-                pods.list(&lp).await.map(|l| {
-                    l.items.iter().any(|p| {
-                        p.spec.iter().flat_map(|s| &s.containers).any(|c| nodes::container_id(p, &c.name).is_some())
-                    })
-                })
-            };
             let start = std::time::Instant::now();
-            while !running().await.unwrap_or(false) && start.elapsed() < Duration::from_secs(30) {
+            while !h.job_pod_running().await && start.elapsed() < Duration::from_secs(30) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             // Anywhere in its copy.

@@ -224,12 +224,25 @@ impl Harness {
         }
     }
 
+    /// The resync Jobs' pods.
+    async fn job_pods(&self) -> Vec<Pod> {
+        let lp = ListParams::default().labels("app.kubernetes.io/component=resync");
+        self.pods().list(&lp).await.map(|l| l.items).unwrap_or_default()
+    }
+
+    /// Whether a resync Job's pod has a container running now.
+    pub async fn job_pod_running(&self) -> bool {
+        self.job_pods()
+            .await
+            .iter()
+            .any(|p| p.spec.iter().flat_map(|s| &s.containers).any(|c| nodes::container_id(p, &c.name).is_some()))
+    }
+
     /// Kills the running containers of the pair's resync Job pods (a Job
     /// interrupted mid-copy); returns how many were killed.
     pub async fn kill_job_pods(&self) -> usize {
-        let lp = ListParams::default().labels("app.kubernetes.io/component=resync");
         let mut killed = 0;
-        for pod in self.pods().list(&lp).await.unwrap().items {
+        for pod in self.job_pods().await {
             for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
                 // Only what runs: a finished container has nothing to kill.
                 if nodes::kill_container(&pod, &c.name).is_ok() {

@@ -325,7 +325,7 @@ async fn apply_lease_and_status(
         || plan.sync_now.is_some()
         || plan.start_resync.is_some()
         || plan.repair.is_some()
-        || matches!(plan.lease, Some(ref l) if !matches!(l, LeaseAction::UpdateTimings))
+        || plan.lease.as_ref().is_some_and(|l| !matches!(l, LeaseAction::UpdateTimings))
         || !plan.events.is_empty();
     let step = |name| {
         if procedure {
