@@ -202,7 +202,7 @@ TESTBED_IMAGES := target/image
 E2E_APP := target/$(MUSL)/release/examples/hapair-e2e-app
 
 .PHONY: testbed-images
-testbed-images: image ## The images the nodes run (imported, never pulled): hapair, the test application, the pause program.
+testbed-images: image ## The images the nodes run (imported, never pulled): hapair, hapair with its fault hooks (the chaos suite's agents), the test application, the pause program.
 	@mkdir -p $(TESTBED_IMAGES)
 	gcc -static -Os -o $(TESTBED_IMAGES)/pause e2e/image/pause.c
 	IMAGE_NAME=pause IMAGE_CMD='[]' IMAGE_USER=65535 \
@@ -211,6 +211,12 @@ testbed-images: image ## The images the nodes run (imported, never pulled): hapa
 	  $(CARGO) build --release --target $(MUSL) --example hapair-e2e-app
 	IMAGE_NAME=hapair-e2e-app IMAGE_CMD='[]' \
 	  e2e/image/build.sh $(E2E_APP) $(TESTBED_IMAGES)/e2e-app.oci.tar hapair.dev/e2e/app 1
+	@# The chaos suite's agents: hapair with its fault hooks (a member's clock
+	@# stepped), its own image so that the shipped one never has them.
+	CC_x86_64_unknown_linux_musl=$${CC_x86_64_unknown_linux_musl:-$$(command -v x86_64-linux-musl-gcc || command -v musl-gcc || echo gcc)} \
+	  $(CARGO) build --release --target $(MUSL) --bin hapair $(TEST_FEATURES)
+	cp target/$(MUSL)/release/hapair $(TESTBED_IMAGES)/hapair-fault
+	e2e/image/build.sh $(TESTBED_IMAGES)/hapair-fault $(TESTBED_IMAGES)/e2e-hapair-fault.oci.tar hapair.dev/e2e/hapair-fault 1
 
 .PHONY: testbed-up
 testbed-up: testbed-images ## Start the testbed (no-op when running); prints the kubeconfig path.

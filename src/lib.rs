@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod http;
 pub mod metrics;
 pub mod operator;

@@ -123,6 +123,11 @@ pub struct SyncStatus {
     pub copied_bytes: u64,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// Standby: the last error of the latest pull round, if it had one
+    /// (a full volume, a file it may not write); cleared by the next round
+    /// without one. What keeps it behind right now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing: Option<String>,
     /// Requests for paths refused (outside the directories, links,
     /// special files, hard links), since the agent started.
     pub refused: u64,

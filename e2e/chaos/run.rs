@@ -144,7 +144,7 @@ impl Pair {
     /// heartbeat 1 s × 3, two operator replicas, checkers and three history
     /// clients.
     pub async fn up(ns: &str) -> Pair {
-        let mut h = Harness::new(ns).await;
+        let mut h = Harness::with_fault_agents(ns).await;
         // A second replica: the leader can be killed or frozen under a case.
         h.start_operator();
         let name = "web".to_string();

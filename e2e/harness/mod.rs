@@ -52,6 +52,8 @@ pub struct Harness {
     apart: Mutex<Vec<(Pod, Pod)>>,
     /// Pod addresses the operator replicas are cut off from.
     operator_cut: Mutex<Vec<String>>,
+    /// The image of the member pods' agent sidecars.
+    agent_image: String,
 }
 
 pub fn hapair_bin() -> PathBuf {
@@ -68,6 +70,10 @@ pub fn hapair_image() -> String {
 /// The e2e test application's image (`e2e/app`, static, on an empty base).
 pub const APP_IMAGE: &str = "hapair.dev/e2e/app:1";
 
+/// hapair built with its fault hooks (`make testbed-images`): the chaos
+/// suite's agents, whose wall clock a test can step.
+pub const FAULT_AGENT_IMAGE: &str = "hapair.dev/e2e/hapair-fault:1";
+
 impl Harness {
     pub async fn new(name: &str) -> Self {
         Self::new_with(name, &[]).await
@@ -78,6 +84,15 @@ impl Harness {
         common::install_crd(&common::client().await).await;
         let mut h = Self::without_operator(name).await;
         h.start_operator_with(operator_env);
+        h
+    }
+
+    /// Like `new`, the member pods' agents running the fault-hook build.
+    pub async fn with_fault_agents(name: &str) -> Self {
+        common::install_crd(&common::client().await).await;
+        let mut h = Self::without_operator(name).await;
+        h.agent_image = FAULT_AGENT_IMAGE.into();
+        h.start_operator();
         h
     }
 
@@ -99,6 +114,7 @@ impl Harness {
             cut: Mutex::default(),
             apart: Mutex::default(),
             operator_cut: Mutex::default(),
+            agent_image: hapair_image(),
         }
     }
 

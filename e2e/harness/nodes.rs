@@ -87,6 +87,18 @@ pub fn freeze_container(pod: &Pod, container: &str, frozen: bool) -> Result<Path
     Ok(cg)
 }
 
+/// A running container's root file system as the host sees it
+/// (`/proc/PID/root` of its first process): files written there land in the
+/// container's own mounts, its emptyDir volumes too.
+pub fn container_root(pod: &Pod, container: &str) -> Result<PathBuf, String> {
+    let id = container_id(pod, container)
+        .ok_or_else(|| format!("container {container} of {:?} is not running", pod.metadata.name))?;
+    let procs = pod_freezer(pod).join(id).join("cgroup.procs");
+    let text = std::fs::read_to_string(&procs).map_err(|e| format!("{}: {e}", procs.display()))?;
+    let pid = text.lines().next().ok_or_else(|| format!("no process in {}", procs.display()))?;
+    Ok(PathBuf::from(format!("/proc/{}/root", pid.trim())))
+}
+
 pub fn set_freezer(cgroup: &Path, frozen: bool) {
     let want = if frozen { "FROZEN" } else { "THAWED" };
     let file = cgroup.join("freezer.state");

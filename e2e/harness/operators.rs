@@ -13,7 +13,7 @@ use std::time::Duration;
 use kube::Api;
 use tokio::process::Command;
 
-use super::{Harness, hapair_bin, hapair_image};
+use super::{Harness, hapair_bin};
 use crate::common;
 
 /// The group the operator replicas run as (the user stays root): what the
@@ -48,6 +48,7 @@ impl Harness {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let ns = self.ns.name.clone();
         let crash_file = self.crash_file();
+        let agent_image = self.agent_image.clone();
         // A port free now, kept for every restart of this replica.
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -65,7 +66,7 @@ impl Harness {
                     .env("HAPAIR_METRICS_ADDR", metrics.to_string())
                     .env("HAPAIR_HEALTH_ADDR", "127.0.0.1:0")
                     .env("HAPAIR_LEADER_LEASE_SECONDS", "4")
-                    .env("HAPAIR_AGENT_IMAGE", hapair_image())
+                    .env("HAPAIR_AGENT_IMAGE", &agent_image)
                     .env("HAPAIR_FAULT_CRASH_FILE", &crash_file)
                     // Its own group: a test can cut the operator's traffic
                     // (and only the operator's) with an owner match.

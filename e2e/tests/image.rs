@@ -69,6 +69,12 @@ fn the_image_is_a_static_non_root_hapair_on_an_empty_base() {
     let bin = rootfs.join("hapair");
     let elf = Command::new("readelf").arg("-l").arg(&bin).output().unwrap();
     assert!(!String::from_utf8_lossy(&elf.stdout).contains("INTERP"), "dynamically linked: the image has no libc");
+    // The test-only fault hooks (crash points, a stepped clock) are not
+    // compiled in: their strings exist only in a fault-injection build.
+    let bytes = std::fs::read(&bin).unwrap();
+    for hook in ["HAPAIR_FAULT_CRASH_FILE", "HAPAIR_FAULT_EXIT_AT", "clock-offset-ms"] {
+        assert!(!bytes.windows(hook.len()).any(|w| w == hook.as_bytes()), "the image has the fault hook {hook}");
+    }
     let out = Command::new(&bin).arg("--version").output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("hapair {}", env!("CARGO_PKG_VERSION")));

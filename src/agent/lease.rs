@@ -7,7 +7,6 @@
 //! at. A failover by the operator bumps the epoch, so a late renew by the old
 //! active fails instead of overwriting it.
 
-use chrono::Utc;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -93,7 +92,7 @@ pub async fn renew(
     epoch: i64,
     lease_duration_seconds: i32,
 ) -> Result<LeaseView, LeaseError> {
-    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let now = crate::clock::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let patch = guarded(
         identity,
         epoch,

@@ -248,7 +248,7 @@ impl Agent {
             role: s.role,
             epoch: s.epoch,
             app_healthy: s.app_healthy(),
-            wall_clock: chrono::Utc::now(),
+            wall_clock: crate::clock::now(),
             peer_reachable: s.peer_reachable,
             sync_generation: sync.as_ref().map_or(0, |x| x.point.generation),
             lease_renew_failures: s.renew_failures,
@@ -286,6 +286,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Some(json) if !json.trim().is_empty() => Some(serde_json::from_str(json)?),
         _ => None,
     };
+    crate::clock::offset_file_in(&config.run_dir);
     let registry = prometheus::Registry::new();
     let metrics = AgentMetrics::register(&registry)?;
     let syncer = match (&config.file_sync, &config.data_dir) {
@@ -436,7 +437,7 @@ async fn quarantine_loop(agent: Arc<Agent>) {
         let (root, scanner) = (syncer.root.clone(), scanner.clone());
         let pass = move || {
             let mut scanner = scanner.lock().unwrap_or_else(|p| p.into_inner());
-            prune(&root, limits, chrono::Utc::now(), busy.as_deref(), &mut scanner)
+            prune(&root, limits, crate::clock::now(), busy.as_deref(), &mut scanner)
         };
         match tokio::task::spawn_blocking(pass).await {
             Ok(Ok(crate::sync::quarantine::Outcome { removed, usage, failed })) => {

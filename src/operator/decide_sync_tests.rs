@@ -250,6 +250,20 @@ fn keeping_the_most_recent_writer_hands_the_role_to_a_standby_that_wrote_last() 
 }
 
 #[test]
+fn the_most_recent_writer_is_not_judged_by_clocks_that_disagree() {
+    // The standby's clock runs a minute ahead: its writes look the newest.
+    let s = files("splitBrain: {keep: MostRecent}");
+    let (mut obs, _) = split(Utc::now(), Some(Utc::now() - chrono::Duration::seconds(1)));
+    obs.secondary.agent.skew_ms = Some(60_000);
+    let plan = decide(&s, None, &obs, &clock());
+    assert_eq!(plan.drain, None, "the role stays with the active");
+    assert_eq!(plan.start_resync.map(|r| r.0), Some(Member::Secondary), "the standby is resynced from it");
+    // Within maxClockSkewSeconds (30 s) the writes decide again.
+    obs.secondary.agent.skew_ms = Some(20_000);
+    assert_eq!(decide(&s, None, &obs, &clock()).drain, Some((Member::Primary, 1)));
+}
+
+#[test]
 fn keeping_the_side_with_most_changes_computes_the_difference_first() {
     let s = files("splitBrain: {keep: MostChanges}");
     let (mut obs, label) = split(Utc::now(), None);
@@ -506,4 +520,28 @@ fn the_standby_outage_clock_survives_an_operator_restart_and_a_standby_without_a
     // Back and answering: the record is cleared and the clock stops.
     let back = decide(&s, Some(&plan.status), &enabled(), &later);
     assert_eq!(back.status.members.iter().find(|m| m.name == Member::Secondary).unwrap().last_seen_time, None);
+}
+
+#[test]
+fn a_standby_that_cannot_store_the_files_says_why_once() {
+    let s = files("");
+    let mut obs = enabled();
+    obs.primary.agent.last.as_mut().unwrap().sync = Some(crate::proto::SyncStatus {
+        peer_lag_seconds: Some(60.0),
+        pending_files: 4,
+        ..Default::default()
+    });
+    let enospc = "copy ./f: No space left on device (os error 28)";
+    obs.secondary.agent.last.as_mut().unwrap().sync =
+        Some(crate::proto::SyncStatus { failing: Some(enospc.into()), ..Default::default() });
+    let first = decide(&s, None, &obs, &clock());
+    assert_eq!(condition(&first, "Synced"), (ConditionStatus::False, "SyncFailing".to_string()));
+    let message = &first.status.conditions.iter().find(|c| c.type_ == "Synced").unwrap().message;
+    assert!(message.contains(enospc) && message.contains("60s behind"), "{message}");
+    assert_eq!(first.events.iter().filter(|e| e.reason == "SyncFailing" && e.warning).count(), 1);
+    // Still failing: no second Event.
+    assert!(decide(&s, Some(&first.status), &obs, &clock()).events.iter().all(|e| e.reason != "SyncFailing"));
+    // Behind for another reason (catching up): plainly behind.
+    obs.secondary.agent.last.as_mut().unwrap().sync.as_mut().unwrap().failing = None;
+    assert_eq!(condition(&decide(&s, Some(&first.status), &obs, &clock()), "Synced").1, "Behind");
 }

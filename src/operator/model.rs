@@ -114,6 +114,7 @@ words! {
         Diverged,
         InSync,
         Behind,
+        SyncFailing,
         ClocksAgree,
         ClockSkewTooHigh,
         WithinLimits,

@@ -166,6 +166,12 @@ pub fn repair(
         (None, SplitBrainPolicy::ForceSecondaryStandby) => match spec.split_brain.keep {
             KeepSide::Active => holder,
             KeepSide::Primary => Member::Primary,
+            // Which side wrote last is read from each member's own wall
+            // clock: while they disagree beyond maxClockSkewSeconds the
+            // answer is the skew's, not the writes', and the side clients
+            // were told serves is kept (as NewestWins falls back to
+            // SourceWins).
+            KeepSide::MostRecent if !super::model::clocks_agree(spec, obs) => holder,
             KeepSide::MostRecent => {
                 let active_wrote = obs.member(holder).agent.last.as_ref().and_then(|a| a.sync.as_ref()?.last_change_at);
                 let standby_wrote = obs

@@ -273,7 +273,7 @@ pub fn compute(
     ];
     let syncs = syncs_files(spec);
     if syncs {
-        built.push(one(synced(spec, obs, active)));
+        built.push(one(synced(spec, obs, active, was(ConditionType::Synced))));
     }
     built.push(one(clock_skew(spec, obs, was(ConditionType::ClockSkew))));
     built.push(standby_outage_condition(
@@ -528,10 +528,19 @@ fn paused(spec: &HighAvailabilityPairSpec) -> (Cond, Option<Notice>) {
 }
 
 /// `Synced`: the standby holds the active member's files (within two
-/// realtime intervals) and nothing has diverged.
-fn synced(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member>) -> (Cond, Option<Notice>) {
+/// realtime intervals) and nothing has diverged. A standby that falls behind
+/// because it cannot store the files (a full volume, a file it may not
+/// write) says why, with a Warning Event when that starts.
+fn synced(
+    spec: &HighAvailabilityPairSpec,
+    obs: &Observed,
+    active: Option<Member>,
+    was: Option<&Condition>,
+) -> (Cond, Option<Notice>) {
     let (ok, reason, message) = synced_state(spec, obs, active);
-    (Cond::new(ConditionType::Synced, ok, reason, message), None)
+    let notice = (reason == Reason::SyncFailing && was.is_none_or(|c| c.reason != reason.as_str()))
+        .then(|| Notice::warning("SyncFailing", message.clone()));
+    (Cond::new(ConditionType::Synced, ok, reason, message), notice)
 }
 
 fn synced_state(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member>) -> (bool, Reason, String) {
@@ -555,6 +564,16 @@ fn synced_state(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<
             true,
             Reason::InSync,
             format!("{standby} holds generation {} of {}", theirs.point.generation, mine.point.generation),
+        )
+    } else if let Some(error) = &theirs.failing {
+        (
+            false,
+            Reason::SyncFailing,
+            format!(
+                "{standby} cannot store the active member's files ({error}); {lag:.0}s behind: {} files, {} bytes \
+                 to copy",
+                mine.pending_files, mine.pending_bytes
+            ),
         )
     } else {
         (

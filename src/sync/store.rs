@@ -166,7 +166,7 @@ pub fn quarantine(root: &Path, label: &str, vpath: &str, reason: &str, member: &
         size,
         hash,
         mtime: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        at: Utc::now(),
+        at: crate::clock::now(),
     };
     let qdir = quarantine_root(root).join(label);
     let mut dest = qdir.join("files").join(vpath);

@@ -4,7 +4,6 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use hyper::body::{Bytes, Frame};
 
 use super::{GEN_HISTORY, Inner, SyncError, Syncer, vpath};
@@ -21,7 +20,7 @@ impl Syncer {
     pub async fn refresh(&self, epoch: i64) -> io::Result<Point> {
         let mut g = self.inner.lock().await;
         let g = &mut *g;
-        let now = Utc::now();
+        let now = crate::clock::now();
         let mut changed = false;
         let mut skipped = 0;
         for p in &self.spec.paths {
@@ -48,7 +47,7 @@ impl Syncer {
                         g.tombstones.insert(v, generation);
                     }
                 }
-                g.gen_times.push_back((generation, now));
+                g.gen_times.push_back((generation, Instant::now(), now));
                 if g.gen_times.len() > GEN_HISTORY {
                     g.gen_times.pop_front();
                 }
@@ -63,12 +62,12 @@ impl Syncer {
         let mut r = self.report();
         r.point = point;
         r.skipped = skipped;
-        r.last_change_at = g.gen_times.back().map(|(_, t)| *t);
+        r.last_change_at = g.gen_times.back().map(|(_, _, t)| *t);
         // As active its files are the reference: nothing diverges, and what
         // it changed while standby is no longer evidence (see begin_epoch).
         r.diverged.clear();
         r.changed_while_standby = g.state.split_brain_evidence().into_iter().collect();
-        Self::active_backlog(g, &mut r, now);
+        Self::active_backlog(g, &mut r, Instant::now());
         Ok(point)
     }
 
@@ -82,7 +81,11 @@ impl Syncer {
         }
     }
 
-    fn active_backlog(g: &Inner, r: &mut SyncStatus, now: DateTime<Utc>) {
+    /// What the standby still lacks. Its lag is a duration, measured on the
+    /// monotonic clock: a step of this member's wall clock must not make a
+    /// synced standby look a minute behind (which would hold a failover
+    /// back) nor a lagging one look current (which would hide a loss).
+    fn active_backlog(g: &Inner, r: &mut SyncStatus, now: Instant) {
         let have = r.peer_generation.unwrap_or(0);
         let (mut files, mut bytes) = (0u64, 0u64);
         for (generation, size) in g.file_gen.values() {
@@ -100,11 +103,11 @@ impl Syncer {
             let since = g
                 .gen_times
                 .iter()
-                .find(|(generation, _)| *generation > have)
-                .map(|(_, t)| *t)
+                .find(|(generation, _, _)| *generation > have)
+                .map(|(_, t, _)| *t)
                 .or(g.started)
                 .unwrap_or(now);
-            (now - since).num_milliseconds().max(0) as f64 / 1000.0
+            now.saturating_duration_since(since).as_millis() as f64 / 1000.0
         });
     }
 
@@ -120,12 +123,12 @@ impl Syncer {
         if let Some(h) = have {
             let mut r = self.report();
             r.peer_generation = Some(h);
-            r.peer_seen_at = Some(Utc::now());
+            r.peer_seen_at = Some(crate::clock::now());
         }
         let g = self.inner.lock().await;
         {
             let mut r = self.report();
-            Self::active_backlog(&g, &mut r, Utc::now());
+            Self::active_backlog(&g, &mut r, Instant::now());
         }
         let files = g.manifests.get(dir).cloned().unwrap_or_default();
         Ok(ManifestReply {

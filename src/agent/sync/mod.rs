@@ -73,8 +73,10 @@ struct Inner {
     file_gen: HashMap<String, (i64, u64)>,
     /// Active: deleted volume path → generation of the deletion.
     tombstones: HashMap<String, i64>,
-    gen_times: VecDeque<(i64, DateTime<Utc>)>,
-    started: Option<DateTime<Utc>>,
+    /// Active: when each recent generation was scanned — on the monotonic
+    /// clock (the standby's lag, a duration) and the wall clock (reported).
+    gen_times: VecDeque<(i64, Instant, DateTime<Utc>)>,
+    started: Option<Instant>,
     /// Standby: the source's point and per-directory change points.
     source_point: Option<Point>,
     source_changed_at: BTreeMap<String, Point>,
@@ -107,7 +109,7 @@ impl Syncer {
             root,
             spec,
             member,
-            inner: tokio::sync::Mutex::new(Inner { state, started: Some(Utc::now()), ..Default::default() }),
+            inner: tokio::sync::Mutex::new(Inner { state, started: Some(Instant::now()), ..Default::default() }),
             report: Mutex::new(report),
             order: Mutex::new(None),
             abort: AtomicBool::new(false),

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use hyper::Method;
 use tracing::info;
 
@@ -65,7 +64,8 @@ impl Syncer {
     /// directories, and batch ones when due (or everything with `all`).
     pub async fn pull_round(&self, source: &Target, all: bool) {
         let order = self.order.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let round_started = Utc::now();
+        let round_started = crate::clock::now();
+        let errors_before = self.report().errors;
         // Directories an order left alone: changed while standby (split-brain
         // evidence), which only a split-brain repair or a request resolves.
         let mut held: Vec<String> = Vec::new();
@@ -77,6 +77,7 @@ impl Syncer {
         let mut resync_warnings = Vec::new();
         // A directory whose pull failed was neither planned nor repaired.
         let mut failed = false;
+        let mut pulled = false;
         for p in &self.spec.paths {
             if self.must_stop() {
                 return;
@@ -95,6 +96,7 @@ impl Syncer {
             if !due {
                 continue;
             }
+            pulled = true;
             match self.pull_dir(source, &p.path, order.as_ref()).await {
                 Ok(outcome) => {
                     if outcome.held {
@@ -137,8 +139,11 @@ impl Syncer {
         r.pending_bytes = pending.1;
         r.peer_generation = None;
         r.peer_lag_seconds = None;
+        if pulled {
+            r.failing = if r.errors > errors_before { r.last_error.clone() } else { None };
+        }
         if complete && diverged.is_empty() && g.source_point.is_some_and(|s| have >= s.generation) {
-            r.in_sync_at = Some(Utc::now());
+            r.in_sync_at = Some(crate::clock::now());
         }
         drop(g);
         if let Some(order) = order {
@@ -176,7 +181,7 @@ impl Syncer {
             let open = diverged.keys().filter(|d| !held.contains(d)).count();
             if !failed && (order.dry_run || (open == 0 && (complete || !held.is_empty()))) {
                 report.done = true;
-                report.finished_at = Some(Utc::now());
+                report.finished_at = Some(crate::clock::now());
                 *self.order.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 info!(label = %report.label, summary = ?report.summary, "resync finished");
             }
@@ -200,7 +205,7 @@ impl Syncer {
         g.last_pull.insert(dir.to_string(), Instant::now());
         g.source_point = Some(reply.point);
         g.source_changed_at = reply.changed_at.clone();
-        let now = Utc::now();
+        let now = crate::clock::now();
         let scanner = g.scanners.entry(dir.to_string()).or_default();
         let (local, _) = tokio::task::block_in_place(|| scanner.scan(&self.root, dir))?;
         let local_digest = (!local.is_empty()).then(|| manifest::digest(&local));
