@@ -67,6 +67,8 @@ cases! {
     CrashInResync = "operator-crash-in-resync",
     CrashInLeaseRepair = "operator-crash-in-lease-repair",
     ResyncJobKilled = "resync-job-killed",
+    ClockStep = "clock-step-60s",
+    VolumeFull = "standby-volume-full",
 }
 
 impl Case {
@@ -118,6 +120,8 @@ impl Case {
                 | Case::CrashInRepair
                 | Case::CrashInResync
                 | Case::ResyncJobKilled
+                | Case::ClockStep
+                | Case::VolumeFull
         )
     }
 
@@ -227,6 +231,8 @@ pub struct Injected {
     /// and checkers (a new pair is a new history). What the deletion left
     /// behind, if anything.
     pub deleted: Option<Vec<String>>,
+    /// Breaches the case itself saw while the fault lasted: kind, example.
+    pub breaches: Vec<(&'static str, String)>,
 }
 
 pub async fn inject(case: Case, t: &mut Target<'_>) -> Injected {
@@ -395,6 +401,8 @@ pub async fn inject(case: Case, t: &mut Target<'_>) -> Injected {
             tokio::time::sleep(millis(t.rng, 1500)).await;
             out.crash = Some(("resync-job-pod-killed", h.kill_job_pods().await > 0));
         }
+        Case::ClockStep => out = super::clock::step(t).await,
+        Case::VolumeFull => out = super::volume::fill_standby(t).await,
     }
     out
 }

@@ -3,5 +3,7 @@
 //! the history checker and the safety checker on throughout.
 
 pub mod cases;
+pub mod clock;
 pub mod run;
 pub mod teardown;
+pub mod volume;

@@ -135,6 +135,7 @@ fn converged(p: &HighAvailabilityPair) -> bool {
         && cond(p, "Degraded") == Some(ConditionStatus::False)
         && cond(p, "SplitBrain") != Some(ConditionStatus::True)
         && cond(p, "FailoverRequired") != Some(ConditionStatus::True)
+        && cond(p, "ClockSkew") != Some(ConditionStatus::True)
         && cond(p, "Synced") == Some(ConditionStatus::True)
         && s.operations.iter().all(|o| o.phase.is_terminal())
 }
@@ -170,9 +171,10 @@ impl Pair {
     async fn apply(h: &Harness, name: &str) -> (Checker, Clients) {
         // The flap budget at its most: the suite fails the pair over again
         // and again on purpose, and a spent budget (3 per hour by default)
-        // would turn every later case into a FailoverRequired wait.
+        // would turn every later case into a FailoverRequired wait. Its
+        // volumes are small file systems of their own, which a case fills.
         let files = json!({"spec": {
-            "storage": {"size": "1Gi", "mountPath": "/data"},
+            "storage": {"size": "400Mi", "mountPath": "/data", "storageClassName": "hapair-small"},
             "service": {"standby": true},
             "fileSync": {"paths": [{"path": "."}], "realtimeIntervalSeconds": 1},
             "failover": {"flapBudget": {"maxAutomaticFailovers": 100, "windowSeconds": 60}}
@@ -263,6 +265,10 @@ impl Pair {
             self.recreate().await;
             // Its bootstrap is no failover.
             e0 = self.h.pair(&self.name).await.status.map_or(0, |s| s.epoch);
+        }
+        for (kind, example) in &injected.breaches {
+            *t.violations.entry(kind).or_default() += 1;
+            t.examples.push(format!("{}: {example}", case.name()));
         }
         if let Some((point, hit)) = injected.crash {
             let e = t.crash_points.entry(point).or_default();

@@ -396,6 +396,42 @@ spec:
 EOF2
     done
   done
+  # Small volumes (class hapair-small), each its own tmpfs of SMALL_PV_MIB MiB:
+  # a volume that can fill up (the chaos suite fills its standby's) without
+  # filling the disk the other volumes and the control plane share.
+  cat >>"$out" <<EOF2
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: hapair-small}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Retain
+EOF2
+  local dir
+  for n in $(seq 1 "$NODE_COUNT"); do
+    for k in $(seq 1 "$SMALL_PV_PER_NODE"); do
+      name=$(node_name "$n")-small-pv-$k dir=$(node_dir "$n")/pv-small/$k
+      mkdir -p "$dir"
+      mountpoint -q "$dir" || mount -t tmpfs -o "size=${SMALL_PV_MIB}m,mode=0755" hapair-small "$dir"
+      cat >>"$out" <<EOF2
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: $name, labels: {hapair.dev/testbed-node: "$n"}}
+spec:
+  capacity: {storage: ${SMALL_PV_MIB}Mi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: hapair-small
+  local: {path: $dir}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$(node_name "$n")]}]
+EOF2
+    done
+  done
   "$bindir/kubectl" --kubeconfig "$kubeconfig" apply -f "$out" >/dev/null
 }
 
@@ -407,7 +443,7 @@ storage_recycle() {
   for pv in $("$bindir/kubectl" --kubeconfig "$kubeconfig" get pv \
     -o jsonpath='{range .items[?(@.status.phase=="Released")]}{.metadata.name}{"\n"}{end}'); do
     path=$("$bindir/kubectl" --kubeconfig "$kubeconfig" get pv "$pv" -o jsonpath='{.spec.local.path}')
-    case "$path" in "$state"/nodes/*/pv/*) ;; *) continue ;; esac
+    case "$path" in "$state"/nodes/*/pv/* | "$state"/nodes/*/pv-small/*) ;; *) continue ;; esac
     find "$path" -mindepth 1 -delete
     # Another test's recycle may have freed it first: that is fine.
     "$bindir/kubectl" --kubeconfig "$kubeconfig" patch pv "$pv" --type json \

@@ -37,6 +37,8 @@ kubeconfig=$state/kubeconfig
 . "$here/nodes.sh"
 # Local PersistentVolumes made per node (pairs with storage claim two each).
 PV_PER_NODE=${HAPAIR_TESTBED_PVS:-24}
+SMALL_PV_PER_NODE=${HAPAIR_TESTBED_SMALL_PVS:-6}
+SMALL_PV_MIB=512
 
 log() { echo "testbed: $*" >&2; }
 

@@ -224,6 +224,20 @@ impl SyncState {
         self.point = self.dirs.values().map(|d| d.as_of).min_by_key(|p| p.generation).unwrap_or(source);
     }
 
+    /// A standby's pull that did part of its plan: the directory now holds
+    /// `digest`, by this member's own copying, though not yet the source's
+    /// point. Recorded so that the next scan does not take the copied files
+    /// for changes made while standby; the point stays the last complete
+    /// copy's. Returns whether anything changed.
+    pub fn record_pulled(&mut self, dir: &str, digest: &str) -> bool {
+        let d = self.dirs.entry(dir.to_string()).or_default();
+        if d.digest.as_deref() == Some(digest) || d.changed_while_standby.is_some() {
+            return false;
+        }
+        d.digest = Some(digest.to_string());
+        true
+    }
+
     /// The directories that hold changes made while not active.
     pub fn split_brain_evidence(&self) -> Vec<(String, DateTime<Utc>)> {
         self.dirs.iter().filter_map(|(k, d)| d.changed_while_standby.map(|t| (k.clone(), t))).collect()
@@ -244,6 +258,27 @@ mod tests {
     #[test]
     fn the_empty_digest_is_the_digest_of_no_files() {
         assert_eq!(super::super::manifest::digest(&Default::default()), EMPTY_DIGEST);
+    }
+
+    #[test]
+    fn what_a_partial_pull_copied_is_no_split_brain_but_a_change_of_its_own_still_is() {
+        let now = Utc::now();
+        let source = p(1, 5);
+        let mut b = SyncState::default();
+        // The first pull copies part of the tree and fails on the rest.
+        assert!(b.record_pulled("up", "part1"));
+        assert_eq!(b.verdict("up", Some("part1"), source, &[]), Verdict::Follows);
+        assert!(!b.record_scan("up", "part1", None, now), "its own copy is no change");
+        b.record_copy("up", "full", source, &[], now);
+        // A later pull copies part of a newer generation: the point stays.
+        assert!(b.record_pulled("up", "part2"));
+        assert!(!b.record_scan("up", "part2", None, now));
+        assert_eq!((b.point, b.split_brain_evidence().len()), (source, 0));
+        assert_eq!(b.verdict("up", Some("part2"), p(1, 7), &[]), Verdict::Follows);
+        // Something else changed it: evidence, which a pull does not clear.
+        assert!(!b.record_scan("up", "mine", None, now), "evidence is no new generation");
+        assert!(!b.record_pulled("up", "part3"));
+        assert_eq!(b.split_brain_evidence().len(), 1);
     }
 
     #[test]

@@ -244,7 +244,7 @@ impl Syncer {
             return Ok(Outcome { diverged, complete: false, resync: Some(plan), ..Default::default() });
         }
         let label = order.map_or_else(|| "sync".to_string(), |o| o.label.clone());
-        let (done, left, newer) = self.execute(source, dir, &reply, &local, &plan, &label).await;
+        let (done, left, newer, pulled) = self.execute(source, dir, &reply, &local, &plan, &label).await;
         // Record only a copy that now matches the source exactly: its
         // manifest, with the newer versions of files that changed since it
         // was taken and arrived whole.
@@ -262,6 +262,13 @@ impl Syncer {
         if matches {
             g.state.record_copy(dir, &digest, reply.point, &reply.lineage, now);
             tokio::task::block_in_place(|| g.state.save(&self.root))?;
+        } else if digest == manifest::digest(&pulled) && g.state.record_pulled(dir, &digest) {
+            // Part of the plan failed (a full volume, a file it may not
+            // write): what the rest changed is this pull's doing, not the
+            // member's own, and must not read as a split brain at the next
+            // scan. Anything else that changed meanwhile does not match and
+            // stays evidence.
+            tokio::task::block_in_place(|| g.state.save(&self.root))?;
         }
         Ok(Outcome {
             diverged: if matches { None } else { diverged },
@@ -273,8 +280,9 @@ impl Syncer {
     }
 
     /// Carries out a plan on this (target) member; returns whether every
-    /// action succeeded, what was left undone, and the files copied in a
-    /// newer version than the manifest's. Removals, quarantines and
+    /// action succeeded, what was left undone, the files copied in a newer
+    /// version than the manifest's, and the tree `local` becomes with the
+    /// actions that succeeded. Removals, quarantines and
     /// copy-backs go first, in plan order; then the copies, up to
     /// [`FETCH_CONCURRENCY`] at a time (each is its own connection, so many
     /// small files are not a round trip each in a row).
@@ -286,7 +294,7 @@ impl Syncer {
         local: &Files,
         plan: &Plan,
         label: &str,
-    ) -> (bool, (u64, u64), Files) {
+    ) -> (bool, (u64, u64), Files, Files) {
         use futures::StreamExt;
         let member = self.member.to_string();
         // Owned actions: the copies' futures must not borrow the plan (a
@@ -365,9 +373,23 @@ impl Syncer {
         results.extend(fetched);
         let mut ok = true;
         let mut left = (0u64, 0u64);
+        let newer = newer.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut pulled = local.clone();
         for (a, result) in results {
             match result {
                 Ok(bytes) => {
+                    let rel = a.path();
+                    match a {
+                        Action::Copy { .. } | Action::Update { .. } => {
+                            let e = newer.get(rel).or_else(|| reply.files.get(rel));
+                            pulled.extend(e.map(|e| (rel.to_string(), e.clone())));
+                        }
+                        Action::Delete { .. } | Action::Quarantine { .. } => {
+                            pulled.remove(rel);
+                        }
+                        // The source's files changed, not this member's.
+                        Action::CopyBack { .. } | Action::UpdateSource { .. } => {}
+                    }
                     if bytes > 0 || matches!(a, Action::Copy { .. } | Action::Update { .. }) {
                         let mut r = self.report();
                         r.copied_files += 1;
@@ -382,7 +404,7 @@ impl Syncer {
                 }
             }
         }
-        (ok, left, newer.into_inner().unwrap_or_else(|p| p.into_inner()))
+        (ok, left, newer, pulled)
     }
 }
 

@@ -1,0 +1,64 @@
+//! The standby's volume full during sync (`standby-volume-full`).
+//!
+//! The chaos pair's volumes are small file systems of their own (the
+//! testbed's `hapair-small` class), so one can fill up for real. Space on
+//! the standby's volume is taken by something the pair does not sync (a
+//! file in the agent's state directory, as a log or a core dump would take
+//! it) while the active's application writes on: every file the standby
+//! pulls meets `ENOSPC`. What must hold: nothing fails over, nothing
+//! acknowledged is lost, the pair says why its standby is behind
+//! (`Synced=False`, reason `SyncFailing`, the error in the message); once
+//! the space is back the standby catches up by itself.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use hapair::api::ConditionStatus;
+
+use super::cases::{INTERVAL, Injected, LEASE, Target};
+
+pub async fn fill_standby(t: &mut Target<'_>) -> Injected {
+    let root = t.h.data_dir(t.pair, t.active.peer()).await;
+    let filler = root.join(hapair::sync::path::STATE_DIR).join("chaos-filler");
+    let path = filler.clone();
+    let taken = tokio::task::spawn_blocking(move || fill(&path)).await.expect("the filler written");
+    let mut out = Injected::default();
+    let start = Instant::now();
+    let mut said = None;
+    while said.is_none() && start.elapsed() < Duration::from_secs(20) {
+        let s = t.h.pair(t.pair).await.status.unwrap_or_default();
+        said = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Synced" && c.status == ConditionStatus::False && c.reason == "SyncFailing")
+            .filter(|c| c.message.contains("No space left on device"))
+            .map(|c| c.message.clone());
+        tokio::time::sleep(INTERVAL / 4).await;
+    }
+    tokio::time::sleep(LEASE * 2 + Duration::from_millis(t.rng.u64(0..2000))).await;
+    std::fs::remove_file(&filler).expect("the filler removed");
+    eprintln!(
+        "chaos: the {}'s volume filled ({} MiB taken); the pair said: {}",
+        t.active.peer(),
+        taken >> 20,
+        said.as_deref().unwrap_or("nothing")
+    );
+    out.crash = Some(("sync-failing-reported", said.is_some()));
+    out
+}
+
+/// Writes `path` until the file system is full; returns the bytes written.
+fn fill(path: &std::path::Path) -> u64 {
+    let mut f = std::fs::File::create(path).expect("the filler created");
+    let chunk = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    written
+}
