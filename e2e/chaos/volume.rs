@@ -25,17 +25,29 @@ pub async fn fill_standby(t: &mut Target<'_>) -> Injected {
     let mut out = Injected::default();
     let start = Instant::now();
     let mut said = None;
-    while said.is_none() && start.elapsed() < Duration::from_secs(20) {
+    let mut split = None;
+    // Until the pair says why (or 20 s), then two leases more.
+    let mut hold = Duration::from_secs(20);
+    while start.elapsed() < hold {
         let s = t.h.pair(t.pair).await.status.unwrap_or_default();
-        said = s
+        let failing = s
             .conditions
             .iter()
             .find(|c| c.type_ == "Synced" && c.status == ConditionStatus::False && c.reason == "SyncFailing")
-            .filter(|c| c.message.contains("No space left on device"))
-            .map(|c| c.message.clone());
+            .filter(|c| c.message.contains("No space left on device"));
+        if said.is_none()
+            && let Some(c) = failing
+        {
+            said = Some(c.message.clone());
+            hold = start.elapsed() + LEASE * 2 + Duration::from_millis(t.rng.u64(0..2000));
+        }
+        // Copies that fail leave the standby's files as they were: nothing
+        // there may look changed by the standby itself.
+        if let Some(c) = s.conditions.iter().find(|c| c.type_ == "SplitBrain" && c.status == ConditionStatus::True) {
+            split.get_or_insert_with(|| c.message.clone());
+        }
         tokio::time::sleep(INTERVAL / 4).await;
     }
-    tokio::time::sleep(LEASE * 2 + Duration::from_millis(t.rng.u64(0..2000))).await;
     std::fs::remove_file(&filler).expect("the filler removed");
     eprintln!(
         "chaos: the {}'s volume filled ({} MiB taken); the pair said: {}",
@@ -44,6 +56,9 @@ pub async fn fill_standby(t: &mut Target<'_>) -> Injected {
         said.as_deref().unwrap_or("nothing")
     );
     out.crash = Some(("sync-failing-reported", said.is_some()));
+    if let Some(why) = split {
+        out.breaches.push(("split-brain-from-a-full-volume", why));
+    }
     out
 }
 

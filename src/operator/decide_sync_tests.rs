@@ -526,11 +526,8 @@ fn the_standby_outage_clock_survives_an_operator_restart_and_a_standby_without_a
 fn a_standby_that_cannot_store_the_files_says_why_once() {
     let s = files("");
     let mut obs = enabled();
-    obs.primary.agent.last.as_mut().unwrap().sync = Some(crate::proto::SyncStatus {
-        peer_lag_seconds: Some(60.0),
-        pending_files: 4,
-        ..Default::default()
-    });
+    obs.primary.agent.last.as_mut().unwrap().sync =
+        Some(crate::proto::SyncStatus { peer_lag_seconds: Some(60.0), pending_files: 4, ..Default::default() });
     let enospc = "copy ./f: No space left on device (os error 28)";
     obs.secondary.agent.last.as_mut().unwrap().sync =
         Some(crate::proto::SyncStatus { failing: Some(enospc.into()), ..Default::default() });
