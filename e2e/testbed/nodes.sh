@@ -361,78 +361,61 @@ nodes_down() {
 # picks the node first and the PV controller binds a volume on it). A volume
 # is Retained when its claim goes; `testbed.sh recycle` (the harness calls it)
 # wipes Released ones and makes them Available again, as a static local
-# provisioner does.
+# provisioner does. Small volumes (class `hapair-small`) are each a tmpfs of
+# SMALL_PV_MIB MiB: volumes that can fill up (the chaos suite fills its
+# standby's) without filling the disk the rest of the testbed shares.
 storage_up() {
-  local n k name out=$state/storage.yaml
-  cat >"$out" <<EOF2
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: hapair-local
-  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
-provisioner: kubernetes.io/no-provisioner
-volumeBindingMode: WaitForFirstConsumer
-reclaimPolicy: Retain
-EOF2
+  local n k dir out=$state/storage.yaml
+  : >"$out"
+  storage_class hapair-local true >>"$out"
+  storage_class hapair-small false >>"$out"
   for n in $(seq 1 "$NODE_COUNT"); do
     for k in $(seq 1 "$PV_PER_NODE"); do
-      name=$(node_name "$n")-pv-$k
-      mkdir -p "$(node_dir "$n")/pv/$k"
-      cat >>"$out" <<EOF2
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: $name, labels: {hapair.dev/testbed-node: "$n"}}
-spec:
-  capacity: {storage: 10Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: hapair-local
-  local: {path: $(node_dir "$n")/pv/$k}
-  nodeAffinity:
-    required:
-      nodeSelectorTerms:
-      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$(node_name "$n")]}]
-EOF2
+      dir=$(node_dir "$n")/pv/$k
+      mkdir -p "$dir"
+      local_pv "$(node_name "$n")-pv-$k" "$n" "$dir" 10Gi hapair-local >>"$out"
     done
-  done
-  # Small volumes (class hapair-small), each its own tmpfs of SMALL_PV_MIB MiB:
-  # a volume that can fill up (the chaos suite fills its standby's) without
-  # filling the disk the other volumes and the control plane share.
-  cat >>"$out" <<EOF2
----
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {name: hapair-small}
-provisioner: kubernetes.io/no-provisioner
-volumeBindingMode: WaitForFirstConsumer
-reclaimPolicy: Retain
-EOF2
-  local dir
-  for n in $(seq 1 "$NODE_COUNT"); do
     for k in $(seq 1 "$SMALL_PV_PER_NODE"); do
-      name=$(node_name "$n")-small-pv-$k dir=$(node_dir "$n")/pv-small/$k
+      dir=$(node_dir "$n")/pv-small/$k
       mkdir -p "$dir"
       mountpoint -q "$dir" || mount -t tmpfs -o "size=${SMALL_PV_MIB}m,mode=0755" hapair-small "$dir"
-      cat >>"$out" <<EOF2
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: $name, labels: {hapair.dev/testbed-node: "$n"}}
-spec:
-  capacity: {storage: ${SMALL_PV_MIB}Mi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: hapair-small
-  local: {path: $dir}
-  nodeAffinity:
-    required:
-      nodeSelectorTerms:
-      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$(node_name "$n")]}]
-EOF2
+      local_pv "$(node_name "$n")-small-pv-$k" "$n" "$dir" "${SMALL_PV_MIB}Mi" hapair-small >>"$out"
     done
   done
   "$bindir/kubectl" --kubeconfig "$kubeconfig" apply -f "$out" >/dev/null
+}
+
+storage_class() { # name default
+  cat <<EOF2
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: $1
+  annotations: {storageclass.kubernetes.io/is-default-class: "$2"}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Retain
+EOF2
+}
+
+local_pv() { # name node path capacity class
+  cat <<EOF2
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: $1, labels: {hapair.dev/testbed-node: "$2"}}
+spec:
+  capacity: {storage: $4}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: $5
+  local: {path: $3}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$(node_name "$2")]}]
+EOF2
 }
 
 storage_recycle() {
