@@ -25,12 +25,7 @@ const LAG_BOUND: i64 = 20;
 pub async fn step(t: &mut Target<'_>) -> Injected {
     let member = if t.rng.bool() { t.active } else { t.active.peer() };
     let ms = if t.rng.bool() { STEP_MS } else { -STEP_MS };
-    let pod = t.h.member_pod(t.pair, member).await;
-    let file = nodes::container_root(&pod, AGENT_CONTAINER)
-        .expect("the agent runs")
-        .join(hapair::operator::build::RUN_DIR.trim_start_matches('/'))
-        .join("clock-offset-ms");
-    std::fs::write(&file, ms.to_string()).expect("the clock stepped");
+    std::fs::write(offset_file(t, member).await, ms.to_string()).expect("the clock stepped");
     let mut out = Injected::default();
     let mut watch = Watch::default();
     // Until the operator has seen the step (a poll or two), then two leases
@@ -43,7 +38,9 @@ pub async fn step(t: &mut Target<'_>) -> Injected {
     while start.elapsed() < hold {
         watch.sample(t, member, ms).await;
     }
-    std::fs::remove_file(&file).expect("the clock stepped back");
+    // Found again: the file is in the pod's emptyDir, which outlives an
+    // agent restart, while the path through its process does not.
+    std::fs::remove_file(offset_file(t, member).await).expect("the clock stepped back");
     eprintln!(
         "chaos: the {member}'s clock stepped {:+} s; skew seen {}; largest lag reported {} s",
         ms / 1000,
@@ -58,6 +55,16 @@ pub async fn step(t: &mut Target<'_>) -> Injected {
         ));
     }
     out
+}
+
+/// The agent's clock-offset file (`hapair::clock`), through the running
+/// agent container's root.
+async fn offset_file(t: &Target<'_>, member: Member) -> std::path::PathBuf {
+    let pod = t.h.member_pod(t.pair, member).await;
+    nodes::container_root(&pod, AGENT_CONTAINER)
+        .expect("the agent runs")
+        .join(hapair::operator::build::RUN_DIR.trim_start_matches('/'))
+        .join("clock-offset-ms")
 }
 
 #[derive(Default)]

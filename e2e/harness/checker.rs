@@ -190,3 +190,11 @@ impl Checker {
         );
     }
 }
+
+/// A checker replaced (a pair deleted and applied anew) stops sampling: its
+/// volumes are recycled and the new pair has its own.
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
