@@ -51,9 +51,19 @@ pub enum CopyError {
     Transfer(String),
 }
 
+/// The file a copy replaces, when it must be kept: recorded in quarantine
+/// `label` as a conflict of `member`'s.
+pub struct Displaced<'a> {
+    pub label: &'a str,
+    pub member: &'a str,
+}
+
 /// Streams `body` into `vpath` under `root` (at most `max` bytes), lets
 /// `settle` decide from the size and hash received which version this is
 /// (or refuse it), and puts it in place with that version's mode and mtime.
+/// With `displaced`, the file it replaces is quarantined only once the copy
+/// is whole, and stays in place until the copy is renamed over it: a copy
+/// that fails leaves the member's own file where it was.
 /// Memory stays at one chunk whatever the file size.
 pub async fn install<S, E>(
     root: &Path,
@@ -61,6 +71,7 @@ pub async fn install<S, E>(
     max: u64,
     mut body: S,
     settle: impl FnOnce(u64, &str) -> Result<Entry, CopyError>,
+    displaced: Option<Displaced<'_>>,
 ) -> Result<Entry, CopyError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -109,6 +120,12 @@ where
         f.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o777))?;
         f.set_modified(mtime_of(entry.mtime))?;
         let parent = path::ensure_parent(root, vpath)?;
+        if let Some(d) = &displaced {
+            match set_aside(root, d.label, vpath, "conflict", d.member, true) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         std::fs::rename(&tmp, root.join(vpath))?;
         std::fs::File::open(parent)?.sync_all()
     })();
@@ -165,6 +182,15 @@ pub struct QuarantineRecord {
 /// never moved and unrecorded; a re-run then moves it under the next free
 /// name. `reason` is `onlyOnTarget` or `conflict`; `member` whose file it is.
 pub fn quarantine(root: &Path, label: &str, vpath: &str, reason: &str, member: &str) -> io::Result<()> {
+    set_aside(root, label, vpath, reason, member, false)
+}
+
+/// Records `vpath` in quarantine `label` like [`quarantine`], but as a
+/// second link, leaving the file in place: the copy that replaces it is
+/// then renamed over it, so the path never stands empty. (Moving it first
+/// and then failing the copy left a member without the file: a standby
+/// promoted meanwhile served without it.)
+fn set_aside(root: &Path, label: &str, vpath: &str, reason: &str, member: &str, keep: bool) -> io::Result<()> {
     let src = path::real_path(root, vpath)?;
     let file = path::open_beneath(root, vpath)?;
     let meta = file.metadata()?;
@@ -192,6 +218,10 @@ pub fn quarantine(root: &Path, label: &str, vpath: &str, reason: &str, member: &
     line.push(b'\n');
     log.write_all(&line)?;
     log.sync_all()?;
+    if keep {
+        std::fs::hard_link(&src, &dest)?;
+        return std::fs::File::open(dest.parent().expect("quarantine path has a parent"))?.sync_all();
+    }
     std::fs::rename(&src, &dest)?;
     if let Some(p) = src.parent() {
         std::fs::File::open(p)?.sync_all()?;
@@ -240,18 +270,18 @@ mod tests {
     async fn a_copy_lands_whole_with_its_mode_and_mtime_or_not_at_all() {
         let root = tempdir();
         let e = entry(b"hello world");
-        let got = install(&root, "a/b/c.txt", 11, body(vec![b"hello ", b"world"]), exactly(&e)).await.unwrap();
+        let got = install(&root, "a/b/c.txt", 11, body(vec![b"hello ", b"world"]), exactly(&e), None).await.unwrap();
         assert_eq!(got, e);
         let meta = std::fs::metadata(root.join("a/b/c.txt")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o640);
         assert_eq!(meta.modified().unwrap(), mtime_of(e.mtime));
         // Changed on the source mid-copy: nothing replaced, no temp left.
-        let err = install(&root, "a/b/c.txt", 11, body(vec![b"hello there"]), exactly(&e)).await.unwrap_err();
+        let err = install(&root, "a/b/c.txt", 11, body(vec![b"hello there"]), exactly(&e), None).await.unwrap_err();
         assert!(matches!(err, CopyError::Changed { .. }));
-        let err = install(&root, "a/b/c.txt", 12, body(vec![b"hello world!"]), exactly(&e)).await.unwrap_err();
+        let err = install(&root, "a/b/c.txt", 12, body(vec![b"hello world!"]), exactly(&e), None).await.unwrap_err();
         assert!(matches!(err, CopyError::Changed { .. }));
         // A peer sending more than it announced is cut off.
-        let err = install(&root, "a/b/c.txt", 5, body(vec![b"hello ", b"world"]), exactly(&e)).await.unwrap_err();
+        let err = install(&root, "a/b/c.txt", 5, body(vec![b"hello ", b"world"]), exactly(&e), None).await.unwrap_err();
         assert!(matches!(err, CopyError::Transfer(_)));
         assert_eq!(std::fs::read(root.join("a/b/c.txt")).unwrap(), b"hello world");
         assert_eq!(std::fs::read_dir(tmp_dir(&root)).unwrap().count(), 0);
@@ -282,7 +312,7 @@ mod tests {
         let root = tempdir();
         let content: &'static [u8] = &[7u8; 4096];
         let e = entry(content);
-        let err = install(&root, "big", 4096, body(vec![content]), exactly(&e)).await;
+        let err = install(&root, "big", 4096, body(vec![content]), exactly(&e), None).await;
         assert!(err.is_err(), "a 4 KiB copy past a 1 KiB limit succeeded");
         assert!(!root.join("big").exists(), "a short file was put in place");
         assert_eq!(std::fs::read_dir(tmp_dir(&root)).unwrap().count(), 0);

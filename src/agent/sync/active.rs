@@ -12,7 +12,6 @@ use crate::proto::SyncStatus;
 use crate::sync::manifest;
 use crate::sync::path::{self, Refusal};
 use crate::sync::state::Point;
-use crate::sync::store;
 use crate::sync::wire::{self, ManifestReply};
 
 impl Syncer {
@@ -168,15 +167,11 @@ impl Syncer {
         if !self.configured(dir) {
             return Err(self.refused(Refusal::UnknownDir));
         }
-        let v = path::volume_path(dir, rel).map_err(|r| self.refused(r))?;
-        if quarantine {
-            let member = self.member.to_string();
-            match tokio::task::block_in_place(|| store::quarantine(&self.root, label, &v, "conflict", &member)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
-        }
-        self.fetch(peer, dir, rel, entry).await.map(|e| e.size).map_err(|e| SyncError::Io(io::Error::other(e)))
+        path::volume_path(dir, rel).map_err(|r| self.refused(r))?;
+        self.fetch(peer, dir, rel, entry, quarantine.then_some(label))
+            .await
+            .map(|e| e.size)
+            .map_err(|e| SyncError::Io(io::Error::other(e)))
     }
 }
 

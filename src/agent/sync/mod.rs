@@ -166,17 +166,19 @@ impl Syncer {
         self.abort.load(Ordering::SeqCst) || self.serving.load(Ordering::SeqCst)
     }
 
-    /// Fetches one file from the peer into place.
-    /// Copies one file from `peer`: the version the peer says it sent (a
-    /// file that keeps changing still arrives whole, as it was at one
-    /// moment), or else exactly `entry` from its manifest. Returns the
-    /// version now in place.
+    /// Copies one file from `peer` into place: the version the peer says it
+    /// sent (a file that keeps changing still arrives whole, as it was at
+    /// one moment), or else exactly `entry` from its manifest. With
+    /// `quarantine_as`, this member's own version goes to that quarantine
+    /// once the copy is whole (see [`store::install`]). Returns the version
+    /// now in place.
     pub async fn fetch(
         &self,
         peer: &Target,
         dir: &str,
         rel: &str,
         entry: &manifest::Entry,
+        quarantine_as: Option<&str>,
     ) -> Result<manifest::Entry, String> {
         let v = path::volume_path(dir, rel).map_err(|r| r.to_string())?;
         let path = format!("/v1/sync/file?dir={}&path={}", wire::encode(dir), wire::encode(rel));
@@ -194,7 +196,9 @@ impl Syncer {
                 None => store::exactly(entry)(n, hash),
             }
         };
-        store::install(&self.root, &v, announced.unwrap_or(entry.size), Box::pin(body), settle)
+        let member = self.member.to_string();
+        let displaced = quarantine_as.map(|label| store::Displaced { label, member: &member });
+        store::install(&self.root, &v, announced.unwrap_or(entry.size), Box::pin(body), settle, displaced)
             .await
             .map_err(|e| e.to_string())
     }
@@ -311,7 +315,7 @@ mod tests {
             async move { file_reply(std::fs::File::open(root.join("log")).unwrap()).unwrap() }
         });
         let s = syncer(dst.clone());
-        let got = s.fetch(&honest, ".", "log", &stale["log"]).await.unwrap();
+        let got = s.fetch(&honest, ".", "log", &stale["log"], None).await.unwrap();
         let (now, _) = manifest::Scanner::default().scan(&src, ".").unwrap();
         assert_eq!(got, now["log"], "the version sent, not the stale one");
         assert_eq!(std::fs::read(dst.join("log")).unwrap(), b"one\ntwo\n");
@@ -335,7 +339,7 @@ mod tests {
                 r
             }
         });
-        assert!(s.fetch(&liar, ".", "log", &stale["log"]).await.unwrap_err().contains("does not match"));
+        assert!(s.fetch(&liar, ".", "log", &stale["log"], None).await.unwrap_err().contains("does not match"));
         // A peer sending more than it announced.
         let flood = peer(|_req, _| async {
             let frames =
@@ -344,8 +348,24 @@ mod tests {
             r.headers_mut().insert(wire::SIZE_HEADER, 10u64.into());
             r
         });
-        assert!(s.fetch(&flood, ".", "log", &stale["log"]).await.unwrap_err().contains("more than"));
+        assert!(s.fetch(&flood, ".", "log", &stale["log"], None).await.unwrap_err().contains("more than"));
         assert_eq!(std::fs::read(dst.join("log")).unwrap(), b"one\ntwo\n", "refused copies replaced nothing");
+
+        // A copy that replaces this member's own version (a resync's
+        // conflict): refused, it leaves that version in place and nothing in
+        // quarantine; whole, it quarantines it as it puts itself in place.
+        std::fs::write(dst.join("log"), b"mine\n").unwrap();
+        for refused in [&liar, &flood] {
+            assert!(s.fetch(refused, ".", "log", &stale["log"], Some("resync-9")).await.is_err());
+            assert_eq!(std::fs::read(dst.join("log")).unwrap(), b"mine\n", "a refused copy took the file away");
+        }
+        assert!(store::quarantine_records(&dst, "resync-9").is_err(), "nothing quarantined for a refused copy");
+        s.fetch(&honest, ".", "log", &stale["log"], Some("resync-9")).await.unwrap();
+        assert_eq!(std::fs::read(dst.join("log")).unwrap(), b"one\ntwo\n");
+        let q = store::quarantine_records(&dst, "resync-9").unwrap();
+        assert_eq!((q.len(), q[0].path.as_str(), q[0].reason.as_str(), q[0].size), (1, "log", "conflict", 5));
+        let kept = store::quarantine_root(&dst).join("resync-9/files/log");
+        assert_eq!(std::fs::read(kept).unwrap(), b"mine\n");
         std::fs::remove_dir_all(&src).unwrap();
         std::fs::remove_dir_all(&dst).unwrap();
     }

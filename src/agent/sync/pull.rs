@@ -343,21 +343,15 @@ impl Syncer {
         let newer = std::sync::Mutex::new(Files::new());
         let fetched: Vec<(Action, Result<u64, String>)> = futures::stream::iter(copies)
             .map(|a: Action| {
-                let (member, newer) = (&member, &newer);
+                let newer = &newer;
                 async move {
                     if self.must_stop() {
                         return (a, Err("stopped: the member is being promoted".to_string()));
                     }
                     let rel = a.path().to_string();
                     let rel = rel.as_str();
-                    let v = vpath(dir, rel);
-                    if matches!(a, Action::Update { quarantine: true, .. })
-                        && let Err(e) =
-                            tokio::task::block_in_place(|| store::quarantine(&self.root, label, &v, "conflict", member))
-                    {
-                        return (a, Err(e.to_string()));
-                    }
-                    let result = self.fetch(source, dir, rel, &reply.files[rel]).await.map(|got| {
+                    let displace = matches!(a, Action::Update { quarantine: true, .. }).then_some(label);
+                    let result = self.fetch(source, dir, rel, &reply.files[rel], displace).await.map(|got| {
                         let size = got.size;
                         if got != reply.files[rel] {
                             newer.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.to_string(), got);
