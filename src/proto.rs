@@ -139,6 +139,11 @@ pub struct SyncStatus {
     pub garbage: u64,
     /// The last resync this member ran as target.
     pub resync: Option<ResyncReport>,
+    /// Finished resyncs before it, newest last (at most
+    /// [`EARLIER_RESYNCS`]): a Job polling for its own report still finds
+    /// it after the next order's report took `resync`'s place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_resyncs: Vec<ResyncReport>,
     /// What this member's quarantine holds.
     #[serde(default)]
     pub quarantine: crate::sync::quarantine::Usage,
@@ -146,6 +151,16 @@ pub struct SyncStatus {
     /// newest last (at most 20; all of them are recorded on the volume).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pruned: Vec<crate::sync::quarantine::Pruned>,
+}
+
+/// How many finished resync reports a member keeps besides its latest.
+pub const EARLIER_RESYNCS: usize = 4;
+
+impl SyncStatus {
+    /// The report of the resync labelled `label`, latest or earlier.
+    pub fn resync_report(&self, label: &str) -> Option<&ResyncReport> {
+        self.resync.iter().chain(self.earlier_resyncs.iter().rev()).find(|r| r.label == label)
+    }
 }
 
 /// What the operator asks of a target member: reconcile its diverged

@@ -168,8 +168,8 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
                 let report = s
                     .sync
                     .as_ref()
-                    .and_then(|y| y.resync.clone())
-                    .filter(|r| r.label == order.label && r.dry_run == order.dry_run && r.started_at >= since);
+                    .and_then(|y| y.resync_report(&order.label).cloned())
+                    .filter(|r| r.dry_run == order.dry_run && r.started_at >= since);
                 match report {
                     Some(r) if r.done => {
                         print!("{}", describe(&r));

@@ -194,10 +194,10 @@ async fn sync_endpoint(agent: &Agent, method: &Method, path: &str, query: Option
             reply(StatusCode::ACCEPTED, "")
         }
         (&Method::POST, "/v1/sync/resync") => match ResyncOrder::from_query(query) {
-            Some(order) => {
-                syncer.set_order(order);
-                reply(StatusCode::ACCEPTED, "")
-            }
+            Some(order) => match syncer.set_order(order) {
+                Ok(()) => reply(StatusCode::ACCEPTED, ""),
+                Err(why) => reply(StatusCode::CONFLICT, why),
+            },
             None => reply(StatusCode::BAD_REQUEST, "label, onlyOnTarget and conflict required"),
         },
         _ => reply(StatusCode::NOT_FOUND, "not found"),

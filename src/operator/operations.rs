@@ -387,8 +387,13 @@ fn resync(
     match job.phase {
         JobPhase::Running => {}
         JobPhase::Succeeded => {
-            let report = obs.member(target).agent.last.as_ref().and_then(|a| a.sync.as_ref()?.resync.clone());
-            let report = report.filter(|r| r.label == job.label && r.done);
+            let report = obs
+                .member(target)
+                .agent
+                .last
+                .as_ref()
+                .and_then(|a| a.sync.as_ref()?.resync_report(&job.label).cloned());
+            let report = report.filter(|r| r.done);
             // The Job saw the target's finished report before this operator's
             // next poll of it: wait for that poll (a few intervals at most),
             // so the outcome and `status.resync` carry the counts and plan.

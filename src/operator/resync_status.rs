@@ -17,8 +17,8 @@ pub fn resync(obs: &Observed, plan: &mut Decision) {
     let prev = plan.status.resync.clone().filter(|r| r.job == job.name);
     let report = job
         .target
-        .and_then(|t| obs.member(t).agent.last.as_ref()?.sync.as_ref()?.resync.clone())
-        .filter(|r| r.label == job.label && r.dry_run == job.dry_run);
+        .and_then(|t| obs.member(t).agent.last.as_ref()?.sync.as_ref()?.resync_report(&job.label).cloned())
+        .filter(|r| r.dry_run == job.dry_run);
     let mut r = prev.clone().unwrap_or_else(|| ResyncStatus {
         job: job.name.clone(),
         label: job.label.clone(),

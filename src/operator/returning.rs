@@ -31,8 +31,8 @@ pub fn returning_member(
         .to_string();
     // Once per label: a Job that failed for good is reported, not re-run
     // (a resync request runs a new one).
-    let ordered = sync.resync.as_ref().is_some_and(|r| r.label == label && !r.dry_run)
-        || obs.resync_jobs.iter().any(|j| j.label == label);
+    let ordered =
+        sync.resync_report(&label).is_some_and(|r| !r.dry_run) || obs.resync_jobs.iter().any(|j| j.label == label);
     if sync.diverged.is_empty() || !sync.changed_while_standby.is_empty() || ordered {
         return None;
     }

@@ -141,8 +141,7 @@ pub fn repair(
             .agent
             .last
             .as_ref()
-            .and_then(|a| a.sync.as_ref()?.resync.clone())
-            .filter(|r| r.label == diff_label)),
+            .and_then(|a| a.sync.as_ref()?.resync_report(&diff_label).cloned())),
     };
     let kept = match (keep, spec.split_brain.policy) {
         (Some(k), _) => k,

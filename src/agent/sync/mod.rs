@@ -256,22 +256,53 @@ mod tests {
     async fn an_order_whose_source_cannot_be_pulled_is_not_reported_done() {
         let root = crate::sync::path::tests::tempdir();
         std::fs::write(root.join("stray.txt"), b"only here").unwrap();
-        let s = syncer(root.clone());
         for dry_run in [true, false] {
-            s.set_order(crate::proto::ResyncOrder {
-                label: format!("resync-{}", u8::from(dry_run)),
-                only_on_target: crate::api::OnlyOnTarget::Quarantine,
-                conflict: crate::api::ConflictRule::SourceWins,
-                clocks_agree: true,
-                dry_run,
-                full: true,
-            });
+            let s = syncer(root.clone());
+            s.set_order(order(&format!("resync-{}", u8::from(dry_run)), dry_run)).unwrap();
             s.pull_round(&nowhere(), true).await;
             let r = s.status().resync.expect("the order is reported");
             assert!(!r.done, "dry run {dry_run}: an empty plan from a failed pull is not a plan: {r:?}");
             assert_eq!(r.summary, Default::default());
         }
         assert!(root.join("stray.txt").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn order(label: &str, dry_run: bool) -> crate::proto::ResyncOrder {
+        crate::proto::ResyncOrder {
+            label: label.into(),
+            only_on_target: crate::api::OnlyOnTarget::Quarantine,
+            conflict: crate::api::ConflictRule::SourceWins,
+            clocks_agree: true,
+            dry_run,
+            full: true,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn orders_run_one_at_a_time_and_a_finished_report_outlives_the_next_order() {
+        let root = crate::sync::path::tests::tempdir();
+        let s = syncer(root.clone());
+        s.set_order(order("resync-3", false)).unwrap();
+        // Another label waits for the first to be done; its own Job may
+        // order it again (a retried pod) at any time.
+        let why = s.set_order(order("splitbrain-3-1", false)).unwrap_err();
+        assert!(why.contains("resync-3"), "{why}");
+        s.set_order(order("resync-3", false)).unwrap();
+        // Done (as a round marks it): the next order is taken, and the
+        // report of the first stays findable once the next one's replaces it.
+        s.pull_round(&nowhere(), true).await;
+        {
+            let mut r = s.report();
+            let done = r.resync.as_mut().unwrap();
+            done.done = true;
+        }
+        *s.order.lock().unwrap() = None;
+        s.set_order(order("splitbrain-3-1", true)).unwrap();
+        s.pull_round(&nowhere(), true).await;
+        let st = s.status();
+        assert_eq!(st.resync.as_ref().map(|r| r.label.as_str()), Some("splitbrain-3-1"));
+        assert!(st.resync_report("resync-3").is_some_and(|r| r.done), "{st:?}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -54,10 +54,22 @@ impl Syncer {
         self.abort.store(false, Ordering::SeqCst);
     }
 
-    pub fn set_order(&self, order: ResyncOrder) {
+    /// Takes a resync order, unless another one (another label) is not
+    /// done yet: orders run one at a time, each to its end, and the one
+    /// refused is ordered again by its Job once the first is done. (Replacing
+    /// it left the first order's Job waiting for a report that never came
+    /// until it failed: an automatic resync and a split-brain repair are
+    /// often ordered seconds apart.)
+    pub fn set_order(&self, order: ResyncOrder) -> Result<(), String> {
+        let mut slot = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(running) = slot.as_ref().filter(|o| o.label != order.label) {
+            return Err(format!("resync {} is not done yet: order again once it is", running.label));
+        }
         info!(label = %order.label, dry_run = order.dry_run, "resync ordered");
-        *self.order.lock().unwrap_or_else(|p| p.into_inner()) = Some(order);
+        *slot = Some(order);
+        drop(slot);
         self.wake.notify_one();
+        Ok(())
     }
 
     /// One pull round from the active member at `source`: realtime
@@ -147,7 +159,15 @@ impl Syncer {
         }
         drop(g);
         if let Some(order) = order {
-            let mut report = r.resync.take().filter(|x| x.label == order.label && !x.done).unwrap_or(ResyncReport {
+            let previous = r.resync.take();
+            let (same, other): (Vec<_>, Vec<_>) = previous.into_iter().partition(|x| x.label == order.label && !x.done);
+            for done in other.into_iter().filter(|x| x.done) {
+                r.earlier_resyncs.retain(|x| x.label != done.label);
+                r.earlier_resyncs.push(done);
+                let excess = r.earlier_resyncs.len().saturating_sub(crate::proto::EARLIER_RESYNCS);
+                r.earlier_resyncs.drain(..excess);
+            }
+            let mut report = same.into_iter().next().unwrap_or(ResyncReport {
                 label: order.label.clone(),
                 dry_run: order.dry_run,
                 done: false,
