@@ -340,7 +340,7 @@ impl Pair {
         self.check_writes(&ops, &s, case, &mut t).await;
         self.check_history(&ops, case, &mut t);
         if t.breaches() > 0 {
-            self.keep_logs(&format!("round-{round}-{}", case.name()));
+            self.keep_logs(&format!("round-{round}-{}", case.name())).await;
         }
         t
     }
@@ -348,10 +348,18 @@ impl Pair {
     /// Copies the members' container logs (the agents' and the
     /// applications') next to the operators' logs: the namespace's deletion
     /// would take them.
-    fn keep_logs(&self, label: &str) {
+    async fn keep_logs(&self, label: &str) {
         let to = self.h.dir.join(label);
         let prefix = format!("{}_", self.h.ns.name);
         let _ = std::fs::create_dir_all(&to);
+        // The pair and its Jobs as they stand (a Job's pods may be gone).
+        let pair = serde_json::to_string_pretty(&self.h.pair(&self.name).await).unwrap_or_default();
+        let _ = std::fs::write(to.join("pair.json"), pair);
+        let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
+            kube::Api::namespaced(self.h.client.clone(), &self.h.ns.name);
+        if let Ok(list) = jobs.list(&Default::default()).await {
+            let _ = std::fs::write(to.join("jobs.json"), serde_json::to_string_pretty(&list.items).unwrap_or_default());
+        }
         for d in std::fs::read_dir(crate::harness::views::POD_LOGS).into_iter().flatten().flatten() {
             if d.file_name().to_string_lossy().starts_with(&prefix) {
                 let _ = std::process::Command::new("cp").arg("-r").arg(d.path()).arg(&to).status();

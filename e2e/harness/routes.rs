@@ -18,6 +18,7 @@ use futures::StreamExt;
 use hapair::api::Member;
 use hapair::proto::parse_identity;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
@@ -37,6 +38,11 @@ struct State {
     edits_expected: u32,
     /// The epoch of the Lease version seen last.
     last_epoch: i64,
+    /// When the holder last changed, and the VIP Service's selector (the
+    /// member it names) and when that last changed: a breach says whether
+    /// the operator's write or the endpoint controller's lagged.
+    holder_at: Option<Instant>,
+    selector: Option<(String, Instant)>,
 }
 
 impl State {
@@ -44,7 +50,11 @@ impl State {
         match ev {
             Event::Apply(l) | Event::InitApply(l) => {
                 let spec = l.spec.unwrap_or_default();
-                self.holder = spec.holder_identity.as_deref().and_then(parse_identity).map(|(m, _)| m);
+                let holder = spec.holder_identity.as_deref().and_then(parse_identity).map(|(m, _)| m);
+                if holder != self.holder {
+                    self.holder_at = Some(Instant::now());
+                }
+                self.holder = holder;
                 let epoch = spec.lease_transitions.map_or(0, i64::from);
                 if epoch < self.highest_epoch {
                     if self.edits_expected > 0 && epoch < self.last_epoch {
@@ -83,6 +93,19 @@ impl State {
         }
     }
 
+    fn on_service(&mut self, ev: Event<Service>) {
+        if let Event::Apply(svc) | Event::InitApply(svc) = ev {
+            let named = svc
+                .spec
+                .and_then(|s| s.selector)
+                .and_then(|s| s.get(hapair::api::LABEL_MEMBER).cloned())
+                .unwrap_or_default();
+            if self.selector.as_ref().is_none_or(|(m, _)| *m != named) {
+                self.selector = Some((named, Instant::now()));
+            }
+        }
+    }
+
     fn evaluate(&mut self, pair: &str, grace: Duration) {
         let Some(holder) = self.holder else {
             self.mismatch_since = None;
@@ -97,7 +120,13 @@ impl State {
         let what = format!("the VIP's endpoints name {stray:?} while {holder} holds the Lease");
         let (since, _) = self.mismatch_since.get_or_insert_with(|| (Instant::now(), what.clone()));
         if since.elapsed() > grace {
-            let msg = format!("{what} for over {grace:?}");
+            let ago = |t: Option<Instant>| t.map_or("?".to_string(), |t| format!("{} ms", t.elapsed().as_millis()));
+            let (sel, sel_at) = self.selector.clone().map_or((String::new(), None), |(m, t)| (m, Some(t)));
+            let msg = format!(
+                "{what} for over {grace:?} (the Lease moved {} ago; the selector names {sel:?} since {} ago)",
+                ago(self.holder_at),
+                ago(sel_at)
+            );
             if !self.breaches.iter().any(|(_, m)| *m == msg) {
                 self.breaches.push(("vip-routes-non-holder", msg));
             }
@@ -140,11 +169,21 @@ impl Routes {
     pub fn start(client: Client, ns: &str, pair: &str, grace: Duration) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
         let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+        let client_for_services = client.clone();
         let slices: Api<EndpointSlice> = Api::namespaced(client, ns);
         let by_name = watcher::Config::default().fields(&format!("metadata.name={pair}"));
         let by_service = watcher::Config::default().labels(&format!("kubernetes.io/service-name={pair}"));
         let lease_task = follow(leases, by_name, state.clone(), pair, grace, State::on_lease);
         let slice_task = follow(slices, by_service, state.clone(), pair, grace, State::on_slice);
+        let services: Api<Service> = Api::namespaced(client_for_services, ns);
+        let service_task = follow(
+            services,
+            watcher::Config::default().fields(&format!("metadata.name={pair}")),
+            state.clone(),
+            pair,
+            grace,
+            State::on_service,
+        );
         // The state is complete from the watches; this only measures how
         // long a mismatch has lasted when nothing else changes.
         let (p, s) = (pair.to_string(), state.clone());
@@ -154,7 +193,7 @@ impl Routes {
                 s.lock().unwrap().evaluate(&p, grace);
             }
         });
-        Routes { state, tasks: vec![lease_task, slice_task, tick] }
+        Routes { state, tasks: vec![lease_task, slice_task, service_task, tick] }
     }
 
     /// Breaches so far, by kind.
