@@ -102,6 +102,10 @@ pub(crate) struct State {
     pub peer_reachable: Option<bool>,
     /// Set while handing over: role standby, Lease still held and renewed.
     pub draining_since: Option<Instant>,
+    /// The drain's final generation is taken (the volume was quiet after
+    /// the role file changed): only then does the status say `draining`,
+    /// which the operator reads as "the standby may be caught up to this".
+    pub drained: bool,
     /// Heartbeat settings whose lease duration the last successful renewal
     /// wrote. The fence deadline derives from these, never from settings
     /// merely read: with a longer interval adopted but not yet published,
@@ -253,7 +257,7 @@ impl Agent {
             sync_generation: sync.as_ref().map_or(0, |x| x.point.generation),
             lease_renew_failures: s.renew_failures,
             released: s.released.clone(),
-            draining: s.draining_since.is_some(),
+            draining: s.draining_since.is_some() && s.drained,
             failsafe: s.on_promise(Instant::now()),
             sync,
         }
@@ -275,9 +279,19 @@ impl Agent {
             return s.draining_since.is_some() && s.epoch == epoch;
         }
         s.draining_since = Some(Instant::now());
+        s.drained = false;
         self.set_role(&mut s, Role::Standby, epoch);
         info!(epoch, "draining for a handover: stopped serving, still holding the lease");
         true
+    }
+
+    /// The drain at `epoch` has its final generation (see
+    /// [`AgentState::drained`]); false when it is no longer draining there.
+    pub fn mark_drained(&self, epoch: i64) -> bool {
+        let mut s = self.lock();
+        let still = s.draining_since.is_some() && s.epoch == epoch;
+        s.drained = still;
+        still
     }
 }
 
@@ -327,6 +341,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             peer: None,
             peer_reachable: None,
             draining_since: None,
+            drained: false,
             published: (config.interval_seconds.max(1), config.missed_threshold.max(2)),
             confirmed: None,
             promised_until: None,
@@ -495,6 +510,7 @@ mod tests {
             peer: None,
             peer_reachable: None,
             draining_since: None,
+            drained: false,
             published: (1, 3),
             confirmed: None,
             promised_until: None,

@@ -66,15 +66,22 @@ pub async fn start(
                 (&Method::POST, "/v1/failsafe") => promise(&agent, req.uri().query()),
                 (&Method::POST, "/v1/drain") => match query_epoch(req.uri().query()) {
                     Some(epoch) if agent.drain(epoch) => {
-                        if let Some(syncer) = &agent.syncer {
-                            // Writes that began before the role file changed
-                            // land first; then the final generation.
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            if let Err(e) = syncer.refresh(epoch).await {
-                                return reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                        // The final generation once the volume is quiet; on
+                        // its own task, so a caller that gives up waiting
+                        // does not leave the drain without it.
+                        let a = agent.clone();
+                        let settled = tokio::spawn(async move {
+                            if let Some(syncer) = &a.syncer {
+                                syncer.settle(epoch).await?;
                             }
+                            a.mark_drained(epoch);
+                            Ok::<_, std::io::Error>(())
+                        });
+                        match settled.await {
+                            Ok(Ok(())) => json_reply(&agent.status()),
+                            Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                         }
-                        json_reply(&agent.status())
                     }
                     Some(_) => reply(StatusCode::CONFLICT, "not active at that epoch"),
                     None => reply(StatusCode::BAD_REQUEST, "epoch=N required"),

@@ -14,6 +14,13 @@ use crate::sync::path::{self, Refusal};
 use crate::sync::state::Point;
 use crate::sync::wire::{self, ManifestReply};
 
+/// How long the volume of a member that stopped serving must stay
+/// unchanged before its final generation is taken.
+pub const QUIET: std::time::Duration = std::time::Duration::from_millis(200);
+/// The longest a drain waits for the volume to be quiet (within the
+/// operator's 2 s call).
+pub const SETTLE_MAX: std::time::Duration = std::time::Duration::from_millis(1500);
+
 impl Syncer {
     /// Scans every synced directory as the active member at `epoch`.
     pub async fn refresh(&self, epoch: i64) -> io::Result<Point> {
@@ -68,6 +75,29 @@ impl Syncer {
         r.changed_while_standby = g.state.split_brain_evidence().into_iter().collect();
         Self::active_backlog(g, &mut r, Instant::now());
         Ok(point)
+    }
+
+    /// The final generation of a member that stopped serving: writes the
+    /// application began before its role file changed may still land, so
+    /// the volume is scanned every [`QUIET`] until a scan finds nothing new
+    /// (at most [`SETTLE_MAX`]: an application that never stops writing
+    /// leaves what it writes after that as divergence, which a resync
+    /// quarantines). One fixed pause was not enough on a loaded node: a
+    /// write acknowledged after it was missing from the generation the
+    /// standby was waited for, and lost at the switchover.
+    pub async fn settle(&self, epoch: i64) -> io::Result<Point> {
+        let start = Instant::now();
+        tokio::time::sleep(QUIET).await;
+        let mut last = self.refresh(epoch).await?;
+        while start.elapsed() < SETTLE_MAX {
+            tokio::time::sleep(QUIET).await;
+            let now = self.refresh(epoch).await?;
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        Ok(last)
     }
 
     /// Stops attributing unscanned changes to the active epoch: called

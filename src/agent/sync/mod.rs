@@ -280,6 +280,26 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_drain_takes_its_final_generation_once_the_volume_is_quiet() {
+        let root = crate::sync::path::tests::tempdir();
+        std::fs::write(root.join("log"), b"0\n").unwrap();
+        let s = syncer(root.clone());
+        s.refresh(5).await.unwrap();
+        // A write the application began before its role changed, landing
+        // well past one quiet period later (a loaded node).
+        let log = root.join("log");
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(active::QUIET + Duration::from_millis(150)).await;
+            let mut f = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+            std::io::Write::write_all(&mut f, b"late\n").unwrap();
+        });
+        let settled = s.settle(5).await.unwrap();
+        late.await.unwrap();
+        assert_eq!(settled, s.refresh(5).await.unwrap(), "the late write is in the final generation");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn orders_run_one_at_a_time_and_a_finished_report_outlives_the_next_order() {
         let root = crate::sync::path::tests::tempdir();
         let s = syncer(root.clone());
