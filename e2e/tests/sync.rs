@@ -488,6 +488,9 @@ async fn partition_split_brain(name: &str, policy: serde_json::Value, resolve_at
         p.status.as_ref().is_some_and(|s| s.active_member == Some(Member::Secondary))
     })
     .await;
+    // The elected secondary takes writes before the heal (on a loaded node
+    // the VIP's endpoints can take a while to follow).
+    writer.wait_epoch(2, WAIT).await;
     let primary = h.data_dir("web", Member::Primary).await;
     std::fs::write(primary.join("while-fenced.txt"), b"written on the fenced primary").unwrap();
     h.partition("web", Member::Primary, false).await;
