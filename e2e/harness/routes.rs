@@ -29,7 +29,9 @@ struct State {
     highest_epoch: i64,
     /// Ready endpoints' pod names, per slice.
     slices: BTreeMap<String, BTreeSet<String>>,
-    mismatch_since: Option<(Instant, String)>,
+    /// When the routes stopped matching the Lease, and whether that
+    /// episode was reported (once: its description changes, it does not).
+    mismatch_since: Option<(Instant, bool)>,
     /// Breaches, each kind with its first few descriptions and a count.
     breaches: Vec<(&'static str, String)>,
     /// Hand edits of the Lease's epoch a test announced: each lets one
@@ -118,8 +120,9 @@ impl State {
             return;
         }
         let what = format!("the VIP's endpoints name {stray:?} while {holder} holds the Lease");
-        let (since, _) = self.mismatch_since.get_or_insert_with(|| (Instant::now(), what.clone()));
-        if since.elapsed() > grace {
+        let (since, reported) = self.mismatch_since.get_or_insert_with(|| (Instant::now(), false));
+        if since.elapsed() > grace && !*reported {
+            *reported = true;
             let ago = |t: Option<Instant>| t.map_or("?".to_string(), |t| format!("{} ms", t.elapsed().as_millis()));
             let (sel, sel_at) = self.selector.clone().map_or((String::new(), None), |(m, t)| (m, Some(t)));
             let msg = format!(
