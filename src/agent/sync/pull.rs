@@ -159,15 +159,18 @@ impl Syncer {
         }
         drop(g);
         if let Some(order) = order {
-            let previous = r.resync.take();
-            let (same, other): (Vec<_>, Vec<_>) = previous.into_iter().partition(|x| x.label == order.label && !x.done);
-            for done in other.into_iter().filter(|x| x.done) {
-                r.earlier_resyncs.retain(|x| x.label != done.label);
-                r.earlier_resyncs.push(done);
-                let excess = r.earlier_resyncs.len().saturating_sub(crate::proto::EARLIER_RESYNCS);
-                r.earlier_resyncs.drain(..excess);
-            }
-            let mut report = same.into_iter().next().unwrap_or(ResyncReport {
+            let running = match r.resync.take() {
+                Some(x) if x.label == order.label && !x.done => Some(x),
+                Some(done) if done.done => {
+                    r.earlier_resyncs.retain(|x| x.label != done.label);
+                    r.earlier_resyncs.push(done);
+                    let excess = r.earlier_resyncs.len().saturating_sub(crate::proto::EARLIER_RESYNCS);
+                    r.earlier_resyncs.drain(..excess);
+                    None
+                }
+                _ => None,
+            };
+            let mut report = running.unwrap_or(ResyncReport {
                 label: order.label.clone(),
                 dry_run: order.dry_run,
                 done: false,
