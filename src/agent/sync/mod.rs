@@ -156,9 +156,17 @@ impl Syncer {
     }
 
     /// The agent says whether the member serves (active, or draining for a
-    /// handover) on every change of role.
+    /// handover) on every change of role. A member that serves drops any
+    /// resync order it had not finished: the order was to follow the active
+    /// member of its time, and orders now run one at a time, so a stale one
+    /// would hold every later order back until it ran against a newer
+    /// active. Its Job sees the member is no longer standby and fails or
+    /// orders again.
     pub fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::SeqCst);
+        if serving && let Some(dropped) = self.order.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            warn!(label = %dropped.label, "resync order dropped: this member serves now");
+        }
     }
 
     /// Whether a pull must stop: the member is about to serve or serves.
@@ -308,6 +316,13 @@ mod tests {
         // order it again (a retried pod) at any time.
         let why = s.set_order(order("splitbrain-3-1", false)).unwrap_err();
         assert!(why.contains("resync-3"), "{why}");
+        s.set_order(order("resync-3", false)).unwrap();
+        // A member that starts serving drops an unfinished order: it must
+        // not hold later orders back once it is standby again.
+        s.set_serving(true);
+        s.set_serving(false);
+        s.set_order(order("splitbrain-3-0", false)).unwrap();
+        *s.order.lock().unwrap() = None;
         s.set_order(order("resync-3", false)).unwrap();
         // Done (as a round marks it): the next order is taken, and the
         // report of the first stays findable once the next one's replaces it.
