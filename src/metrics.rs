@@ -17,6 +17,8 @@ pub struct AgentMetrics {
     pub lease_renew_failures: IntCounter,
     pub fenced_total: IntCounter,
     pub health_check_failures: IntCounter,
+    /// Writes of the role files that failed (each is retried).
+    pub role_file_failures: IntCounter,
     role: IntGaugeVec,
     pub fenced: IntGauge,
     /// Serving past the renewal deadline on the peer's promise.
@@ -41,6 +43,10 @@ impl AgentMetrics {
             health_check_failures: IntCounter::new(
                 "hapair_agent_health_check_failures_total",
                 "Application health checks that failed",
+            )?,
+            role_file_failures: IntCounter::new(
+                "hapair_agent_role_file_failures_total",
+                "Writes of the role files that failed; the agent retries them and reports the role the files may still show",
             )?,
             role: IntGaugeVec::new(Opts::new("hapair_agent_role", "1 for the member's current role"), &["role"])?,
             fenced: IntGauge::new("hapair_agent_fenced", "1 while the agent is fenced")?,
@@ -76,6 +82,7 @@ impl AgentMetrics {
             Box::new(self.lease_renew_failures.clone()),
             Box::new(self.fenced_total.clone()),
             Box::new(self.health_check_failures.clone()),
+            Box::new(self.role_file_failures.clone()),
             Box::new(self.role.clone()),
             Box::new(self.fenced.clone()),
             Box::new(self.failsafe_serving.clone()),

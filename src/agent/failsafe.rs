@@ -78,7 +78,7 @@ impl std::fmt::Display for Refusal {
 /// grant is capped at the lease duration this member knows, so a peer
 /// sending garbage cannot freeze it for long.
 pub(super) fn grant(s: &mut State, epoch: i64, asked: Duration, now: Instant) -> Result<Duration, Refusal> {
-    if s.role == Role::Active || s.draining_since.is_some() {
+    if s.shown_role(now) == Role::Active || s.draining_since.is_some() {
         return Err(Refusal::Serving);
     }
     if s.claiming {
@@ -228,9 +228,7 @@ pub(super) async fn failsafe_loop(agent: std::sync::Arc<Agent>) {
                 if !was && s.on_promise(Instant::now()) {
                     info!(epoch, "the API server does not answer: serving on the peer's promise");
                 }
-                if let Err(e) = agent.files.refresh(s.deadline()) {
-                    warn!(error = %e, "cannot move the role file's deadline");
-                }
+                agent.refresh_deadline(&mut s);
             }
             (Ok(body), None) => {
                 warn!(epoch, answer = %String::from_utf8_lossy(&body), "the peer answered a promise with garbage");

@@ -10,7 +10,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use tracing::{info, warn};
 
-use super::{Agent, lease, renewal};
+use super::{Agent, lease, renewal, role_word};
 use crate::api::Role;
 
 /// Runs an API call in a task of its own and waits for it at most `wait`;
@@ -158,11 +158,7 @@ async fn apply_verdict(
 fn renewed(agent: &Agent, used: (i32, i32), view: lease::LeaseView, sent: Instant) {
     let mut s = agent.lock();
     let changed = s.record_renewal(used, &view, sent);
-    if s.role == Role::Active
-        && let Err(e) = agent.files.refresh(s.deadline())
-    {
-        warn!(error = %e, "cannot move the role file's deadline");
-    }
+    agent.refresh_deadline(&mut s);
     drop(s);
     if changed {
         // New heartbeat settings: publish their lease duration right away.
@@ -248,20 +244,32 @@ pub(super) async fn watchdog(agent: Arc<Agent>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        let mut s = agent.lock();
-        let now = Instant::now();
-        agent.metrics.failsafe_serving.set(i64::from(s.on_promise(now)));
-        if s.role != Role::Active && s.draining_since.is_none() {
-            continue;
-        }
-        let overdue = s.fence_at().is_none_or(|t| now >= t);
-        if overdue {
-            let epoch = s.epoch;
-            s.draining_since = None;
-            warn!(epoch, "no lease renewal within the deadline: fencing");
-            agent.set_role(&mut s, Role::Fenced, epoch);
-            agent.metrics.fenced_total.inc();
-        }
+        watchdog_tick(&agent, Instant::now());
+    }
+}
+
+/// One watchdog pass: retries role files that could not be written, and
+/// fences an active member whose deadline passed.
+pub(super) fn watchdog_tick(agent: &Agent, now: Instant) {
+    let mut s = agent.lock();
+    agent.metrics.failsafe_serving.set(i64::from(s.on_promise(now)));
+    if s.files.stale && agent.write_files(&mut s) {
+        info!(role = role_word(s.role), epoch = s.epoch, "role files written after earlier failures");
+    }
+    if s.files.active_until.is_some_and(|t| t <= now) {
+        // Their deadline passed: the application no longer acts on them.
+        s.files.active_until = None;
+    }
+    if s.role != Role::Active && s.draining_since.is_none() {
+        return;
+    }
+    let overdue = s.fence_at().is_none_or(|t| now >= t);
+    if overdue {
+        let epoch = s.epoch;
+        s.draining_since = None;
+        warn!(epoch, "no lease renewal within the deadline: fencing");
+        agent.set_role(&mut s, Role::Fenced, epoch);
+        agent.metrics.fenced_total.inc();
     }
 }
 

@@ -138,6 +138,26 @@ pub(crate) struct State {
     pub named_checked: Option<i64>,
     /// A claim deferred until then (the lease loop wakes up for it).
     pub claim_at: Option<Instant>,
+    /// What the role files say, which is what the application acts on.
+    pub files: FilesShow,
+}
+
+/// What the role files show, as far as the agent knows. A write can fail (a
+/// full or read-only run directory): the role the agent holds and the one
+/// its application reads then differ, and every answer about this member
+/// must take the worse of the two — a member whose files may still say
+/// `active` is reported active to the peer and the operator until they are
+/// rewritten or their deadline passes, or a new holder would promote at
+/// once while this application still serves.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FilesShow {
+    /// The last write failed; the watchdog retries it every tick.
+    pub stale: bool,
+    /// The deadline the files carry while they say `active` (as the fence
+    /// instant it was written from).
+    pub deadline: Option<Instant>,
+    /// The files may still say `active` until then.
+    pub active_until: Option<Instant>,
 }
 
 impl State {
@@ -195,6 +215,12 @@ impl State {
     fn ready(&self) -> bool {
         self.role != Role::Fenced && self.app_healthy() != Some(false)
     }
+
+    /// The role to report to the peer and the operator: `active` while the
+    /// role files may still show it (see [`FilesShow`]), else the role held.
+    fn shown_role(&self, now: Instant) -> Role {
+        if self.files.active_until.is_some_and(|t| t > now) { Role::Active } else { self.role }
+    }
 }
 
 pub(crate) struct Agent {
@@ -221,17 +247,66 @@ impl Agent {
         if state.role == role && state.epoch == epoch {
             return;
         }
-        if let Err(e) = self.files.publish(role, epoch, state.deadline()) {
-            warn!(error = %e, "cannot write the role files");
-        }
+        let leaving = state.role == Role::Active && role != Role::Active;
         info!(from = role_word(state.role), to = role_word(role), epoch, "role changed");
         state.role = role;
         state.epoch = epoch;
+        if !self.write_files(state) && leaving {
+            // The application may go on reading `active` until the deadline
+            // its files carry; nobody may count this member as stood down
+            // before then.
+            let until = state.files.deadline;
+            state.files.active_until = state.files.active_until.max(until);
+            warn!(epoch, "left the active role but the role file still says active: reported active until it is rewritten or its deadline passes");
+        }
         self.metrics.set_role(role);
         self.publish_serving(state);
         if let Some(syncer) = &self.syncer {
             // Scan or pull for the new role now, not at the next interval.
             syncer.wake.notify_one();
+        }
+    }
+
+    /// Writes the role, epoch and deadline the state holds to the role
+    /// files; on failure the files are marked stale for the watchdog to
+    /// retry. Returns whether they were written.
+    fn write_files(&self, state: &mut State) -> bool {
+        match self.files.publish(state.role, state.epoch, state.deadline()) {
+            Ok(()) => {
+                state.files = FilesShow {
+                    stale: false,
+                    deadline: state.fence_at().filter(|_| state.role == Role::Active),
+                    active_until: None,
+                };
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot write the role files; retrying");
+                self.metrics.role_file_failures.inc();
+                state.files.stale = true;
+                false
+            }
+        }
+    }
+
+    /// Moves the role file's deadline after a renewal or a promise.
+    fn refresh_deadline(&self, state: &mut State) {
+        if state.role != Role::Active {
+            return;
+        }
+        if state.files.stale {
+            // Rewrite them whole: the role itself may not be written yet.
+            self.write_files(state);
+            return;
+        }
+        match self.files.refresh(state.deadline()) {
+            Ok(()) => state.files.deadline = state.fence_at(),
+            Err(e) => {
+                // The file keeps the earlier deadline: the application stops
+                // sooner, never later.
+                warn!(error = %e, "cannot move the role file's deadline");
+                self.metrics.role_file_failures.inc();
+            }
         }
     }
 
@@ -249,7 +324,7 @@ impl Agent {
         AgentStatus {
             member: self.config.member,
             pod_uid: self.config.pod_uid.clone(),
-            role: s.role,
+            role: s.shown_role(Instant::now()),
             epoch: s.epoch,
             app_healthy: s.app_healthy(),
             wall_clock: crate::clock::now(),
@@ -257,7 +332,7 @@ impl Agent {
             sync_generation: sync.as_ref().map_or(0, |x| x.point.generation),
             lease_renew_failures: s.renew_failures,
             released: s.released.clone(),
-            draining: s.draining_since.is_some() && s.drained,
+            draining: s.draining_since.is_some() && s.drained && !s.files.stale,
             failsafe: s.on_promise(Instant::now()),
             sync,
         }
@@ -286,10 +361,12 @@ impl Agent {
     }
 
     /// The drain at `epoch` has its final generation (see
-    /// [`AgentState::drained`]); false when it is no longer draining there.
+    /// [`AgentState::drained`]); false when it is no longer draining there,
+    /// or when the role file could not be changed (the application may
+    /// still be writing: the operator's next drain call settles again).
     pub fn mark_drained(&self, epoch: i64) -> bool {
         let mut s = self.lock();
-        let still = s.draining_since.is_some() && s.epoch == epoch;
+        let still = s.draining_since.is_some() && s.epoch == epoch && !s.files.stale;
         s.drained = still;
         still
     }
@@ -352,6 +429,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             other_fenced_by: None,
             named_checked: None,
             claim_at: None,
+            files: FilesShow::default(),
             started_hold: Some(
                 Instant::now()
                     + Duration::from_secs((config.interval_seconds.max(1) * config.missed_threshold.max(2)) as u64),
@@ -521,8 +599,86 @@ mod tests {
             other_fenced_by: None,
             named_checked: None,
             claim_at: None,
+            files: FilesShow::default(),
             started_hold: None,
         }
+    }
+
+    /// An agent with no cluster, peer or file sync, its role files in `dir`.
+    pub(super) fn agent(dir: &std::path::Path) -> Agent {
+        let registry = prometheus::Registry::new();
+        let metrics = AgentMetrics::register(&registry).unwrap();
+        Agent {
+            config: Config {
+                pair: "p".into(),
+                namespace: "n".into(),
+                member: Member::Primary,
+                pod_uid: "uid".into(),
+                bind: IpAddr::from([127, 0, 0, 1]),
+                port: 7443,
+                probe_port: 7444,
+                app_host: "127.0.0.1".into(),
+                health_check: None,
+                interval_seconds: 1,
+                missed_threshold: 3,
+                run_dir: dir.into(),
+                tls_dir: dir.join("tls"),
+                data_dir: None,
+                file_sync: None,
+            },
+            state: Mutex::new(state()),
+            files: RoleFiles::new(dir).unwrap(),
+            wake: Notify::new(),
+            metrics,
+            registry,
+            identity: "primary/uid".into(),
+            syncer: None,
+            peer_tls: None,
+        }
+    }
+
+    #[test]
+    fn a_member_whose_role_file_still_says_active_is_reported_active_until_it_is_rewritten() {
+        let dir = std::env::temp_dir().join(format!("hapair-stale-role-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let agent = agent(&dir);
+        let role = || std::fs::read_to_string(dir.join("role")).unwrap();
+        {
+            let mut s = agent.lock();
+            s.record_renewal((1, 3), &view(1, 3), Instant::now());
+            assert!(agent.write_files(&mut s));
+        }
+        assert_eq!(role(), "active\n");
+        // The run directory refuses the role file (a directory squats its
+        // temporary name, as a full or read-only volume would refuse it).
+        std::fs::create_dir(dir.join("role.tmp")).unwrap();
+        assert!(agent.drain(1), "the drain itself proceeds");
+        assert_eq!(role(), "active\n", "the application still reads active");
+        assert!(!agent.mark_drained(1), "no final generation while the application may still write");
+        let status = agent.status();
+        assert_eq!(status.role, Role::Active, "the peer must not count this member as stood down");
+        assert!(!status.draining, "the operator must not move the Lease on this drain");
+        assert!(matches!(
+            failsafe::grant(&mut agent.lock(), 1, Duration::from_secs(1), Instant::now()),
+            Err(failsafe::Refusal::Serving)
+        ));
+        assert!(agent.metrics.role_file_failures.get() >= 1);
+        // The retry fails while the directory refuses; the report holds.
+        lease_task::watchdog_tick(&agent, Instant::now());
+        assert_eq!(agent.status().role, Role::Active);
+        // Past the deadline the files carry, the application has stopped by
+        // itself: the report may follow the role held.
+        let past = agent.lock().files.deadline.unwrap() + Duration::from_millis(1);
+        assert_eq!(agent.lock().shown_role(past), Role::Standby);
+        // Once the directory takes writes again, the next tick rewrites them.
+        std::fs::remove_dir(dir.join("role.tmp")).unwrap();
+        lease_task::watchdog_tick(&agent, Instant::now());
+        assert_eq!(role(), "standby\n");
+        let status = agent.status();
+        assert_eq!(status.role, Role::Standby);
+        assert!(agent.mark_drained(1));
+        assert!(agent.status().draining);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     fn view(interval: i32, missed: i32) -> lease::LeaseView {
