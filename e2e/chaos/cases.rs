@@ -8,9 +8,10 @@
 
 use std::time::Duration;
 
-use hapair::api::{AGENT_CONTAINER, LABEL_MEMBER, Member};
+use hapair::api::{AGENT_CONTAINER, LABEL_MEMBER, LABEL_PAIR, Member};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
@@ -52,6 +53,7 @@ cases! {
     LeaseDeleted = "lease-deleted",
     LeaseHolderEdited = "lease-holder-edited",
     VipSelectorEdited = "vip-selector-edited",
+    VipSliceEdited = "vip-slice-edited",
     OperatorKilledInFailover = "operator-killed-in-failover",
     OperatorKilledInSwitchover = "operator-killed-in-switchover",
     OperatorLeaderFrozen = "operator-leader-frozen-30s",
@@ -114,6 +116,7 @@ impl Case {
             Case::CutApi
                 | Case::CutPeer
                 | Case::VipSelectorEdited
+                | Case::VipSliceEdited
                 | Case::ApiServerDown
                 | Case::OperatorCut
                 | Case::ApiResponsesDelayed
@@ -300,9 +303,23 @@ pub async fn inject(case: Case, t: &mut Target<'_>) -> Injected {
             leases.patch(pair, &PatchParams::default(), &Patch::Merge(&edit)).await.expect("Lease edited");
         }
         Case::VipSelectorEdited => {
+            // A selector naming the standby: kube-controller-manager then
+            // makes a slice routing to it beside the operator's.
             let services: Api<Service> = Api::namespaced(h.client.clone(), &h.ns.name);
-            let edit = json!({"spec": {"selector": {LABEL_MEMBER: active.peer().to_string()}}});
+            let edit = json!({"spec": {"selector": {LABEL_PAIR: pair, LABEL_MEMBER: active.peer().to_string()}}});
             services.patch(pair, &PatchParams::default(), &Patch::Merge(&edit)).await.expect("selector edited");
+        }
+        Case::VipSliceEdited => {
+            // The operator's own slice pointed at the standby's pod.
+            let standby = t.pod(active.peer()).await;
+            let ip = standby.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+            let slices: Api<EndpointSlice> = Api::namespaced(h.client.clone(), &h.ns.name);
+            let edit = json!({"endpoints": [{"addresses": [ip], "conditions": {"ready": true},
+                "targetRef": {"kind": "Pod", "name": standby.metadata.name, "uid": standby.metadata.uid}}]});
+            slices
+                .patch(&format!("{pair}-hapair"), &PatchParams::default(), &Patch::Merge(&edit))
+                .await
+                .expect("slice edited");
         }
         Case::OperatorKilledInFailover => {
             let leader = t.leader().await;

@@ -3,10 +3,10 @@
 //! reaches the watcher in order (a watch that breaks is listed again), so
 //! nothing between two samples is missed:
 //!
-//! - the VIP's EndpointSlices name a ready pod other than the Lease holder's
-//!   for longer than `grace` (one reconcile of the operator plus the
-//!   endpoint controller's turn): clients are sent to a member that does not
-//!   hold the role;
+//! - the VIP's EndpointSlices (the operator's, and any other naming the
+//!   Service) name a ready pod other than the Lease holder's for longer than
+//!   `grace` (one reconcile of the operator): clients are sent to a member
+//!   that does not hold the role;
 //! - the Lease's epoch (`leaseTransitions`) goes below one it had before: the
 //!   fencing token went backwards.
 
@@ -18,7 +18,6 @@ use futures::StreamExt;
 use hapair::api::Member;
 use hapair::proto::parse_identity;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
@@ -27,8 +26,8 @@ use kube::{Api, Client};
 struct State {
     holder: Option<Member>,
     highest_epoch: i64,
-    /// Ready endpoints' pod names, per slice.
-    slices: BTreeMap<String, BTreeSet<String>>,
+    /// Ready endpoints' pod names, per slice, and when they last changed.
+    slices: BTreeMap<String, (BTreeSet<String>, Instant)>,
     /// When the routes stopped matching the Lease, and whether that
     /// episode was reported (once: its description changes, it does not).
     mismatch_since: Option<(Instant, bool)>,
@@ -40,11 +39,9 @@ struct State {
     edits_expected: u32,
     /// The epoch of the Lease version seen last.
     last_epoch: i64,
-    /// When the holder last changed, and the VIP Service's selector (the
-    /// member it names) and when that last changed: a breach says whether
-    /// the operator's write or the endpoint controller's lagged.
+    /// When the holder last changed: a breach says how long after it the
+    /// slices moved.
     holder_at: Option<Instant>,
-    selector: Option<(String, Instant)>,
 }
 
 impl State {
@@ -84,7 +81,9 @@ impl State {
                     .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
                     .filter_map(|e| e.target_ref.as_ref()?.name.clone())
                     .collect();
-                self.slices.insert(name, ready);
+                if self.slices.get(&name).is_none_or(|(had, _)| *had != ready) {
+                    self.slices.insert(name, (ready, Instant::now()));
+                }
             }
             Event::Delete(es) => {
                 self.slices.remove(&es.metadata.name.unwrap_or_default());
@@ -95,26 +94,13 @@ impl State {
         }
     }
 
-    fn on_service(&mut self, ev: Event<Service>) {
-        if let Event::Apply(svc) | Event::InitApply(svc) = ev {
-            let named = svc
-                .spec
-                .and_then(|s| s.selector)
-                .and_then(|s| s.get(hapair::api::LABEL_MEMBER).cloned())
-                .unwrap_or_default();
-            if self.selector.as_ref().is_none_or(|(m, _)| *m != named) {
-                self.selector = Some((named, Instant::now()));
-            }
-        }
-    }
-
     fn evaluate(&mut self, pair: &str, grace: Duration) {
         let Some(holder) = self.holder else {
             self.mismatch_since = None;
             return;
         };
         let own = holder.pod_name(pair);
-        let stray: Vec<&String> = self.slices.values().flatten().filter(|p| **p != own).collect();
+        let stray: Vec<&String> = self.slices.values().flat_map(|(p, _)| p).filter(|p| **p != own).collect();
         if stray.is_empty() {
             self.mismatch_since = None;
             return;
@@ -124,11 +110,15 @@ impl State {
         if since.elapsed() > grace && !*reported {
             *reported = true;
             let ago = |t: Option<Instant>| t.map_or("?".to_string(), |t| format!("{} ms", t.elapsed().as_millis()));
-            let (sel, sel_at) = self.selector.clone().map_or((String::new(), None), |(m, t)| (m, Some(t)));
+            let slices: Vec<String> = self
+                .slices
+                .iter()
+                .map(|(name, (pods, at))| format!("{name} names {pods:?} since {} ago", ago(Some(*at))))
+                .collect();
             let msg = format!(
-                "{what} for over {grace:?} (the Lease moved {} ago; the selector names {sel:?} since {} ago)",
+                "{what} for over {grace:?} (the Lease moved {} ago; {})",
                 ago(self.holder_at),
-                ago(sel_at)
+                slices.join("; ")
             );
             if !self.breaches.iter().any(|(_, m)| *m == msg) {
                 self.breaches.push(("vip-routes-non-holder", msg));
@@ -172,21 +162,11 @@ impl Routes {
     pub fn start(client: Client, ns: &str, pair: &str, grace: Duration) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
         let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
-        let client_for_services = client.clone();
         let slices: Api<EndpointSlice> = Api::namespaced(client, ns);
         let by_name = watcher::Config::default().fields(&format!("metadata.name={pair}"));
         let by_service = watcher::Config::default().labels(&format!("kubernetes.io/service-name={pair}"));
         let lease_task = follow(leases, by_name, state.clone(), pair, grace, State::on_lease);
         let slice_task = follow(slices, by_service, state.clone(), pair, grace, State::on_slice);
-        let services: Api<Service> = Api::namespaced(client_for_services, ns);
-        let service_task = follow(
-            services,
-            watcher::Config::default().fields(&format!("metadata.name={pair}")),
-            state.clone(),
-            pair,
-            grace,
-            State::on_service,
-        );
         // The state is complete from the watches; this only measures how
         // long a mismatch has lasted when nothing else changes.
         let (p, s) = (pair.to_string(), state.clone());
@@ -196,7 +176,7 @@ impl Routes {
                 s.lock().unwrap().evaluate(&p, grace);
             }
         });
-        Routes { state, tasks: vec![lease_task, slice_task, service_task, tick] }
+        Routes { state, tasks: vec![lease_task, slice_task, tick] }
     }
 
     /// Breaches so far, by kind.

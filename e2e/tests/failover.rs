@@ -313,9 +313,17 @@ async fn an_operator_killed_between_the_lease_move_and_the_selector_move_converg
         assert!(start.elapsed() < FAILOVER, "the lease never moved");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let services: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(h.client.clone(), &h.ns.name);
-    let selector = services.get("web").await.unwrap().spec.unwrap().selector.unwrap();
-    assert_eq!(selector["hapair.dev/member"], "primary", "the operator died before moving the selector");
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        kube::Api::namespaced(h.client.clone(), &h.ns.name);
+    let routed: Vec<String> = slices
+        .get("web-hapair")
+        .await
+        .unwrap()
+        .endpoints
+        .iter()
+        .filter_map(|e| e.target_ref.as_ref()?.name.clone())
+        .collect();
+    assert_eq!(routed, ["web-primary"], "the operator died before moving the VIP's endpoint");
     h.start_operator();
     h.wait_active(Member::Secondary, 2).await;
     h.wait_vip_writable("web").await;

@@ -134,7 +134,15 @@ async fn the_plugin_shows_the_pair_and_drives_operations_to_their_outcome() {
         "{out}"
     );
     assert!(out.contains("PrimaryActive") && out.contains("SecondarySyncing") && out.contains("web-primary"), "{out}");
-    assert!(out.contains("VIP  Service web -> primary"), "{out}");
+    // The VIP line says what the Service's EndpointSlice routes to, as the
+    // operator read it back (one reconcile after it wrote it).
+    let start = std::time::Instant::now();
+    let mut out = out;
+    while !out.contains("VIP  Service web -> primary (web-primary, ") {
+        assert!(start.elapsed() < Duration::from_secs(10), "{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        out = tokio::task::block_in_place(|| plugin(&h, &["status", "web"])).1;
+    }
 
     let (ok, out, err) = tokio::task::block_in_place(|| plugin(&h, &["switchover", "web", "--wait"]));
     assert!(ok, "{out}{err}");

@@ -135,35 +135,25 @@ async fn a_deleted_pair_leaves_no_metric_series_and_its_neighbour_keeps_its_own(
     assert!(kept_after.len() + 4 >= kept_before, "the kept pair lost series: {kept_before} -> {}", kept_after.len());
 }
 
+/// The VIP's routing edited by hand three ways: a selector given to the
+/// Service (kube-controller-manager would then route it to whatever that
+/// selects, beside the operator's slice), the operator's EndpointSlice
+/// pointed at the standby, and that slice deleted. Each is undone at once,
+/// and what the cluster routes — every slice of the Service — names the
+/// active member alone.
 #[tokio::test]
-async fn a_hand_edited_vip_selector_is_put_back_at_once_and_the_endpoints_follow() {
+async fn hand_edits_of_the_vip_routing_are_put_back_at_once() {
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     let (h, active, _) = up("drift", 1).await;
     let active_ip = h.member_pod("web", active).await.status.unwrap().pod_ip.unwrap();
+    let standby_pod = h.member_pod("web", active.peer()).await;
+    let standby_ip = standby_pod.status.clone().unwrap().pod_ip.unwrap();
     let services: Api<Service> = Api::namespaced(h.client.clone(), &h.ns.name);
-    let selected = |s: &Service| s.spec.as_ref()?.selector.as_ref()?.get(hapair::api::LABEL_MEMBER).cloned();
-    for edit in [
-        json!({"spec": {"selector": {hapair::api::LABEL_MEMBER: active.peer().to_string()}}}),
-        json!({"spec": {"selector": {hapair::api::LABEL_MEMBER: null}}}),
-    ] {
-        let start = Instant::now();
-        services.patch("web", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
-        loop {
-            let s = services.get("web").await.unwrap();
-            if selected(&s) == Some(active.to_string()) {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(5), "the selector was not put back: {:?}", s.spec);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        eprintln!("selector edited by hand ({edit}) put back after {:?}", start.elapsed());
-    }
-    // What the cluster routes, not only what the operator wrote: the VIP's
-    // EndpointSlices name the active member alone.
     let slices: Api<EndpointSlice> = Api::namespaced(h.client.clone(), &h.ns.name);
-    let start = Instant::now();
-    loop {
+    // Every ready address any slice of the Service names, and the count of
+    // slices: what kube-proxy routes.
+    let routed = || async {
         let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.unwrap();
         let ready: Vec<String> = list
             .items
@@ -172,12 +162,70 @@ async fn a_hand_edited_vip_selector_is_put_back_at_once_and_the_endpoints_follow
             .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
             .flat_map(|e| e.addresses.clone())
             .collect();
-        if ready == [active_ip.clone()] {
-            break;
+        (ready, list.items.len())
+    };
+    let settled = |what: &'static str| {
+        let routed = &routed;
+        let services = &services;
+        let active_ip = active_ip.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let (ready, n) = routed().await;
+                let selector = services.get("web").await.unwrap().spec.unwrap().selector;
+                if ready == [active_ip.clone()] && n == 1 && selector.is_none() {
+                    eprintln!("{what}: put back after {:?}", start.elapsed());
+                    return start.elapsed();
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "{what}: the VIP routes to {ready:?} over {n} slices with selector {selector:?}, not only {active_ip}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "the VIP routes to {ready:?}, not only {active_ip}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(routed().await, (vec![active_ip.clone()], 1), "one slice, the operator's, naming the active");
+
+    // A selector naming the standby: the endpoint controller adds a slice
+    // for it until the operator removes the selector and that slice.
+    let edit =
+        json!({"spec": {"selector": {"hapair.dev/pair": "web", hapair::api::LABEL_MEMBER: active.peer().to_string()}}});
+    services.patch("web", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    let start = Instant::now();
+    let mut saw_controller = false;
+    while start.elapsed() < Duration::from_secs(2) && !saw_controller {
+        saw_controller = routed().await.0.contains(&standby_ip);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eprintln!(
+        "the endpoint controller's slice for the standby {}",
+        if saw_controller { "was seen" } else { "was never seen" }
+    );
+    settled("a selector added to the Service").await;
+    // The operator's own slice pointed at the standby.
+    let edit = json!({"endpoints": [{"addresses": [standby_ip], "conditions": {"ready": true},
+        "targetRef": {"kind": "Pod", "name": standby_pod.metadata.name, "uid": standby_pod.metadata.uid}}]});
+    slices.patch("web-hapair", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    settled("the slice pointed at the standby").await;
+    // The slice deleted.
+    slices.delete("web-hapair", &Default::default()).await.unwrap();
+    settled("the slice deleted").await;
+    // Left alone after: nothing rewrites a slice that is right.
+    let rv = slices.get("web-hapair").await.unwrap().metadata.resource_version;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        slices.get("web-hapair").await.unwrap().metadata.resource_version,
+        rv,
+        "a slice that is right is not written"
+    );
+    // The status and the plugin's screen say what the cluster routes.
+    let p = h
+        .wait_for("web", "the routing in the status", Duration::from_secs(10), |p| {
+            p.status.as_ref().and_then(|s| s.routing.as_ref()).is_some_and(|r| r.member == Some(active))
+        })
+        .await;
+    assert_eq!(p.status.unwrap().routing.unwrap().addresses, [active_ip]);
 }
 
 #[tokio::test]

@@ -257,7 +257,10 @@ impl Agent {
             // before then.
             let until = state.files.deadline;
             state.files.active_until = state.files.active_until.max(until);
-            warn!(epoch, "left the active role but the role file still says active: reported active until it is rewritten or its deadline passes");
+            warn!(
+                epoch,
+                "left the active role but the role file still says active: reported active until it is rewritten or its deadline passes"
+            );
         }
         self.metrics.set_role(role);
         self.publish_serving(state);

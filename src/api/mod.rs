@@ -25,8 +25,14 @@ pub const GROUP: &str = "hapair.dev";
 /// Label on every object the operator creates for a pair: the pair's name.
 pub const LABEL_PAIR: &str = "hapair.dev/pair";
 /// Label on a member pod: its configured role (`primary` or `secondary`).
-/// The VIP Service selects on it together with [`LABEL_PAIR`].
+/// Network policies and people select on it together with [`LABEL_PAIR`].
 pub const LABEL_MEMBER: &str = "hapair.dev/member";
+/// Label naming the Service an EndpointSlice serves (Kubernetes' own).
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Label naming who manages an EndpointSlice (Kubernetes' own).
+pub const LABEL_SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+/// [`LABEL_SLICE_MANAGED_BY`] on the slices the operator writes.
+pub const SLICE_MANAGER: &str = "operator.hapair.dev";
 /// Label on a member pod: its current role (`active`, `standby`, `fenced`).
 pub const LABEL_ROLE: &str = "hapair.dev/role";
 /// Name of the sidecar the operator injects into each member pod; an

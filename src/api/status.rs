@@ -77,6 +77,26 @@ pub struct HighAvailabilityPairStatus {
     /// The most recent resync Job and what it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<ResyncStatus>,
+    /// Where the pair's Service sends clients, read back from its
+    /// EndpointSlice as stored (what kube-proxy follows), not from what the
+    /// operator meant to write: the two differ for a moment after a
+    /// failover, and for longer only if something is wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
+}
+
+/// What the pair's Service routes to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Routing {
+    /// The member whose pod the endpoint names; unset when it names none,
+    /// or a pod that is not one of the pair's members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<Member>,
+    /// The addresses clients are sent to (endpoints marked ready).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub addresses: Vec<String>,
 }
 
 /// A resync Job (`<pair>-resync-<epoch>`) and its outcome: what the target
@@ -268,7 +288,8 @@ pub struct Transition {
     /// Milliseconds from the first sign of failure to the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detection_millis: Option<i64>,
-    /// Milliseconds from the Lease move to the Service selector move.
+    /// Milliseconds from the Lease move to the write that moved the VIP's
+    /// EndpointSlice to the new active.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_to_selector_millis: Option<i64>,
     /// Whether acknowledged data may be missing on the new active member

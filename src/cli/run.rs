@@ -215,11 +215,20 @@ pub fn status_screen(pair: &HighAvailabilityPair, lease: Option<&Lease>) -> Stri
         if spec.paused { "   PAUSED" } else { "" }
     );
     let renewed = lease.and_then(|l| l.spec.as_ref()?.renew_time.clone()).map(|t| t.0.to_string());
-    let _ = writeln!(
-        out,
-        "VIP  Service {name} -> {}",
-        s.active_member.map_or("nobody".to_string(), |m| format!("{m} ({})", m.pod_name(&name)))
-    );
+    // What the cluster routes (the Service's EndpointSlice as stored), and
+    // what the operator is moving it to when the two differ.
+    let routes = match &s.routing {
+        Some(r) if !r.addresses.is_empty() => match r.member {
+            Some(m) => format!("{m} ({}, {})", m.pod_name(&name), r.addresses.join(", ")),
+            None => format!("a pod that is not a member ({})", r.addresses.join(", ")),
+        },
+        _ => "nobody".to_string(),
+    };
+    let moving = match (s.routing.as_ref().and_then(|r| r.member), s.active_member) {
+        (now, Some(want)) if now != Some(want) => format!("   (moving to {want})"),
+        _ => String::new(),
+    };
+    let _ = writeln!(out, "VIP  Service {name} -> {routes}{moving}");
     let row = |c: [&str; 9]| {
         format!(
             "{:<10} {:<22} {:<8} {:<28} {:<8} {:<10} {:<6} {:<9} {}\n",
@@ -345,4 +354,42 @@ pub fn events_screen(pair: &HighAvailabilityPair, events: &[Event]) -> String {
         out.push_str("no transitions or events yet\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(status: serde_json::Value) -> HighAvailabilityPair {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "hapair.dev/v1alpha1", "kind": "HighAvailabilityPair",
+            "metadata": {"name": "web", "namespace": "apps"},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app"}]}},
+                     "service": {"ports": [{"name": "http", "port": 80}]}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_vip_line_says_what_the_cluster_routes_and_where_it_is_moving() {
+        let line = |status| status_screen(&pair(status), None).lines().nth(1).unwrap().to_string();
+        assert_eq!(
+            line(
+                serde_json::json!({"activeMember": "secondary", "routing": {"member": "secondary", "addresses": ["10.0.0.2"]}})
+            ),
+            "VIP  Service web -> secondary (web-secondary, 10.0.0.2)"
+        );
+        assert_eq!(
+            line(
+                serde_json::json!({"activeMember": "secondary", "routing": {"member": "primary", "addresses": ["10.0.0.1"]}})
+            ),
+            "VIP  Service web -> primary (web-primary, 10.0.0.1)   (moving to secondary)"
+        );
+        assert_eq!(
+            line(serde_json::json!({"activeMember": "primary", "routing": {"addresses": ["10.9.9.9"]}})),
+            "VIP  Service web -> a pod that is not a member (10.9.9.9)   (moving to primary)"
+        );
+        assert_eq!(line(serde_json::json!({})), "VIP  Service web -> nobody");
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
@@ -26,6 +27,8 @@ pub struct Context {
     pub pairs: Stores<DeserializeGuard<HighAvailabilityPair>>,
     pub pods: Stores<Pod>,
     pub services: Stores<Service>,
+    /// The EndpointSlices the operator writes for the pairs' Services.
+    pub endpoint_slices: Stores<EndpointSlice>,
     pub leases: Stores<Lease>,
     pub jobs: Stores<Job>,
     /// The agents' Roles and RoleBindings, and the NetworkPolicies when the
@@ -53,6 +56,9 @@ impl Context {
     }
     pub fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
         self.services.get(&ObjectRef::new(name).within(ns))
+    }
+    pub fn endpoint_slice(&self, ns: &str, name: &str) -> Option<Arc<EndpointSlice>> {
+        self.endpoint_slices.get(&ObjectRef::new(name).within(ns))
     }
     pub fn role(&self, ns: &str, name: &str) -> Option<Arc<Role>> {
         self.roles.get(&ObjectRef::new(name).within(ns))

@@ -483,7 +483,6 @@ fn secondary_active_primary_diverged() -> Observed {
     obs.primary = member(Member::Primary, Role::Standby, Some(true));
     obs.secondary = member(Member::Secondary, Role::Active, Some(true));
     obs.lease = Some(lease(Member::Secondary, 2, Duration::from_secs(1)));
-    obs.vip_member = Some(Member::Secondary);
     obs.primary.agent.last.as_mut().unwrap().sync = Some(crate::proto::SyncStatus {
         changed_while_standby: [(".".to_string(), Utc::now())].into(),
         ..Default::default()

@@ -72,7 +72,6 @@ pub(super) fn enabled() -> Observed {
         primary: member(Member::Primary, Role::Active, Some(true)),
         secondary: member(Member::Secondary, Role::Standby, Some(true)),
         lease: Some(lease(Member::Primary, 1, Duration::from_secs(1))),
-        vip_member: Some(Member::Primary),
         vip_exists: true,
         ..Default::default()
     }
@@ -343,7 +342,6 @@ fn after_a_restart_mid_failover_the_selector_follows_the_lease_without_a_second_
     obs.primary = member(Member::Primary, Role::Standby, Some(true));
     obs.secondary = member(Member::Secondary, Role::Active, Some(true));
     obs.lease = Some(lease(Member::Secondary, 2, Duration::ZERO));
-    obs.vip_member = Some(Member::Primary);
     let plan = decide(&spec(""), None, &obs, &clock());
     assert_eq!(plan.lease, None);
     assert_eq!(plan.vip, Some(Member::Secondary));

@@ -30,9 +30,9 @@ pub const STEPS: &[&str] = &[
     "lease-moved",
     // A hand-edited Lease was written again.
     "lease-restored",
-    // The VIP Service's selector (or shape) was written.
+    // The VIP's EndpointSlice (where it routes) or its Service's shape was written.
     "vip-written",
-    // The standby Service was written.
+    // The standby Service or its EndpointSlice was written.
     "standby-service-written",
     // A member pod's role label was written.
     "role-labelled",

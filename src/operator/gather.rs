@@ -11,7 +11,7 @@ use kube::ResourceExt;
 
 use super::context::Context;
 use super::model::{Usable, usable};
-use super::observe::{JobObs, LeaseObs, MemberObs, Observed, PodObs, ServiceShape, selected_member};
+use super::observe::{JobObs, LeaseObs, MemberObs, Observed, PodObs, ServiceShape, SliceShape};
 use super::poller::{Endpoint, PollState};
 use crate::api::{HighAvailabilityPair, Member};
 
@@ -40,6 +40,9 @@ pub struct Memory {
     /// The supporting objects' resource versions when they last matched
     /// what the operator builds (see `drift::versions`).
     pub supporting_matched: Option<[Option<String>; 3]>,
+    /// Until then, slices kube-controller-manager made for a selector the
+    /// operator removed are looked for and deleted every round.
+    pub sweep_slices_until: Option<Instant>,
 }
 
 impl Default for Memory {
@@ -54,6 +57,7 @@ impl Default for Memory {
             status: None,
             pruned_told: [None, None],
             supporting_matched: None,
+            sweep_slices_until: None,
         }
     }
 }
@@ -110,14 +114,27 @@ pub fn gather(ctx: &Context, pair: &HighAvailabilityPair, poll: &Mutex<PollState
     }
     if let Some(vip) = ctx.service(&ns, &name).filter(|s| owned(&s.metadata)) {
         obs.vip_exists = true;
-        obs.vip_member = selected_member(&vip);
         obs.vip_shape = Some(ServiceShape::of(&vip));
     }
-    if let Some(sb) = ctx.service(&ns, &super::build::standby_service_name(&name)).filter(|s| owned(&s.metadata)) {
+    let standby_name = super::build::standby_service_name(&name);
+    if let Some(sb) = ctx.service(&ns, &standby_name).filter(|s| owned(&s.metadata)) {
         obs.standby_exists = true;
-        obs.standby_member = selected_member(&sb);
         obs.standby_shape = Some(ServiceShape::of(&sb));
     }
+    let slice = |service: &str| {
+        ctx.endpoint_slice(&ns, &super::build::slice_name(service))
+            .filter(|s| owned(&s.metadata))
+            .map(|s| SliceShape::of(&s))
+    };
+    obs.vip_slice = slice(&name);
+    obs.standby_slice = slice(&standby_name);
+    // Slices copy their Service's labels, so the watch (on the pair label)
+    // sees those other controllers make too.
+    obs.foreign_slices = ctx.endpoint_slices.in_namespace(&ns).iter().any(|s| {
+        let labels = s.labels();
+        labels.get(crate::api::LABEL_SERVICE_NAME).is_some_and(|svc| *svc == name || *svc == standby_name)
+            && labels.get(crate::api::LABEL_SLICE_MANAGED_BY).map(String::as_str) != Some(crate::api::SLICE_MANAGER)
+    });
     obs.resync_jobs =
         ctx.jobs.in_namespace(&ns).iter().filter(|j| owned(&j.metadata)).filter_map(|j| JobObs::of(j)).collect();
     obs.resync_jobs.sort_by_key(|j| (j.created, j.name.clone()));

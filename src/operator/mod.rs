@@ -139,6 +139,8 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let (pairs, pair_feeds) = Stores::<DeserializeGuard<HighAvailabilityPair>>::reflect(&client, &namespaces);
     let (pods, pod_feeds) = Stores::<Pod>::reflect(&client, &namespaces);
     let (services, service_feeds) = Stores::<Service>::reflect(&client, &namespaces);
+    let (endpoint_slices, slice_feeds) =
+        Stores::<k8s_openapi::api::discovery::v1::EndpointSlice>::reflect(&client, &namespaces);
     let (leases, lease_feeds) = Stores::<Lease>::reflect(&client, &namespaces);
     let (jobs, job_feeds) = Stores::<Job>::reflect(&client, &namespaces);
     let (roles, role_feeds) = Stores::<k8s_openapi::api::rbac::v1::Role>::reflect(&client, &namespaces);
@@ -155,6 +157,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         pairs,
         pods,
         services,
+        endpoint_slices,
         leases,
         jobs,
         roles,
@@ -224,6 +227,9 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     for (w, api) in service_feeds {
         tokio::spawn(owned_stream!(w, api));
     }
+    for (w, api) in slice_feeds {
+        tokio::spawn(owned_stream!(w, api));
+    }
     for (w, api) in lease_feeds {
         tokio::spawn(owned_stream!(w, api));
     }
@@ -246,6 +252,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             ctx.pairs.wait_until_ready(),
             ctx.pods.wait_until_ready(),
             ctx.services.wait_until_ready(),
+            ctx.endpoint_slices.wait_until_ready(),
             ctx.leases.wait_until_ready(),
             ctx.jobs.wait_until_ready(),
             ctx.roles.wait_until_ready(),

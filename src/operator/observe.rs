@@ -8,10 +8,11 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
 use super::build::{ANN_HASH, applied_hash};
-use crate::api::{AGENT_CONTAINER, LABEL_MEMBER, Member};
+use crate::api::{AGENT_CONTAINER, LABEL_SERVICE_NAME, LABEL_SLICE_MANAGED_BY, Member};
 use crate::proto::{
     ANN_INTERVAL, ANN_MISSED, ANN_OPERATION, ANN_RELEASED, ANN_RELEASED_BY, AgentStatus, parse_identity,
 };
@@ -28,6 +29,9 @@ pub struct PodObs {
     pub app_down: bool,
     pub hash: Option<String>,
     pub role_label: Option<String>,
+    /// The pod's `Ready` condition is true (every container ready).
+    pub ready: bool,
+    pub node: Option<String>,
 }
 
 impl PodObs {
@@ -49,6 +53,8 @@ impl PodObs {
             app_down,
             hash: applied_hash(&pod.metadata).map(str::to_string),
             role_label: pod.labels().get(crate::api::LABEL_ROLE).cloned(),
+            ready: status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True"),
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         }
     }
 }
@@ -178,14 +184,18 @@ pub struct Observed {
     pub primary: MemberObs,
     pub secondary: MemberObs,
     pub lease: Option<LeaseObs>,
-    /// Member the VIP Service selects (`None`: nobody, or no Service).
-    pub vip_member: Option<Member>,
     pub vip_exists: bool,
     /// What the VIP Service is, as far as routing goes.
     pub vip_shape: Option<ServiceShape>,
-    pub standby_member: Option<Member>,
+    /// The VIP's EndpointSlice as stored (what kube-proxy routes by).
+    pub vip_slice: Option<SliceShape>,
     pub standby_exists: bool,
     pub standby_shape: Option<ServiceShape>,
+    pub standby_slice: Option<SliceShape>,
+    /// Another EndpointSlice names one of the pair's Services (made by
+    /// kube-controller-manager for a selector someone added, or mirrored
+    /// from an Endpoints object): kube-proxy routes by it too.
+    pub foreign_slices: bool,
     /// How long this worker has watched the pair without a Lease.
     pub without_lease_for: Duration,
     /// How long the current failure of the active member has been seen.
@@ -210,11 +220,6 @@ impl Observed {
             Member::Secondary => &mut self.secondary,
         }
     }
-}
-
-/// The member a Service selects.
-pub fn selected_member(svc: &Service) -> Option<Member> {
-    svc.spec.as_ref()?.selector.as_ref()?.get(LABEL_MEMBER)?.parse().ok()
 }
 
 /// What decides where a Service routes: its selector, type and ports, and
@@ -269,6 +274,61 @@ impl ServiceShape {
     }
 }
 
+/// What decides where an EndpointSlice the operator writes sends clients:
+/// its address type, the Service it serves and who manages it (labels),
+/// each endpoint's address, conditions and pod, its ports, and the hash of
+/// what the operator last applied. A hand edit of any of these is drift.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SliceShape {
+    pub hash: Option<String>,
+    pub address_type: String,
+    pub service: Option<String>,
+    pub managed_by: Option<String>,
+    pub endpoints: Vec<EndpointShape>,
+    pub ports: Vec<(Option<String>, Option<i32>, Option<String>)>,
+}
+
+/// One endpoint: addresses, (ready, serving, terminating), the pod's name
+/// and UID.
+pub type EndpointShape = (Vec<String>, (Option<bool>, Option<bool>, Option<bool>), Option<String>, Option<String>);
+
+impl SliceShape {
+    pub fn of(slice: &EndpointSlice) -> Self {
+        let labels = slice.labels();
+        SliceShape {
+            hash: slice.metadata.annotations.as_ref().and_then(|a| a.get(ANN_HASH).cloned()),
+            address_type: slice.address_type.clone(),
+            service: labels.get(LABEL_SERVICE_NAME).cloned(),
+            managed_by: labels.get(LABEL_SLICE_MANAGED_BY).cloned(),
+            endpoints: slice
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let c = e.conditions.clone().unwrap_or_default();
+                    let pod = e.target_ref.as_ref();
+                    (
+                        e.addresses.clone(),
+                        (c.ready, c.serving, c.terminating),
+                        pod.and_then(|r| r.name.clone()),
+                        pod.and_then(|r| r.uid.clone()),
+                    )
+                })
+                .collect(),
+            ports: slice.ports.iter().flatten().map(|p| (p.name.clone(), p.port, p.protocol.clone())).collect(),
+        }
+    }
+
+    /// Whether the stored slice routes as `desired` says.
+    pub fn matches(&self, desired: &EndpointSlice) -> bool {
+        *self == SliceShape::of(desired)
+    }
+
+    /// The addresses clients are sent to: endpoints not marked unready.
+    pub fn ready_addresses(&self) -> Vec<String> {
+        self.endpoints.iter().filter(|e| e.1.0 != Some(false)).flat_map(|e| e.0.clone()).collect()
+    }
+}
+
 pub fn service_hash(svc: &Service) -> Option<String> {
     svc.metadata.annotations.as_ref()?.get(ANN_HASH).cloned()
 }
@@ -284,6 +344,46 @@ mod tests {
                      "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_slice_drifts_when_its_endpoints_ports_or_labels_are_edited() {
+        let desired: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db-hapair", "annotations": {"hapair.dev/applied-hash": "h1"},
+                         "labels": {"kubernetes.io/service-name": "db", "endpointslice.kubernetes.io/managed-by": "operator.hapair.dev"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": true, "serving": true, "terminating": false},
+                           "targetRef": {"kind": "Pod", "name": "db-primary", "uid": "u1"}, "nodeName": "n1"}],
+            "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}]
+        }))
+        .unwrap();
+        let mut stored = desired.clone();
+        stored.metadata.resource_version = Some("7".into());
+        stored.metadata.generation = Some(2);
+        assert!(SliceShape::of(&stored).matches(&desired), "what the API server adds is not drift");
+        assert_eq!(SliceShape::of(&stored).ready_addresses(), ["10.0.0.5"]);
+        let edited = |f: &dyn Fn(&mut EndpointSlice)| {
+            let mut s = stored.clone();
+            f(&mut s);
+            SliceShape::of(&s).matches(&desired)
+        };
+        assert!(!edited(&|s| s.endpoints[0].addresses = vec!["10.0.0.6".into()]), "pointed elsewhere");
+        assert!(!edited(&|s| s.endpoints[0].target_ref.as_mut().unwrap().name = Some("db-secondary".into())));
+        assert!(!edited(&|s| s.endpoints[0].conditions.as_mut().unwrap().ready = Some(false)), "marked unready");
+        assert!(!edited(&|s| s.endpoints.clear()), "emptied");
+        assert!(!edited(&|s| s.ports.as_mut().unwrap()[0].port = Some(9999)), "a port");
+        assert!(
+            !edited(&|s| {
+                s.metadata.labels.as_mut().unwrap().remove("kubernetes.io/service-name");
+            }),
+            "detached from its Service"
+        );
+        assert!(
+            !edited(&|s| {
+                s.metadata.labels.as_mut().unwrap().insert("endpointslice.kubernetes.io/managed-by".into(), "x".into());
+            }),
+            "claimed by another manager"
+        );
     }
 
     #[test]

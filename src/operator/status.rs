@@ -145,6 +145,14 @@ pub fn compute(
     s.standby_member = plan.standby;
     s.epoch = epoch;
     s.effective_timings = Some(EffectiveTimings::of(spec));
+    s.routing = obs.vip_slice.as_ref().map(|slice| {
+        let addresses = slice.ready_addresses();
+        let pod = slice.endpoints.iter().find(|e| e.1.0 != Some(false)).and_then(|e| e.2.clone());
+        crate::api::Routing {
+            member: pod.and_then(|p| Member::BOTH.into_iter().find(|m| m.pod_name(&clock.pair) == p)),
+            addresses: addresses.into_iter().take(8).collect(),
+        }
+    });
 
     let previous = std::mem::take(&mut s.members);
     for m in Member::BOTH {

@@ -158,6 +158,20 @@ async fn round(
         notify.notify_one();
     }
     mem.status = outcome.status.or(mem.status.take());
+    // A slice kube-controller-manager makes for a selector the operator
+    // removed may land just after the removal (its controllers were
+    // mid-sync), and one without the pair's label is outside the operator's
+    // watch: look again every 200 ms for a while.
+    if outcome.foreign_routes_removed {
+        mem.sweep_slices_until = Some(Instant::now() + Duration::from_secs(10));
+    }
+    let sweeping = mem.sweep_slices_until.is_some_and(|t| Instant::now() < t);
+    if sweeping {
+        act::sweep_pair_slices(ctx, pair).await?;
+    } else {
+        mem.sweep_slices_until = None;
+    }
+    let recheck = if sweeping { recheck.min(Duration::from_millis(200)) } else { recheck };
     if outcome.promoted.is_some() {
         mem.failure = None;
     }

@@ -16,8 +16,6 @@ use crate::api::{HighAvailabilityPair, LABEL_PAIR, Member};
 /// Annotation with a hash of what the operator last applied to an object;
 /// equal hash, nothing to write.
 pub const ANN_HASH: &str = "hapair.dev/applied-hash";
-/// Label value of the VIP selector while no member is active: matches no pod.
-pub const NO_MEMBER: &str = "none";
 pub const RUN_DIR: &str = "/var/run/hapair";
 pub const TLS_DIR: &str = "/var/run/hapair-tls";
 pub const AGENT_DATA_DIR: &str = "/var/lib/hapair/data";
