@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{Role as RbacRole, RoleBinding};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -25,10 +25,9 @@ use super::build::{self, applied_hash};
 use super::context::Context;
 use super::drift;
 use super::model::{Decision, LeaseAction};
-use super::observe::{Observed, ServiceShape, SliceShape};
-use crate::api::{
-    HighAvailabilityPair, LABEL_ROLE, LABEL_SERVICE_NAME, LABEL_SLICE_MANAGED_BY, Member, Role, SLICE_MANAGER,
-};
+use super::observe::Observed;
+use super::routing;
+use crate::api::{HighAvailabilityPair, LABEL_ROLE, Member, Role};
 use crate::http::{self, Target};
 use crate::proto::AgentStatus;
 use crate::proto::{
@@ -74,7 +73,7 @@ pub struct Outcome {
     pub foreign_routes_removed: bool,
 }
 
-fn apply_params() -> PatchParams {
+pub(super) fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
@@ -204,7 +203,7 @@ pub async fn ensure_members(
     Ok(())
 }
 
-fn not_found(e: kube::Error) -> Result<(), kube::Error> {
+pub(super) fn not_found(e: kube::Error) -> Result<(), kube::Error> {
     match e {
         kube::Error::Api(s) if s.code == 404 => Ok(()),
         e => Err(e),
@@ -431,14 +430,16 @@ async fn apply_lease_and_status(
     // names the new active's pod. A hand edit of the slice, or of the
     // Service's type, ports or selector, is put back the same way.
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-    if write_slice(&slices, pair, &name, plan.vip, obs, obs.vip_slice.as_ref()).await? {
+    if routing::write_slice(&slices, pair, &name, plan.vip, obs, obs.vip_slice.as_ref()).await? {
         step("vip-written");
     }
     if obs.foreign_slices {
-        sweep_pair_slices(ctx, pair).await?;
+        routing::sweep_pair_slices(ctx, pair).await?;
         outcome.foreign_routes_removed = true;
     }
-    if write_service(&ctx.client, &ns, &services, &name, &build::vip_service(pair), obs.vip_shape.as_ref()).await? {
+    if routing::write_service(&ctx.client, &ns, &services, &name, &build::vip_service(pair), obs.vip_shape.as_ref())
+        .await?
+    {
         outcome.foreign_routes_removed |= obs.vip_shape.as_ref().is_some_and(|s| !s.selector.is_empty());
         step("vip-written");
     }
@@ -453,9 +454,11 @@ async fn apply_lease_and_status(
     }
     let standby_name = build::standby_service_name(&name);
     if pair.spec.service.standby {
-        let written = write_slice(&slices, pair, &standby_name, plan.standby, obs, obs.standby_slice.as_ref()).await?;
+        let written =
+            routing::write_slice(&slices, pair, &standby_name, plan.standby, obs, obs.standby_slice.as_ref()).await?;
         let svc = build::standby_service(pair);
-        if write_service(&ctx.client, &ns, &services, &standby_name, &svc, obs.standby_shape.as_ref()).await? || written
+        if routing::write_service(&ctx.client, &ns, &services, &standby_name, &svc, obs.standby_shape.as_ref()).await?
+            || written
         {
             outcome.foreign_routes_removed |= obs.standby_shape.as_ref().is_some_and(|s| !s.selector.is_empty());
             step("standby-service-written");
@@ -516,97 +519,6 @@ async fn apply_lease_and_status(
 
 /// Logs a pair object that does not deserialize and tells it on the object
 /// as a Warning Event, once per resourceVersion.
-/// Writes the EndpointSlice behind the pair's Service `service` when the
-/// stored one does not route to `member`'s pod as built (or is missing).
-/// Returns whether it wrote.
-async fn write_slice(
-    slices: &Api<EndpointSlice>,
-    pair: &HighAvailabilityPair,
-    service: &str,
-    member: Option<Member>,
-    obs: &Observed,
-    have: Option<&SliceShape>,
-) -> Result<bool, ActError> {
-    let pod = member.and_then(|m| obs.member(m).pod.as_ref());
-    let want = build::endpoint_slice(pair, service, member, pod, have.map(|h| h.address_type.as_str()));
-    if have.is_some_and(|h| h.matches(&want)) {
-        return Ok(false);
-    }
-    let name = build::slice_name(service);
-    if have.is_some_and(|h| h.address_type != want.address_type) {
-        // The address type cannot change in place (the pod came back with
-        // the other IP family): replace the slice.
-        slices.delete(&name, &DeleteParams::default()).await.map(|_| ()).or_else(not_found)?;
-    }
-    slices.patch(&name, &apply_params(), &Patch::Apply(&want)).await?;
-    Ok(true)
-}
-
-/// Writes one of the pair's Services when its routing shape differs from
-/// `want`. A selector someone added is removed, and what
-/// kube-controller-manager made for it deleted (see
-/// [`remove_foreign_routes`]): with a selector, it routes the Service to
-/// whatever pods it matches beside the operator's slice. Returns whether it
-/// wrote.
-async fn write_service(
-    client: &kube::Client,
-    ns: &str,
-    services: &Api<Service>,
-    name: &str,
-    want: &Service,
-    have: Option<&ServiceShape>,
-) -> Result<bool, ActError> {
-    if have.is_some_and(|h| h.matches(want)) {
-        return Ok(false);
-    }
-    let selector = have.is_some_and(|h| !h.selector.is_empty());
-    if selector {
-        // Server-side apply removes only fields this manager owned; a
-        // selector written by someone else (a hand edit, the operator's
-        // older releases under another manager) goes by a plain patch.
-        let patch = json!({"spec": {"selector": null}});
-        services.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    }
-    services.patch(name, &apply_params(), &Patch::Apply(want)).await?;
-    if selector {
-        remove_foreign_routes(client, ns, name).await?;
-    }
-    Ok(true)
-}
-
-/// Removes every other route to the pair's Service `service` than the
-/// operator's slice: the slices someone else made for it (what
-/// kube-controller-manager made while it had a selector, what its mirroring
-/// controller copies from an Endpoints object, a hand-made one), and the
-/// legacy Endpoints object the endpoints controller left behind, which the
-/// mirroring controller would otherwise turn into a slice again: kube-proxy
-/// routes by every slice that names the Service.
-pub async fn remove_foreign_routes(client: &kube::Client, ns: &str, service: &str) -> Result<(), ActError> {
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
-    endpoints.delete(service, &DeleteParams::default()).await.map(|_| ()).or_else(not_found)?;
-    let labels = format!("{LABEL_SERVICE_NAME}={service},{LABEL_SLICE_MANAGED_BY}!={SLICE_MANAGER}");
-    let found = slices.list_metadata(&ListParams::default().labels(&labels)).await?;
-    for s in found.items {
-        let name = s.metadata.name.unwrap_or_default();
-        info!(%service, slice = %name, "removing an EndpointSlice the operator did not make");
-        slices.delete(&name, &DeleteParams::default()).await.map(|_| ()).or_else(not_found)?;
-    }
-    Ok(())
-}
-
-/// [`remove_foreign_routes`] for the pair's Services.
-pub async fn sweep_pair_slices(ctx: &Context, pair: &HighAvailabilityPair) -> Result<(), ActError> {
-    let ns = pair.namespace().unwrap_or_default();
-    let name = pair.name_any();
-    remove_foreign_routes(&ctx.client, &ns, &name).await?;
-    if pair.spec.service.standby {
-        // Only while that name is the pair's: otherwise it may be someone else's Service.
-        remove_foreign_routes(&ctx.client, &ns, &build::standby_service_name(&name)).await?;
-    }
-    Ok(())
-}
-
 pub async fn report_invalid(ctx: &Context, bad: &kube::core::error_boundary::InvalidObject, told: &mut Option<String>) {
     let (ns, name) =
         (bad.metadata.namespace.clone().unwrap_or_default(), bad.metadata.name.clone().unwrap_or_default());

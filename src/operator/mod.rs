@@ -41,6 +41,7 @@ mod poller;
 pub mod publish;
 pub mod resync_status;
 pub mod returning;
+pub mod routing;
 pub mod split_brain;
 pub mod status;
 pub mod stores;

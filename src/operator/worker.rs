@@ -134,6 +134,9 @@ async fn round(
         mem.supporting_matched = Some(versions);
     } else {
         act::ensure_supporting(ctx, pair).await?;
+        // A slice someone made by hand for the pair's Service without the
+        // pair's label is outside the watch: looked for on the same rhythm.
+        super::routing::sweep_pair_slices(ctx, pair).await?;
         mem.supporting = Some((pair.metadata.generation, Instant::now()));
         mem.supporting_matched = None;
     }
@@ -167,7 +170,7 @@ async fn round(
     }
     let sweeping = mem.sweep_slices_until.is_some_and(|t| Instant::now() < t);
     if sweeping {
-        act::sweep_pair_slices(ctx, pair).await?;
+        super::routing::sweep_pair_slices(ctx, pair).await?;
     } else {
         mem.sweep_slices_until = None;
     }

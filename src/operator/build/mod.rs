@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod netpol;
 pub mod objects;
 pub mod placement;
+pub mod routing;
 
 pub use common::*;
 pub use jobs::{
@@ -14,3 +15,4 @@ pub use jobs::{
     repair_job, resync_job, resync_job_name,
 };
 pub use objects::*;
+pub use routing::*;
