@@ -161,6 +161,40 @@ pub(crate) struct FilesShow {
 }
 
 impl State {
+    /// A standby that knows nothing yet, with the heartbeat settings it was
+    /// started with. What a former life of this member may have promised
+    /// ends one lease duration from now (`started_hold`).
+    fn new(interval_seconds: i32, missed_threshold: i32, health_threshold: i32) -> Self {
+        let (interval, missed) = (interval_seconds.max(1), missed_threshold.max(2));
+        State {
+            role: Role::Standby,
+            epoch: 0,
+            last_renew: None,
+            interval_seconds: interval,
+            missed_threshold: missed,
+            health: Health::default(),
+            health_threshold,
+            released: None,
+            renew_failures: 0,
+            peer: None,
+            peer_reachable: None,
+            draining_since: None,
+            drained: false,
+            published: (interval, missed),
+            confirmed: None,
+            promised_until: None,
+            named_at: None,
+            claiming: false,
+            seen_other: None,
+            other_renewal: None,
+            other_fenced_by: None,
+            named_checked: None,
+            claim_at: None,
+            files: FilesShow::default(),
+            started_hold: Some(Instant::now() + Duration::from_secs((interval * missed) as u64)),
+        }
+    }
+
     fn fence_after(&self) -> Duration {
         let (interval, missed) = self.published;
         Duration::from_secs(((missed - 1).max(1) * interval.max(1)) as u64)
@@ -408,36 +442,11 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let leases: Api<Lease> = Api::namespaced(client, &config.namespace);
     let agent = Arc::new(Agent {
         identity: lease_identity(config.member, &config.pod_uid),
-        state: Mutex::new(State {
-            role: Role::Standby,
-            epoch: 0,
-            last_renew: None,
-            interval_seconds: config.interval_seconds.max(1),
-            missed_threshold: config.missed_threshold.max(2),
-            health: Health::default(),
-            health_threshold: health_spec.as_ref().map_or(1, |h| h.failure_threshold),
-            released: None,
-            renew_failures: 0,
-            peer: None,
-            peer_reachable: None,
-            draining_since: None,
-            drained: false,
-            published: (config.interval_seconds.max(1), config.missed_threshold.max(2)),
-            confirmed: None,
-            promised_until: None,
-            named_at: None,
-            claiming: false,
-            seen_other: None,
-            other_renewal: None,
-            other_fenced_by: None,
-            named_checked: None,
-            claim_at: None,
-            files: FilesShow::default(),
-            started_hold: Some(
-                Instant::now()
-                    + Duration::from_secs((config.interval_seconds.max(1) * config.missed_threshold.max(2)) as u64),
-            ),
-        }),
+        state: Mutex::new(State::new(
+            config.interval_seconds,
+            config.missed_threshold,
+            health_spec.as_ref().map_or(1, |h| h.failure_threshold),
+        )),
         files,
         wake: Notify::new(),
         metrics,

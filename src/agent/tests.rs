@@ -2,34 +2,9 @@
 
 use super::*;
 
+/// Active at epoch 1 with 1 s x 3, past any former life's promises.
 pub(super) fn state() -> State {
-    State {
-        role: Role::Active,
-        epoch: 1,
-        last_renew: None,
-        interval_seconds: 1,
-        missed_threshold: 3,
-        health: Health::default(),
-        health_threshold: 1,
-        released: None,
-        renew_failures: 0,
-        peer: None,
-        peer_reachable: None,
-        draining_since: None,
-        drained: false,
-        published: (1, 3),
-        confirmed: None,
-        promised_until: None,
-        named_at: None,
-        claiming: false,
-        seen_other: None,
-        other_renewal: None,
-        other_fenced_by: None,
-        named_checked: None,
-        claim_at: None,
-        files: FilesShow::default(),
-        started_hold: None,
-    }
+    State { role: Role::Active, epoch: 1, started_hold: None, ..State::new(1, 3, 1) }
 }
 
 /// An agent with no cluster, peer or file sync, its role files in `dir`.

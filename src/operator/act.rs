@@ -27,6 +27,7 @@ use super::drift;
 use super::model::{Decision, LeaseAction};
 use super::observe::Observed;
 use super::routing;
+use super::writes::{apply_params, is_conflict, not_found};
 use crate::api::{HighAvailabilityPair, LABEL_ROLE, Member, Role};
 use crate::http::{self, Target};
 use crate::proto::AgentStatus;
@@ -34,8 +35,6 @@ use crate::proto::{
     ANN_INTERVAL, ANN_MISSED, ANN_OPERATION, ANN_RELEASED, ANN_RELEASED_BY, ANN_REPLACED_RENEWAL, lease_identity,
 };
 use crate::tls;
-
-pub const FIELD_MANAGER: &str = "hapair-operator";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActError {
@@ -71,14 +70,6 @@ pub struct Outcome {
     /// removed (or a selector that makes them): more may still appear for a
     /// moment (see the worker's sweep).
     pub foreign_routes_removed: bool,
-}
-
-pub(super) fn apply_params() -> PatchParams {
-    PatchParams::apply(FIELD_MANAGER).force()
-}
-
-fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
 /// Creates `obj` unless it exists; re-applies it when its hash changed or
@@ -201,13 +192,6 @@ pub async fn ensure_members(
         }
     }
     Ok(())
-}
-
-pub(super) fn not_found(e: kube::Error) -> Result<(), kube::Error> {
-    match e {
-        kube::Error::Api(s) if s.code == 404 => Ok(()),
-        e => Err(e),
-    }
 }
 
 /// Everything a decision asks for, in this order: the agents' requests

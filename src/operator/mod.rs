@@ -46,6 +46,7 @@ pub mod split_brain;
 pub mod status;
 pub mod stores;
 mod worker;
+pub mod writes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

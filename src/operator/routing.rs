@@ -11,10 +11,10 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use tracing::info;
 
-use super::act::{ActError, apply_params, not_found};
 use super::build;
 use super::context::Context;
 use super::observe::{Observed, ServiceShape, SliceShape};
+use super::writes::{apply_params, not_found};
 use crate::api::{HighAvailabilityPair, LABEL_SERVICE_NAME, LABEL_SLICE_MANAGED_BY, Member, SLICE_MANAGER};
 
 /// Writes the EndpointSlice behind the pair's Service `service` when the
@@ -27,7 +27,7 @@ pub async fn write_slice(
     member: Option<Member>,
     obs: &Observed,
     have: Option<&SliceShape>,
-) -> Result<bool, ActError> {
+) -> Result<bool, kube::Error> {
     let pod = member.and_then(|m| obs.member(m).pod.as_ref());
     let want = build::endpoint_slice(pair, service, member, pod, have.map(|h| h.address_type.as_str()));
     if have.is_some_and(|h| h.matches(&want)) {
@@ -56,7 +56,7 @@ pub async fn write_service(
     name: &str,
     want: &Service,
     have: Option<&ServiceShape>,
-) -> Result<bool, ActError> {
+) -> Result<bool, kube::Error> {
     if have.is_some_and(|h| h.matches(want)) {
         return Ok(false);
     }
@@ -82,7 +82,7 @@ pub async fn write_service(
 /// legacy Endpoints object the endpoints controller left behind, which the
 /// mirroring controller would otherwise turn into a slice again: kube-proxy
 /// routes by every slice that names the Service.
-pub async fn remove_foreign_routes(client: &kube::Client, ns: &str, service: &str) -> Result<(), ActError> {
+pub async fn remove_foreign_routes(client: &kube::Client, ns: &str, service: &str) -> Result<(), kube::Error> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
     endpoints.delete(service, &DeleteParams::default()).await.map(|_| ()).or_else(not_found)?;
@@ -97,7 +97,7 @@ pub async fn remove_foreign_routes(client: &kube::Client, ns: &str, service: &st
 }
 
 /// [`remove_foreign_routes`] for the pair's Services.
-pub async fn sweep_pair_slices(ctx: &Context, pair: &HighAvailabilityPair) -> Result<(), ActError> {
+pub async fn sweep_pair_slices(ctx: &Context, pair: &HighAvailabilityPair) -> Result<(), kube::Error> {
     let ns = pair.namespace().unwrap_or_default();
     let name = pair.name_any();
     remove_foreign_routes(&ctx.client, &ns, &name).await?;
