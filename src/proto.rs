@@ -28,6 +28,15 @@ pub const ANN_OPERATION: &str = "hapair.dev/operation-id";
 pub const ANN_REPLACED_RENEWAL: &str = "hapair.dev/replaced-renewal";
 /// Lease annotation: which member released the Lease (set by the agent).
 pub const ANN_RELEASED_BY: &str = "hapair.dev/released-by";
+/// Lease annotation: the holder has drained for a planned handover at this
+/// epoch (written by its agent's renewal, before it reports drained). The
+/// operator moves the Lease in a handover only from a Lease that carries it
+/// at the current epoch, in the same compare-and-swap; an agent that gives
+/// the handover up removes it in a renewal before it serves again. So the
+/// Lease moves or the member serves again, never both: a drained report the
+/// operator read before the member resumed cannot move the Lease from under
+/// writes the standby never pulled.
+pub const ANN_DRAINING: &str = "hapair.dev/draining";
 
 /// How long a drained active member holds the Lease without serving
 /// before it serves again on its own, and so how long a planned handover
@@ -86,6 +95,12 @@ pub struct AgentStatus {
     /// server does not answer its renewals.
     #[serde(default)]
     pub failsafe: bool,
+    /// The agent writes the drain mark ([`ANN_DRAINING`]) and says
+    /// `draining` only once it is on the Lease; an agent of an earlier
+    /// version does not, and a handover from it goes on without the mark
+    /// (the switchover that upgrades a pair).
+    #[serde(default)]
+    pub marks_drain: bool,
     /// File sync, when the pair syncs files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncStatus>,

@@ -354,6 +354,8 @@ mod tests {
             missed_threshold: Some(3),
             renewed: Some(renewed.into()),
             replaced: replaced.map(str::to_string),
+            drain_mark: None,
+            annotated: true,
         }
     }
 

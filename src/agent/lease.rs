@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use crate::proto::{ANN_INTERVAL, ANN_MISSED, ANN_RELEASED, ANN_RELEASED_BY};
+use crate::proto::{ANN_DRAINING, ANN_INTERVAL, ANN_MISSED, ANN_RELEASED, ANN_RELEASED_BY};
 
 pub const FIELD_MANAGER: &str = "hapair-agent";
 
@@ -28,6 +28,11 @@ pub struct LeaseView {
     /// The previous holder's last renewal, as the takeover that named the
     /// current holder recorded it.
     pub replaced: Option<String>,
+    /// The drain mark ([`ANN_DRAINING`]) as written.
+    pub drain_mark: Option<String>,
+    /// Whether the Lease has annotations at all (a JSON patch adds a key
+    /// only to a map that exists).
+    pub annotated: bool,
 }
 
 impl LeaseView {
@@ -38,6 +43,8 @@ impl LeaseView {
         LeaseView {
             renewed: spec.renew_time.as_ref().map(|t| t.0.to_string()),
             replaced: ann.get(crate::proto::ANN_REPLACED_RENEWAL).cloned(),
+            drain_mark: ann.get(ANN_DRAINING).cloned(),
+            annotated: lease.metadata.annotations.is_some(),
             holder: spec.holder_identity.filter(|h| !h.is_empty()),
             epoch: i64::from(spec.lease_transitions.unwrap_or(0)),
             interval_seconds: num(ANN_INTERVAL),
@@ -83,24 +90,53 @@ fn guarded(identity: &str, epoch: i64, ops: serde_json::Value) -> json_patch::Pa
     serde_json::from_value(serde_json::Value::Array(all)).expect("static JSON patch shape")
 }
 
+/// What a renewal does with the drain mark ([`ANN_DRAINING`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum MarkOp {
+    /// Leave it: it already says what it should.
+    Leave,
+    /// Write it at the renewal's epoch (drained for a handover);
+    /// `new_map` when the Lease has no annotations at all.
+    Set { new_map: bool },
+    /// Remove it (it reads this value): the member serves, or serves again.
+    Clear(String),
+}
+
+/// The JSON patch of a renewal: `renewTime`, the lease duration, and the
+/// drain mark as `mark` says, all behind the holder and epoch tests.
+pub fn renewal_patch(identity: &str, epoch: i64, lease_duration_seconds: i32, mark: &MarkOp) -> json_patch::Patch {
+    let now = crate::clock::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let key = format!("/metadata/annotations/{}", ANN_DRAINING.replace('/', "~1"));
+    let mut ops = vec![
+        json!({"op": "replace", "path": "/spec/renewTime", "value": now}),
+        json!({"op": "replace", "path": "/spec/leaseDurationSeconds", "value": lease_duration_seconds}),
+    ];
+    match mark {
+        MarkOp::Leave => {}
+        MarkOp::Set { new_map: false } => ops.push(json!({"op": "add", "path": key, "value": epoch.to_string()})),
+        MarkOp::Set { new_map: true } => ops.push(
+            json!({"op": "add", "path": "/metadata/annotations", "value": {ANN_DRAINING: epoch.to_string()}}),
+        ),
+        MarkOp::Clear(was) => {
+            ops.push(json!({"op": "test", "path": key, "value": was}));
+            ops.push(json!({"op": "remove", "path": key}));
+        }
+    }
+    guarded(identity, epoch, serde_json::Value::Array(ops))
+}
+
 /// Renews the Lease if `identity` holds it at `epoch`; publishes the lease
-/// duration the agent fences against. Returns the Lease as written.
+/// duration the agent fences against and sets or clears the drain mark.
+/// Returns the Lease as written.
 pub async fn renew(
     api: &Api<Lease>,
     name: &str,
     identity: &str,
     epoch: i64,
     lease_duration_seconds: i32,
+    mark: &MarkOp,
 ) -> Result<LeaseView, LeaseError> {
-    let now = crate::clock::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let patch = guarded(
-        identity,
-        epoch,
-        json!([
-            {"op": "replace", "path": "/spec/renewTime", "value": now},
-            {"op": "replace", "path": "/spec/leaseDurationSeconds", "value": lease_duration_seconds},
-        ]),
-    );
+    let patch = renewal_patch(identity, epoch, lease_duration_seconds, mark);
     api.patch(name, &params(), &Patch::<()>::Json(patch)).await.map(|l| LeaseView::of(&l)).map_err(classify)
 }
 

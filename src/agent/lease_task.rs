@@ -54,6 +54,8 @@ pub(super) async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
                 draining_for: s.draining_since.map(|t| t.elapsed()),
                 handover_hold: hold,
                 seen_other: s.seen_other,
+                drain_mark: s.lease_mark.clone(),
+                annotated: s.lease_annotated,
             };
             (tick, (s.interval_seconds, s.missed_threshold))
         };
@@ -61,9 +63,9 @@ pub(super) async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
         let duration = used.0 * used.1;
         let sent = Instant::now();
         let answer = match renewal::step(&tick) {
-            renewal::Step::Renew { epoch } => {
+            renewal::Step::Renew { epoch, mark } => {
                 let (api, name, identity) = (api.clone(), name.clone(), agent.identity.clone());
-                let call = async move { lease::renew(&api, &name, &identity, epoch, duration).await };
+                let call = async move { lease::renew(&api, &name, &identity, epoch, duration, &mark).await };
                 match bounded(wait, Duration::from_secs(duration as u64), call).await {
                     Some(r) => renewal::Answer::from(r),
                     None => renewal::Answer::Unreachable("timed out".into()),
@@ -91,6 +93,7 @@ pub(super) async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
             s.named_at = named.map(|v| v.epoch);
             s.seen_other = s.seen_other.max(other);
             if let Some(v) = view {
+                s.note_lease(v);
                 super::failsafe::observe_holder(&mut s, v, &agent.identity, Instant::now());
             }
         }
@@ -157,6 +160,7 @@ async fn apply_verdict(
 
 fn renewed(agent: &Agent, used: (i32, i32), view: lease::LeaseView, sent: Instant) {
     let mut s = agent.lock();
+    s.note_lease(&view);
     let changed = s.record_renewal(used, &view, sent);
     agent.refresh_deadline(&mut s);
     drop(s);
@@ -211,7 +215,10 @@ async fn claim_now(agent: &Agent, api: &Api<Lease>, name: &str, epoch: i64, used
         syncer.stop_pulling().await;
     }
     let sent = Instant::now();
-    match lease::renew(api, name, &agent.identity, epoch, used.0 * used.1).await {
+    // A serving member leaves no drain mark: one a former life of this
+    // agent wrote (it restarted mid-drain) goes in the claiming renewal.
+    let mark = renewal::clear_mark(agent.lock().lease_mark.as_deref());
+    match lease::renew(api, name, &agent.identity, epoch, used.0 * used.1, &mark).await {
         Ok(view) => {
             let epoch = view.epoch;
             renewed(agent, used, view, sent);

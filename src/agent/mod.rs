@@ -140,6 +140,10 @@ pub(crate) struct State {
     pub claim_at: Option<Instant>,
     /// What the role files say, which is what the application acts on.
     pub files: FilesShow,
+    /// The drain mark ([`crate::proto::ANN_DRAINING`]) on the Lease as last
+    /// read or written, and whether the Lease had annotations at all.
+    pub lease_mark: Option<String>,
+    pub lease_annotated: bool,
 }
 
 /// What the role files show, as far as the agent knows. A write can fail (a
@@ -191,6 +195,8 @@ impl State {
             named_checked: None,
             claim_at: None,
             files: FilesShow::default(),
+            lease_mark: None,
+            lease_annotated: true,
             started_hold: Some(Instant::now() + Duration::from_secs((interval * missed) as u64)),
         }
     }
@@ -243,6 +249,18 @@ impl State {
         }
         (self.interval_seconds, self.missed_threshold) != used
     }
+    /// Remembers the drain mark a Lease read or renewal showed.
+    fn note_lease(&mut self, view: &lease::LeaseView) {
+        self.lease_mark = view.drain_mark.clone();
+        self.lease_annotated = view.annotated;
+    }
+
+    /// Drained at the current epoch and the Lease says so: the operator may
+    /// move it as a handover.
+    fn drain_marked(&self) -> bool {
+        self.draining_since.is_some() && self.lease_mark.as_deref() == Some(self.epoch.to_string().as_str())
+    }
+
     fn app_healthy(&self) -> Option<bool> {
         self.health.healthy(self.health_threshold)
     }
@@ -369,7 +387,8 @@ impl Agent {
             sync_generation: sync.as_ref().map_or(0, |x| x.point.generation),
             lease_renew_failures: s.renew_failures,
             released: s.released.clone(),
-            draining: s.draining_since.is_some() && s.drained && !s.files.stale,
+            draining: s.drained && !s.files.stale && s.drain_marked(),
+            marks_drain: true,
             failsafe: s.on_promise(Instant::now()),
             sync,
         }
@@ -394,7 +413,28 @@ impl Agent {
         s.drained = false;
         self.set_role(&mut s, Role::Standby, epoch);
         info!(epoch, "draining for a handover: stopped serving, still holding the lease");
+        drop(s);
+        // The drain mark goes on the Lease in a renewal now, not at the next tick.
+        self.wake.notify_one();
         true
+    }
+
+    /// Waits, at most `limit`, until the drain at `epoch` is marked on the
+    /// Lease; whether it is.
+    pub async fn await_drain_mark(&self, epoch: i64, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        loop {
+            {
+                let s = self.lock();
+                if s.epoch != epoch || s.draining_since.is_none() || s.drain_marked() {
+                    return s.epoch == epoch && s.drain_marked();
+                }
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The drain at `epoch` has its final generation (see

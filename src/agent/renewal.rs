@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::lease::{LeaseError, LeaseView};
+use super::lease::{LeaseError, LeaseView, MarkOp};
 use crate::api::Role;
 
 /// What the agent knows at the start of a tick.
@@ -31,13 +31,18 @@ pub struct Tick {
     /// holder is a hand edit, and claiming it would make two members active
     /// at one epoch until the old holder's next renewal fails.
     pub seen_other: Option<i64>,
+    /// The drain mark on the Lease as this member last read or wrote it,
+    /// and whether the Lease had annotations at all.
+    pub drain_mark: Option<String>,
+    pub annotated: bool,
 }
 
 /// What to ask the API server this tick.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// Renew the Lease at this epoch (active, or draining).
-    Renew { epoch: i64 },
+    /// Renew the Lease at this epoch (active, or draining), doing `mark`
+    /// with the drain mark: set while draining, cleared before serving.
+    Renew { epoch: i64, mark: MarkOp },
     /// Stand down, then give the Lease back at this epoch: the application
     /// fails its health check.
     Release { epoch: i64 },
@@ -101,15 +106,32 @@ pub enum Verdict {
 }
 
 pub fn step(t: &Tick) -> Step {
-    if t.draining_for.is_some() {
-        // Keep the Lease until the operator moves it.
-        return Step::Renew { epoch: t.epoch };
+    if let Some(d) = t.draining_for {
+        // Keep the Lease, marked drained, until the operator moves it; past
+        // the hold, clear the mark in the renewal that decides to serve
+        // again, so the operator can no longer move the Lease as a handover.
+        let mark = if d >= t.handover_hold { clear_mark(t.drain_mark.as_deref()) } else { set_mark(t) };
+        return Step::Renew { epoch: t.epoch, mark };
     }
     match (t.role, t.healthy) {
         (Role::Active, Some(false)) => Step::Release { epoch: t.epoch },
-        (Role::Active, _) => Step::Renew { epoch: t.epoch },
+        (Role::Active, _) => Step::Renew { epoch: t.epoch, mark: clear_mark(t.drain_mark.as_deref()) },
         _ => Step::Read,
     }
+}
+
+/// The drain mark at the tick's epoch, unless the Lease carries it already.
+fn set_mark(t: &Tick) -> MarkOp {
+    if t.drain_mark.as_deref() == Some(t.epoch.to_string().as_str()) {
+        MarkOp::Leave
+    } else {
+        MarkOp::Set { new_map: !t.annotated }
+    }
+}
+
+/// No drain mark: a member that serves never leaves one on its Lease.
+pub fn clear_mark(mark: Option<&str>) -> MarkOp {
+    mark.map_or(MarkOp::Leave, |m| MarkOp::Clear(m.to_string()))
 }
 
 /// What `answer` to [`step`]`(t)` means; `identity` is this member's
@@ -152,6 +174,8 @@ mod tests {
             draining_for: draining_for.map(Duration::from_secs),
             handover_hold: HOLD,
             seen_other: None,
+            drain_mark: None,
+            annotated: true,
         }
     }
 
@@ -163,6 +187,8 @@ mod tests {
             missed_threshold: Some(3),
             renewed: None,
             replaced: None,
+            drain_mark: None,
+            annotated: true,
         }
     }
 
@@ -173,14 +199,19 @@ mod tests {
     #[test]
     fn each_role_asks_the_api_server_what_it_must() {
         use Role::*;
+        let leave = MarkOp::Leave;
+        let set = MarkOp::Set { new_map: false };
         let rows = [
-            (tick(Active, Some(true), None), Step::Renew { epoch: 4 }),
-            (tick(Active, None, None), Step::Renew { epoch: 4 }),
+            (tick(Active, Some(true), None), Step::Renew { epoch: 4, mark: leave.clone() }),
+            (tick(Active, None, None), Step::Renew { epoch: 4, mark: leave.clone() }),
             (tick(Active, Some(false), None), Step::Release { epoch: 4 }),
             // Draining: standby in role, but the Lease is still held and renewed,
-            // even with the application failing (the handover gives it away).
-            (tick(Standby, Some(true), Some(1)), Step::Renew { epoch: 4 }),
-            (tick(Standby, Some(false), Some(1)), Step::Renew { epoch: 4 }),
+            // marked drained, even with the application failing (the handover
+            // gives it away).
+            (tick(Standby, Some(true), Some(1)), Step::Renew { epoch: 4, mark: set.clone() }),
+            (tick(Standby, Some(false), Some(1)), Step::Renew { epoch: 4, mark: set.clone() }),
+            // Past the hold: the renewal that decides to serve again has no mark.
+            (tick(Standby, Some(true), Some(10)), Step::Renew { epoch: 4, mark: leave.clone() }),
             (tick(Standby, Some(true), None), Step::Read),
             (tick(Fenced, Some(true), None), Step::Read),
             (tick(Unknown, None, None), Step::Read),
@@ -188,6 +219,53 @@ mod tests {
         for (t, want) in rows {
             assert_eq!(step(&t), want, "{t:?}");
         }
+    }
+
+    fn marked(role: Role, draining_for: Option<u64>, mark: Option<&str>, annotated: bool) -> Tick {
+        Tick { drain_mark: mark.map(str::to_string), annotated, ..tick(role, Some(true), draining_for) }
+    }
+
+    #[test]
+    fn a_drained_member_marks_its_lease_and_clears_the_mark_before_it_serves_again() {
+        use Role::*;
+        let renew = |mark| Step::Renew { epoch: 4, mark };
+        let rows = [
+            // Drained: the mark at this epoch, once; on a Lease without
+            // annotations, as a new map.
+            (marked(Standby, Some(1), None, true), renew(MarkOp::Set { new_map: false })),
+            (marked(Standby, Some(1), None, false), renew(MarkOp::Set { new_map: true })),
+            (marked(Standby, Some(1), Some("4"), true), renew(MarkOp::Leave)),
+            // A mark of another epoch (a hand edit, a former drain) is rewritten.
+            (marked(Standby, Some(1), Some("3"), true), renew(MarkOp::Set { new_map: false })),
+            // Past the hold the mark goes, in the renewal whose success serves.
+            (marked(Standby, Some(10), Some("4"), true), renew(MarkOp::Clear("4".into()))),
+            // Active (a restarted agent claiming a marked Lease, too): no mark.
+            (marked(Active, None, Some("4"), true), renew(MarkOp::Clear("4".into()))),
+            (marked(Active, None, None, true), renew(MarkOp::Leave)),
+        ];
+        for (t, want) in rows {
+            assert_eq!(step(&t), want, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn the_renewal_patch_tests_the_holder_and_epoch_before_it_touches_the_mark() {
+        let ops = |mark| {
+            let patch = super::super::lease::renewal_patch(ME, 4, 3, &mark);
+            serde_json::to_value(patch).unwrap().as_array().unwrap().clone()
+        };
+        let key = "/metadata/annotations/hapair.dev~1draining";
+        let set = ops(MarkOp::Set { new_map: false });
+        assert_eq!(set[0]["op"], "test");
+        assert_eq!(set[0]["path"], "/spec/holderIdentity");
+        assert_eq!(set[1]["path"], "/spec/leaseTransitions");
+        assert_eq!(set[4], serde_json::json!({"op": "add", "path": key, "value": "4"}));
+        let new_map = ops(MarkOp::Set { new_map: true });
+        assert_eq!(new_map[4]["value"], serde_json::json!({"hapair.dev/draining": "4"}));
+        let clear = ops(MarkOp::Clear("4".into()));
+        assert_eq!(clear[4], serde_json::json!({"op": "test", "path": key, "value": "4"}));
+        assert_eq!(clear[5], serde_json::json!({"op": "remove", "path": key}));
+        assert_eq!(ops(MarkOp::Leave).len(), 4);
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub async fn start(
                                 syncer.settle(epoch).await?;
                             }
                             a.mark_drained(epoch);
+                            // Reported drained only once the Lease says so
+                            // (the renewal the drain woke is usually done).
+                            a.await_drain_mark(epoch, Duration::from_secs(1)).await;
                             Ok::<_, std::io::Error>(())
                         });
                         match settled.await {

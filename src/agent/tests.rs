@@ -80,7 +80,36 @@ fn a_member_whose_role_file_still_says_active_is_reported_active_until_it_is_rew
     let status = agent.status();
     assert_eq!(status.role, Role::Standby);
     assert!(agent.mark_drained(1));
+    assert!(!agent.status().draining, "not before the Lease carries the drain mark");
+    agent.lock().note_lease(&lease::LeaseView { drain_mark: Some("1".into()), ..view(1, 3) });
     assert!(agent.status().draining);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_drain_is_reported_once_its_mark_is_on_the_lease_and_never_at_another_epoch() {
+    let dir = std::env::temp_dir().join(format!("hapair-drain-mark-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let agent = Arc::new(agent(&dir));
+    agent.lock().record_renewal((1, 3), &view(1, 3), Instant::now());
+    assert!(agent.drain(1));
+    assert!(agent.mark_drained(1));
+    // No lease loop runs here: the wait gives up at its limit.
+    let started = Instant::now();
+    assert!(!agent.await_drain_mark(1, Duration::from_millis(100)).await);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert!(!agent.status().draining);
+    // A mark left at another epoch does not count.
+    agent.lock().note_lease(&lease::LeaseView { drain_mark: Some("0".into()), ..view(1, 3) });
+    assert!(!agent.status().draining);
+    // The renewal that writes it, arriving while the drain waits.
+    let a = agent.clone();
+    let waiting = tokio::spawn(async move { a.await_drain_mark(1, Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    agent.lock().note_lease(&lease::LeaseView { drain_mark: Some("1".into()), ..view(1, 3) });
+    assert!(waiting.await.unwrap());
+    let status = agent.status();
+    assert!(status.draining && status.marks_drain);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -92,6 +121,8 @@ fn view(interval: i32, missed: i32) -> lease::LeaseView {
         missed_threshold: Some(missed),
         renewed: None,
         replaced: None,
+        drain_mark: None,
+        annotated: true,
     }
 }
 

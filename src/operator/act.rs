@@ -32,7 +32,8 @@ use crate::api::{HighAvailabilityPair, LABEL_ROLE, Member, Role};
 use crate::http::{self, Target};
 use crate::proto::AgentStatus;
 use crate::proto::{
-    ANN_INTERVAL, ANN_MISSED, ANN_OPERATION, ANN_RELEASED, ANN_RELEASED_BY, ANN_REPLACED_RENEWAL, lease_identity,
+    ANN_DRAINING, ANN_INTERVAL, ANN_MISSED, ANN_OPERATION, ANN_RELEASED, ANN_RELEASED_BY, ANN_REPLACED_RENEWAL,
+    lease_identity,
 };
 use crate::tls;
 
@@ -347,6 +348,7 @@ async fn apply_lease_and_status(
             let ann = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
             ann.remove(ANN_RELEASED);
             ann.remove(ANN_RELEASED_BY);
+            ann.remove(ANN_DRAINING);
             match &transition.operation_id {
                 Some(id) => ann.insert(ANN_OPERATION.into(), id.clone()),
                 None => ann.remove(ANN_OPERATION),

@@ -241,6 +241,7 @@ fn keeping_the_most_recent_writer_hands_the_role_to_a_standby_that_wrote_last() 
     assert_eq!(plan.drain, Some((Member::Primary, 1)), "the active drains first");
     let mut drained = obs.clone();
     drained.primary.agent.last.as_mut().unwrap().draining = true;
+    drained.lease.as_mut().unwrap().drained_at = Some(1);
     let plan = decide(&s, None, &drained, &clock());
     let Some(LeaseAction::Takeover { to, transition, .. }) = plan.lease else { panic!("{:?}", plan.lease) };
     assert_eq!((to, transition.type_), (Member::Secondary, TransitionType::SplitBrainResolved));

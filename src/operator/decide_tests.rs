@@ -41,6 +41,7 @@ pub(super) fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs 
                 released: None,
                 draining: false,
                 failsafe: false,
+                marks_drain: true,
                 sync: None,
             }),
             missed: 0,
@@ -60,6 +61,7 @@ pub(super) fn lease(holder: Member, epoch: i64, unchanged_for: Duration) -> Leas
         released_reason: None,
         released_by: None,
         operation_id: None,
+        drained_at: None,
         unchanged_for,
         interval_seconds: Some(5),
         missed_threshold: Some(3),
@@ -428,6 +430,19 @@ fn a_switchover_drains_the_active_then_moves_the_lease_then_succeeds() {
     let mut drained = obs.clone();
     drained.primary.agent.last.as_mut().unwrap().draining = true;
     drained.primary.agent.last.as_mut().unwrap().role = Role::Standby;
+    // Drained, but the Lease read does not carry the mark (yet, or any more:
+    // the member gave the handover up and serves again): no move.
+    let waiting = decide(&s, Some(&plan.status), &drained, &clock());
+    assert_eq!(waiting.lease, None, "no handover from a Lease not marked drained");
+    assert_eq!((waiting.drain, op_status(&waiting).phase), (None, OperationPhase::Running));
+    drained.lease.as_mut().unwrap().drained_at = Some(0);
+    assert_eq!(decide(&s, Some(&plan.status), &drained, &clock()).lease, None, "a mark of another epoch");
+    drained.lease.as_mut().unwrap().drained_at = Some(1);
+    // An agent of an earlier version never marks: its report alone counts.
+    let mut older = drained.clone();
+    older.lease.as_mut().unwrap().drained_at = None;
+    older.primary.agent.last.as_mut().unwrap().marks_drain = false;
+    assert!(decide(&s, Some(&plan.status), &older, &clock()).lease.is_some(), "the switchover that upgrades a pair");
     let plan = decide(&s, Some(&plan.status), &drained, &clock());
     match &plan.lease {
         Some(LeaseAction::Takeover { to, epoch, transition, .. }) => {

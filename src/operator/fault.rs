@@ -12,6 +12,12 @@
 //!   step, the first replica to reach it removes the file and dies — one
 //!   crash per arming, whichever replica leads by then. The chaos suite
 //!   arms a step per round this way without restarting anything.
+//!
+//! With `HAPAIR_FAULT_TRACE_FILE=path`, every step reached is appended to
+//! that file, one name a line: a test that armed a step no replica reached
+//! can tell a procedure that took another path (a handover whose standby
+//! held the final files already never asks it to pull) from a hook that
+//! does not work.
 
 /// The steps, in the order a reconcile that carries out a procedure takes
 /// them (`act::apply`). Each is reached only by a reconcile that does a step
@@ -53,6 +59,13 @@ pub fn step(name: &'static str) {
         // two pairs' reconciles) reaching it at once, one dies.
         (wanted.trim() == name && std::fs::remove_file(&path).is_ok()).then_some(())
     };
+    if let Some(path) = std::env::var_os("HAPAIR_FAULT_TRACE_FILE") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+        if let Err(e) = file.and_then(|mut f| f.write_all(format!("{name}\n").as_bytes())) {
+            tracing::warn!(error = %e, "fault injection: cannot trace the step");
+        }
+    }
     if always || armed().is_some() {
         tracing::warn!(step = name, "fault injection: the operator dies at this step");
         std::process::exit(86);

@@ -319,6 +319,16 @@ pub fn handover(obs: &Observed, to: Member, epoch: i64, holder: Option<Member>, 
         return takeover;
     }
     let Some(drained) = drained else { return Step::Drain { member: from, epoch } };
+    // The Lease moves only from a Lease marked drained at this epoch: the
+    // takeover's compare-and-swap is on the Lease as read here, and a member
+    // that gives the handover up clears the mark before it serves again, so
+    // a drained report older than its resumption cannot move the Lease from
+    // under writes the standby never pulled. The agent marks before it
+    // reports; an unmarked Lease here is a watch not yet caught up.
+    let marked = obs.lease.as_ref().is_some_and(|l| l.drained_at == Some(epoch));
+    if drained.marks_drain && !marked {
+        return Step::Wait;
+    }
     if !syncs {
         return takeover;
     }

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use super::build::{ANN_HASH, applied_hash};
 use crate::api::{AGENT_CONTAINER, LABEL_SERVICE_NAME, LABEL_SLICE_MANAGED_BY, Member};
 use crate::proto::{
-    ANN_INTERVAL, ANN_MISSED, ANN_OPERATION, ANN_RELEASED, ANN_RELEASED_BY, AgentStatus, parse_identity,
+    ANN_DRAINING, ANN_INTERVAL, ANN_MISSED, ANN_OPERATION, ANN_RELEASED, ANN_RELEASED_BY, AgentStatus, parse_identity,
 };
 
 /// One member pod as far as decisions go.
@@ -92,6 +92,8 @@ pub struct LeaseObs {
     pub released_by: Option<Member>,
     /// Operation request whose takeover made the current holder, if any.
     pub operation_id: Option<String>,
+    /// The epoch at which the holder's agent marked the Lease drained.
+    pub drained_at: Option<i64>,
     /// How long the Lease has gone without any change, on the operator's clock.
     pub unchanged_for: Duration,
     /// Heartbeat settings written on the Lease.
@@ -112,6 +114,7 @@ impl LeaseObs {
             released_reason: ann.get(ANN_RELEASED).cloned(),
             released_by: ann.get(ANN_RELEASED_BY).and_then(|m| m.parse().ok()),
             operation_id: ann.get(ANN_OPERATION).cloned(),
+            drained_at: ann.get(ANN_DRAINING).and_then(|v| v.parse().ok()),
             unchanged_for,
             interval_seconds: ann.get(ANN_INTERVAL).and_then(|v| v.parse().ok()),
             missed_threshold: ann.get(ANN_MISSED).and_then(|v| v.parse().ok()),
