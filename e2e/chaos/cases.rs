@@ -58,6 +58,7 @@ cases! {
     OperatorKilledInSwitchover = "operator-killed-in-switchover",
     OperatorLeaderFrozen = "operator-leader-frozen-30s",
     Switchover = "switchover",
+    SwitchoverAtHold = "switchover-given-up-at-the-hold",
     RequestsTogether = "switchover-failover-heartbeat-together",
     OperatorCut = "operator-cut-from-agents",
     ApiResponsesDelayed = "api-responses-delayed",
@@ -163,6 +164,13 @@ impl Case {
         }
     }
 
+    /// Crash points a procedure reaches only on some paths: a handover asks
+    /// the standby to pull only when its last report does not hold the
+    /// drained member's final generation yet.
+    pub fn optional_points() -> &'static [&'static str] {
+        &["sync-asked"]
+    }
+
     pub fn parse(name: &str) -> Option<Case> {
         Case::ALL.iter().copied().find(|c| c.name() == name)
     }
@@ -228,6 +236,10 @@ pub struct Injected {
     /// A fault that must land at a named point (an operator crash point,
     /// a Job's pod killed mid-run), and whether it did.
     pub crash: Option<(&'static str, bool)>,
+    /// The crash point was not reached because the procedure took a path
+    /// without it (see [`Case::optional_points`]); it tested nothing, and
+    /// is counted apart rather than as a fault that did not land.
+    pub off_path: bool,
     /// The bulk tree was taken from the standby: it must be whole again.
     pub tree_restored: bool,
     /// The pair was deleted: the runner applies it anew, with new clients
@@ -354,6 +366,19 @@ pub async fn inject(case: Case, t: &mut Target<'_>) -> Injected {
         Case::Switchover => {
             t.request(format!("chaos-sw-{}", t.serial), json!({"switchover": {}})).await.expect("nothing pending")
         }
+        Case::SwitchoverAtHold => {
+            // The standby cannot pull the drained member's final files (the
+            // members are cut apart), so the handover waits; the link comes
+            // back around the moment the drained member gives the handover up
+            // and serves again (its hold). The operator's move, on a drained
+            // report it read before, races the member's resumption: one of
+            // them wins, and no acknowledged write may be lost either way.
+            h.cut_members_apart(pair, true).await;
+            t.request(format!("chaos-hold-{}", t.serial), json!({"switchover": {}})).await.expect("nothing pending");
+            let hold = hapair::proto::handover_hold(1, 3, Some(1));
+            tokio::time::sleep(hold - Duration::from_millis(2000) + millis(t.rng, 3000)).await;
+            h.cut_members_apart(pair, false).await;
+        }
         Case::RequestsTogether => {
             // The second request is refused at the API while the first is
             // pending, or accepted if the first already finished.
@@ -404,7 +429,15 @@ pub async fn inject(case: Case, t: &mut Target<'_>) -> Injected {
         | Case::CrashInFailback
         | Case::CrashInRepair
         | Case::CrashInResync
-        | Case::CrashInLeaseRepair => out.crash = Some(crash_in(case, t).await),
+        | Case::CrashInLeaseRepair => {
+            let (point, hit) = crash_in(case, t).await;
+            // Not reached, yet the procedure went past it to the Lease: it
+            // took the path without that step.
+            out.off_path = !hit
+                && Case::optional_points().contains(&point)
+                && t.h.steps_reached().iter().any(|s| s == "lease-moved");
+            out.crash = Some((point, hit));
+        }
         Case::ResyncJobKilled => {
             // The standby loses the bulk tree behind the pair's back: a
             // split brain, repaired by a resync Job copying it all back.

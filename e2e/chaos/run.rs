@@ -42,8 +42,9 @@ pub struct Tally {
     pub missed_failovers: u64,
     /// Rounds of a case that must not move the role in which it moved.
     pub needless_failovers: u64,
-    /// Crash points armed (how often, how often an operator died there).
-    pub crash_points: BTreeMap<&'static str, (u64, u64)>,
+    /// Crash points armed (how often, how often an operator died there,
+    /// how often the procedure took a path without that step).
+    pub crash_points: BTreeMap<&'static str, (u64, u64, u64)>,
     /// A few breaches in words, for the report.
     pub examples: Vec<String>,
 }
@@ -63,9 +64,9 @@ impl Tally {
         self.stuck += o.stuck;
         self.missed_failovers += o.missed_failovers;
         self.needless_failovers += o.needless_failovers;
-        for (k, (armed, hit)) in &o.crash_points {
+        for (k, (armed, hit, off)) in &o.crash_points {
             let e = self.crash_points.entry(k).or_default();
-            (e.0, e.1) = (e.0 + armed, e.1 + hit);
+            (e.0, e.1, e.2) = (e.0 + armed, e.1 + hit, e.2 + off);
         }
         self.examples.extend(o.examples.iter().take(5 - self.examples.len().min(5)).cloned());
     }
@@ -272,9 +273,9 @@ impl Pair {
         }
         if let Some((point, hit)) = injected.crash {
             let e = t.crash_points.entry(point).or_default();
-            (e.0, e.1) = (e.0 + 1, e.1 + u64::from(hit));
+            (e.0, e.1, e.2) = (e.0 + 1, e.1 + u64::from(hit), e.2 + u64::from(injected.off_path));
             // A fault that did not land tested nothing.
-            if !hit {
+            if !hit && !injected.off_path {
                 *t.violations.entry("fault-did-not-land").or_default() += 1;
                 t.examples.push(format!("{}: {point} was never reached", case.name()));
             }
@@ -481,9 +482,19 @@ pub fn report(
         ops.0,
         ops.1
     ));
-    let points: Vec<String> = total.crash_points.iter().map(|(k, (armed, hit))| format!("{k} {hit}/{armed}")).collect();
+    let points: Vec<String> = total
+        .crash_points
+        .iter()
+        .map(|(k, (armed, hit, off))| match off {
+            0 => format!("{k} {hit}/{armed}"),
+            _ => format!("{k} {hit}/{armed} ({off} off the path)"),
+        })
+        .collect();
     if !points.is_empty() {
-        out.push_str(&format!("faults that must land (landed / tried): {}\n", points.join(", ")));
+        out.push_str(&format!(
+            "faults that must land (landed / tried; off the path: the procedure had no such step that time): {}\n",
+            points.join(", ")
+        ));
     }
     for e in &total.examples {
         out.push_str(&format!("  {e}\n"));

@@ -48,6 +48,7 @@ impl Harness {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let ns = self.ns.name.clone();
         let crash_file = self.crash_file();
+        let trace_file = self.trace_file();
         let agent_image = self.agent_image.clone();
         // A port free now, kept for every restart of this replica.
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
@@ -68,6 +69,7 @@ impl Harness {
                     .env("HAPAIR_LEADER_LEASE_SECONDS", "4")
                     .env("HAPAIR_AGENT_IMAGE", &agent_image)
                     .env("HAPAIR_FAULT_CRASH_FILE", &crash_file)
+                    .env("HAPAIR_FAULT_TRACE_FILE", &trace_file)
                     // Its own group: a test can cut the operator's traffic
                     // (and only the operator's) with an owner match.
                     .gid(OPERATOR_GID)
@@ -150,10 +152,23 @@ impl Harness {
         self.dir.join("crash-at")
     }
 
+    /// The steps the operator replicas reached, one name a line, since the
+    /// last [`arm_crash`](Self::arm_crash).
+    pub fn trace_file(&self) -> std::path::PathBuf {
+        self.dir.join("steps-reached")
+    }
+
     /// Arms the crash point `step` (a name from `fault::STEPS`): the next
-    /// replica to reach it dies there and is started again.
+    /// replica to reach it dies there and is started again. The trace of
+    /// steps reached starts anew.
     pub fn arm_crash(&self, step: &str) {
+        std::fs::write(self.trace_file(), "").expect("step trace emptied");
         std::fs::write(self.crash_file(), step).expect("crash point armed");
+    }
+
+    /// The steps reached since the crash point was armed.
+    pub fn steps_reached(&self) -> Vec<String> {
+        std::fs::read_to_string(self.trace_file()).unwrap_or_default().lines().map(str::to_string).collect()
     }
 
     /// Disarms it; true if a replica died there since it was armed.

@@ -1,6 +1,8 @@
 //! The HighAvailabilityPair API on a real API server: the generated CRD
 //! installs, valid pairs round-trip with their defaults, and bad pairs are
-//! refused at apply time with a message that says what to fix.
+//! refused at apply time with a message that says what to fix. Also the
+//! agent's Lease patches, whose meaning rests on how the API server applies
+//! JSON patch `test`, `add` and `remove`.
 
 mod common;
 
@@ -440,4 +442,62 @@ async fn kubectl_apply_shows_the_refusal_to_the_user() {
         stderr.contains("spec.heartbeat.intervalSeconds") && stderr.contains("less than or equal to 600"),
         "{stderr}"
     );
+}
+
+/// The agent's renewal patch on a real API server: it applies only while
+/// the member holds the Lease at its epoch, sets the drain mark (on a Lease
+/// with annotations or without any), and clears it only when it reads what
+/// the agent last saw; each refusal is the "lost" answer (409/422), never an
+/// error the agent would take for an unreachable server.
+#[tokio::test]
+async fn the_agent_renewal_sets_and_clears_the_drain_mark_only_while_it_holds_the_lease() {
+    use hapair::agent::lease::{LeaseError, MarkOp, renew};
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "drain-mark").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let me = "primary/uid-1";
+    let lease = |annotations: Option<Value>| {
+        let mut l = json!({"metadata": {"name": "db"},
+            "spec": {"holderIdentity": me, "leaseTransitions": 4, "leaseDurationSeconds": 3}});
+        if let Some(a) = annotations {
+            l["metadata"]["annotations"] = a;
+        }
+        serde_json::from_value::<Lease>(l).unwrap()
+    };
+    leases
+        .create(&PostParams::default(), &lease(Some(json!({"hapair.dev/heartbeat-interval-seconds": "1"}))))
+        .await
+        .unwrap();
+    let mark = |l: &Lease| l.metadata.annotations.as_ref().and_then(|a| a.get("hapair.dev/draining").cloned());
+
+    let set = renew(&leases, "db", me, 4, 3, &MarkOp::Set { new_map: false }).await.expect("renewed");
+    assert_eq!(set.drain_mark.as_deref(), Some("4"));
+    let stored = leases.get("db").await.unwrap();
+    assert_eq!(mark(&stored).as_deref(), Some("4"));
+    assert_eq!(
+        stored.metadata.annotations.unwrap().get("hapair.dev/heartbeat-interval-seconds").map(String::as_str),
+        Some("1"),
+        "other annotations kept"
+    );
+    // Not the holder, or not at its epoch: nothing applies.
+    for (who, epoch) in [("secondary/uid-2", 4), (me, 3)] {
+        let r = renew(&leases, "db", who, epoch, 3, &MarkOp::Clear("4".into())).await;
+        assert!(matches!(r, Err(LeaseError::Lost(_))), "{who} at {epoch}: {r:?}");
+    }
+    assert_eq!(mark(&leases.get("db").await.unwrap()).as_deref(), Some("4"));
+    // A clear that expects another value (someone changed the mark) is refused.
+    let r = renew(&leases, "db", me, 4, 3, &MarkOp::Clear("3".into())).await;
+    assert!(matches!(r, Err(LeaseError::Lost(_))), "{r:?}");
+    let cleared = renew(&leases, "db", me, 4, 3, &MarkOp::Clear("4".into())).await.expect("cleared");
+    assert_eq!(cleared.drain_mark, None);
+    assert_eq!(mark(&leases.get("db").await.unwrap()), None);
+
+    // A Lease with no annotations at all: the mark comes as a new map.
+    leases.delete("db", &Default::default()).await.unwrap();
+    leases.create(&PostParams::default(), &lease(None)).await.unwrap();
+    let bare = renew(&leases, "db", me, 4, 3, &MarkOp::Leave).await.expect("renewed");
+    assert!(!bare.annotated);
+    let set = renew(&leases, "db", me, 4, 3, &MarkOp::Set { new_map: true }).await.expect("renewed");
+    assert_eq!((set.drain_mark.as_deref(), set.annotated), (Some("4"), true));
 }

@@ -114,9 +114,9 @@ pub fn renewal_patch(identity: &str, epoch: i64, lease_duration_seconds: i32, ma
     match mark {
         MarkOp::Leave => {}
         MarkOp::Set { new_map: false } => ops.push(json!({"op": "add", "path": key, "value": epoch.to_string()})),
-        MarkOp::Set { new_map: true } => ops.push(
-            json!({"op": "add", "path": "/metadata/annotations", "value": {ANN_DRAINING: epoch.to_string()}}),
-        ),
+        MarkOp::Set { new_map: true } => {
+            ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {ANN_DRAINING: epoch.to_string()}}))
+        }
         MarkOp::Clear(was) => {
             ops.push(json!({"op": "test", "path": key, "value": was}));
             ops.push(json!({"op": "remove", "path": key}));

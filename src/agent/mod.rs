@@ -11,7 +11,7 @@
 //! the standby can take over at once.
 
 mod failsafe;
-mod lease;
+pub mod lease;
 mod lease_task;
 mod probe;
 mod renewal;
