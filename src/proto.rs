@@ -101,6 +101,12 @@ pub struct AgentStatus {
     /// (the switchover that upgrades a pair).
     #[serde(default)]
     pub marks_drain: bool,
+    /// How long ago (seconds) this member, drained for a handover at its
+    /// current epoch, gave it up when its hold ran out and served again:
+    /// the operator does not drain it again for the same request, and an
+    /// automatic failback waits its delay anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover_given_up_seconds_ago: Option<f64>,
     /// File sync, when the pair syncs files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncStatus>,

@@ -122,13 +122,7 @@ async fn apply_verdict(
     use renewal::Verdict;
     match verdict {
         Verdict::Keep(view) => renewed(agent, used, view, sent),
-        Verdict::ServeAgain(view) => {
-            renewed(agent, used, view, sent);
-            warn!(epoch, "handover did not happen: serving again");
-            let mut s = agent.lock();
-            s.draining_since = None;
-            agent.set_role(&mut s, Role::Active, epoch);
-        }
+        Verdict::ServeAgain(view) => serve_again(agent, used, view, sent, epoch),
         Verdict::HandoverDone => {
             info!(epoch, "lease moved: handover complete");
             let mut s = agent.lock();
@@ -156,6 +150,18 @@ async fn apply_verdict(
         Verdict::Claim { epoch } => claim(agent, api, name, epoch, used).await,
         Verdict::Nothing => {}
     }
+}
+
+/// The drain's hold ran out and the renewal that cleared the drain mark
+/// succeeded: serve again, and say so (the operator does not drain this
+/// member again for the same request).
+pub(super) fn serve_again(agent: &Agent, used: (i32, i32), view: lease::LeaseView, sent: Instant, epoch: i64) {
+    renewed(agent, used, view, sent);
+    warn!(epoch, "handover did not happen: serving again");
+    let mut s = agent.lock();
+    s.draining_since = None;
+    s.gave_up = Some((epoch, Instant::now()));
+    agent.set_role(&mut s, Role::Active, epoch);
 }
 
 fn renewed(agent: &Agent, used: (i32, i32), view: lease::LeaseView, sent: Instant) {

@@ -144,6 +144,9 @@ pub(crate) struct State {
     /// read or written, and whether the Lease had annotations at all.
     pub lease_mark: Option<String>,
     pub lease_annotated: bool,
+    /// When this member last gave a handover up (its hold ran out), and
+    /// at which epoch.
+    pub gave_up: Option<(i64, Instant)>,
 }
 
 /// What the role files show, as far as the agent knows. A write can fail (a
@@ -197,6 +200,7 @@ impl State {
             files: FilesShow::default(),
             lease_mark: None,
             lease_annotated: true,
+            gave_up: None,
             started_hold: Some(Instant::now() + Duration::from_secs((interval * missed) as u64)),
         }
     }
@@ -389,6 +393,10 @@ impl Agent {
             released: s.released.clone(),
             draining: s.drained && !s.files.stale && s.drain_marked(),
             marks_drain: true,
+            handover_given_up_seconds_ago: s
+                .gave_up
+                .filter(|(epoch, _)| *epoch == s.epoch)
+                .map(|(_, at)| at.elapsed().as_secs_f64()),
             failsafe: s.on_promise(Instant::now()),
             sync,
         }

@@ -110,6 +110,15 @@ async fn a_drain_is_reported_once_its_mark_is_on_the_lease_and_never_at_another_
     assert!(waiting.await.unwrap());
     let status = agent.status();
     assert!(status.draining && status.marks_drain);
+    assert_eq!(status.handover_given_up_seconds_ago, None);
+    // The hold ran out: the renewal that cleared the mark lets it serve again.
+    lease_task::serve_again(&agent, (1, 3), view(1, 3), Instant::now(), 1);
+    let status = agent.status();
+    assert_eq!((status.role, status.draining), (Role::Active, false));
+    assert!(status.handover_given_up_seconds_ago.is_some_and(|s| s < 1.0), "{status:?}");
+    // Only at the epoch it gave up at.
+    agent.lock().epoch = 2;
+    assert_eq!(agent.status().handover_given_up_seconds_ago, None);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

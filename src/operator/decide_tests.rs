@@ -42,6 +42,7 @@ pub(super) fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs 
                 draining: false,
                 failsafe: false,
                 marks_drain: true,
+                handover_given_up_seconds_ago: None,
                 sync: None,
             }),
             missed: 0,
@@ -576,4 +577,43 @@ fn automatic_failback_waits_for_the_primary_to_be_stable() {
     obs.primary_usable_for = Some(Duration::from_secs(30));
     assert_eq!(decide(&s, None, &obs, &clock()).drain, Some((Member::Secondary, 2)));
     assert_eq!(decide(&spec(""), None, &obs, &clock()).drain, None, "manual failback waits for a request");
+}
+
+#[test]
+fn a_handover_the_active_gave_up_is_not_drained_again() {
+    let s = with_op("", "{id: sw-1, switchover: {}}");
+    let first = decide(&s, None, &enabled(), &clock());
+    let mut status = first.status.clone();
+    status.operations[0].start_time = Some(Utc::now() - chrono::Duration::seconds(20));
+    // Drained for this request, the hold ran out, it serves again.
+    let mut resumed = enabled();
+    resumed.primary.agent.last.as_mut().unwrap().handover_given_up_seconds_ago = Some(5.0);
+    let plan = decide(&s, Some(&status), &resumed, &clock());
+    assert_eq!((plan.drain, plan.lease.is_some()), (None, false), "no second drain, no move");
+    let op = op_status(&plan);
+    assert_eq!((op.phase, op.reason.as_deref()), (OperationPhase::Failed, Some("HandoverTimedOut")));
+    assert!(op.message.as_deref().is_some_and(|m| m.contains("gave the handover up")), "{op:?}");
+    // A give-up older than the request (an earlier one) does not count.
+    resumed.primary.agent.last.as_mut().unwrap().handover_given_up_seconds_ago = Some(25.0);
+    assert_eq!(decide(&s, Some(&status), &resumed, &clock()).drain, Some((Member::Primary, 1)));
+}
+
+#[test]
+fn a_failback_the_secondary_gave_up_waits_its_delay_anew() {
+    let s = spec("failback: {mode: Automatic, delaySeconds: 30}");
+    let mut obs = enabled();
+    obs.primary = member(Member::Primary, Role::Standby, Some(true));
+    obs.secondary = member(Member::Secondary, Role::Active, Some(true));
+    obs.secondary.agent.last.as_mut().unwrap().epoch = 2;
+    obs.lease = Some(lease(Member::Secondary, 2, Duration::ZERO));
+    obs.primary_usable_for = Some(Duration::from_secs(300));
+    obs.secondary.agent.last.as_mut().unwrap().handover_given_up_seconds_ago = Some(29.0);
+    assert_eq!(decide(&s, None, &obs, &clock()).drain, None, "the delay starts at the give-up");
+    obs.secondary.agent.last.as_mut().unwrap().handover_given_up_seconds_ago = Some(31.0);
+    assert_eq!(decide(&s, None, &obs, &clock()).drain, Some((Member::Secondary, 2)));
+    // A give-up at an earlier epoch is another story.
+    obs.secondary.agent.last.as_mut().unwrap().handover_given_up_seconds_ago = Some(1.0);
+    obs.secondary.agent.last.as_mut().unwrap().epoch = 1;
+    obs.lease = Some(lease(Member::Secondary, 2, Duration::ZERO));
+    assert_eq!(decide(&s, None, &obs, &clock()).drain, Some((Member::Secondary, 2)));
 }

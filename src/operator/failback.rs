@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::model::{Step, handover, syncs_files};
+use super::model::{Step, gave_up_handover, handover, syncs_files};
 use super::observe::Observed;
 use crate::api::{FailbackMode, HighAvailabilityPairSpec, Member, TransitionType};
 
@@ -19,7 +19,11 @@ pub fn step(
     epoch: i64,
 ) -> Step {
     let delay = Duration::from_secs(spec.failback.delay_seconds as u64);
-    let stable = obs.primary_usable_for.is_some_and(|d| d >= delay);
+    // A handover the secondary gave up (the primary did not catch up within
+    // its hold) starts the delay anew: drained again at once, it would be
+    // out of service for most of the time the primary cannot catch up.
+    let gave_up = gave_up_handover(obs, Member::Secondary, epoch).is_some_and(|ago| ago < delay);
+    let stable = obs.primary_usable_for.is_some_and(|d| d >= delay) && !gave_up;
     if spec.failback.mode != FailbackMode::Automatic
         || spec.paused
         || failing

@@ -343,6 +343,16 @@ pub fn handover(obs: &Observed, to: Member, epoch: i64, holder: Option<Member>, 
     if holds { takeover } else { Step::SyncWait { member: to } }
 }
 
+/// How long ago `member`, at `epoch`, gave a planned handover up because
+/// its hold ran out (it serves again), as of now: its report's age plus the
+/// time since that report.
+pub fn gave_up_handover(obs: &Observed, member: Member, epoch: i64) -> Option<std::time::Duration> {
+    let agent = &obs.member(member).agent;
+    let ago = agent.last.as_ref().filter(|a| a.epoch == epoch)?.handover_given_up_seconds_ago?;
+    let ago = std::time::Duration::try_from_secs_f64(ago).ok()?;
+    Some(ago + agent.since_answer.unwrap_or_default())
+}
+
 /// Records an operation's status: in place when known, else newest first,
 /// keeping at most [`MAX_OPERATIONS`](crate::api::MAX_OPERATIONS).
 pub fn record_operation(status: &mut HighAvailabilityPairStatus, op: crate::api::OperationStatus) {

@@ -25,7 +25,8 @@
 use chrono::{DateTime, Utc};
 
 use super::model::{
-    ResyncLabel, Step, can_take_over, handover, handover_timeout, resync_order, standby_lag, syncs_files, words,
+    ResyncLabel, Step, can_take_over, gave_up_handover, handover, handover_timeout, resync_order, standby_lag,
+    syncs_files, words,
 };
 use super::observe::Observed;
 use super::split_brain;
@@ -303,7 +304,18 @@ fn advance(
         return Step::Takeover { to, type_, force, lossy, id: req.id.clone(), reason };
     }
     let started = op.start_time.unwrap_or(now);
-    if (now - started).to_std().unwrap_or_default() > handover_timeout(spec) {
+    let running_for = (now - started).to_std().unwrap_or_default();
+    if gave_up_handover(obs, to.peer(), epoch).is_some_and(|ago| ago < running_for) {
+        // Drained for this request, its hold ran out and it serves again:
+        // draining it once more would only take it out of service again.
+        let why = format!(
+            "{} gave the handover up when its hold ran out ({to} did not hold its final files in time) and serves again",
+            to.peer()
+        );
+        ledger.finish(OperationPhase::Failed, OperationReason::HandoverTimedOut, why, now);
+        return Step::Idle;
+    }
+    if running_for > handover_timeout(spec) {
         let why = if syncs_files(spec) {
             format!("{to} did not hold the active member's final files in time; the active member serves again")
         } else {
