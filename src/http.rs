@@ -41,6 +41,14 @@ pub enum CallError {
     Malformed(#[from] serde_json::Error),
 }
 
+/// How long a connection to an agent (TCP and TLS handshakes) may take.
+/// Agents share a pod network: a handshake that takes longer is lost, and
+/// waiting on it costs more than starting again. Unbounded, a connect begun
+/// while the peer was cut off waited for the kernel's next SYN retry — up to
+/// 30 s after the link came back (measured: a standby 25 s late catching up
+/// after a 40 s cut).
+pub const CONNECT: Duration = Duration::from_secs(2);
+
 /// How to reach one agent.
 #[derive(Clone)]
 pub struct Target {
@@ -85,12 +93,13 @@ async fn send_with(
     path: &str,
     headers: &[(&'static str, &'static str)],
 ) -> Result<Response<Incoming>, CallError> {
-    let tcp = TcpStream::connect(target.addr).await.map_err(CallError::Connect)?;
-    let _ = tcp.set_nodelay(true);
-    let tls = TlsConnector::from(target.tls.clone())
-        .connect(target.server_name.clone(), tcp)
-        .await
-        .map_err(CallError::Tls)?;
+    let tls = tokio::time::timeout(CONNECT, async {
+        let tcp = TcpStream::connect(target.addr).await.map_err(CallError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        TlsConnector::from(target.tls.clone()).connect(target.server_name.clone(), tcp).await.map_err(CallError::Tls)
+    })
+    .await
+    .map_err(|_| CallError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection within 2 s")))??;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -234,5 +243,33 @@ where
             };
             let _ = tokio::time::timeout(deadline, serve).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handshake_that_never_completes_fails_at_the_connect_bound_not_the_call_timeout() {
+        let m = crate::tls::generate_pair_material("db", "prod").unwrap();
+        let id = crate::tls::Identity {
+            ca: m[crate::tls::CA_CERT].clone(),
+            cert: m[crate::tls::CLIENT_CERT].clone(),
+            key: m[crate::tls::CLIENT_KEY].clone(),
+        };
+        // The kernel completes the TCP handshake into the backlog; nothing
+        // ever answers the TLS hello, as with a peer whose link drops packets.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = Target {
+            addr: silent.local_addr().unwrap(),
+            server_name: crate::tls::server_name("primary.db.prod").unwrap(),
+            tls: crate::tls::client_config(&id).unwrap(),
+        };
+        let started = std::time::Instant::now();
+        let r = call(&target, Method::GET, "/v1/status", Duration::from_secs(30)).await;
+        assert!(matches!(r, Err(CallError::Connect(_))), "{r:?}");
+        let took = started.elapsed();
+        assert!(took >= CONNECT && took < CONNECT + Duration::from_secs(1), "{took:?}");
     }
 }
