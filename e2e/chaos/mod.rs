@@ -4,6 +4,7 @@
 
 pub mod cases;
 pub mod clock;
+pub mod crash;
 pub mod run;
 pub mod teardown;
 pub mod volume;

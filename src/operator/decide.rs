@@ -234,3 +234,7 @@ mod sync_tests;
 #[cfg(test)]
 #[path = "decide_gate_tests.rs"]
 mod gate_tests;
+
+#[cfg(test)]
+#[path = "decide_handover_tests.rs"]
+mod handover_tests;
