@@ -492,6 +492,13 @@ async fn the_agent_renewal_sets_and_clears_the_drain_mark_only_while_it_holds_th
     let cleared = renew(&leases, "db", me, 4, 3, &MarkOp::Clear("4".into())).await.expect("cleared");
     assert_eq!(cleared.drain_mark, None);
     assert_eq!(mark(&leases.get("db").await.unwrap()), None);
+    // Blanked whether or not a mark is there; the blank is then removed.
+    for _ in 0..2 {
+        let blank = renew(&leases, "db", me, 4, 3, &MarkOp::Blank).await.expect("blanked");
+        assert_eq!(blank.drain_mark.as_deref(), Some(""));
+    }
+    renew(&leases, "db", me, 4, 3, &MarkOp::Clear(String::new())).await.expect("blank removed");
+    assert_eq!(mark(&leases.get("db").await.unwrap()), None);
 
     // A Lease with no annotations at all: the mark comes as a new map.
     leases.delete("db", &Default::default()).await.unwrap();

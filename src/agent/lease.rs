@@ -100,6 +100,10 @@ pub enum MarkOp {
     Set { new_map: bool },
     /// Remove it (it reads this value): the member serves, or serves again.
     Clear(String),
+    /// Write it empty, which reads as no mark: serving again without
+    /// knowing whether a mark is there (a write of it that timed out may
+    /// have landed all the same). The next renewal removes the empty one.
+    Blank,
 }
 
 /// The JSON patch of a renewal: `renewTime`, the lease duration, and the
@@ -117,6 +121,7 @@ pub fn renewal_patch(identity: &str, epoch: i64, lease_duration_seconds: i32, ma
         MarkOp::Set { new_map: true } => {
             ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {ANN_DRAINING: epoch.to_string()}}))
         }
+        MarkOp::Blank => ops.push(json!({"op": "add", "path": key, "value": ""})),
         MarkOp::Clear(was) => {
             ops.push(json!({"op": "test", "path": key, "value": was}));
             ops.push(json!({"op": "remove", "path": key}));

@@ -110,7 +110,7 @@ pub fn step(t: &Tick) -> Step {
         // Keep the Lease, marked drained, until the operator moves it; past
         // the hold, clear the mark in the renewal that decides to serve
         // again, so the operator can no longer move the Lease as a handover.
-        let mark = if d >= t.handover_hold { clear_mark(t.drain_mark.as_deref()) } else { set_mark(t) };
+        let mark = if d >= t.handover_hold { serve_again_mark(t) } else { set_mark(t) };
         return Step::Renew { epoch: t.epoch, mark };
     }
     match (t.role, t.healthy) {
@@ -126,6 +126,18 @@ fn set_mark(t: &Tick) -> MarkOp {
         MarkOp::Leave
     } else {
         MarkOp::Set { new_map: !t.annotated }
+    }
+}
+
+/// The renewal whose success lets a drained member serve again: no mark
+/// may survive it. One this member saw goes exactly; with none seen, the
+/// key is written empty, as a mark whose write timed out may have landed.
+fn serve_again_mark(t: &Tick) -> MarkOp {
+    match t.drain_mark.as_deref() {
+        Some(m) => MarkOp::Clear(m.to_string()),
+        None if t.annotated => MarkOp::Blank,
+        // No annotations at all: the Lease was rewritten since any mark.
+        None => MarkOp::Leave,
     }
 }
 
@@ -210,8 +222,9 @@ mod tests {
             // gives it away).
             (tick(Standby, Some(true), Some(1)), Step::Renew { epoch: 4, mark: set.clone() }),
             (tick(Standby, Some(false), Some(1)), Step::Renew { epoch: 4, mark: set.clone() }),
-            // Past the hold: the renewal that decides to serve again has no mark.
-            (tick(Standby, Some(true), Some(10)), Step::Renew { epoch: 4, mark: leave.clone() }),
+            // Past the hold: the renewal that decides to serve again leaves no
+            // mark, not even one whose write timed out but landed.
+            (tick(Standby, Some(true), Some(10)), Step::Renew { epoch: 4, mark: MarkOp::Blank }),
             (tick(Standby, Some(true), None), Step::Read),
             (tick(Fenced, Some(true), None), Step::Read),
             (tick(Unknown, None, None), Step::Read),
@@ -237,8 +250,13 @@ mod tests {
             (marked(Standby, Some(1), Some("4"), true), renew(MarkOp::Leave)),
             // A mark of another epoch (a hand edit, a former drain) is rewritten.
             (marked(Standby, Some(1), Some("3"), true), renew(MarkOp::Set { new_map: false })),
-            // Past the hold the mark goes, in the renewal whose success serves.
+            // Past the hold the mark goes, in the renewal whose success serves;
+            // not seen (its write timed out), it is blanked all the same.
             (marked(Standby, Some(10), Some("4"), true), renew(MarkOp::Clear("4".into()))),
+            (marked(Standby, Some(10), None, true), renew(MarkOp::Blank)),
+            (marked(Standby, Some(10), None, false), renew(MarkOp::Leave)),
+            // An empty mark (blanked) is removed by the next renewal.
+            (marked(Active, None, Some(""), true), renew(MarkOp::Clear(String::new()))),
             // Active (a restarted agent claiming a marked Lease, too): no mark.
             (marked(Active, None, Some("4"), true), renew(MarkOp::Clear("4".into()))),
             (marked(Active, None, None, true), renew(MarkOp::Leave)),
@@ -265,6 +283,7 @@ mod tests {
         let clear = ops(MarkOp::Clear("4".into()));
         assert_eq!(clear[4], serde_json::json!({"op": "test", "path": key, "value": "4"}));
         assert_eq!(clear[5], serde_json::json!({"op": "remove", "path": key}));
+        assert_eq!(ops(MarkOp::Blank)[4], serde_json::json!({"op": "add", "path": key, "value": ""}));
         assert_eq!(ops(MarkOp::Leave).len(), 4);
     }
 

@@ -432,4 +432,24 @@ mod tests {
         );
         assert!(!ServiceShape::of(&vip("db", "secondary")).matches(&desired), "the active moved");
     }
+
+    #[test]
+    fn only_a_drain_mark_naming_an_epoch_counts() {
+        let lease = |mark: Option<&str>| {
+            let mut ann = serde_json::json!({"hapair.dev/heartbeat-interval-seconds": "1"});
+            if let Some(m) = mark {
+                ann["hapair.dev/draining"] = m.into();
+            }
+            serde_json::from_value::<Lease>(serde_json::json!({
+                "metadata": {"name": "db", "annotations": ann},
+                "spec": {"holderIdentity": "primary/uid", "leaseTransitions": 7}
+            }))
+            .unwrap()
+        };
+        let at = |mark| LeaseObs::of(&lease(mark), Duration::ZERO).drained_at;
+        assert_eq!(at(Some("7")), Some(7));
+        assert_eq!(at(Some("")), None, "a blanked mark is no mark");
+        assert_eq!(at(Some("seven")), None);
+        assert_eq!(at(None), None);
+    }
 }
