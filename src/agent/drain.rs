@@ -63,7 +63,7 @@ impl Agent {
     }
 
     /// The drain at `epoch` has its final generation (see
-    /// [`AgentState::drained`]); false when it is no longer draining there,
+    /// [`State::drained`]); false when it is no longer draining there,
     /// or when the role file could not be changed (the application may
     /// still be writing: the operator's next drain call settles again).
     pub fn mark_drained(&self, epoch: i64) -> bool {

@@ -308,10 +308,12 @@ fn advance(
     if gave_up_handover(obs, to.peer(), epoch).is_some_and(|ago| ago < running_for) {
         // Drained for this request, its hold ran out and it serves again:
         // draining it once more would only take it out of service again.
-        let why = format!(
-            "{} gave the handover up when its hold ran out ({to} did not hold its final files in time) and serves again",
-            to.peer()
-        );
+        let late = if syncs_files(spec) {
+            format!("{to} did not hold its final files in time")
+        } else {
+            "the Lease did not move in time".to_string()
+        };
+        let why = format!("{} gave the handover up when its hold ran out ({late}) and serves again", to.peer());
         ledger.finish(OperationPhase::Failed, OperationReason::HandoverTimedOut, why, now);
         return Step::Idle;
     }
