@@ -61,13 +61,19 @@ fn a_switchover_drains_the_active_then_moves_the_lease_then_succeeds() {
     assert_eq!(done.lease, None);
 }
 
-#[test]
-fn automatic_failback_waits_for_the_primary_to_be_stable() {
-    let s = spec("failback: {mode: Automatic, delaySeconds: 30}");
+/// Automatic failback after 30 s; the secondary active at epoch 2, the
+/// primary a healthy standby.
+fn failed_over_with_automatic_failback() -> (HighAvailabilityPairSpec, Observed) {
     let mut obs = enabled();
     obs.primary = member(Member::Primary, Role::Standby, Some(true));
     obs.secondary = member(Member::Secondary, Role::Active, Some(true));
     obs.lease = Some(lease(Member::Secondary, 2, Duration::ZERO));
+    (spec("failback: {mode: Automatic, delaySeconds: 30}"), obs)
+}
+
+#[test]
+fn automatic_failback_waits_for_the_primary_to_be_stable() {
+    let (s, mut obs) = failed_over_with_automatic_failback();
     obs.primary_usable_for = Some(Duration::from_secs(29));
     assert_eq!(decide(&s, None, &obs, &clock()).drain, None, "hysteresis");
     obs.primary_usable_for = Some(Duration::from_secs(30));
@@ -96,12 +102,8 @@ fn a_handover_the_active_gave_up_is_not_drained_again() {
 
 #[test]
 fn a_failback_the_secondary_gave_up_waits_its_delay_anew() {
-    let s = spec("failback: {mode: Automatic, delaySeconds: 30}");
-    let mut obs = enabled();
-    obs.primary = member(Member::Primary, Role::Standby, Some(true));
-    obs.secondary = member(Member::Secondary, Role::Active, Some(true));
+    let (s, mut obs) = failed_over_with_automatic_failback();
     obs.secondary.agent.last.as_mut().unwrap().epoch = 2;
-    obs.lease = Some(lease(Member::Secondary, 2, Duration::ZERO));
     obs.primary_usable_for = Some(Duration::from_secs(300));
     obs.secondary.agent.last.as_mut().unwrap().handover_given_up_seconds_ago = Some(29.0);
     assert_eq!(decide(&s, None, &obs, &clock()).drain, None, "the delay starts at the give-up");
