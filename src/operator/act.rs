@@ -236,7 +236,10 @@ async fn ask_agents(
     client_tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Vec<(Member, AgentStatus)> {
     let asks = [
-        d.drain.map(|(m, epoch)| (m, format!("/v1/drain?epoch={epoch}"), Duration::from_secs(2))),
+        // The drain answers once the volume is quiet (at most 1.5 s) and the
+        // drain mark is on the Lease (at most 1 s more): a shorter wait gave
+        // up on a drain about to answer, and the next round settled again.
+        d.drain.map(|(m, epoch)| (m, format!("/v1/drain?epoch={epoch}"), Duration::from_secs(3))),
         d.sync_now.map(|m| (m, "/v1/sync?wait=1".to_string(), Duration::from_secs(8))),
     ];
     let mut answers = Vec::new();
