@@ -28,8 +28,6 @@ enum Command {
     Agent(hapair::agent::Config),
     /// Reconcile a member's files with the active member's (the resync Job's program).
     Resync(hapair::resync::Config),
-    /// Run a split-brain repair step (run as a Job).
-    Repair,
     /// Print the HighAvailabilityPair CustomResourceDefinition as YAML.
     Crd {
         /// Print the API reference (Markdown) instead.
@@ -61,10 +59,6 @@ where
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let not_yet = |name: &str| {
-        eprintln!("hapair {name}: not implemented yet");
-        ExitCode::FAILURE
-    };
     match cli.command {
         Command::Crd { reference } => {
             let text = if reference { hapair::api::reference::markdown() } else { hapair::api::crd_yaml() };
@@ -81,6 +75,5 @@ fn main() -> ExitCode {
         Command::Operator(config) => run_async(&cli.log_level, cli.log_json, "operator", hapair::operator::run(config)),
         Command::Agent(config) => run_async(&cli.log_level, cli.log_json, "agent", hapair::agent::run(config)),
         Command::Resync(config) => run_async(&cli.log_level, cli.log_json, "resync", hapair::resync::run(config)),
-        Command::Repair => not_yet("repair"),
     }
 }
