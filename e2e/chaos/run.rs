@@ -174,8 +174,13 @@ impl Pair {
         // and again on purpose, and a spent budget (3 per hour by default)
         // would turn every later case into a FailoverRequired wait. Its
         // volumes are small file systems of their own, which a case fills.
+        // They go with the pair: `pair-deleted-in-failover` checks that
+        // nothing the pair owned is left and applies it anew as a new pair,
+        // whose write numbers would otherwise mix with the old ones on a
+        // retained volume (keeping claims is `e2e/tests/sync.rs`'s business).
         let files = json!({"spec": {
             "storage": {"size": "400Mi", "mountPath": "/data", "storageClassName": "hapair-small"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"},
             "service": {"standby": true},
             "fileSync": {"paths": [{"path": "."}], "realtimeIntervalSeconds": 1},
             "failover": {"flapBudget": {"maxAutomaticFailovers": 100, "windowSeconds": 60}}

@@ -147,6 +147,16 @@ fn bad_pairs() -> Vec<Bad> {
             expect: &["timeoutSeconds must not exceed periodSeconds"],
         },
         Bad {
+            what: "a claim retention policy without storage",
+            patch: json!({"spec": {"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"}}}),
+            expect: &["spec.persistentVolumeClaimRetentionPolicy needs spec.storage"],
+        },
+        Bad {
+            what: "a claim retention policy of another name",
+            patch: json!({"spec": {"storage": storage, "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Orphan"}}}),
+            expect: &["whenDeleted", "Unsupported value: \"Orphan\""],
+        },
+        Bad {
             what: "repair job with a policy that never resyncs",
             patch: json!({"spec": {"splitBrain": {"policy": "IsolateSecondary", "repairJob": {"name": "repair", "image": "x"}}}}),
             expect: &["spec.splitBrain", "repairJob runs after a resync"],
@@ -285,6 +295,7 @@ async fn a_pair_using_every_field_round_trips_unchanged() {
         &mut obj,
         &json!({"spec": {
             "storage": {"size": "5Gi", "storageClassName": "fast", "mountPath": "/var/lib/app"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"},
             "service": {"type": "LoadBalancer", "standby": true, "annotations": {"lb.example/internal": "true"},
                         "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}, {"name": "metrics", "port": 9090, "protocol": "TCP"}]},
             "heartbeat": {"intervalSeconds": 1, "missedThreshold": 3},

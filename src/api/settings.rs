@@ -34,6 +34,27 @@ fn default_mount_path() -> String {
     "/data".into()
 }
 
+/// What becomes of the members' claims (`spec.storage`) when the pair is
+/// deleted, in the manner of a StatefulSet's policy of the same name.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRetentionPolicy {
+    /// `Retain`: deleting the pair leaves both claims and their data, and a
+    /// pair created again with the same name in the same namespace uses
+    /// them. `Delete`: the claims belong to the pair (owner references) and
+    /// are garbage-collected with it.
+    #[serde(default)]
+    pub when_deleted: ClaimRetention,
+}
+
+/// Kept or deleted with the pair.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClaimRetention {
+    #[default]
+    Retain,
+    Delete,
+}
+
 /// The pair's Service (the virtual IP).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.type != 'ClusterIP' || self.ports.all(p, !has(p.nodePort))").message("spec.service.ports[].nodePort needs spec.service.type NodePort or LoadBalancer"))]

@@ -44,6 +44,8 @@ use super::status::HighAvailabilityPairStatus;
         .message("spec.fileSync needs spec.storage: synced paths are directories of each member's data volume"),
     validation = Rule::new("has(self.storage) == has(oldSelf.storage)")
         .message("spec.storage cannot be added or removed after creation: members' data volumes would be lost or orphaned; create a new pair instead"),
+    validation = Rule::new("!has(self.persistentVolumeClaimRetentionPolicy) || has(self.storage)")
+        .message("spec.persistentVolumeClaimRetentionPolicy needs spec.storage: without it the pair has no claims to keep or delete"),
     validation = Rule::new("self.service.ports.all(p, (has(p.targetPort) ? p.targetPort : p.port) != self.agent.port)")
         .message("spec.agent.port is used by a port of spec.service; choose another agent port"),
 )]
@@ -66,6 +68,15 @@ pub struct HighAvailabilityPairSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.storage is immutable: a member's claim cannot be resized or moved in place; create a new pair instead"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
+
+    /// What deleting the pair does to the members' claims. Unset, or
+    /// `whenDeleted: Retain`: they stay, data and all, and are not deleted by
+    /// a `kubectl delete` of the wrong object; delete them by name
+    /// (`<pair>-primary-data`, `<pair>-secondary-data`) when the data is no
+    /// longer wanted. `whenDeleted: Delete`: they go with the pair. May be
+    /// changed at any time; the claims' owner references follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim_retention_policy: Option<ClaimRetentionPolicy>,
 
     /// The pair's Service: the virtual IP that always reaches the active member.
     pub service: ServiceSpec,
@@ -126,6 +137,13 @@ pub struct HighAvailabilityPairSpec {
     /// acknowledged in `status.operations`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<OperationRequest>,
+}
+
+impl HighAvailabilityPairSpec {
+    /// Whether the members' claims are deleted with the pair.
+    pub fn claims_deleted_with_pair(&self) -> bool {
+        self.persistent_volume_claim_retention_policy.as_ref().is_some_and(|p| p.when_deleted == ClaimRetention::Delete)
+    }
 }
 
 fn default_max_clock_skew() -> i32 {

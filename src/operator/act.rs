@@ -137,14 +137,40 @@ pub async fn ensure_supporting(ctx: &Context, pair: &HighAvailabilityPair) -> Re
     }
     for m in Member::BOTH {
         if let Some(claim) = build::pvc(pair, m) {
-            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-            if pvcs.get_opt(&claim.name_any()).await?.is_none() {
-                pvcs.create(&PostParams::default(), &claim)
-                    .await
-                    .or_else(|e| if is_conflict(&e) { Ok(claim.clone()) } else { Err(e) })?;
-            }
+            ensure_claim(ctx, pair, &claim).await?;
         }
     }
+    Ok(())
+}
+
+/// A member's claim: created when missing; a claim that exists (kept from
+/// an earlier pair of the same name, or this pair's own) is used as it is,
+/// its owner references made to follow the retention policy — the pair's
+/// added for `Delete`, removed for `Retain` — with a merge patch that
+/// carries the resourceVersion it read, so a concurrent change fails the
+/// pass (retried like any failed write) rather than being overwritten.
+async fn ensure_claim(
+    ctx: &Context,
+    pair: &HighAvailabilityPair,
+    claim: &PersistentVolumeClaim,
+) -> Result<(), ActError> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &pair.namespace().unwrap_or_default());
+    let name = claim.name_any();
+    let Some(current) = pvcs.get_opt(&name).await? else {
+        pvcs.create(&PostParams::default(), claim)
+            .await
+            .map(|_| ())
+            .or_else(|e| if is_conflict(&e) { Ok(()) } else { Err(e) })?;
+        return Ok(());
+    };
+    let owners = build::claim_owners(pair, current.metadata.owner_references.as_deref());
+    if owners.as_deref().unwrap_or_default() == current.metadata.owner_references.as_deref().unwrap_or_default() {
+        return Ok(());
+    }
+    let keep = !pair.spec.claims_deleted_with_pair();
+    info!(claim = %name, keep, "the claim's owner references follow the retention policy");
+    let patch = json!({"metadata": {"resourceVersion": current.resource_version(), "ownerReferences": owners}});
+    pvcs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role as RbacRole, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
@@ -63,10 +63,13 @@ pub fn agent_rbac(pair: &HighAvailabilityPair) -> (Option<ServiceAccount>, RbacR
     (sa, role, binding)
 }
 
+/// A member's claim. Owned by the pair (and deleted with it) only when
+/// `persistentVolumeClaimRetentionPolicy.whenDeleted` is `Delete`.
 pub fn pvc(pair: &HighAvailabilityPair, member: Member) -> Option<PersistentVolumeClaim> {
     let storage = pair.spec.storage.as_ref()?;
     let mut m = meta(pair, pvc_name(&pair.name_any(), member));
     m.labels.get_or_insert_with(Default::default).insert(LABEL_MEMBER.into(), member.to_string());
+    m.owner_references = claim_owners(pair, None);
     Some(PersistentVolumeClaim {
         metadata: m,
         spec: Some(PersistentVolumeClaimSpec {
@@ -80,6 +83,19 @@ pub fn pvc(pair: &HighAvailabilityPair, member: Member) -> Option<PersistentVolu
         }),
         ..Default::default()
     })
+}
+
+/// The owner references a member's claim should carry: those it has
+/// (`current`), with the pair's own added when its claims go with it, and
+/// removed when they are kept. `None` when that leaves none.
+pub fn claim_owners(pair: &HighAvailabilityPair, current: Option<&[OwnerReference]>) -> Option<Vec<OwnerReference>> {
+    let ours = owner(pair);
+    let mut refs: Vec<OwnerReference> =
+        current.unwrap_or_default().iter().filter(|r| r.uid != ours.uid).cloned().collect();
+    if pair.spec.claims_deleted_with_pair() {
+        refs.push(ours);
+    }
+    (!refs.is_empty()).then_some(refs)
 }
 
 /// A member pod: the user's template, the role volume mounted read-only into
@@ -348,6 +364,26 @@ pub(super) mod tests {
 
     fn ctx() -> BuildContext {
         BuildContext { agent_image: "hapair:test".into(), agent_network_policy: None }
+    }
+
+    #[test]
+    fn claims_are_owned_by_the_pair_only_when_they_go_with_it() {
+        let kept = pair("  storage: {size: 1Gi}\n");
+        let claim = pvc(&kept, Member::Primary).unwrap();
+        assert_eq!(claim.metadata.name.as_deref(), Some("db-primary-data"));
+        assert_eq!(claim.metadata.owner_references, None, "kept by default");
+        let gone = pair("  storage: {size: 1Gi}\n  persistentVolumeClaimRetentionPolicy: {whenDeleted: Delete}\n");
+        let claim = pvc(&gone, Member::Secondary).unwrap();
+        assert_eq!(claim.metadata.owner_references, Some(vec![owner(&gone)]));
+        assert!(pvc(&pair(""), Member::Primary).is_none(), "no storage, no claim");
+        // A claim that exists: someone else's reference stays either way;
+        // the pair's own follows the policy, added once and removed.
+        let other = OwnerReference { uid: "u-other".into(), name: "backup".into(), controller: None, ..owner(&kept) };
+        assert_eq!(claim_owners(&kept, Some(&[other.clone(), owner(&kept)])), Some(vec![other.clone()]));
+        assert_eq!(claim_owners(&kept, Some(&[owner(&kept)])), None);
+        assert_eq!(claim_owners(&kept, None), None);
+        assert_eq!(claim_owners(&gone, Some(std::slice::from_ref(&other))), Some(vec![other.clone(), owner(&gone)]));
+        assert_eq!(claim_owners(&gone, Some(&[owner(&gone)])), Some(vec![owner(&gone)]));
     }
 
     #[test]
