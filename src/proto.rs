@@ -110,6 +110,49 @@ pub struct AgentStatus {
     /// File sync, when the pair syncs files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncStatus>,
+    /// The member's data volume (`spec.storage`), as last measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeUsage>,
+}
+
+/// Space on a member's data volume, as `statvfs` tells it (part of
+/// [`AgentStatus`]).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeUsage {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    /// What a process without privileges may still write.
+    pub available_bytes: u64,
+}
+
+/// A size for people: `512 B`, `8.0 MiB`, `1.5 GiB`.
+pub fn size_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+impl VolumeUsage {
+    /// Used share in whole percent, rounded up, of what the application
+    /// can use (used + available, as `df` counts it); `None` for a report
+    /// that cannot be true (nothing usable, or more used than the volume
+    /// holds): it is not trusted.
+    pub fn used_percent(&self) -> Option<u8> {
+        let usable = self.used_bytes.checked_add(self.available_bytes)?;
+        if usable == 0 || self.used_bytes > self.capacity_bytes || self.available_bytes > self.capacity_bytes {
+            return None;
+        }
+        Some((u128::from(self.used_bytes) * 100).div_ceil(u128::from(usable)) as u8)
+    }
 }
 
 /// Where a member's files stand (part of [`AgentStatus`]).
@@ -257,6 +300,25 @@ pub struct ResyncReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_volume_report_gives_its_used_share_and_an_impossible_one_none() {
+        let v =
+            |capacity_bytes, used_bytes, available_bytes| VolumeUsage { capacity_bytes, used_bytes, available_bytes };
+        // As df counts: reserved blocks are neither used nor available.
+        assert_eq!(v(1000, 800, 150).used_percent(), Some(85));
+        assert_eq!(v(1000, 0, 950).used_percent(), Some(0));
+        assert_eq!(v(1000, 1, 999).used_percent(), Some(1), "rounded up");
+        assert_eq!(v(1000, 950, 0).used_percent(), Some(100));
+        assert_eq!(v(0, 0, 0).used_percent(), None);
+        assert_eq!(v(1000, 2000, 0).used_percent(), None);
+        assert_eq!(v(1000, 10, 5000).used_percent(), None);
+        assert_eq!(v(u64::MAX, u64::MAX, u64::MAX).used_percent(), None);
+        assert_eq!(size_text(512), "512 B");
+        assert_eq!(size_text(8 << 20), "8.0 MiB");
+        assert_eq!(size_text(3 << 29), "1.5 GiB");
+        assert_eq!(size_text(u64::MAX), "16384.0 PiB");
+    }
 
     #[test]
     fn identities_round_trip_and_garbage_is_rejected() {

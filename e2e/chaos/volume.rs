@@ -5,10 +5,13 @@
 //! the standby's volume is taken by something the pair does not sync (a
 //! file in the agent's state directory, as a log or a core dump would take
 //! it) while the active's application writes on: every file the standby
-//! pulls meets `ENOSPC`. What must hold: nothing fails over, nothing
-//! acknowledged is lost, the pair says why its standby is behind
-//! (`Synced=False`, reason `SyncFailing`, the error in the message); once
-//! the space is back the standby catches up by itself.
+//! pulls would meet `ENOSPC`, so the standby refuses to pull (or meets it,
+//! when the space goes in the middle of a copy). What must hold: nothing
+//! fails over, nothing acknowledged is lost, the pair says why its standby
+//! is behind (`Synced=False`, reason `SyncFailing`, the refusal or the
+//! error in the message) and that the standby's volume is full
+//! (`VolumeSpaceLow`, `Above90Percent`, naming it); once the space is back
+//! the standby catches up by itself.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -34,11 +37,19 @@ pub async fn fill_standby(t: &mut Target<'_>) -> Injected {
             .conditions
             .iter()
             .find(|c| c.type_ == "Synced" && c.status == ConditionStatus::False && c.reason == "SyncFailing")
-            .filter(|c| c.message.contains("No space left on device"));
+            .filter(|c| {
+                c.message.contains("No space left on device") || c.message.contains("would fill this member's volume")
+            });
+        let standby = t.active.peer().to_string();
+        let low = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "VolumeSpaceLow" && c.status == ConditionStatus::True && c.reason == "Above90Percent")
+            .filter(|c| c.message.contains(&format!("{standby}'s data volume")));
         if said.is_none()
-            && let Some(c) = failing
+            && let (Some(c), Some(l)) = (failing, low)
         {
-            said = Some(c.message.clone());
+            said = Some(format!("{}; {}", c.message, l.message));
             hold = start.elapsed() + LEASE * 2 + Duration::from_millis(t.rng.u64(0..2000));
         }
         // Copies that fail leave the standby's files as they were: nothing
@@ -55,7 +66,7 @@ pub async fn fill_standby(t: &mut Target<'_>) -> Injected {
         taken >> 20,
         said.as_deref().unwrap_or("nothing")
     );
-    out.crash = Some(("sync-failing-reported", said.is_some()));
+    out.crash = Some(("full-volume-reported", said.is_some()));
     if let Some(why) = split {
         out.breaches.push(("split-brain-from-a-full-volume", why));
     }

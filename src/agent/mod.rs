@@ -19,6 +19,7 @@ mod renewal;
 mod role;
 mod server;
 pub mod sync;
+pub mod volume;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -148,6 +149,8 @@ pub(crate) struct State {
     /// When this member last gave a handover up (its hold ran out), and
     /// at which epoch.
     pub gave_up: Option<(i64, Instant)>,
+    /// The data volume as last measured ([`volume::volume_loop`]).
+    pub volume: Option<crate::proto::VolumeUsage>,
 }
 
 /// What the role files show, as far as the agent knows. A write can fail (a
@@ -202,6 +205,7 @@ impl State {
             lease_mark: None,
             lease_annotated: true,
             gave_up: None,
+            volume: None,
             started_hold: Some(Instant::now() + Duration::from_secs((interval * missed) as u64)),
         }
     }
@@ -388,6 +392,7 @@ impl Agent {
                 .map(|(_, at)| at.elapsed().as_secs_f64()),
             failsafe: s.on_promise(Instant::now()),
             sync,
+            volume: s.volume,
         }
     }
 
@@ -453,6 +458,9 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(lease_task::watchdog(agent.clone()));
     tokio::spawn(failsafe::failsafe_loop(agent.clone()));
     tokio::spawn(server::peer_loop(agent.clone(), tls));
+    if let Some(dir) = agent.config.data_dir.clone() {
+        tokio::spawn(volume::volume_loop(agent.clone(), dir));
+    }
     if agent.syncer.is_some() {
         tokio::spawn(sync_loop(agent.clone()));
         tokio::spawn(quarantine_loop(agent.clone()));

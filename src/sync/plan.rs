@@ -209,6 +209,35 @@ pub fn apply_model(source: &Files, target: &Files, plan: &Plan) -> (Files, Files
     (src, tgt, quarantine)
 }
 
+/// Free space the target's volume needs to carry out `plan`: what it will
+/// hold more once done (copies, and the new versions of updated files less
+/// the old versions they replace; a quarantined old version stays on the
+/// volume, a deleted file frees its size), plus the old versions still
+/// there while up to `in_flight` updates are being written beside them.
+/// A standby refuses a pull this does not fit rather than fill its volume.
+pub fn space_needed(plan: &Plan, source: &Files, target: &Files, in_flight: usize) -> u64 {
+    let size = |f: &Files, p: &str| i128::from(f.get(p).map_or(0, |e| e.size));
+    let mut net: i128 = 0;
+    let mut beside: Vec<u64> = Vec::new();
+    for a in &plan.actions {
+        match a {
+            Action::Copy { path } => net += size(source, path),
+            Action::Update { path, quarantine } => {
+                net += size(source, path);
+                if !quarantine {
+                    net -= size(target, path);
+                    beside.push(target.get(path).map_or(0, |e| e.size));
+                }
+            }
+            Action::Delete { path } => net -= size(target, path),
+            Action::Quarantine { .. } | Action::CopyBack { .. } | Action::UpdateSource { .. } => {}
+        }
+    }
+    beside.sort_unstable_by(|a, b| b.cmp(a));
+    let peak: i128 = beside.iter().take(in_flight).map(|b| i128::from(*b)).sum();
+    (net + peak).clamp(0, i128::from(u64::MAX)) as u64
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Source,
@@ -295,6 +324,30 @@ mod tests {
         let r = rules(Quarantine, SourceWins, true);
         let (_, after, _) = apply_model(&s, &t, &resync(&s, &t, &r));
         assert!(resync(&s, &after, &r).is_empty());
+    }
+
+    #[test]
+    fn the_space_a_pull_needs_counts_what_stays_on_the_volume() {
+        let sized = |n: u64, hash: &str| Entry { size: n, mtime: 0, mode: 0o644, hash: hash.into() };
+        let source = files(&[("new", sized(100, "n")), ("big", sized(500, "b2")), ("same", sized(7, "s"))]);
+        let target = files(&[("big", sized(400, "b1")), ("same", sized(7, "s")), ("gone", sized(50, "g"))]);
+        // Mirror: +100 copied, +500 -400 updated, -50 deleted; the old `big`
+        // stays beside its new version until that one is in place.
+        assert_eq!(space_needed(&mirror(&source, &target), &source, &target, 8), 100 + 100 - 50 + 400);
+        assert_eq!(space_needed(&mirror(&source, &target), &source, &target, 0), 150);
+        // A resync quarantines the old `big` and the target-only `gone`:
+        // both stay on the volume.
+        let p = resync(&source, &target, &rules(OnlyOnTarget::Quarantine, ConflictRule::SourceWins, true));
+        assert_eq!(space_needed(&p, &source, &target, 8), 600);
+        // Only deletions (or nothing): nothing is needed.
+        let empty = Files::new();
+        assert_eq!(space_needed(&mirror(&empty, &target), &empty, &target, 8), 0);
+        assert_eq!(space_needed(&mirror(&target, &target), &target, &target, 8), 0);
+        // Of several updates, only as many old versions as are written at
+        // once count, the largest first.
+        let src = files(&[("a", sized(10, "a2")), ("b", sized(20, "b2")), ("c", sized(30, "c2"))]);
+        let tgt = files(&[("a", sized(10, "a1")), ("b", sized(20, "b1")), ("c", sized(30, "c1"))]);
+        assert_eq!(space_needed(&mirror(&src, &tgt), &src, &tgt, 2), 50);
     }
 
     #[test]

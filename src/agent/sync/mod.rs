@@ -93,6 +93,11 @@ pub enum SyncError {
     Garbage(String),
     #[error("I/O: {0}")]
     Io(#[from] io::Error),
+    #[error(
+        "not copied: it would fill this member's volume ({} to write, {} free beyond the {} kept free); free space on it or give the pair larger claims",
+        crate::proto::size_text(*need), crate::proto::size_text(*room), crate::proto::size_text(*kept)
+    )]
+    NoRoom { need: u64, room: u64, kept: u64 },
 }
 
 fn vpath(dir: &str, rel: &str) -> String {

@@ -266,6 +266,19 @@ impl Syncer {
         if order.is_some_and(|o| o.dry_run) {
             return Ok(Outcome { diverged, complete: false, resync: Some(plan), ..Default::default() });
         }
+        // A pull that would fill the volume is refused whole, before any
+        // of it is written: a full volume stops the member's own
+        // bookkeeping (and, once it serves, its application), and half a
+        // tree is no more use to a failover than the one it has.
+        let need = plan::space_needed(&plan, &reply.files, &local, FETCH_CONCURRENCY);
+        if need > 0 {
+            let v = tokio::task::block_in_place(|| crate::agent::volume::measure(&self.root))?;
+            let kept = crate::agent::volume::reserve(&v);
+            let room = v.available_bytes.saturating_sub(kept);
+            if need > room {
+                return Err(SyncError::NoRoom { need, room, kept });
+            }
+        }
         let label = order.map_or_else(|| "sync".to_string(), |o| o.label.clone());
         let (done, left, newer, pulled) = self.execute(source, dir, &reply, &local, &plan, &label).await;
         // Record only a copy that now matches the source exactly: its
