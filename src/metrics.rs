@@ -123,6 +123,8 @@ pub struct OperatorMetrics {
     pub member_fenced: IntGaugeVec,
     pub member_failsafe: IntGaugeVec,
     pub quarantine_bytes: IntGaugeVec,
+    pub volume_used_ratio: prometheus::GaugeVec,
+    pub volume_available_bytes: IntGaugeVec,
     pub last_transition: prometheus::GaugeVec,
     pub leader: IntGauge,
     pub invalid: IntGaugeVec,
@@ -244,6 +246,20 @@ impl OperatorMetrics {
                 ),
                 &["namespace", "pair", "member"],
             )?,
+            volume_used_ratio: prometheus::GaugeVec::new(
+                Opts::new(
+                    "hapair_volume_used_ratio",
+                    "Share of the member's data volume in use, of what the application can use (as df counts), as its agent measures it",
+                ),
+                &["namespace", "pair", "member"],
+            )?,
+            volume_available_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "hapair_volume_available_bytes",
+                    "Bytes the application can still write to the member's data volume, as its agent measures it",
+                ),
+                &["namespace", "pair", "member"],
+            )?,
             last_transition: prometheus::GaugeVec::new(
                 Opts::new(
                     "hapair_last_transition_timestamp_seconds",
@@ -270,7 +286,7 @@ impl OperatorMetrics {
     /// Every metric labelled by namespace and pair: the one list that both
     /// registers them and forgets a deleted pair's series, so the two cannot
     /// drift apart.
-    fn per_pair(&self) -> [&dyn PairSeries; 20] {
+    fn per_pair(&self) -> [&dyn PairSeries; 22] {
         [
             &self.invalid,
             &self.reconciles,
@@ -289,6 +305,8 @@ impl OperatorMetrics {
             &self.member_fenced,
             &self.member_failsafe,
             &self.quarantine_bytes,
+            &self.volume_used_ratio,
+            &self.volume_available_bytes,
             &self.last_transition,
             &self.standby_outage,
             &self.resync_files,

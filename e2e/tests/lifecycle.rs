@@ -1,6 +1,7 @@
 //! A pair's life beyond failovers, on the real nodes: deleted and created
 //! again over the members' kept claims (the manuals' "remove HA" without
-//! losing data), and the claims going with the pair when asked.
+//! losing data), the claims going with the pair when asked, and the Health
+//! Monitor's disk check on volumes that really fill up.
 
 mod common;
 #[path = "../harness/mod.rs"]
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hapair::api::{ConditionStatus, HighAvailabilityPair, LABEL_PAIR, Member};
 use harness::{Harness, test_pair};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::json;
@@ -138,4 +139,116 @@ async fn a_deleted_pair_keeps_its_claims_and_the_same_pair_applied_again_serves_
     wait_claims(&h, "owned again", |c| c.len() == 2 && c.values().all(|(_, o)| o == &vec![second_uid.clone()])).await;
     delete_pair_and_wait_for_its_pods(&h).await;
     wait_claims(&h, "deleted with the pair", |c| c.is_empty()).await;
+}
+
+/// The pair's condition `type`, if it is True: its reason and message.
+fn condition_on(p: &HighAvailabilityPair, type_: &str) -> Option<(String, String)> {
+    let c = p.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_ && c.status == ConditionStatus::True)?;
+    Some((c.reason.clone(), c.message.clone()))
+}
+
+async fn event_reasons(h: &Harness) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(h.client.clone(), &h.ns.name);
+    let list = events.list(&ListParams::default().fields("involvedObject.name=web")).await.unwrap();
+    list.items.into_iter().filter_map(|e| e.reason).collect()
+}
+
+/// Writes `bytes` of zeros to `path` (space really taken, not a hole).
+fn take(path: &Path, bytes: u64) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.sync_all().unwrap();
+}
+
+/// Bytes to add to the volume behind `dir` so that it is `percent` full.
+fn to_fill(dir: &Path, percent: u64) -> u64 {
+    let v = hapair::agent::volume::measure(dir).unwrap();
+    let usable = v.used_bytes + v.available_bytes;
+    (usable * percent / 100).saturating_sub(v.used_bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filling_volume_is_told_at_80_and_90_percent_and_a_standby_refuses_a_pull_that_would_fill_it() {
+    let h = Harness::new("lifecycle-disk").await;
+    // The testbed's small volumes are file systems of their own, which
+    // really fill up.
+    let small = json!({"storage": {"size": "400Mi", "mountPath": "/data", "storageClassName": "hapair-small"}});
+    h.apply(&synced_pair(small)).await;
+    h.wait_enabled("web", WAIT).await;
+    h.wait_for("web", "Synced", WAIT, synced).await;
+    let active = h.pair("web").await.status.and_then(|s| s.active_member).expect("an active member");
+    let standby = active.peer();
+    let (from, to) = (h.data_dir("web", active).await, h.data_dir("web", standby).await);
+    let spot = |p: &HighAvailabilityPair, m: Member| {
+        p.status.as_ref().and_then(|s| s.members.iter().find(|x| x.name == m)).and_then(|x| x.volume_used_percent)
+    };
+    let p = h
+        .wait_for("web", "both volumes reported", WAIT, |p| spot(p, active).is_some() && spot(p, standby).is_some())
+        .await;
+    assert!(spot(&p, standby).unwrap() < 75, "{:?}", p.status.unwrap().members);
+    assert_eq!(condition_on(&p, "VolumeSpaceLow"), None);
+
+    // Space taken on the standby by something the pair does not sync (in
+    // the agent's own directory, as a core dump or a log would take it).
+    let filler = to.join(hapair::sync::path::STATE_DIR).join("filler");
+    take(&filler, to_fill(&to, 84));
+    let p = h
+        .wait_for("web", "VolumeSpaceLow at 80 %", WAIT, |p| {
+            condition_on(p, "VolumeSpaceLow").is_some_and(|(r, _)| r == "Above80Percent")
+        })
+        .await;
+    let (_, message) = condition_on(&p, "VolumeSpaceLow").unwrap();
+    assert!(message.starts_with(&format!("{standby}'s data volume is 8")), "{message}");
+    assert!((80..90).contains(&spot(&p, standby).unwrap()), "{:?}", spot(&p, standby));
+    let filler2 = to.join(hapair::sync::path::STATE_DIR).join("filler-2");
+    take(&filler2, to_fill(&to, 93));
+    h.wait_for("web", "VolumeSpaceLow at 90 %", WAIT, |p| {
+        condition_on(p, "VolumeSpaceLow").is_some_and(|(r, _)| r == "Above90Percent")
+    })
+    .await;
+    let told = event_reasons(&h).await;
+    for reason in ["VolumeAbove80Percent", "VolumeAbove90Percent"] {
+        assert!(told.iter().any(|r| r == reason), "no {reason} Event: {told:?}");
+    }
+
+    // A file on the active that the standby's free space cannot hold: the
+    // pull is refused whole and the pair says why; nothing of it is written.
+    let free = hapair::agent::volume::measure(&to).unwrap().available_bytes;
+    take(&from.join("too-big.bin"), free + (4 << 20));
+    let p = h
+        .wait_for("web", "the refusal in Synced", WAIT, |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Synced"
+                        && c.reason == "SyncFailing"
+                        && c.message.contains("would fill this member's volume")
+                })
+            })
+        })
+        .await;
+    assert!(!to.join("too-big.bin").exists());
+    let tmp_files =
+        std::fs::read_dir(to.join(hapair::sync::path::STATE_DIR).join("tmp")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(tmp_files, 0, "no partial copy left behind");
+    assert_eq!(p.status.as_ref().unwrap().active_member, Some(active), "no failover for a full standby");
+
+    // Space back: the standby pulls the file by itself, and the pair says
+    // the volumes are fine again.
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(&filler2).unwrap();
+    h.wait_for("web", "Synced again", Duration::from_secs(90), synced).await;
+    assert_eq!(
+        std::fs::metadata(to.join("too-big.bin")).unwrap().len(),
+        std::fs::metadata(from.join("too-big.bin")).unwrap().len()
+    );
+    std::fs::remove_file(from.join("too-big.bin")).unwrap();
+    h.wait_for("web", "VolumeSpaceLow cleared", WAIT, |p| condition_on(p, "VolumeSpaceLow").is_none()).await;
+    assert!(event_reasons(&h).await.iter().any(|r| r == "VolumeSpaceRecovered"));
 }

@@ -259,6 +259,29 @@ pub struct MemberStatus {
     /// only, as the active member last reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_lag_seconds: Option<i64>,
+    /// How full the member's data volume is, in percent of what the
+    /// application can use (as `df` counts), as its agent last measured it.
+    /// At 80 % and 90 % the pair reports `VolumeSpaceLow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub volume_used_percent: Option<i32>,
+    /// What the member's quarantine holds (file sync), bounded by
+    /// `spec.fileSync.quarantine`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<QuarantineStatus>,
+}
+
+/// A member's quarantine: one directory per resync that kept files aside.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantineStatus {
+    /// Resyncs whose kept files are still there.
+    #[schemars(range(min = 0))]
+    pub resyncs: i64,
+    #[schemars(range(min = 0))]
+    pub files: i64,
+    #[schemars(range(min = 0))]
+    pub bytes: i64,
 }
 
 /// A change of active member (or the first choice of one).

@@ -229,14 +229,26 @@ pub fn status_screen(pair: &HighAvailabilityPair, lease: Option<&Lease>) -> Stri
         _ => String::new(),
     };
     let _ = writeln!(out, "VIP  Service {name} -> {routes}{moving}");
-    let row = |c: [&str; 9]| {
+    let row = |c: [&str; 11]| {
         format!(
-            "{:<10} {:<22} {:<8} {:<28} {:<8} {:<10} {:<6} {:<9} {}\n",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+            "{:<10} {:<22} {:<8} {:<28} {:<8} {:<10} {:<6} {:<9} {:<6} {:<7} {}\n",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]
         )
     };
     out.push('\n');
-    out.push_str(&row(["MEMBER", "POD", "ROLE", "STATE", "HEALTHY", "HEARTBEAT", "MISSED", "SYNC-LAG", "SKEW"]));
+    out.push_str(&row([
+        "MEMBER",
+        "POD",
+        "ROLE",
+        "STATE",
+        "HEALTHY",
+        "HEARTBEAT",
+        "MISSED",
+        "SYNC-LAG",
+        "SKEW",
+        "VOLUME",
+        "QUARANTINE",
+    ]));
     for m in &s.members {
         let heartbeat = if Some(m.name) == s.active_member {
             renewed.as_deref().and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok()).map_or("-".into(), age)
@@ -255,6 +267,10 @@ pub fn status_screen(pair: &HighAvailabilityPair, lease: Option<&Lease>) -> Stri
             &m.missed_heartbeats.to_string(),
             &m.sync_lag_seconds.map_or("-".into(), |l| format!("{l}s")),
             &m.clock_skew_seconds.map_or("-".into(), |k| format!("{k}s")),
+            &m.volume_used_percent.map_or("-".into(), |p| format!("{p}%")),
+            &m.quarantine.as_ref().filter(|q| q.files > 0).map_or("-".into(), |q| {
+                format!("{} files, {}", q.files, crate::proto::size_text(q.bytes.max(0) as u64))
+            }),
         ]));
     }
     if let Some(t) = &s.last_transition {
@@ -391,5 +407,29 @@ mod tests {
             "VIP  Service web -> a pod that is not a member (10.9.9.9)   (moving to primary)"
         );
         assert_eq!(line(serde_json::json!({})), "VIP  Service web -> nobody");
+    }
+
+    #[test]
+    fn each_member_row_shows_how_full_its_volume_is_and_what_its_quarantine_holds() {
+        let member = |name: &str, extra: serde_json::Value| {
+            let mut m = serde_json::json!({"name": name, "pod": format!("web-{name}"), "role": "Standby",
+                                           "state": "SecondarySyncing", "missedHeartbeats": 0});
+            if let (Some(m), serde_json::Value::Object(extra)) = (m.as_object_mut(), extra) {
+                m.extend(extra);
+            }
+            m
+        };
+        let screen = status_screen(
+            &pair(serde_json::json!({"members": [
+                member("primary", serde_json::json!({"volumeUsedPercent": 85, "quarantine": {"resyncs": 1, "files": 3, "bytes": 3145728}})),
+                member("secondary", serde_json::json!({"quarantine": {"resyncs": 0, "files": 0, "bytes": 0}})),
+            ]})),
+            None,
+        );
+        let rows: Vec<&str> =
+            screen.lines().filter(|l| l.starts_with("primary ") || l.starts_with("secondary ")).collect();
+        assert!(rows[0].ends_with("85%     3 files, 3.0 MiB"), "{screen}");
+        assert!(rows[1].ends_with("-       -"), "{screen}");
+        assert!(screen.contains("SKEW   VOLUME  QUARANTINE"), "{screen}");
     }
 }

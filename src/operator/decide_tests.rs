@@ -44,6 +44,7 @@ pub(super) fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs 
                 marks_drain: true,
                 handover_given_up_seconds_ago: None,
                 sync: None,
+                volume: None,
             }),
             missed: 0,
             since_answer: Some(Duration::ZERO),

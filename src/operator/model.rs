@@ -90,6 +90,7 @@ words! {
         Synced,
         ClockSkew,
         StandbyOutage,
+        VolumeSpaceLow,
         Paused,
     }
 }
@@ -125,6 +126,8 @@ words! {
         FullResyncFailed,
         SpecPaused,
         Running,
+        SpaceAvailable,
+        Above80Percent,
     }
 }
 

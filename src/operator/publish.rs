@@ -83,6 +83,19 @@ pub fn publish(
         if let Some(q) = a.last.as_ref().and_then(|s| s.sync.as_ref()).map(|s| s.quarantine.bytes) {
             metrics.quarantine_bytes.with_label_values(&[&ns, &name, &member]).set(q.min(i64::MAX as u64) as i64);
         }
+        // A report that cannot be true is not published (nor trusted).
+        match a.last.as_ref().and_then(|s| s.volume).filter(|v| v.used_percent().is_some()) {
+            Some(v) => {
+                let ratio = v.used_bytes as f64 / (v.used_bytes + v.available_bytes) as f64;
+                metrics.volume_used_ratio.with_label_values(&[&ns, &name, &member]).set(ratio);
+                let free = v.available_bytes.min(i64::MAX as u64) as i64;
+                metrics.volume_available_bytes.with_label_values(&[&ns, &name, &member]).set(free);
+            }
+            None => {
+                let _ = metrics.volume_used_ratio.remove_label_values(&[&ns, &name, &member]);
+                let _ = metrics.volume_available_bytes.remove_label_values(&[&ns, &name, &member]);
+            }
+        }
         metrics.missed_heartbeats.with_label_values(&[&ns, &name, &member]).set(i64::from(a.missed));
         if let Some(age) = a.since_answer {
             metrics.heartbeat_age.with_label_values(&[&ns, &name, &member]).set(age.as_secs_f64());
@@ -143,6 +156,35 @@ mod tests {
     }
 
     #[test]
+    fn a_volume_is_published_as_a_ratio_and_a_report_that_cannot_be_true_is_not() {
+        let r = Registry::new();
+        let m = OperatorMetrics::register(&r).unwrap();
+        let report = |volume: serde_json::Value| {
+            serde_json::from_value(json!({
+                "member": "primary", "podUid": "u", "role": "Standby", "epoch": 3,
+                "wallClock": "2026-01-01T00:00:00Z", "syncGeneration": 1, "leaseRenewFailures": 0, "volume": volume,
+            }))
+            .unwrap()
+        };
+        let mut obs = Observed::default();
+        obs.primary.agent.last = Some(report(json!({"capacityBytes": 1000, "usedBytes": 800, "availableBytes": 200})));
+        obs.secondary.agent.last = Some(report(json!({"capacityBytes": 1000, "usedBytes": 5000, "availableBytes": 0})));
+        publish(&m, &pair("a"), &status(), &obs);
+        assert_eq!(m.volume_used_ratio.with_label_values(&["ns", "a", "primary"]).get(), 0.8);
+        assert_eq!(m.volume_available_bytes.with_label_values(&["ns", "a", "primary"]).get(), 200);
+        let members = |name: &str| -> Vec<String> {
+            r.gather()
+                .iter()
+                .filter(|f| f.name() == name)
+                .flat_map(|f| f.get_metric().iter())
+                .flat_map(|x| x.get_label().iter().filter(|l| l.name() == "member").map(|l| l.value().to_string()))
+                .collect()
+        };
+        assert_eq!(members("hapair_volume_used_ratio"), vec!["primary"]);
+        assert_eq!(members("hapair_volume_available_bytes"), vec!["primary"]);
+    }
+
+    #[test]
     fn a_forgotten_pair_leaves_no_series_and_its_neighbour_keeps_all_of_its_own() {
         let r = Registry::new();
         let m = OperatorMetrics::register(&r).unwrap();
@@ -162,6 +204,7 @@ mod tests {
                 "leaseRenewFailures": 0, "released": null,
                 "sync": {"point": {"epoch": 3, "generation": 1}, "pendingFiles": 0, "pendingBytes": 0, "diverged": {}, "changedWhileStandby": {}, "copiedFiles": 0, "copiedBytes": 0, "errors": 0,
                          "refused": 0, "garbage": 0, "quarantine": {"labels": 1, "files": 2, "bytes": 30}},
+                "volume": {"capacityBytes": 1000, "usedBytes": 800, "availableBytes": 150},
             }))
             .unwrap();
             *member = MemberObs {

@@ -185,6 +185,12 @@ pub fn compute(
                 .filter(|a| *a == m.peer())
                 .and_then(|a| standby_lag(obs, a))
                 .map(|l| l.ceil() as i64),
+            volume_used_percent: o.agent.last.as_ref().and_then(|a| a.volume?.used_percent()).map(i32::from),
+            quarantine: o.agent.last.as_ref().and_then(|a| a.sync.as_ref()).map(|x| crate::api::QuarantineStatus {
+                resyncs: x.quarantine.labels.min(i64::MAX as u64) as i64,
+                files: x.quarantine.files.min(i64::MAX as u64) as i64,
+                bytes: x.quarantine.bytes.min(i64::MAX as u64) as i64,
+            }),
         });
     }
 
@@ -292,6 +298,16 @@ pub fn compute(
         plan.outage_resync.as_ref(),
         was(ConditionType::StandbyOutage),
     ));
+    if spec.storage.is_some() {
+        let was_on = was(ConditionType::VolumeSpaceLow).filter(|c| c.status == ConditionStatus::True);
+        let (reason, message, notices) = super::volume::volume_space(obs, was_on.map(|c| c.reason.as_str()));
+        built.push((
+            Cond::new(ConditionType::VolumeSpaceLow, reason != Reason::SpaceAvailable, reason, message),
+            notices,
+        ));
+    } else {
+        s.conditions.retain(|x| x.type_ != ConditionType::VolumeSpaceLow.as_str());
+    }
     built.push(one(paused(spec)));
     if !syncs {
         s.conditions.retain(|x| x.type_ != ConditionType::Synced.as_str());
