@@ -252,3 +252,69 @@ async fn a_filling_volume_is_told_at_80_and_90_percent_and_a_standby_refuses_a_p
     h.wait_for("web", "VolumeSpaceLow cleared", WAIT, |p| condition_on(p, "VolumeSpaceLow").is_none()).await;
     assert!(event_reasons(&h).await.iter().any(|r| r == "VolumeSpaceRecovered"));
 }
+
+/// Asks for an operation and waits until it ends; returns its phase and
+/// what the pair said about it.
+async fn operation(h: &Harness, id: &str, action: serde_json::Value) -> (hapair::api::OperationPhase, String) {
+    let mut op = json!({"id": id});
+    common::merge(&mut op, &action);
+    h.merge_spec("web", json!({"operation": op})).await;
+    let p = h
+        .wait_for("web", &format!("operation {id}"), Duration::from_secs(90), |p| {
+            p.status.as_ref().is_some_and(|s| s.operations.iter().any(|o| o.id == id && o.phase.is_terminal()))
+        })
+        .await;
+    let o = p.status.unwrap().operations.into_iter().find(|o| o.id == id).unwrap();
+    (o.phase, o.message.unwrap_or_default())
+}
+
+/// The manual's "Replace the Primary HA Server": the primary, standby after
+/// a switchover, loses its volume (its claim deleted). No manual step: the
+/// operator replaces its pod on a new claim, the new, empty volume gets every
+/// file from the active member, and a failback to it then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_claim_is_deleted_gets_a_new_volume_a_full_copy_and_the_role_back() {
+    use hapair::api::OperationPhase;
+    let h = Harness::new("lifecycle-replace").await;
+    h.apply(&synced_pair(json!({}))).await;
+    h.wait_enabled("web", WAIT).await;
+    h.wait_for("web", "Synced", WAIT, synced).await;
+    let (phase, why) = operation(&h, "to-secondary", json!({"switchover": {}})).await;
+    assert_eq!(phase, OperationPhase::Succeeded, "{why}");
+    let secondary = h.data_dir("web", Member::Secondary).await;
+    std::fs::write(secondary.join("kept.txt"), b"written on the secondary").unwrap();
+    let old_dir = h.data_dir("web", Member::Primary).await;
+    until_file(&old_dir.join("kept.txt"), b"written on the secondary").await;
+    let old_pod = h.member_pod("web", Member::Primary).await.uid().unwrap();
+    let old_claim = claims(&h).await["web-primary-data"].0.clone();
+
+    // The primary's claim deleted (by hand, or by a tool cleaning up).
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(h.client.clone(), &h.ns.name);
+    api.delete("web-primary-data", &DeleteParams::default()).await.unwrap();
+    wait_claims(&h, "a new claim for the primary", |c| {
+        c.get("web-primary-data").is_some_and(|(uid, _)| *uid != old_claim)
+    })
+    .await;
+    let start = Instant::now();
+    while h.pods().get_opt("web-primary").await.unwrap().is_none_or(|p| p.uid().as_deref() == Some(&old_pod)) {
+        assert!(start.elapsed() < GONE, "the primary's pod was not replaced");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let new_dir = h.data_dir("web", Member::Primary).await;
+    assert_ne!(new_dir, old_dir, "a new volume");
+    until_file(&new_dir.join("kept.txt"), b"written on the secondary").await;
+    let p = h
+        .wait_for("web", "the primary synced on its new volume", WAIT, |p| {
+            synced(p) && p.status.as_ref().and_then(|s| s.active_member) == Some(Member::Secondary)
+        })
+        .await;
+    assert_eq!(p.status.unwrap().epoch, 2, "no failover meanwhile");
+    let told = event_reasons(&h).await;
+    assert!(told.iter().any(|r| r == "MemberVolumeReplaced"), "{told:?}");
+
+    // And the role goes back to it.
+    let (phase, why) = operation(&h, "back", json!({"failback": {}})).await;
+    assert_eq!(phase, OperationPhase::Succeeded, "{why}");
+    let p = h.pair("web").await;
+    assert_eq!(p.status.and_then(|s| s.active_member), Some(Member::Primary));
+}

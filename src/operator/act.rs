@@ -196,7 +196,16 @@ pub async fn ensure_members(
             continue;
         }
         let desired = build::member_pod(pair, m, &ctx.build);
+        // A member whose claim is going (deleted, or its volume lost) waits
+        // for the new one: a pod made now would hold on to the old claim.
+        let claim_going = build::pvc(pair, m).is_some_and(|c| {
+            matches!(
+                super::claims::state(ctx.claim(&ns, &c.name_any()).as_deref()),
+                super::claims::ClaimState::Deleting | super::claims::ClaimState::Lost
+            )
+        });
         match &obs.member(m).pod {
+            None if claim_going => {}
             None => {
                 info!(pod = %desired.name_any(), "creating member pod");
                 match pods.create(&PostParams::default(), &desired).await {

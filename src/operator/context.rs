@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -31,6 +31,9 @@ pub struct Context {
     pub endpoint_slices: Stores<EndpointSlice>,
     pub leases: Stores<Lease>,
     pub jobs: Stores<Job>,
+    /// The members' claims (`spec.storage`): one deleted or whose volume is
+    /// lost wakes its pair at once.
+    pub claims: Stores<PersistentVolumeClaim>,
     /// The agents' Roles and RoleBindings, and the NetworkPolicies when the
     /// operator makes them (`None`: not watched).
     pub roles: Stores<Role>,
@@ -59,6 +62,9 @@ impl Context {
     }
     pub fn endpoint_slice(&self, ns: &str, name: &str) -> Option<Arc<EndpointSlice>> {
         self.endpoint_slices.get(&ObjectRef::new(name).within(ns))
+    }
+    pub fn claim(&self, ns: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+        self.claims.get(&ObjectRef::new(name).within(ns))
     }
     pub fn role(&self, ns: &str, name: &str) -> Option<Arc<Role>> {
         self.roles.get(&ObjectRef::new(name).within(ns))

@@ -24,6 +24,7 @@
 
 pub mod act;
 pub mod build;
+pub mod claims;
 pub mod context;
 pub mod decide;
 pub mod drift;
@@ -146,6 +147,8 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Stores::<k8s_openapi::api::discovery::v1::EndpointSlice>::reflect(&client, &namespaces);
     let (leases, lease_feeds) = Stores::<Lease>::reflect(&client, &namespaces);
     let (jobs, job_feeds) = Stores::<Job>::reflect(&client, &namespaces);
+    let (claims, claim_feeds) =
+        Stores::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::reflect(&client, &namespaces);
     let (roles, role_feeds) = Stores::<k8s_openapi::api::rbac::v1::Role>::reflect(&client, &namespaces);
     let (role_bindings, binding_feeds) =
         Stores::<k8s_openapi::api::rbac::v1::RoleBinding>::reflect(&client, &namespaces);
@@ -163,6 +166,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         endpoint_slices,
         leases,
         jobs,
+        claims,
         roles,
         role_bindings,
         network_policies,
@@ -239,6 +243,9 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     for (w, api) in job_feeds {
         tokio::spawn(owned_stream!(w, api));
     }
+    for (w, api) in claim_feeds {
+        tokio::spawn(owned_stream!(w, api));
+    }
     for (w, api) in role_feeds {
         tokio::spawn(owned_stream!(w, api));
     }
@@ -258,6 +265,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             ctx.endpoint_slices.wait_until_ready(),
             ctx.leases.wait_until_ready(),
             ctx.jobs.wait_until_ready(),
+            ctx.claims.wait_until_ready(),
             ctx.roles.wait_until_ready(),
             ctx.role_bindings.wait_until_ready(),
             async {

@@ -128,8 +128,9 @@ async fn round(
     let versions = super::drift::versions(ctx, pair);
     let recent =
         mem.supporting.is_some_and(|(g, t)| g == pair.metadata.generation && t.elapsed() < Duration::from_secs(300));
-    let fresh =
-        recent && (mem.supporting_matched.as_ref() == Some(&versions) || !super::drift::supporting_drifted(ctx, pair));
+    let fresh = recent
+        && !super::claims::drifted(ctx, pair)
+        && (mem.supporting_matched.as_ref() == Some(&versions) || !super::drift::supporting_drifted(ctx, pair));
     if fresh {
         mem.supporting_matched = Some(versions);
     } else {
@@ -141,6 +142,7 @@ async fn round(
         mem.supporting_matched = None;
     }
     tell_pruned(ctx, pair, &obs, mem).await;
+    super::claims::replace_lost(ctx, pair, &obs, holder).await?;
     let current = mem.status.clone().or_else(|| pair.status.clone());
     let isolated = current.as_ref().and_then(|s| s.isolated_member);
     act::ensure_members(ctx, pair, &obs, holder, isolated).await?;
