@@ -34,6 +34,7 @@ pub mod failover;
 pub mod fault;
 pub mod gather;
 pub mod leader;
+pub mod member_state;
 pub mod model;
 pub mod observe;
 pub mod operations;

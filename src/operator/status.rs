@@ -9,11 +9,10 @@ use super::model::{
     ConditionType, Decision, LeaseAction, Notice, Pending, Reason, RoundInputs, Usable, push_history, standby_lag,
     syncs_files, usable,
 };
-use super::observe::{MemberObs, Observed};
+use super::observe::Observed;
 use super::outage::{outage_rank, recorded_away, standby_outage};
 use crate::api::{
-    Condition, ConditionStatus, EffectiveTimings, HighAvailabilityPairSpec, Member, MemberState, MemberStatus, Mode,
-    Role,
+    Condition, ConditionStatus, EffectiveTimings, HighAvailabilityPairSpec, Member, MemberStatus, Mode, Role,
 };
 
 /// Sets a condition, keeping `lastTransitionTime` unless the status changed.
@@ -45,30 +44,6 @@ pub fn set_condition(
             last_transition_time: now,
             observed_generation: generation,
         }),
-    }
-}
-
-fn state(member: Member, m: &MemberObs, active: Option<Member>, peer_ok: bool, mode: Mode, u: Usable) -> MemberState {
-    use MemberState::*;
-    let primary = member == Member::Primary;
-    match u {
-        Usable::NoPod | Usable::NotRunning | Usable::AgentSilent => return Down,
-        Usable::Fenced => return Fenced,
-        Usable::AppFailing => return if primary { PrimaryUncertain } else { SecondaryUncertain },
-        Usable::Yes => {}
-    }
-    let Some(active) = active else { return HaInitializing };
-    let reaches_peer = m.agent.last.as_ref().and_then(|a| a.peer_reachable) != Some(false);
-    match (member == active, primary) {
-        (true, true) if peer_ok => PrimaryActive,
-        (true, true) if mode == Mode::Alone => PrimaryAlone,
-        (true, true) => PrimaryLostSecondary,
-        (true, false) if peer_ok => SecondaryActive,
-        (true, false) => SecondaryAlone,
-        (false, false) if !reaches_peer => SecondaryLostPrimary,
-        (false, false) => SecondarySyncing,
-        (false, true) if !reaches_peer => PrimaryLostSecondary,
-        (false, true) => PrimaryPreparingForFailback,
     }
 }
 
@@ -154,6 +129,18 @@ pub fn compute(
         }
     });
 
+    let round = super::member_state::Round {
+        obs,
+        lease: plan.lease.as_ref(),
+        drain: plan.drain,
+        sync_now: plan.sync_now,
+        failure: plan.failure.is_some(),
+        last_transition: s.last_transition.clone(),
+        isolated: s.isolated_member,
+        active,
+        mode,
+        standby_in_sync: syncs_files(spec).then(|| synced_state(spec, obs, active).0),
+    };
     let previous = std::mem::take(&mut s.members);
     for m in Member::BOTH {
         let o = obs.member(m);
@@ -172,7 +159,7 @@ pub fn compute(
             name: m,
             pod: o.pod.as_ref().map_or_else(|| m.pod_name(&clock.pair), |p| p.name.clone()),
             role,
-            state: state(m, o, active, usable(m.peer()) == Usable::Yes, mode, u),
+            state: super::member_state::state(&round, m, u, usable(m.peer()) == Usable::Yes),
             healthy: o.agent.last.as_ref().and_then(|a| a.app_healthy),
             epoch: o.agent.last.as_ref().map(|a| a.epoch),
             missed_heartbeats: o.agent.missed.min(i32::MAX as u32) as i32,
