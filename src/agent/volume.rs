@@ -29,9 +29,10 @@ pub fn measure(path: &Path) -> io::Result<VolumeUsage> {
 
 /// Free space a standby keeps when it pulls: 1 % of the volume, at least
 /// 8 MiB (its own sync state, quarantine manifests and the application's
-/// start-up must still fit).
+/// start-up must still fit) and at most 1 GiB (a large volume, or one that
+/// shares a large disk, need not leave tens of gigabytes unused).
 pub fn reserve(v: &VolumeUsage) -> u64 {
-    (v.capacity_bytes / 100).max(8 << 20)
+    (v.capacity_bytes / 100).clamp(8 << 20, 1 << 30)
 }
 
 pub(crate) async fn volume_loop(agent: Arc<Agent>, dir: PathBuf) {
@@ -67,7 +68,9 @@ mod tests {
         assert!(measure(Path::new("/nonexistent/hapair")).is_err());
         let small = VolumeUsage { capacity_bytes: 400 << 20, used_bytes: 0, available_bytes: 400 << 20 };
         assert_eq!(reserve(&small), 8 << 20);
+        let mid = VolumeUsage { capacity_bytes: 50 << 30, used_bytes: 0, available_bytes: 50 << 30 };
+        assert_eq!(reserve(&mid), (50 << 30) / 100);
         let large = VolumeUsage { capacity_bytes: 1 << 40, used_bytes: 0, available_bytes: 1 << 40 };
-        assert_eq!(reserve(&large), (1 << 40) / 100);
+        assert_eq!(reserve(&large), 1 << 30);
     }
 }

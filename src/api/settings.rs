@@ -578,6 +578,34 @@ pub struct AgentSpec {
     /// Resources of the sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// How much the agent logs (to its container's log); `info` when unset.
+    /// Changing it replaces the standby's pod at once and the active's only
+    /// once it is no longer active, like any change to the members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<LogLevel>,
+}
+
+/// A log level, most to least severe.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 fn default_agent_port() -> i32 {
@@ -586,6 +614,6 @@ fn default_agent_port() -> i32 {
 
 impl Default for AgentSpec {
     fn default() -> Self {
-        AgentSpec { port: default_agent_port(), resources: None }
+        AgentSpec { port: default_agent_port(), resources: None, log_level: None }
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! The active member's claim is never taken from under it: while it
 //! serves, a claim being deleted stays in use (the API server's
-//! `pvc-protection` holds it) and the operator says so in a Warning Event;
+//! `pvc-protection` holds it) and the operator logs a warning each round;
 //! after a switchover it is replaced like any standby's.
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -42,23 +42,24 @@ pub fn state(claim: Option<&PersistentVolumeClaim>) -> ClaimState {
     }
 }
 
-/// Whether a claim of the pair is missing, unusable or owned against the
-/// retention policy: the supporting objects are ensured again now rather
-/// than on the five-minute pass.
+/// Whether a claim of the pair is missing or owned against the retention
+/// policy: the supporting objects are ensured again now rather than on the
+/// five-minute pass. (A claim being deleted or lost is [`replace_lost`]'s,
+/// which works from the cache every round; it counts here once it is gone.)
 pub fn drifted(ctx: &Context, pair: &HighAvailabilityPair) -> bool {
     let ns = pair.namespace().unwrap_or_default();
     Member::BOTH.into_iter().filter_map(|m| build::pvc(pair, m)).any(|built| {
-        let cur = ctx.claim(&ns, &built.name_any());
-        let owners = cur.as_deref().map(|c| c.metadata.owner_references.as_deref());
-        state(cur.as_deref()) != ClaimState::Usable
-            || build::claim_owners(pair, owners.flatten()).as_deref().unwrap_or_default()
-                != owners.flatten().unwrap_or_default()
+        let Some(cur) = ctx.claim(&ns, &built.name_any()) else { return true };
+        let owners = cur.metadata.owner_references.as_deref();
+        build::claim_owners(pair, owners).as_deref().unwrap_or_default() != owners.unwrap_or_default()
     })
 }
 
 /// Replaces what stands on a member's lost or deleted claim: the standby's
 /// pod (so the claim can go), and a lost claim itself. `holder` is the
-/// member the Lease names; its claim is left alone.
+/// member the Lease names; its claim is left alone, and so is that of a
+/// member whose agent last said it serves (a Lease deleted by hand names
+/// nobody, which must not make the active member fair game).
 pub async fn replace_lost(
     ctx: &Context,
     pair: &HighAvailabilityPair,
@@ -75,7 +76,8 @@ pub async fn replace_lost(
             continue;
         }
         let why = if st == ClaimState::Lost { "its volume is lost" } else { "its claim is being deleted" };
-        if holder == Some(m) {
+        let serving = obs.member(m).agent.last.as_ref().is_some_and(|a| a.role == crate::api::Role::Active);
+        if holder == Some(m) || serving {
             warn!(member = %m, claim = %name, "the active member's {why}: it keeps serving; switch over to replace it");
             continue;
         }

@@ -188,6 +188,10 @@ pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContex
     if let Some(hc) = &spec.health_check {
         agent_env.push(env("HAPAIR_HEALTH_CHECK", serde_json::to_string(hc).unwrap_or_default()));
     }
+    // Only when set: a pod built before the setting existed keeps its hash.
+    if let Some(level) = spec.agent.log_level {
+        agent_env.push(env("HAPAIR_LOG_LEVEL", level.as_str()));
+    }
     let mut agent_mounts = vec![
         VolumeMount { name: "hapair-run".into(), mount_path: RUN_DIR.into(), ..Default::default() },
         VolumeMount {
@@ -364,6 +368,21 @@ pub(super) mod tests {
 
     fn ctx() -> BuildContext {
         BuildContext { agent_image: "hapair:test".into(), agent_network_policy: None }
+    }
+
+    #[test]
+    fn the_agent_logs_at_the_level_the_pair_asks_for_and_a_pair_without_one_is_built_as_before() {
+        let agent_env = |p: &HighAvailabilityPair| {
+            let pod = member_pod(p, Member::Primary, &ctx());
+            let c = pod.spec.unwrap().containers.into_iter().find(|c| c.name == AGENT_CONTAINER).unwrap();
+            c.env.unwrap_or_default().into_iter().map(|e| (e.name, e.value)).collect::<Vec<_>>()
+        };
+        let plain = pair("");
+        assert!(!agent_env(&plain).iter().any(|(n, _)| n == "HAPAIR_LOG_LEVEL"));
+        let debug = pair("  agent: {logLevel: debug}\n");
+        assert!(agent_env(&debug).contains(&("HAPAIR_LOG_LEVEL".to_string(), Some("debug".to_string()))));
+        let (a, b) = (member_pod(&plain, Member::Primary, &ctx()), member_pod(&debug, Member::Primary, &ctx()));
+        assert_ne!(applied_hash(&a.metadata), applied_hash(&b.metadata), "a new level replaces the pods");
     }
 
     #[test]
