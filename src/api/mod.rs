@@ -11,6 +11,7 @@ pub mod reference;
 mod settings;
 mod spec;
 mod status;
+mod storage;
 mod timings;
 
 pub use crd::{crd, crd_yaml};
@@ -18,6 +19,7 @@ pub use operation::*;
 pub use settings::*;
 pub use spec::*;
 pub use status::*;
+pub use storage::*;
 pub use timings::EffectiveTimings;
 
 /// API group of every hapair resource.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::operation::OperationRequest;
 use super::settings::*;
 use super::status::HighAvailabilityPairStatus;
+use super::storage::*;
 
 /// An application run as an active/standby pair: two member pods, one active
 /// behind the pair's Service (the virtual IP), one standby ready to take over.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{Role as RbacRole, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -111,9 +111,10 @@ pub async fn ensure_tls(ctx: &Context, pair: &HighAvailabilityPair) -> Result<Se
     }
 }
 
-/// Owned objects that do not change with failovers: RBAC, claims, pods.
-/// The agent's ServiceAccount, Role and RoleBinding, and the claims. They
-/// change only with the spec, so the worker calls this once per generation.
+/// Owned objects that do not change with failovers: the agent's
+/// ServiceAccount, Role and RoleBinding (the claims are
+/// [`super::claims::ensure`]'s). They change only with the spec, so the
+/// worker calls this once per generation.
 pub async fn ensure_supporting(ctx: &Context, pair: &HighAvailabilityPair) -> Result<(), ActError> {
     let ns = pair.namespace().unwrap_or_default();
     let (sa, role, binding) = build::agent_rbac(pair);
@@ -135,42 +136,6 @@ pub async fn ensure_supporting(ctx: &Context, pair: &HighAvailabilityPair) -> Re
         let cur = api.get_opt(&np.name_any()).await?;
         ensure(&api, &np, cur.as_ref(), drift::network_policy_matches).await?;
     }
-    for m in Member::BOTH {
-        if let Some(claim) = build::pvc(pair, m) {
-            ensure_claim(ctx, pair, &claim).await?;
-        }
-    }
-    Ok(())
-}
-
-/// A member's claim: created when missing; a claim that exists (kept from
-/// an earlier pair of the same name, or this pair's own) is used as it is,
-/// its owner references made to follow the retention policy — the pair's
-/// added for `Delete`, removed for `Retain` — with a merge patch that
-/// carries the resourceVersion it read, so a concurrent change fails the
-/// pass (retried like any failed write) rather than being overwritten.
-async fn ensure_claim(
-    ctx: &Context,
-    pair: &HighAvailabilityPair,
-    claim: &PersistentVolumeClaim,
-) -> Result<(), ActError> {
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &pair.namespace().unwrap_or_default());
-    let name = claim.name_any();
-    let Some(current) = pvcs.get_opt(&name).await? else {
-        pvcs.create(&PostParams::default(), claim)
-            .await
-            .map(|_| ())
-            .or_else(|e| if is_conflict(&e) { Ok(()) } else { Err(e) })?;
-        return Ok(());
-    };
-    let owners = build::claim_owners(pair, current.metadata.owner_references.as_deref());
-    if owners.as_deref().unwrap_or_default() == current.metadata.owner_references.as_deref().unwrap_or_default() {
-        return Ok(());
-    }
-    let keep = !pair.spec.claims_deleted_with_pair();
-    info!(claim = %name, keep, "the claim's owner references follow the retention policy");
-    let patch = json!({"metadata": {"resourceVersion": current.resource_version(), "ownerReferences": owners}});
-    pvcs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }
 
@@ -200,8 +165,8 @@ pub async fn ensure_members(
         // for the new one: a pod made now would hold on to the old claim.
         let claim_going = build::pvc(pair, m).is_some_and(|c| {
             matches!(
-                super::claims::state(ctx.claim(&ns, &c.name_any()).as_deref()),
-                super::claims::ClaimState::Deleting | super::claims::ClaimState::Lost
+                super::observe::claim_state(ctx.claim(&ns, &c.name_any()).as_deref()),
+                super::observe::ClaimState::Deleting | super::observe::ClaimState::Lost
             )
         });
         match &obs.member(m).pod {

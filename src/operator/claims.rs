@@ -12,35 +12,16 @@
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use serde_json::json;
 use tracing::{info, warn};
 
 use super::act::{self, ActError};
 use super::build;
 use super::context::Context;
-use super::observe::Observed;
-use super::writes::not_found;
+use super::observe::{ClaimState, Observed, claim_state as state};
+use super::writes::{is_conflict, not_found};
 use crate::api::{HighAvailabilityPair, Member};
-
-/// A claim as the watch cache holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimState {
-    Missing,
-    /// Being deleted: held by `pvc-protection` while a pod uses it.
-    Deleting,
-    /// Its PersistentVolume is gone: the data is lost.
-    Lost,
-    Usable,
-}
-
-pub fn state(claim: Option<&PersistentVolumeClaim>) -> ClaimState {
-    match claim {
-        None => ClaimState::Missing,
-        Some(c) if c.metadata.deletion_timestamp.is_some() => ClaimState::Deleting,
-        Some(c) if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Lost") => ClaimState::Lost,
-        Some(_) => ClaimState::Usable,
-    }
-}
 
 /// Whether a claim of the pair is missing or owned against the retention
 /// policy: the supporting objects are ensured again now rather than on the
@@ -53,6 +34,47 @@ pub fn drifted(ctx: &Context, pair: &HighAvailabilityPair) -> bool {
         let owners = cur.metadata.owner_references.as_deref();
         build::claim_owners(pair, owners).as_deref().unwrap_or_default() != owners.unwrap_or_default()
     })
+}
+
+/// Both members' claims (see [`ensure_claim`]).
+pub async fn ensure(ctx: &Context, pair: &HighAvailabilityPair) -> Result<(), ActError> {
+    for m in Member::BOTH {
+        if let Some(claim) = build::pvc(pair, m) {
+            ensure_claim(ctx, pair, &claim).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A member's claim: created when missing; a claim that exists (kept from
+/// an earlier pair of the same name, or this pair's own) is used as it is,
+/// its owner references made to follow the retention policy — the pair's
+/// added for `Delete`, removed for `Retain` — with a merge patch that
+/// carries the resourceVersion it read, so a concurrent change fails the
+/// pass (retried like any failed write) rather than being overwritten.
+async fn ensure_claim(
+    ctx: &Context,
+    pair: &HighAvailabilityPair,
+    claim: &PersistentVolumeClaim,
+) -> Result<(), ActError> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &pair.namespace().unwrap_or_default());
+    let name = claim.name_any();
+    let Some(current) = pvcs.get_opt(&name).await? else {
+        pvcs.create(&PostParams::default(), claim)
+            .await
+            .map(|_| ())
+            .or_else(|e| if is_conflict(&e) { Ok(()) } else { Err(e) })?;
+        return Ok(());
+    };
+    let owners = build::claim_owners(pair, current.metadata.owner_references.as_deref());
+    if owners.as_deref().unwrap_or_default() == current.metadata.owner_references.as_deref().unwrap_or_default() {
+        return Ok(());
+    }
+    let keep = !pair.spec.claims_deleted_with_pair();
+    info!(claim = %name, keep, "the claim's owner references follow the retention policy");
+    let patch = json!({"metadata": {"resourceVersion": current.resource_version(), "ownerReferences": owners}});
+    pvcs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
 }
 
 /// Replaces what stands on a member's lost or deleted claim: the standby's

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
@@ -119,6 +119,26 @@ impl LeaseObs {
             interval_seconds: ann.get(ANN_INTERVAL).and_then(|v| v.parse().ok()),
             missed_threshold: ann.get(ANN_MISSED).and_then(|v| v.parse().ok()),
         }
+    }
+}
+
+/// A claim as the watch cache holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimState {
+    Missing,
+    /// Being deleted: held by `pvc-protection` while a pod uses it.
+    Deleting,
+    /// Its PersistentVolume is gone: the data is lost.
+    Lost,
+    Usable,
+}
+
+pub fn claim_state(claim: Option<&PersistentVolumeClaim>) -> ClaimState {
+    match claim {
+        None => ClaimState::Missing,
+        Some(c) if c.metadata.deletion_timestamp.is_some() => ClaimState::Deleting,
+        Some(c) if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Lost") => ClaimState::Lost,
+        Some(_) => ClaimState::Usable,
     }
 }
 

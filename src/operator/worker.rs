@@ -135,6 +135,7 @@ async fn round(
         mem.supporting_matched = Some(versions);
     } else {
         act::ensure_supporting(ctx, pair).await?;
+        super::claims::ensure(ctx, pair).await?;
         // A slice someone made by hand for the pair's Service without the
         // pair's label is outside the watch: looked for on the same rhythm.
         super::routing::sweep_pair_slices(ctx, pair).await?;
