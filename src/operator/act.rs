@@ -112,8 +112,8 @@ pub async fn ensure_tls(ctx: &Context, pair: &HighAvailabilityPair) -> Result<Se
 }
 
 /// Owned objects that do not change with failovers: the agent's
-/// ServiceAccount, Role and RoleBinding (the claims are
-/// [`super::claims::ensure`]'s). They change only with the spec, so the
+/// ServiceAccount, Role and RoleBinding (the members' claims have a module
+/// of their own). They change only with the spec, so the
 /// worker calls this once per generation.
 pub async fn ensure_supporting(ctx: &Context, pair: &HighAvailabilityPair) -> Result<(), ActError> {
     let ns = pair.namespace().unwrap_or_default();
