@@ -125,6 +125,7 @@ pub struct OperatorMetrics {
     pub quarantine_bytes: IntGaugeVec,
     pub volume_used_ratio: prometheus::GaugeVec,
     pub volume_available_bytes: IntGaugeVec,
+    pub certificate_expiry: prometheus::GaugeVec,
     pub last_transition: prometheus::GaugeVec,
     pub leader: IntGauge,
     pub invalid: IntGaugeVec,
@@ -260,6 +261,13 @@ impl OperatorMetrics {
                 ),
                 &["namespace", "pair", "member"],
             )?,
+            certificate_expiry: prometheus::GaugeVec::new(
+                Opts::new(
+                    "hapair_certificate_expiry_timestamp_seconds",
+                    "When the pair's certificates stop being valid: certificate=ca, or members (the earliest of the members' and the operator's)",
+                ),
+                &["namespace", "pair", "certificate"],
+            )?,
             last_transition: prometheus::GaugeVec::new(
                 Opts::new(
                     "hapair_last_transition_timestamp_seconds",
@@ -286,7 +294,7 @@ impl OperatorMetrics {
     /// Every metric labelled by namespace and pair: the one list that both
     /// registers them and forgets a deleted pair's series, so the two cannot
     /// drift apart.
-    fn per_pair(&self) -> [&dyn PairSeries; 22] {
+    fn per_pair(&self) -> [&dyn PairSeries; 23] {
         [
             &self.invalid,
             &self.reconciles,
@@ -307,6 +315,7 @@ impl OperatorMetrics {
             &self.quarantine_bytes,
             &self.volume_used_ratio,
             &self.volume_available_bytes,
+            &self.certificate_expiry,
             &self.last_transition,
             &self.standby_outage,
             &self.resync_files,

@@ -109,6 +109,83 @@ pub fn generate_pair_material(pair: &str, namespace: &str) -> Result<BTreeMap<St
     Ok(out)
 }
 
+/// When the pair's certificates stop being valid: the CA's, and the
+/// earliest of the members' and the operator's client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Expiry {
+    pub ca: Option<chrono::DateTime<chrono::Utc>>,
+    pub members: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The expiry of the material in a pair's TLS Secret (`data` as stored);
+/// a certificate that does not read is left out (`None` if none does).
+pub fn expiry(data: &BTreeMap<String, String>) -> Expiry {
+    let of = |key: &str| data.get(key).and_then(|pem| not_after(pem));
+    let leaves = Member::BOTH.map(|m| member_cert_key(m).0);
+    let members = leaves.iter().map(String::as_str).chain([CLIENT_CERT]).filter_map(of).min();
+    Expiry { ca: of(CA_CERT), members }
+}
+
+/// The `notAfter` of the first certificate in `pem`.
+pub fn not_after(pem: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;
+    der::validity_end(der.as_ref())
+}
+
+/// Just enough DER to find a certificate's validity: Certificate ::=
+/// SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber,
+/// signature, issuer, validity SEQUENCE { notBefore, notAfter }, … }, … }.
+/// Every length is checked against what is left; anything else is `None`.
+mod der {
+    use chrono::{DateTime, NaiveDateTime, Utc};
+
+    /// One tag-length-value: (tag, content, what follows).
+    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (first as usize, rest)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            (rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+
+    fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (t, content, rest) = tlv(input)?;
+        (t == tag).then_some((content, rest))
+    }
+
+    pub fn validity_end(cert: &[u8]) -> Option<DateTime<Utc>> {
+        const SEQUENCE: u8 = 0x30;
+        let (certificate, _) = expect(cert, SEQUENCE)?;
+        let (mut tbs, _) = expect(certificate, SEQUENCE)?;
+        if tbs.first() == Some(&0xa0) {
+            tbs = tlv(tbs)?.2;
+        }
+        let (_serial, rest) = expect(tbs, 0x02)?;
+        let (_signature, rest) = expect(rest, SEQUENCE)?;
+        let (_issuer, rest) = expect(rest, SEQUENCE)?;
+        let (validity, _) = expect(rest, SEQUENCE)?;
+        let (_, _not_before, rest) = tlv(validity)?;
+        let (tag, not_after, _) = tlv(rest)?;
+        let text = std::str::from_utf8(not_after).ok()?;
+        let full = match (tag, text.len()) {
+            // UTCTime YYMMDDHHMMSSZ: 50–99 are 19xx (RFC 5280).
+            (0x17, 13) => format!("{}{text}", if text[..2].parse::<u8>().ok()? >= 50 { "19" } else { "20" }),
+            // GeneralizedTime YYYYMMDDHHMMSSZ.
+            (0x18, 15) => text.to_string(),
+            _ => return None,
+        };
+        let naive = NaiveDateTime::parse_from_str(full.strip_suffix('Z')?, "%Y%m%d%H%M%S").ok()?;
+        Some(naive.and_utc())
+    }
+}
+
 /// PEM certificate and key of one identity plus the pair's CA.
 #[derive(Clone)]
 pub struct Identity {
@@ -179,6 +256,56 @@ mod tests {
         server_config(&identity(&m, &c, &k)).unwrap();
         client_config(&identity(&m, CLIENT_CERT, CLIENT_KEY)).unwrap();
         assert!(m[CA_KEY].contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn the_expiry_of_generated_material_is_read_from_the_certificates() {
+        let m = generate_pair_material("db", "prod").unwrap();
+        let e = expiry(&m);
+        let (ca, members) = (e.ca.unwrap(), e.members.unwrap());
+        let years = |t: chrono::DateTime<chrono::Utc>| (t - chrono::Utc::now()).num_days() / 365;
+        // The CA is made for 10 years, the leaves for 5 (to the first of a month).
+        assert!((9..=10).contains(&years(ca)), "{ca}");
+        assert!((4..=5).contains(&years(members)), "{members}");
+        assert!(members < ca);
+        // Garbage in any entry is left out, never a panic.
+        let mut bad = m.clone();
+        bad.insert(CA_CERT.into(), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into());
+        assert_eq!(expiry(&bad).ca, None);
+        assert_eq!(expiry(&bad).members, Some(members));
+        assert_eq!(expiry(&BTreeMap::new()), Expiry::default());
+    }
+
+    #[test]
+    fn the_der_reader_refuses_every_truncation_and_reads_both_time_forms() {
+        let m = generate_pair_material("db", "prod").unwrap();
+        let der = CertificateDer::pem_slice_iter(m[CA_CERT].as_bytes()).next().unwrap().unwrap().to_vec();
+        let whole = der::validity_end(&der).unwrap();
+        for cut in 0..der.len() {
+            // A truncated certificate either still holds its validity (the
+            // signature was cut) or reads as nothing; it never panics.
+            if let Some(t) = der::validity_end(&der[..cut]) {
+                assert_eq!(t, whole);
+            }
+        }
+        // Hand-made: SEQUENCE { SEQUENCE { INTEGER 1, SEQ {}, SEQ {}, SEQ { UTCTime, GeneralizedTime } } }.
+        let validity = |a: &[u8], b: &[u8]| {
+            let mut v = vec![0x17, a.len() as u8];
+            v.extend_from_slice(a);
+            v.extend_from_slice(&[0x18, b.len() as u8]);
+            v.extend_from_slice(b);
+            let mut tbs = vec![0x02, 1, 1, 0x30, 0, 0x30, 0, 0x30, v.len() as u8];
+            tbs.extend(v);
+            let mut cert = vec![0x30, tbs.len() as u8];
+            cert.extend(tbs);
+            let mut out = vec![0x30, cert.len() as u8];
+            out.extend(cert);
+            out
+        };
+        let t = der::validity_end(&validity(b"491231235959Z", b"20501231235959Z")).unwrap();
+        assert_eq!(t.to_rfc3339(), "2050-12-31T23:59:59+00:00");
+        assert_eq!(der::validity_end(&validity(b"491231235959Z", b"2050123123595Z")), None, "a short time");
+        assert_eq!(der::validity_end(&validity(b"491231235959Z", b"20501331235959Z")), None, "month 13");
     }
 
     #[test]

@@ -97,6 +97,12 @@ async fn a_deleted_pair_keeps_its_claims_and_the_same_pair_applied_again_serves_
     h.wait_enabled("web", WAIT).await;
     h.wait_for("web", "Synced", WAIT, synced).await;
     let first_uid = h.pair("web").await.uid().unwrap();
+    // The certificates' expiry, read from the pair's Secret: the CA made
+    // for ten years, the members' for five.
+    let certs = h.pair("web").await.status.and_then(|s| s.certificates).expect("status.certificates");
+    let years = |t: Option<chrono::DateTime<chrono::Utc>>| (t.unwrap() - chrono::Utc::now()).num_days() / 365;
+    assert!((9..=10).contains(&years(certs.ca_not_after)), "{certs:?}");
+    assert!((4..=5).contains(&years(certs.members_not_after)), "{certs:?}");
     let (primary, secondary) = (h.data_dir("web", Member::Primary).await, h.data_dir("web", Member::Secondary).await);
     let kept: &[u8] = b"written before the pair was deleted";
     std::fs::write(primary.join("kept.txt"), kept).unwrap();

@@ -83,6 +83,23 @@ pub struct HighAvailabilityPairStatus {
     /// failover, and for longer only if something is wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<Routing>,
+    /// When the pair's certificates (its Secret `<pair>-tls`) stop being
+    /// valid: past that, the agents cannot reach each other or be polled,
+    /// and no failover is possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates: Option<CertificatesStatus>,
+}
+
+/// Expiry of the pair's certificates.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificatesStatus {
+    /// The pair's CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_not_after: Option<DateTime<Utc>>,
+    /// The earliest of the members' and the operator's certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members_not_after: Option<DateTime<Utc>>,
 }
 
 /// What the pair's Service routes to.

@@ -43,6 +43,8 @@ pub struct Memory {
     /// Until then, slices kube-controller-manager made for a selector the
     /// operator removed are looked for and deleted every round.
     pub sweep_slices_until: Option<Instant>,
+    /// The expiry of the certificates in the pair's TLS Secret, as read.
+    pub certificates: Option<crate::tls::Expiry>,
 }
 
 impl Default for Memory {
@@ -58,6 +60,7 @@ impl Default for Memory {
             pruned_told: [None, None],
             supporting_matched: None,
             sweep_slices_until: None,
+            certificates: None,
         }
     }
 }
@@ -71,7 +74,7 @@ pub fn gather(ctx: &Context, pair: &HighAvailabilityPair, poll: &Mutex<PollState
         meta.owner_references.iter().flatten().any(|o| Some(&o.uid) == uid.as_ref())
     };
     let agent_port = pair.spec.agent.port as u16;
-    let mut obs = Observed::default();
+    let mut obs = Observed { certificates: mem.certificates, ..Default::default() };
     let mut ips = [None, None];
     {
         let poll = poll.lock().unwrap_or_else(|p| p.into_inner());

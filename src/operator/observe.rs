@@ -228,6 +228,8 @@ pub struct Observed {
     pub primary_usable_for: Option<Duration>,
     /// The pair's resync Jobs, oldest first.
     pub resync_jobs: Vec<JobObs>,
+    /// The expiry of the pair's certificates, once its Secret was read.
+    pub certificates: Option<crate::tls::Expiry>,
 }
 
 impl Observed {

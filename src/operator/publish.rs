@@ -23,6 +23,13 @@ pub fn publish(
         metrics.mode.with_label_values(&[&ns, &name, &mode_name]).set(i64::from(status.mode == Some(mode)));
     }
     metrics.epoch.with_label_values(&[&ns, &name]).set(status.epoch);
+    if let Some(c) = &status.certificates {
+        for (which, at) in [("ca", c.ca_not_after), ("members", c.members_not_after)] {
+            if let Some(at) = at {
+                metrics.certificate_expiry.with_label_values(&[&ns, &name, which]).set(at.timestamp() as f64);
+            }
+        }
+    }
     let conditions =
         status.conditions.iter().map(|c| [c.type_.clone(), format!("{:?}", c.status), c.reason.clone()]).collect();
     metrics.set_conditions(&ns, &name, conditions);
@@ -140,6 +147,7 @@ mod tests {
                          "time": "2026-01-01T00:00:00Z"}],
             "members": [member("primary", "PrimaryActive"), member("secondary", "SecondarySyncing")],
             "resync": {"job": "db-resync-3", "label": "resync-3", "phase": "Succeeded"},
+            "certificates": {"caNotAfter": "2036-01-01T00:00:00Z", "membersNotAfter": "2031-01-01T00:00:00Z"},
         }))
         .unwrap()
     }

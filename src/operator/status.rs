@@ -120,6 +120,9 @@ pub fn compute(
     s.standby_member = plan.standby;
     s.epoch = epoch;
     s.effective_timings = Some(EffectiveTimings::of(spec));
+    if let Some(e) = obs.certificates {
+        s.certificates = Some(crate::api::CertificatesStatus { ca_not_after: e.ca, members_not_after: e.members });
+    }
     s.routing = obs.vip_slice.as_ref().map(|slice| {
         let addresses = slice.ready_addresses();
         let pod = slice.endpoints.iter().find(|e| e.1.0 != Some(false)).and_then(|e| e.2.clone());

@@ -79,15 +79,15 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
     .await
 }
 
+/// The Secret's entries that are text (PEM all of them).
+fn secret_text(secret: &Secret) -> std::collections::BTreeMap<String, String> {
+    let data = secret.data.iter().flatten();
+    data.filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?))).collect()
+}
+
 fn client_config(secret: &Secret) -> Result<Arc<rustls::ClientConfig>, tls::TlsError> {
-    let get = |k: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-            .unwrap_or_default()
-    };
+    let data = secret_text(secret);
+    let get = |k: &str| data.get(k).cloned().unwrap_or_default();
     tls::client_config(&tls::Identity { ca: get(tls::CA_CERT), cert: get(tls::CLIENT_CERT), key: get(tls::CLIENT_KEY) })
 }
 
@@ -106,6 +106,7 @@ async fn round(
     if client_tls.is_none() {
         let secret = act::ensure_tls(ctx, pair).await?;
         *client_tls = Some(client_config(&secret)?);
+        mem.certificates = Some(tls::expiry(&secret_text(&secret)));
     }
     if poller.is_none()
         && let Some(tls) = client_tls.clone()
