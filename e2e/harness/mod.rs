@@ -12,6 +12,7 @@ pub mod history;
 pub mod nodes;
 pub mod operators;
 pub mod routes;
+pub mod states;
 pub mod views;
 
 use std::net::SocketAddr;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hapair::api::{ConditionStatus, HighAvailabilityPair, LABEL_PAIR, Member};
+use hapair::api::{ConditionStatus, HighAvailabilityPair, LABEL_PAIR, Member, MemberState};
 use harness::{Harness, test_pair};
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
@@ -280,11 +280,13 @@ async fn operation(h: &Harness, id: &str, action: serde_json::Value) -> (hapair:
 /// file from the active member, and a failback to it then works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_claim_is_deleted_gets_a_new_volume_a_full_copy_and_the_role_back() {
+    use MemberState::*;
     use hapair::api::OperationPhase;
     let h = Harness::new("lifecycle-replace").await;
     h.apply(&synced_pair(json!({}))).await;
     h.wait_enabled("web", WAIT).await;
     h.wait_for("web", "Synced", WAIT, synced).await;
+    let states = harness::states::StateLog::start(h.pairs(), "web");
     let (phase, why) = operation(&h, "to-secondary", json!({"switchover": {}})).await;
     assert_eq!(phase, OperationPhase::Succeeded, "{why}");
     let secondary = h.data_dir("web", Member::Secondary).await;
@@ -323,4 +325,15 @@ async fn a_member_whose_claim_is_deleted_gets_a_new_volume_a_full_copy_and_the_r
     assert_eq!(phase, OperationPhase::Succeeded, "{why}");
     let p = h.pair("web").await;
     assert_eq!(p.status.and_then(|s| s.active_member), Some(Member::Primary));
+    // The manual's states, in its order: the planned failover to the
+    // secondary, the primary lost and back, the failback.
+    h.wait_for("web", "the secondary syncing again", WAIT, |p| {
+        p.status.as_ref().is_some_and(|s| s.members.iter().any(|m| m.state == SecondarySyncing))
+    })
+    .await;
+    states.assert_in_order(
+        Member::Secondary,
+        &[SecondarySyncing, SecondaryFailover, SecondaryActive, SecondaryFailback, SecondarySyncing],
+    );
+    states.assert_in_order(Member::Primary, &[PrimaryActive, Down, PrimarySyncing, PrimaryFailback, PrimaryActive]);
 }

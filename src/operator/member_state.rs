@@ -6,9 +6,9 @@
 //!
 //! - `PrimaryFailover`: a failover away from the primary is pending (its
 //!   failure seen, the Lease not moved yet) or under way (the secondary not
-//!   yet serving at the new epoch);
+//!   yet serving at the new epoch); not for a planned switchover;
 //! - `SecondaryFailover`: the Lease moved (or is moving) to the secondary,
-//!   which does not serve at the new epoch yet;
+//!   planned or not, and it does not serve at the new epoch yet;
 //! - `PrimaryFailback` / `SecondaryFailback`: the role is on its way back to
 //!   the primary (a failback, a switchover or go-standby towards it,
 //!   automatic failback): the secondary drains, the primary pulls its final
@@ -71,7 +71,8 @@ fn returning_to_primary(r: &Round) -> bool {
 }
 
 /// A change that takes the role away from the member that had it, planned
-/// or not (a member taking its own role back after a restart is not one).
+/// or not (a member taking its own role back after a restart is not one):
+/// the manual's "Secondary Failover" covers a triggered one too.
 fn is_failover(t: TransitionType) -> bool {
     !matches!(t, TransitionType::Bootstrap)
 }
@@ -87,7 +88,7 @@ pub fn state(r: &Round, member: Member, u: Usable, peer_ok: bool) -> MemberState
     let isolated = r.isolated == Some(member) && r.active != Some(member);
     let moving = moving(r);
     let failing_from_primary = primary
-        && (moving.is_some_and(|(to, t, _)| to == Member::Secondary && is_failover(t))
+        && (moving.is_some_and(|(to, t, _)| to == Member::Secondary && t == TransitionType::Failover)
             || (r.active == Some(Member::Primary) && r.failure && r.lease.is_none()));
     match u {
         Usable::NoPod | Usable::NotRunning | Usable::AgentSilent if isolated => return Isolated,
@@ -249,6 +250,13 @@ mod tests {
         let mut r = round(&o, Member::Secondary);
         r.last_transition = Some(t);
         assert_eq!(both(&r, UP), [PrimaryPreparingForFailback, SecondaryActive]);
+        // A planned switchover is no failure of the primary.
+        let t = transition(TransitionType::Switchover, Member::Primary, Member::Secondary, 2);
+        let lease = takeover(Member::Secondary, t);
+        let o2 = obs((Role::Active, 1), (Role::Standby, 1), Member::Primary, 1);
+        let mut r = round(&o2, Member::Secondary);
+        r.lease = Some(&lease);
+        assert_eq!(both(&r, UP), [PrimaryPreparingForFailback, SecondaryFailover]);
         // A member taking its own role back after a restart is no failover.
         let t = transition(TransitionType::Bootstrap, Member::Secondary, Member::Secondary, 3);
         let lease = takeover(Member::Secondary, t);
