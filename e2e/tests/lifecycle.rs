@@ -93,9 +93,14 @@ async fn until_file(path: &Path, content: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_pair_keeps_its_claims_and_the_same_pair_applied_again_serves_their_files() {
     let h = Harness::new("lifecycle-retain").await;
+    let states = harness::states::StateLog::start(h.pairs(), "web");
     h.apply(&synced_pair(json!({}))).await;
     h.wait_enabled("web", WAIT).await;
     h.wait_for("web", "Synced", WAIT, synced).await;
+    // The manual's registration: HA Initializing, then Primary Active and
+    // Secondary Syncing.
+    states.assert_in_order(Member::Primary, &[MemberState::HaInitializing, MemberState::PrimaryActive]);
+    states.assert_in_order(Member::Secondary, &[MemberState::HaInitializing, MemberState::SecondarySyncing]);
     let first_uid = h.pair("web").await.uid().unwrap();
     // The certificates' expiry, read from the pair's Secret: the CA made
     // for ten years, the members' for five.

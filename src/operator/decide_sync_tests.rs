@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::tests::{clock, condition, enabled, lease, member, op_status, spec, with_op};
+use super::tests::{clock, condition, enabled, lease, member, op_status, registered, spec, with_op};
 use chrono::{DateTime, Utc};
 
 use super::*;
@@ -314,7 +314,7 @@ fn manual_policy_shows_the_difference_and_waits_for_a_resolve_request() {
 fn isolate_secondary_stops_it_until_a_resolve_request() {
     let s = files("splitBrain: {policy: IsolateSecondary}");
     let (obs, _) = split(Utc::now(), None);
-    let plan = decide(&s, None, &obs, &clock());
+    let plan = decide(&s, Some(&registered()), &obs, &clock());
     assert_eq!(plan.status.isolated_member, Some(Member::Secondary));
     assert_eq!(plan.status.mode, Some(Mode::Alone));
     assert_eq!(condition(&plan, "SplitBrain").1, "SecondaryIsolated");
@@ -404,13 +404,13 @@ fn the_users_repair_job_runs_after_the_split_brain_resync_and_gates_enabled() {
     let mut repair = finished_job(&format!("{label}-repair"), false);
     repair.phase = JobPhase::Running;
     obs.resync_jobs.push(repair.clone());
-    let plan = decide(&s, None, &obs, &clock());
+    let plan = decide(&s, Some(&registered()), &obs, &clock());
     assert_eq!((plan.repair.as_ref(), plan.status.mode), (None, Some(Mode::SplitBrain)));
     assert_eq!(plan.status.resync.as_ref().unwrap().label, label, "status.resync stays the file resync");
     repair.phase = JobPhase::Failed;
     repair.message = Some("BackoffLimitExceeded".into());
     *obs.resync_jobs.last_mut().unwrap() = repair.clone();
-    let failed = decide(&s, None, &obs, &clock());
+    let failed = decide(&s, Some(&registered()), &obs, &clock());
     assert_eq!(condition(&failed, "SplitBrain"), (ConditionStatus::True, "RepairJobFailed".into()));
     repair.phase = JobPhase::Succeeded;
     *obs.resync_jobs.last_mut().unwrap() = repair;
@@ -419,7 +419,7 @@ fn the_users_repair_job_runs_after_the_split_brain_resync_and_gates_enabled() {
     assert!(done.events.iter().any(|e| e.reason == "SplitBrainResolved"));
     // Without a repairJob, nothing waits.
     obs.resync_jobs.truncate(1);
-    assert_eq!(decide(&files(""), None, &obs, &clock()).status.mode, Some(Mode::Enabled));
+    assert_eq!(decide(&files(""), Some(&registered()), &obs, &clock()).status.mode, Some(Mode::Enabled));
     // The Job: the user's container with the repair's facts in its environment.
     let pair: crate::api::HighAvailabilityPair = serde_json::from_value(serde_json::json!({
         "apiVersion": "hapair.dev/v1alpha1", "kind": "HighAvailabilityPair",
@@ -454,7 +454,7 @@ fn a_standby_back_from_an_outage_past_the_limit_gets_a_full_resync_then_the_pair
     let mut away = enabled();
     away.secondary.agent.missed = 3;
     away.secondary.agent.since_answer = Some(Duration::from_secs(150));
-    let past = decide(&s, None, &away, &clock());
+    let past = decide(&s, Some(&registered()), &away, &clock());
     assert_eq!(condition(&past, "StandbyOutage"), (ConditionStatus::True, "LimitExceeded".into()));
     assert_eq!(past.start_resync, None, "nothing to resync while it is away");
     // Back: a full resync, by the resync rules.

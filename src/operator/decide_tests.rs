@@ -71,6 +71,12 @@ pub(super) fn lease(holder: Member, epoch: i64, unchanged_for: Duration) -> Leas
 }
 
 /// Primary active at epoch 1, secondary standby, both healthy.
+/// The status of a pair past its registration (mode `Enabled` once): a
+/// round from no status at all is a new pair's, which registers first.
+pub(super) fn registered() -> crate::api::HighAvailabilityPairStatus {
+    crate::api::HighAvailabilityPairStatus { mode: Some(Mode::Enabled), ..Default::default() }
+}
+
 pub(super) fn enabled() -> Observed {
     Observed {
         primary: member(Member::Primary, Role::Active, Some(true)),
@@ -146,6 +152,11 @@ fn bootstrap_with_one_member_waits_a_bounded_time_then_runs_alone() {
         plan.lease,
         Some(LeaseAction::Create { holder: Member::Secondary, pod_uid: "secondary-uid".into(), epoch: 1 })
     );
+    // It serves, but the pair never registered its standby: still
+    // Initializing (HapairStandbyDown fires on that too, after 5m).
+    assert_eq!(plan.status.mode, Some(Mode::Initializing));
+    // A pair that had registered runs Alone.
+    let plan = decide(&spec(""), Some(&registered()), &obs, &clock());
     assert_eq!(plan.status.mode, Some(Mode::Alone));
 }
 

@@ -19,7 +19,10 @@
 //!   standby, before and after it holds the active member's files (with
 //!   file sync; without, there is nothing to prepare and it stays
 //!   `PrimaryPreparingForFailback`, "started in standby after a failover");
-//! - `Isolated`: stopped by the split-brain policy `IsolateSecondary`.
+//! - `Isolated`: stopped by the split-brain policy `IsolateSecondary`;
+//! - `HaInitializing`: both members while the pair registers (mode
+//!   `Initializing`: from its creation until the standby first serves as
+//!   one, holding the active's files when it syncs them).
 
 use super::model::{LeaseAction, Usable};
 use super::observe::Observed;
@@ -111,6 +114,9 @@ pub fn state(r: &Round, member: Member, u: Usable, peer_ok: bool) -> MemberState
         return if primary { PrimaryFailback } else { SecondaryFailback };
     }
     let Some(active) = r.active else { return HaInitializing };
+    if r.mode == Mode::Initializing {
+        return HaInitializing;
+    }
     let reaches_peer = m.agent.last.as_ref().and_then(|a| a.peer_reachable) != Some(false);
     let after_failback = r.last_transition.as_ref().is_some_and(|t| {
         towards_primary(t.type_) && t.to == Some(Member::Primary) && t.from == Some(Member::Secondary)
@@ -294,6 +300,17 @@ mod tests {
         let mut r = round(&o, Member::Primary);
         r.lease = Some(&lease);
         assert_eq!(both(&r, UP), [PrimaryFailback, SecondaryPostFailback]);
+    }
+
+    #[test]
+    fn both_members_are_initializing_while_the_pair_registers() {
+        let o = obs((Role::Active, 1), (Role::Standby, 1), Member::Primary, 1);
+        let mut r = round(&o, Member::Primary);
+        r.mode = Mode::Initializing;
+        assert_eq!(both(&r, UP), [HaInitializing, HaInitializing]);
+        assert_eq!(both(&r, [Usable::Yes, Usable::NoPod]), [HaInitializing, Down]);
+        r.mode = Mode::Enabled;
+        assert_eq!(both(&r, UP), [PrimaryActive, SecondarySyncing]);
     }
 
     #[test]

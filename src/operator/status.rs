@@ -87,11 +87,16 @@ pub fn compute(
     let isolated = s.isolated_member;
     let active_ok = active.is_some_and(|a| usable(a) == Usable::Yes);
     let standby_ok = active.is_some_and(|a| usable(a.peer()) == Usable::Yes);
+    // Registration (the manual's "HA Initializing") lasts from the pair's
+    // creation until its standby first serves as one, holding the active
+    // member's files when it syncs them.
+    let registering = s.mode.is_none_or(|m| m == Mode::Initializing);
+    let registered = active_ok && standby_ok && (!syncs_files(spec) || synced_state(spec, obs, active).0);
     let mode = if spec.paused {
         Mode::Paused
     } else if both_active || (!evidence.is_empty() && isolated.is_none()) || plan.repair_pending.is_some() {
         Mode::SplitBrain
-    } else if obs.lease.is_none() && plan.lease.is_none() {
+    } else if (obs.lease.is_none() && plan.lease.is_none()) || (registering && !registered) {
         Mode::Initializing
     } else if active_ok && standby_ok && isolated.is_none() {
         Mode::Enabled
