@@ -269,6 +269,8 @@ async fn a_filling_volume_is_told_at_80_and_90_percent_and_a_standby_refuses_a_p
 async fn operation(h: &Harness, id: &str, action: serde_json::Value) -> (hapair::api::OperationPhase, String) {
     let mut op = json!({"id": id});
     common::merge(&mut op, &action);
+    // A merge patch would keep the previous request's action beside this one.
+    h.merge_spec("web", json!({"operation": null})).await;
     h.merge_spec("web", json!({"operation": op})).await;
     let p = h
         .wait_for("web", &format!("operation {id}"), Duration::from_secs(90), |p| {
