@@ -164,6 +164,20 @@ async fn event_reasons(h: &Harness) -> Vec<String> {
     list.items.into_iter().filter_map(|e| e.reason).collect()
 }
 
+/// Waits until the pair has been told each of `reasons` as an Event (the
+/// operator publishes a round's Events after its status write).
+async fn wait_events(h: &Harness, reasons: &[&str]) {
+    let start = Instant::now();
+    loop {
+        let told = event_reasons(h).await;
+        if reasons.iter().all(|r| told.iter().any(|t| t == r)) {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "not all of {reasons:?} told as Events: {told:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Writes `bytes` of zeros to `path` (space really taken, not a hole).
 fn take(path: &Path, bytes: u64) {
     use std::io::Write;
@@ -224,10 +238,7 @@ async fn a_filling_volume_is_told_at_80_and_90_percent_and_a_standby_refuses_a_p
         condition_on(p, "VolumeSpaceLow").is_some_and(|(r, _)| r == "Above90Percent")
     })
     .await;
-    let told = event_reasons(&h).await;
-    for reason in ["VolumeAbove80Percent", "VolumeAbove90Percent"] {
-        assert!(told.iter().any(|r| r == reason), "no {reason} Event: {told:?}");
-    }
+    wait_events(&h, &["VolumeAbove80Percent", "VolumeAbove90Percent"]).await;
 
     // A file on the active that the standby's free space cannot hold: the
     // pull is refused whole and the pair says why; nothing of it is written.
@@ -261,7 +272,7 @@ async fn a_filling_volume_is_told_at_80_and_90_percent_and_a_standby_refuses_a_p
     );
     std::fs::remove_file(from.join("too-big.bin")).unwrap();
     h.wait_for("web", "VolumeSpaceLow cleared", WAIT, |p| condition_on(p, "VolumeSpaceLow").is_none()).await;
-    assert!(event_reasons(&h).await.iter().any(|r| r == "VolumeSpaceRecovered"));
+    wait_events(&h, &["VolumeSpaceRecovered"]).await;
 }
 
 /// Asks for an operation and waits until it ends; returns its phase and
@@ -324,8 +335,7 @@ async fn a_member_whose_claim_is_deleted_gets_a_new_volume_a_full_copy_and_the_r
         })
         .await;
     assert_eq!(p.status.unwrap().epoch, 2, "no failover meanwhile");
-    let told = event_reasons(&h).await;
-    assert!(told.iter().any(|r| r == "MemberVolumeReplaced"), "{told:?}");
+    wait_events(&h, &["MemberVolumeReplaced"]).await;
 
     // And the role goes back to it.
     let (phase, why) = operation(&h, "back", json!({"failback": {}})).await;
