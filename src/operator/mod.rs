@@ -47,6 +47,7 @@ pub mod routing;
 pub mod split_brain;
 pub mod status;
 pub mod stores;
+pub mod unrecorded;
 pub mod volume;
 mod worker;
 pub mod writes;
