@@ -126,18 +126,22 @@ impl Syncer {
         files += g.tombstones.values().filter(|generation| **generation > have).count() as u64;
         r.pending_files = files;
         r.pending_bytes = bytes;
-        r.peer_lag_seconds = Some(if have >= g.state.point.generation {
-            0.0
+        // The first change the standby lacks, when this agent saw it. One
+        // made before the agent started (a restart, both members down) has
+        // no time here: the lag is then unknown, not "since the start" —
+        // that would call a standby missing a whole outage's writes in
+        // sync for the first seconds after the active came back.
+        r.peer_lag_seconds = if have >= g.state.point.generation {
+            Some(0.0)
         } else {
-            let since = g
-                .gen_times
+            g.gen_times
                 .iter()
                 .find(|(generation, _, _)| *generation > have)
-                .map(|(_, t, _)| *t)
-                .or(g.started)
-                .unwrap_or(now);
-            now.saturating_duration_since(since).as_millis() as f64 / 1000.0
-        });
+                .filter(|(generation, _, _)| {
+                    *generation == have + 1 || g.gen_times.front().is_some_and(|f| f.0 <= have)
+                })
+                .map(|(_, t, _)| now.saturating_duration_since(*t).as_millis() as f64 / 1000.0)
+        };
     }
 
     /// Answers a standby's manifest request.

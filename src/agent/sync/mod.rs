@@ -76,7 +76,6 @@ struct Inner {
     /// Active: when each recent generation was scanned — on the monotonic
     /// clock (the standby's lag, a duration) and the wall clock (reported).
     gen_times: VecDeque<(i64, Instant, DateTime<Utc>)>,
-    started: Option<Instant>,
     /// Standby: the source's point and per-directory change points.
     source_point: Option<Point>,
     source_changed_at: BTreeMap<String, Point>,
@@ -114,7 +113,7 @@ impl Syncer {
             root,
             spec,
             member,
-            inner: tokio::sync::Mutex::new(Inner { state, started: Some(Instant::now()), ..Default::default() }),
+            inner: tokio::sync::Mutex::new(Inner { state, ..Default::default() }),
             report: Mutex::new(report),
             order: Mutex::new(None),
             abort: AtomicBool::new(false),
@@ -290,6 +289,32 @@ mod tests {
             dry_run,
             full: true,
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_active_that_restarted_does_not_call_a_standby_missing_older_changes_in_sync() {
+        let root = crate::sync::path::tests::tempdir();
+        std::fs::write(root.join("log"), b"0\n").unwrap();
+        let s = syncer(root.clone());
+        s.refresh(1).await.unwrap();
+        std::fs::write(root.join("log"), b"0\n1\n").unwrap();
+        s.refresh(1).await.unwrap();
+        // The standby holds generation 1 of 2, and this agent saw 2 made.
+        s.manifest(".", Some(1), 1).await.unwrap();
+        assert!(s.status().peer_lag_seconds.is_some_and(|l| l < 5.0), "{:?}", s.status().peer_lag_seconds);
+        // The agent restarts: generation 2 was made before it started.
+        let s = syncer(root.clone());
+        s.manifest(".", Some(1), 1).await.unwrap();
+        assert_eq!(s.status().peer_lag_seconds, None, "how far behind is unknown, not zero");
+        // Once the standby holds everything, it is in sync; a change made
+        // now has a time again.
+        s.manifest(".", Some(2), 1).await.unwrap();
+        assert_eq!(s.status().peer_lag_seconds, Some(0.0));
+        std::fs::write(root.join("log"), b"0\n1\n2\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        s.manifest(".", Some(2), 1).await.unwrap();
+        assert!(s.status().peer_lag_seconds.is_some(), "a change this agent saw made has a lag");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
