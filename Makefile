@@ -122,8 +122,8 @@ chaos-brief: testbed-up ## One round of every chaos case that fits `make test` (
 	$(TESTBED_ENV) $(CHAOS_ENV) $(CARGO) test $(TEST_FEATURES) --test chaos -- --nocapture
 
 .PHONY: e2e-nodes
-e2e-nodes: testbed-up ## Whole nodes frozen, partitioned and killed under a pair; members kept apart (one test at a time).
-	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test nodes -- --test-threads 1
+e2e-nodes: testbed-up ## Whole nodes frozen, partitioned and killed under a pair; both members' nodes down (cold start); members kept apart (one test at a time).
+	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test nodes --test cold_start -- --test-threads 1
 
 ##@ Fuzzing
 

@@ -113,6 +113,11 @@ pub struct AgentStatus {
     /// The member's data volume (`spec.storage`), as last measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeUsage>,
+    /// Seconds since this agent started (its monotonic clock). With the
+    /// time since the Lease was last renewed it tells whether this member
+    /// was down when the holder stopped: both were down, a cold start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_seconds: Option<f64>,
 }
 
 /// Space on a member's data volume, as `statvfs` tells it (part of

@@ -283,6 +283,8 @@ pub(crate) struct Agent {
     pub syncer: Option<Arc<sync::Syncer>>,
     /// How to reach the peer's agent (client certificate, its name).
     pub peer_tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    /// When this agent started (reported as its uptime).
+    pub started: Instant,
 }
 
 impl Agent {
@@ -393,6 +395,7 @@ impl Agent {
             failsafe: s.on_promise(Instant::now()),
             sync,
             volume: s.volume,
+            uptime_seconds: Some(self.started.elapsed().as_secs_f64()),
         }
     }
 
@@ -449,6 +452,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         config,
         syncer,
         peer_tls,
+        started: Instant::now(),
     });
     info!(pair = %agent.config.pair, member = %agent.config.member, "agent starting");
     let servers = server::start(agent.clone(), &tls).await?;

@@ -37,6 +37,7 @@ pub(super) fn agent(dir: &std::path::Path) -> Agent {
         identity: "primary/uid".into(),
         syncer: None,
         peer_tls: None,
+        started: std::time::Instant::now(),
     }
 }
 

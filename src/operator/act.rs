@@ -328,7 +328,7 @@ async fn apply_lease_and_status(
     };
 
     match plan.lease.clone() {
-        Some(LeaseAction::Create { holder, pod_uid, epoch }) => {
+        Some(LeaseAction::Create { holder, pod_uid, epoch, .. }) => {
             match leases.create(&PostParams::default(), &build::lease(pair, holder, &pod_uid, epoch)).await {
                 Ok(_) => {
                     info!(pair = %name, %holder, epoch, "lease created");

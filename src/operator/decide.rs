@@ -238,3 +238,7 @@ mod gate_tests;
 #[cfg(test)]
 #[path = "decide_handover_tests.rs"]
 mod handover_tests;
+
+#[cfg(test)]
+#[path = "cold_start_tests.rs"]
+mod cold_start_tests;

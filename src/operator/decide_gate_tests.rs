@@ -111,7 +111,12 @@ fn a_deleted_lease_comes_back_past_the_highest_epoch_for_the_member_that_served(
     let plan = decide(&s, Some(&current), &obs, &clock());
     assert_eq!(
         plan.lease,
-        Some(LeaseAction::Create { holder: Member::Secondary, pod_uid: "secondary-uid".into(), epoch: 4 }),
+        Some(LeaseAction::Create {
+            holder: Member::Secondary,
+            pod_uid: "secondary-uid".into(),
+            epoch: 4,
+            lossy: false
+        }),
         "not a bootstrap at epoch 1 for the primary"
     );
     let t = &plan.status.history[0];
@@ -128,14 +133,20 @@ fn a_deleted_lease_comes_back_past_the_highest_epoch_for_the_member_that_served(
         plan.lease
     );
 
-    // The one that served cannot serve now: the other member, still past it.
+    // The one that served cannot serve now: the other member, still past
+    // it, once the first has had its time to come back (its files may be
+    // newer, which the transition records).
     obs.secondary.agent.last.as_mut().unwrap().app_healthy = Some(false);
+    assert_eq!(decide(&s, Some(&current), &obs, &clock()).lease, None, "waits for the member that served");
+    obs.without_lease_for = crate::operator::cold_start::wait_for_other(&s);
     let plan = decide(&s, Some(&current), &obs, &clock());
     assert!(
-        matches!(plan.lease, Some(LeaseAction::Create { holder: Member::Primary, epoch: 8, .. })),
+        matches!(plan.lease, Some(LeaseAction::Create { holder: Member::Primary, epoch: 8, lossy: true, .. })),
         "{:?}",
         plan.lease
     );
+    assert!(plan.status.history[0].data_loss_possible);
+    assert!(plan.status.history[0].message.as_deref().unwrap().contains("secondary did not return"));
 
     // A member reporting an epoch no Lease can hold is not believed.
     let mut liar = obs.clone();

@@ -45,6 +45,7 @@ pub(super) fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs 
                 handover_given_up_seconds_ago: None,
                 sync: None,
                 volume: None,
+                uptime_seconds: None,
             }),
             missed: 0,
             since_answer: Some(Duration::ZERO),
@@ -65,6 +66,7 @@ pub(super) fn lease(holder: Member, epoch: i64, unchanged_for: Duration) -> Leas
         operation_id: None,
         drained_at: None,
         unchanged_for,
+        renewed_ago: None,
         interval_seconds: Some(5),
         missed_threshold: Some(3),
     }
@@ -132,7 +134,7 @@ fn bootstrap_makes_the_primary_active_once_both_agents_answer() {
     let plan = decide(&spec(""), None, &obs, &clock());
     assert_eq!(
         plan.lease,
-        Some(LeaseAction::Create { holder: Member::Primary, pod_uid: "primary-uid".into(), epoch: 1 })
+        Some(LeaseAction::Create { holder: Member::Primary, pod_uid: "primary-uid".into(), epoch: 1, lossy: false })
     );
     assert_eq!(plan.vip, Some(Member::Primary));
     assert_eq!(plan.status.epoch, 1);
@@ -150,7 +152,12 @@ fn bootstrap_with_one_member_waits_a_bounded_time_then_runs_alone() {
     let plan = decide(&spec(""), None, &obs, &clock());
     assert_eq!(
         plan.lease,
-        Some(LeaseAction::Create { holder: Member::Secondary, pod_uid: "secondary-uid".into(), epoch: 1 })
+        Some(LeaseAction::Create {
+            holder: Member::Secondary,
+            pod_uid: "secondary-uid".into(),
+            epoch: 1,
+            lossy: false
+        })
     );
     // It serves, but the pair never registered its standby: still
     // Initializing (HapairStandbyDown fires on that too, after 5m).

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::cold_start;
 use super::model::{LeaseAction, can_take_over, standby_lag, syncs_files, words};
 use super::observe::{LeaseObs, Observed};
 use crate::api::{
@@ -60,6 +61,9 @@ words! {
         FlapBudgetExhausted,
         SyncLagTooHigh,
         Paused,
+        /// Both members were down and the one that held the role last (the
+        /// newest files) has not returned yet: a bounded wait.
+        WaitingForLastActive,
     }
 }
 
@@ -72,8 +76,7 @@ pub struct Blocked {
 
 /// How long to wait for the second member at bootstrap before starting alone.
 pub fn bootstrap_alone_after(spec: &HighAvailabilityPairSpec) -> Duration {
-    let lease = (spec.heartbeat.interval_seconds * spec.heartbeat.missed_threshold) as u64;
-    Duration::from_secs(2 * lease + 5)
+    cold_start::wait_for_other(spec)
 }
 
 pub fn holder_failure(obs: &Observed) -> Option<Failure> {
@@ -194,21 +197,57 @@ pub fn failover(
         a.since_answer.is_some_and(|t| t < lease.unchanged_for)
             && a.last.as_ref().is_some_and(|s| s.app_healthy != Some(false))
     };
-    let same = from.filter(|h| f.reason.restartable() && can_take_over(obs.member(*h), missed) && fresh(*h));
+    // Both members were down (`cold_start`): the holder held the role last
+    // and has the newest files. It takes the role back when it returns (a
+    // restart, whatever its failure was), and the peer waits for it a
+    // bounded time.
+    let waiting = status.conditions.iter().any(|c| {
+        c.type_ == super::model::ConditionType::FailoverRequired.as_str()
+            && c.status == crate::api::ConditionStatus::True
+            && c.reason == Gate::WaitingForLastActive.as_str()
+    });
+    let cold = from.zip(peer).filter(|(h, p)| cold_start::both_were_down(obs, lease, *h, *p, waiting));
+    let same = from
+        .filter(|h| (f.reason.restartable() || cold.is_some()) && can_take_over(obs.member(*h), missed) && fresh(*h));
     let waited = obs.failure_for.unwrap_or_default();
     let delay = Duration::from_secs(spec.failover.delay_seconds as u64);
-    let gate = gate(spec, obs, f, from, peer.is_some(), status, now);
+    let mut round = FailoverRound::default();
+    let wait_cold = cold.and_then(|(h, p)| Some((h, p, cold_start::still_waiting(spec, obs, p)?)));
+    let gate = match wait_cold {
+        Some((h, p, left)) => {
+            round.recheck = Some(left);
+            Some(Blocked {
+                gate: Gate::WaitingForLastActive,
+                message: format!(
+                    "{}: both members were down; waiting up to {}s more for {h}, which held the role last, \
+                     before {p} serves with the files it has",
+                    f.reason,
+                    left.as_secs().max(1)
+                ),
+            })
+        }
+        None => gate(spec, obs, f, from, peer.is_some(), status, now),
+    };
     let (to, restart) = match (&gate, peer, same) {
+        (_, _, Some(s)) if cold.is_some() => (Some(s), true),
         (None, Some(p), _) => (Some(p), false),
         (_, _, Some(s)) => (Some(s), true),
         _ => (None, false),
     };
-    let mut round = FailoverRound::default();
     let Some(to) = to.filter(|_| !spec.paused) else {
         round.blocked = if spec.paused {
             Some(Blocked { gate: Gate::Paused, message: format!("{} but the pair is paused", f.reason) })
         } else {
-            gate
+            gate.map(|g| match (g.gate, cold) {
+                (Gate::ManualFailover, Some((h, _))) => Blocked {
+                    message: format!(
+                        "{}; both members were down and {h}, which held the role last, is not back",
+                        g.message
+                    ),
+                    ..g
+                },
+                _ => g,
+            })
         };
         return round;
     };
@@ -222,7 +261,15 @@ pub fn failover(
         to: Some(to),
         epoch: lease.epoch + 1,
         reason: f.reason.to_string(),
-        message: Some(if f.confirmed {
+        message: Some(if let Some((h, _)) = cold.filter(|_| restart) {
+            format!("both members were down: {h}, which held the role last, serves again")
+        } else if let Some((h, _)) = cold {
+            format!(
+                "both members were down and {h}, which held the role last, did not return within {}s: {to} serves \
+                 with the files it has",
+                cold_start::wait_for_other(spec).as_secs()
+            )
+        } else if f.confirmed {
             format!("confirmed failure of {}: {}", from.map_or("no holder".into(), |m| m.to_string()), f.reason)
         } else {
             format!("lease unrenewed for {}s (full lease duration, operator clock)", lease.unchanged_for.as_secs())
@@ -231,7 +278,9 @@ pub fn failover(
         detection_millis: Some(waited.as_millis() as i64),
         lease_to_selector_millis: None,
         // Files the old active had that the new one never pulled.
-        data_loss_possible: !restart && syncs_files(spec) && !from.is_some_and(|h| caught_up_after_failure(obs, h)),
+        data_loss_possible: !restart
+            && syncs_files(spec)
+            && (cold.is_some() || !from.is_some_and(|h| caught_up_after_failure(obs, h))),
         operation_id: None,
     };
     round.takeover = Some((to, transition));
@@ -301,7 +350,13 @@ fn gate(
 /// history, and in what either member last reported. 0 for a pair that
 /// never had a Lease.
 pub fn highest_epoch(status: &HighAvailabilityPairStatus, obs: &Observed) -> i64 {
-    let reported = Member::BOTH.iter().filter_map(|m| obs.member(*m).agent.last.as_ref().map(|a| a.epoch));
+    // The epochs members served at, and those their files were written at
+    // (kept on their volumes: a pair created again over retained claims
+    // goes on past them).
+    let reported = Member::BOTH.iter().flat_map(|m| {
+        let a = obs.member(*m).agent.last.as_ref();
+        [a.map(|a| a.epoch), cold_start::point(obs, *m).map(|p| p.epoch)].into_iter().flatten()
+    });
     let recorded = status.history.iter().map(|t| t.epoch).chain([status.epoch]);
     // A Lease counts epochs in an int32: a report past that is garbage (a
     // member cannot have read it from a Lease) and is not trusted.
@@ -326,10 +381,12 @@ pub fn without_lease(
         return bootstrap(spec, obs);
     }
     // The member that reported serving at the highest epoch, else the one
-    // the status named active, else whoever can serve (primary first).
-    let holder = served(spec, obs, [reported_active(obs, highest), status.active_member]).ok_or(None)?;
+    // the status named active, else the one with the newest files; one
+    // nothing names starts alone only after waiting for the other.
+    let (holder, lossy) =
+        cold_start::without_lease_holder(spec, obs, [reported_active(obs, highest), status.active_member])?;
     let pod_uid = obs.member(holder).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
-    Ok(LeaseAction::Create { holder, pod_uid, epoch: (highest + 1).min(MAX_EPOCH) })
+    Ok(LeaseAction::Create { holder, pod_uid, epoch: (highest + 1).min(MAX_EPOCH), lossy })
 }
 
 /// The member whose agent reported serving at `epoch`.
@@ -403,7 +460,7 @@ pub fn bootstrap(spec: &HighAvailabilityPairSpec, obs: &Observed) -> Result<Leas
         _ => return Err(None),
     };
     let pod_uid = obs.member(holder).pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
-    Ok(LeaseAction::Create { holder, pod_uid, epoch: 1 })
+    Ok(LeaseAction::Create { holder, pod_uid, epoch: 1, lossy: false })
 }
 
 #[cfg(test)]

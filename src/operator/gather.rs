@@ -25,7 +25,8 @@ pub struct Memory {
     pub supporting: Option<(Option<i64>, Instant)>,
     pub lease_rv: Option<String>,
     pub lease_seen: Instant,
-    pub started: Instant,
+    /// Since when there has been no Lease (as this worker saw it).
+    pub lease_gone: Option<Instant>,
     pub failure: Option<(String, Instant)>,
     /// Since when the primary has been able to serve without a break.
     pub primary_usable_since: Option<Instant>,
@@ -53,7 +54,7 @@ impl Default for Memory {
             supporting: None,
             lease_rv: None,
             lease_seen: Instant::now(),
-            started: Instant::now(),
+            lease_gone: None,
             failure: None,
             primary_usable_since: None,
             status: None,
@@ -108,12 +109,14 @@ pub fn gather(ctx: &Context, pair: &HighAvailabilityPair, poll: &Mutex<PollState
             mem.lease_rv = rv;
             mem.lease_seen = Instant::now();
         }
-        obs.lease = Some(LeaseObs::of(&lease, mem.lease_seen.elapsed()));
+        obs.lease = Some(LeaseObs::of(&lease, mem.lease_seen.elapsed(), crate::clock::now()));
     } else {
         mem.lease_rv = None;
     }
     if obs.lease.is_none() {
-        obs.without_lease_for = mem.started.elapsed();
+        obs.without_lease_for = mem.lease_gone.get_or_insert_with(Instant::now).elapsed();
+    } else {
+        mem.lease_gone = None;
     }
     if let Some(vip) = ctx.service(&ns, &name).filter(|s| owned(&s.metadata)) {
         obs.vip_exists = true;

@@ -169,6 +169,7 @@ mod tests {
                 operation_id: None,
                 drained_at: None,
                 unchanged_for: Duration::ZERO,
+                renewed_ago: None,
                 interval_seconds: Some(1),
                 missed_threshold: Some(3),
             }),

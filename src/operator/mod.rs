@@ -25,6 +25,7 @@
 pub mod act;
 pub mod build;
 pub mod claims;
+pub mod cold_start;
 pub mod context;
 pub mod decide;
 pub mod drift;

@@ -61,8 +61,9 @@ pub(crate) use words;
 pub enum LeaseAction {
     /// Create the Lease for `holder` at `epoch`: 1 at bootstrap; past the
     /// highest epoch ever seen when the Lease was deleted (epochs never go
-    /// backwards).
-    Create { holder: Member, pod_uid: String, epoch: i64 },
+    /// backwards). `lossy`: the holder was started without its peer, whose
+    /// files may be newer (`cold_start`).
+    Create { holder: Member, pod_uid: String, epoch: i64, lossy: bool },
     /// Compare-and-swap to a new holder at `epoch` (current + 1).
     Takeover { to: Member, pod_uid: String, expected_rv: String, epoch: i64, transition: Transition },
     /// Heartbeat settings on the Lease differ from the spec.

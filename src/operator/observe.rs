@@ -96,14 +96,20 @@ pub struct LeaseObs {
     pub drained_at: Option<i64>,
     /// How long the Lease has gone without any change, on the operator's clock.
     pub unchanged_for: Duration,
+    /// How long ago its `renewTime` was, on the operator's wall clock against
+    /// the renewing agent's. Only for telling a cold start (an operator that
+    /// started after the holder stopped has no `unchanged_for` to go by);
+    /// never for deciding that a holder failed.
+    pub renewed_ago: Option<Duration>,
     /// Heartbeat settings written on the Lease.
     pub interval_seconds: Option<i32>,
     pub missed_threshold: Option<i32>,
 }
 
 impl LeaseObs {
-    pub fn of(lease: &Lease, unchanged_for: Duration) -> Self {
+    pub fn of(lease: &Lease, unchanged_for: Duration, now: chrono::DateTime<chrono::Utc>) -> Self {
         let spec = lease.spec.clone().unwrap_or_default();
+        let renewed_ago = spec.renew_time.as_ref().and_then(|t| (now - chrono_of(t.0)?).to_std().ok());
         let ann = lease.annotations();
         let holder = spec.holder_identity.as_deref().and_then(parse_identity).map(|(m, uid)| (m, uid.to_string()));
         LeaseObs {
@@ -116,6 +122,7 @@ impl LeaseObs {
             operation_id: ann.get(ANN_OPERATION).cloned(),
             drained_at: ann.get(ANN_DRAINING).and_then(|v| v.parse().ok()),
             unchanged_for,
+            renewed_ago,
             interval_seconds: ann.get(ANN_INTERVAL).and_then(|v| v.parse().ok()),
             missed_threshold: ann.get(ANN_MISSED).and_then(|v| v.parse().ok()),
         }
@@ -468,7 +475,7 @@ mod tests {
             }))
             .unwrap()
         };
-        let at = |mark| LeaseObs::of(&lease(mark), Duration::ZERO).drained_at;
+        let at = |mark| LeaseObs::of(&lease(mark), Duration::ZERO, chrono::Utc::now()).drained_at;
         assert_eq!(at(Some("7")), Some(7));
         assert_eq!(at(Some("")), None, "a blanked mark is no mark");
         assert_eq!(at(Some("seven")), None);

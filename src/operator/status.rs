@@ -197,11 +197,17 @@ pub fn compute(
             warning: true,
             reason: format!("{:?}", transition.type_),
             note: format!(
-                "{} -> {} at epoch {}: {}",
+                "{} -> {} at epoch {}: {}{}",
                 transition.from.map_or("none".into(), |m| m.to_string()),
                 transition.to.map_or("none".into(), |m| m.to_string()),
                 transition.epoch,
-                transition.reason
+                transition.reason,
+                // What the administrator must know: why files may be missing.
+                transition
+                    .message
+                    .as_deref()
+                    .filter(|_| transition.data_loss_possible)
+                    .map_or(String::new(), |m| format!(" ({m}; data loss possible)"))
             ),
         });
     }
@@ -227,12 +233,15 @@ pub fn compute(
         plan.events.push(Notice::warning("LeaseRestored", message));
         push_history(s, t);
     }
-    if let Some(LeaseAction::Create { holder, epoch, .. }) = &plan.lease {
+    if let Some(LeaseAction::Create { holder, epoch, lossy, .. }) = &plan.lease {
         let (reason, message) = if *epoch > 1 {
-            let m = format!(
+            let mut m = format!(
                 "the Lease was gone: recreated for {holder} at epoch {epoch}, past the highest epoch seen ({})",
                 epoch - 1
             );
+            if *lossy {
+                m += &format!("; {} did not return and its files may be newer", holder.peer());
+            }
             ("LeaseRecreated", m)
         } else if standby_ok || usable(holder.peer()) == Usable::Yes {
             ("BothMembersUp", format!("{holder} becomes active at epoch 1"))
@@ -249,7 +258,7 @@ pub fn compute(
             time: now,
             detection_millis: None,
             lease_to_selector_millis: None,
-            data_loss_possible: false,
+            data_loss_possible: *lossy,
             operation_id: None,
         };
         plan.events.push(Notice {
@@ -546,6 +555,13 @@ fn synced_state(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<
                  to copy",
                 mine.pending_files, mine.pending_bytes
             ),
+        )
+    } else if mine.peer_lag_seconds.is_none() {
+        let (have, of) = (theirs.point.generation, mine.point.generation);
+        (
+            false,
+            Reason::Behind,
+            format!("{standby} holds generation {have} of {of}; missing changes from before {a}'s agent started"),
         )
     } else {
         (
