@@ -52,6 +52,28 @@ pub fn point(obs: &Observed, m: Member) -> Option<Point> {
     obs.member(m).agent.last.as_ref()?.sync.as_ref().map(|s| s.point)
 }
 
+/// The highest epoch the members' files were written at (0: none), within
+/// what a Lease can count (a garbage record is not trusted).
+pub fn files_epoch(obs: &Observed) -> i64 {
+    Member::BOTH
+        .into_iter()
+        .filter_map(|m| point(obs, m).map(|p| p.epoch))
+        .filter(|e| (0..i64::from(i32::MAX)).contains(e))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The pair was already waiting for the last active: the status says so
+/// (`FailoverRequired` with reason `gate`), which survives an operator
+/// restart and the returning holder's own renewal.
+pub fn was_waiting(status: &crate::api::HighAvailabilityPairStatus, gate: &str) -> bool {
+    status.conditions.iter().any(|c| {
+        c.type_ == super::model::ConditionType::FailoverRequired.as_str()
+            && c.status == crate::api::ConditionStatus::True
+            && c.reason == gate
+    })
+}
+
 /// Both members were down: `peer`'s agent came up after `holder` last
 /// renewed the Lease — or the pair was already waiting for the holder
 /// (`waiting`: the returning holder's own renewal, made before its
@@ -77,7 +99,7 @@ pub fn still_waiting(spec: &HighAvailabilityPairSpec, obs: &Observed, peer: Memb
 
 /// Without a Lease: the member whose files are newest, when both report a
 /// point and they differ.
-pub fn newest(obs: &Observed) -> Option<Member> {
+fn newest(obs: &Observed) -> Option<Member> {
     match (point(obs, Member::Primary), point(obs, Member::Secondary)) {
         (Some(p), Some(s)) if p > s => Some(Member::Primary),
         (Some(p), Some(s)) if s > p => Some(Member::Secondary),

@@ -252,3 +252,20 @@ fn a_pair_created_again_over_its_claims_goes_on_from_the_newest_files_past_their
     obs.primary.agent.last.as_mut().unwrap().app_healthy = Some(false);
     assert_eq!(created(&decide(&s, none, &obs, &clock())), Some((Member::Secondary, 8, false)));
 }
+
+#[test]
+fn a_volume_that_remembers_a_later_epoch_does_not_make_a_live_lease_look_edited() {
+    // Files restored from elsewhere (or a record the application wrote on
+    // its volume) say epoch 50; the Lease and the status are at 1. Nothing
+    // is rewritten; only a Lease created anew goes past it.
+    let s = spec(FILES);
+    let mut obs = enabled();
+    at(&mut obs, Member::Secondary, 50, 7);
+    let current = HighAvailabilityPairStatus { epoch: 1, active_member: Some(Member::Primary), ..registered() };
+    assert_eq!(decide(&s, Some(&current), &obs, &clock()).lease, None);
+    obs.lease = None;
+    assert!(matches!(created(&decide(&s, Some(&current), &obs, &clock())), Some((_, 51, _))));
+    // Garbage past what a Lease can count is not believed.
+    at(&mut obs, Member::Secondary, i64::MAX, 7);
+    assert!(matches!(created(&decide(&s, Some(&current), &obs, &clock())), Some((Member::Primary, 2, false))));
+}

@@ -201,11 +201,7 @@ pub fn failover(
     // and has the newest files. It takes the role back when it returns (a
     // restart, whatever its failure was), and the peer waits for it a
     // bounded time.
-    let waiting = status.conditions.iter().any(|c| {
-        c.type_ == super::model::ConditionType::FailoverRequired.as_str()
-            && c.status == crate::api::ConditionStatus::True
-            && c.reason == Gate::WaitingForLastActive.as_str()
-    });
+    let waiting = cold_start::was_waiting(status, Gate::WaitingForLastActive.as_str());
     let cold = from.zip(peer).filter(|(h, p)| cold_start::both_were_down(obs, lease, *h, *p, waiting));
     let same = from
         .filter(|h| (f.reason.restartable() || cold.is_some()) && can_take_over(obs.member(*h), missed) && fresh(*h));
@@ -350,13 +346,7 @@ fn gate(
 /// history, and in what either member last reported. 0 for a pair that
 /// never had a Lease.
 pub fn highest_epoch(status: &HighAvailabilityPairStatus, obs: &Observed) -> i64 {
-    // The epochs members served at, and those their files were written at
-    // (kept on their volumes: a pair created again over retained claims
-    // goes on past them).
-    let reported = Member::BOTH.iter().flat_map(|m| {
-        let a = obs.member(*m).agent.last.as_ref();
-        [a.map(|a| a.epoch), cold_start::point(obs, *m).map(|p| p.epoch)].into_iter().flatten()
-    });
+    let reported = Member::BOTH.iter().filter_map(|m| obs.member(*m).agent.last.as_ref().map(|a| a.epoch));
     let recorded = status.history.iter().map(|t| t.epoch).chain([status.epoch]);
     // A Lease counts epochs in an int32: a report past that is garbage (a
     // member cannot have read it from a Lease) and is not trusted.
@@ -376,7 +366,11 @@ pub fn without_lease(
     status: &HighAvailabilityPairStatus,
     obs: &Observed,
 ) -> Result<LeaseAction, Option<Duration>> {
-    let highest = highest_epoch(status, obs);
+    // Past the epochs the members' files were written at too (kept on their
+    // volumes: a pair created again over retained claims goes on past
+    // them). Only here: a volume's record says nothing of the Lease's
+    // history, so it never makes a live Lease look edited.
+    let highest = highest_epoch(status, obs).max(cold_start::files_epoch(obs));
     if highest == 0 {
         return bootstrap(spec, obs);
     }

@@ -136,10 +136,7 @@ impl Syncer {
         } else {
             g.gen_times
                 .iter()
-                .find(|(generation, _, _)| *generation > have)
-                .filter(|(generation, _, _)| {
-                    *generation == have + 1 || g.gen_times.front().is_some_and(|f| f.0 <= have)
-                })
+                .find(|(generation, _, _)| *generation == have + 1)
                 .map(|(_, t, _)| now.saturating_duration_since(*t).as_millis() as f64 / 1000.0)
         };
     }
