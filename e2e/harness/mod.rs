@@ -166,6 +166,16 @@ impl Harness {
         .await
     }
 
+    /// Runs `kubectl hapair` on this namespace: success, stdout, stderr.
+    pub fn plugin(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-hapair"))
+            .args(["--kubeconfig", &common::kubeconfig_path(), "-n", &self.ns.name])
+            .args(args)
+            .output()
+            .expect("plugin runs");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
     pub fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }

@@ -157,6 +157,11 @@ fn bad_pairs() -> Vec<Bad> {
             expect: &["whenDeleted", "Unsupported value: \"Orphan\""],
         },
         Bad {
+            what: "a standby neither enabled nor removed",
+            patch: json!({"spec": {"standby": "Off"}}),
+            expect: &["spec.standby", "Unsupported value: \"Off\"", "\"Enabled\", \"Removed\""],
+        },
+        Bad {
             what: "repair job with a policy that never resyncs",
             patch: json!({"spec": {"splitBrain": {"policy": "IsolateSecondary", "repairJob": {"name": "repair", "image": "x"}}}}),
             expect: &["spec.splitBrain", "repairJob runs after a resync"],
@@ -296,6 +301,7 @@ async fn a_pair_using_every_field_round_trips_unchanged() {
         &json!({"spec": {
             "storage": {"size": "5Gi", "storageClassName": "fast", "mountPath": "/var/lib/app"},
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"},
+            "standby": "Removed",
             "service": {"type": "LoadBalancer", "standby": true, "annotations": {"lb.example/internal": "true"},
                         "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}, {"name": "metrics", "port": 9090, "protocol": "TCP"}]},
             "heartbeat": {"intervalSeconds": 1, "missedThreshold": 3},

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hapair::api::{ConditionStatus, HighAvailabilityPair, LABEL_PAIR, Member, MemberState};
+use hapair::api::{ConditionStatus, HighAvailabilityPair, LABEL_PAIR, Member, MemberState, Mode, OperationPhase};
 use harness::{Harness, test_pair};
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
@@ -277,7 +277,7 @@ async fn a_filling_volume_is_told_at_80_and_90_percent_and_a_standby_refuses_a_p
 
 /// Asks for an operation and waits until it ends; returns its phase and
 /// what the pair said about it.
-async fn operation(h: &Harness, id: &str, action: serde_json::Value) -> (hapair::api::OperationPhase, String) {
+async fn operation(h: &Harness, id: &str, action: serde_json::Value) -> (OperationPhase, String) {
     let mut op = json!({"id": id});
     common::merge(&mut op, &action);
     // A merge patch would keep the previous request's action beside this one.
@@ -299,7 +299,6 @@ async fn operation(h: &Harness, id: &str, action: serde_json::Value) -> (hapair:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_claim_is_deleted_gets_a_new_volume_a_full_copy_and_the_role_back() {
     use MemberState::*;
-    use hapair::api::OperationPhase;
     let h = Harness::new("lifecycle-replace").await;
     h.apply(&synced_pair(json!({}))).await;
     h.wait_enabled("web", WAIT).await;
@@ -353,4 +352,76 @@ async fn a_member_whose_claim_is_deleted_gets_a_new_volume_a_full_copy_and_the_r
         &[SecondarySyncing, SecondaryFailover, SecondaryActive, SecondaryFailback, SecondarySyncing],
     );
     states.assert_in_order(Member::Primary, &[PrimaryActive, Down, PrimarySyncing, PrimaryFailback, PrimaryActive]);
+}
+
+/// The manuals' "remove HA" and re-registration: the standby removed on
+/// purpose (its pod stopped, its claim and files kept), the active serving
+/// alone with its data in mode `NotConfigured` without standby alarms,
+/// requests to move the role refused; then the standby added back, which
+/// registers it (`Initializing` until it holds the active's files, then
+/// `Enabled`) with what was written meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_runs_one_member_on_purpose_and_registers_its_standby_again() {
+    let h = Harness::new("lifecycle-one").await;
+    h.apply(&synced_pair(json!({}))).await;
+    h.wait_enabled("web", WAIT).await;
+    h.wait_for("web", "Synced", WAIT, synced).await;
+    let p = h.pair("web").await;
+    let (active, epoch) = (p.status.as_ref().unwrap().active_member.unwrap(), p.status.as_ref().unwrap().epoch);
+    let standby = active.peer();
+    let (from, to) = (h.data_dir("web", active).await, h.data_dir("web", standby).await);
+    let before_claims = claims(&h).await;
+
+    let (ok, out, err) = tokio::task::block_in_place(|| h.plugin(&["remove-standby", "web"]));
+    assert!(ok && out.contains("runs one member"), "{out}{err}");
+    let p = h
+        .wait_for("web", "mode NotConfigured", WAIT, |p| {
+            p.status.as_ref().is_some_and(|s| s.mode == Some(Mode::NotConfigured) && s.removed_member == Some(standby))
+        })
+        .await;
+    let pods = h.pods();
+    let start = Instant::now();
+    while pods.get_opt(&standby.pod_name("web")).await.unwrap().is_some() {
+        assert!(start.elapsed() < GONE, "the removed member's pod is still there");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A few heartbeats alone: nothing comes back, nothing alarms, the
+    // active serves its data and writes.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(pods.get_opt(&standby.pod_name("web")).await.unwrap().is_none(), "the removed member was started again");
+    let p2 = h.pair("web").await;
+    let s = p2.status.as_ref().unwrap();
+    assert_eq!((s.mode, s.active_member, s.epoch), (Some(Mode::NotConfigured), Some(active), epoch), "{s:?}");
+    assert!(s.members.iter().all(|m| m.state == MemberState::StandAlone), "{:?}", s.members);
+    for quiet in ["Degraded", "StandbyOutage", "FailoverRequired", "SplitBrain"] {
+        assert_eq!(condition_on(&p2, quiet), None, "{quiet} on a pair of one");
+    }
+    assert_eq!(claims(&h).await, before_claims, "the removed member's claim is kept");
+    assert!(matches!(h.vip("web", "/write?key=alone&value=1").await, Ok((200, _))), "the active serves alone");
+    std::fs::write(from.join("alone.txt"), b"written while alone").unwrap();
+    let (phase, why) = operation(&h, "sw-alone", json!({"switchover": {}})).await;
+    assert_eq!(phase, OperationPhase::Refused, "{why}");
+    assert!(why.contains("spec.standby"), "{why}");
+    drop(p);
+
+    // Added back: a registration, then the files written meanwhile.
+    let states = harness::states::StateLog::start(h.pairs(), "web");
+    h.merge_spec("web", json!({"operation": null})).await;
+    let (ok, out, err) = tokio::task::block_in_place(|| h.plugin(&["add-standby", "web"]));
+    assert!(ok && out.contains("Initializing"), "{out}{err}");
+    // A pair that does not exist: a clear error and a non-zero exit.
+    let (ok, _, err) = tokio::task::block_in_place(|| h.plugin(&["add-standby", "nosuch"]));
+    assert!(!ok && err.contains("nosuch"), "{err}");
+    h.wait_for("web", "the standby registered again", WAIT, |p| {
+        p.status.as_ref().is_some_and(|s| s.mode == Some(Mode::Enabled) && s.removed_member.is_none())
+    })
+    .await;
+    h.wait_for("web", "Synced", WAIT, synced).await;
+    until_file(&to.join("alone.txt"), b"written while alone").await;
+    states.assert_in_order(standby, &[MemberState::StandAlone, MemberState::HaInitializing]);
+    let sb_state =
+        if standby == Member::Secondary { MemberState::SecondarySyncing } else { MemberState::PrimarySyncing };
+    states.assert_in_order(standby, &[MemberState::HaInitializing, sb_state]);
+    let p = h.pair("web").await;
+    assert_eq!(p.status.as_ref().unwrap().epoch, epoch, "the role never moved");
 }

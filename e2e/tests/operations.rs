@@ -113,21 +113,12 @@ async fn a_paused_pair_reports_a_failure_but_acts_only_once_resumed() {
     checker.assert_clean();
 }
 
-fn plugin(h: &Harness, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-hapair"))
-        .args(["--kubeconfig", &common::kubeconfig_path(), "-n", &h.ns.name])
-        .args(args)
-        .output()
-        .expect("plugin runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plugin_shows_the_pair_and_drives_operations_to_their_outcome() {
     let h = up("plugin", json!({})).await;
     let checker = h.checker("web").await;
     let ns = h.ns.name.clone();
-    let (ok, out, _) = tokio::task::block_in_place(|| plugin(&h, &["status", "web"]));
+    let (ok, out, _) = tokio::task::block_in_place(|| h.plugin(&["status", "web"]));
     assert!(ok);
     assert!(
         out.contains(&format!("Pair {ns}/web")) && out.contains("mode Enabled") && out.contains("epoch 1"),
@@ -141,31 +132,31 @@ async fn the_plugin_shows_the_pair_and_drives_operations_to_their_outcome() {
     while !out.contains("VIP  Service web -> primary (web-primary, ") {
         assert!(start.elapsed() < Duration::from_secs(10), "{out}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        out = tokio::task::block_in_place(|| plugin(&h, &["status", "web"])).1;
+        out = tokio::task::block_in_place(|| h.plugin(&["status", "web"])).1;
     }
 
-    let (ok, out, err) = tokio::task::block_in_place(|| plugin(&h, &["switchover", "web", "--wait"]));
+    let (ok, out, err) = tokio::task::block_in_place(|| h.plugin(&["switchover", "web", "--wait"]));
     assert!(ok, "{out}{err}");
     assert!(out.contains("succeeded") && err.contains("Running"), "progress and outcome: {out} {err}");
-    let (ok, out, err) = tokio::task::block_in_place(|| plugin(&h, &["failback", "web", "--wait"]));
+    let (ok, out, err) = tokio::task::block_in_place(|| h.plugin(&["failback", "web", "--wait"]));
     assert!(ok, "{out}{err}");
-    let (ok, _, err) = tokio::task::block_in_place(|| plugin(&h, &["failback", "web", "--wait"]));
+    let (ok, _, err) = tokio::task::block_in_place(|| h.plugin(&["failback", "web", "--wait"]));
     assert!(!ok && err.contains("Refused") && err.contains("AlreadyOnPrimary"), "{err}");
 
-    let (ok, out, _) = tokio::task::block_in_place(|| plugin(&h, &["events", "web"]));
+    let (ok, out, _) = tokio::task::block_in_place(|| h.plugin(&["events", "web"]));
     assert!(ok && out.contains("Switchover") && out.contains("Failback") && out.contains("Bootstrap"), "{out}");
-    let (ok, out, _) = tokio::task::block_in_place(|| plugin(&h, &["status", "web", "-o", "json"]));
+    let (ok, out, _) = tokio::task::block_in_place(|| h.plugin(&["status", "web", "-o", "json"]));
     let v: serde_json::Value = serde_json::from_str(&out).expect("status -o json is JSON");
     assert!(ok && v["status"]["epoch"] == 3, "{v}");
 
-    let (ok, _, err) = tokio::task::block_in_place(|| plugin(&h, &["status", "nosuch"]));
+    let (ok, _, err) = tokio::task::block_in_place(|| h.plugin(&["status", "nosuch"]));
     assert!(!ok && err.trim() == format!("error: pair nosuch not found in namespace {ns}"), "{err}");
-    let (ok, _, err) = tokio::task::block_in_place(|| plugin(&h, &["go-standby", "web", "tertiary"]));
+    let (ok, _, err) = tokio::task::block_in_place(|| h.plugin(&["go-standby", "web", "tertiary"]));
     assert!(!ok && err.contains("expected primary or secondary"), "{err}");
-    let (ok, out, _) = tokio::task::block_in_place(|| plugin(&h, &["pause", "web"]));
+    let (ok, out, _) = tokio::task::block_in_place(|| h.plugin(&["pause", "web"]));
     assert!(ok && out.contains("paused"), "{out}");
     assert!(h.pair("web").await.spec.paused);
-    let (ok, _, _) = tokio::task::block_in_place(|| plugin(&h, &["resume", "web"]));
+    let (ok, _, _) = tokio::task::block_in_place(|| h.plugin(&["resume", "web"]));
     assert!(ok && !h.pair("web").await.spec.paused);
     checker.assert_clean();
 }

@@ -128,6 +128,16 @@ pub struct HighAvailabilityPairSpec {
     #[serde(default)]
     pub agent: AgentSpec,
 
+    /// `Removed` runs the pair as one member on purpose (the manuals'
+    /// "remove HA"): the member that is standby when it is set is stopped —
+    /// its pod deleted, its claim kept — and the active serves alone, mode
+    /// `NotConfigured`, with no standby alerts; no failover, switchover,
+    /// failback or resync until it is `Enabled` again, which registers the
+    /// standby anew (mode `Initializing` until it has synced, then
+    /// `Enabled`).
+    #[serde(default)]
+    pub standby: StandbyPresence,
+
     /// Maintenance mode: the operator keeps observing and reporting but
     /// changes nothing, not even on a failure.
     #[serde(default)]
@@ -145,6 +155,14 @@ impl HighAvailabilityPairSpec {
     pub fn claims_deleted_with_pair(&self) -> bool {
         self.persistent_volume_claim_retention_policy.as_ref().is_some_and(|p| p.when_deleted == ClaimRetention::Delete)
     }
+}
+
+/// Whether the pair has its standby (`spec.standby`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StandbyPresence {
+    #[default]
+    Enabled,
+    Removed,
 }
 
 fn default_max_clock_skew() -> i32 {

@@ -68,6 +68,10 @@ pub struct HighAvailabilityPairStatus {
     /// until a resolve request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolated_member: Option<Member>,
+    /// Member stopped by `spec.standby: Removed` (the one that was standby
+    /// when it was set) until `spec.standby` is `Enabled` again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_member: Option<Member>,
     /// When the automatic failovers within the flap budget's window
     /// happened, newest first: the budget is counted here, not in the
     /// history, which keeps only the last 20 transitions of any kind.
@@ -214,6 +218,9 @@ pub enum Role {
 /// Per-member state, named after a classic HA appliance's state table.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberState {
+    /// HA is not configured: both members of a pair run as one member
+    /// (`spec.standby: Removed`) — the one serving and the one stopped.
+    StandAlone,
     HaInitializing,
     PrimaryActive,
     PrimaryAlone,

@@ -102,6 +102,11 @@ pub enum Command {
     Pause { name: String },
     /// Leave maintenance mode.
     Resume { name: String },
+    /// Remove HA: stop the standby (its claim is kept); the active serves
+    /// alone (`spec.standby: Removed`, mode NotConfigured).
+    RemoveStandby { name: String },
+    /// Add the standby back: it registers again (`spec.standby: Enabled`).
+    AddStandby { name: String },
 }
 
 impl Command {
@@ -117,6 +122,8 @@ impl Command {
             Command::Resync { .. } => "resync",
             Command::Pause { .. } => "pause",
             Command::Resume { .. } => "resume",
+            Command::RemoveStandby { .. } => "remove-standby",
+            Command::AddStandby { .. } => "add-standby",
         }
     }
 }

@@ -87,8 +87,19 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 .map_err(|e| api_error(e, &name, &ns))?;
             return Ok(events_screen(&pair, &events.items));
         }
-        Command::Pause { name } => return set_paused(&pairs, &ns, &name, true).await,
-        Command::Resume { name } => return set_paused(&pairs, &ns, &name, false).await,
+        Command::Pause { name } => {
+            let said = "paused: the operator observes and changes nothing";
+            return set_spec(&pairs, &ns, &name, json!({"paused": true}), said).await;
+        }
+        Command::Resume { name } => return set_spec(&pairs, &ns, &name, json!({"paused": false}), "resumed").await,
+        Command::RemoveStandby { name } => {
+            let said = "runs one member: its standby is stopped (claim kept); follow it with: kubectl hapair status";
+            return set_spec(&pairs, &ns, &name, json!({"standby": "Removed"}), said).await;
+        }
+        Command::AddStandby { name } => {
+            let said = "gets its standby back: mode Initializing until it has synced, then Enabled";
+            return set_spec(&pairs, &ns, &name, json!({"standby": "Enabled"}), said).await;
+        }
         Command::Switchover { name, wait } => (name, json!({"switchover": {}}), wait.wait),
         Command::Failover { name, force, wait } => (name, json!({"failover": {"force": force}}), wait.wait),
         Command::Failback { name, wait } => (name, json!({"failback": {}}), wait.wait),
@@ -115,13 +126,17 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
     follow(&pairs, &name, &id).await
 }
 
-async fn set_paused(pairs: &Api<HighAvailabilityPair>, ns: &str, name: &str, paused: bool) -> Result<String, CliError> {
+/// Sets fields of the pair's spec (a merge patch) and says what follows.
+async fn set_spec(
+    pairs: &Api<HighAvailabilityPair>,
+    ns: &str,
+    name: &str,
+    fields: serde_json::Value,
+    said: &str,
+) -> Result<String, CliError> {
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    pairs
-        .patch(name, &params, &Patch::Merge(json!({"spec": {"paused": paused}})))
-        .await
-        .map_err(|e| api_error(e, name, ns))?;
-    Ok(format!("pair {name} {}", if paused { "paused: the operator observes and changes nothing" } else { "resumed" }))
+    pairs.patch(name, &params, &Patch::Merge(json!({ "spec": fields }))).await.map_err(|e| api_error(e, name, ns))?;
+    Ok(format!("pair {name} {said}"))
 }
 
 /// Follows an operation to its outcome, printing each phase change.

@@ -146,16 +146,18 @@ pub async fn ensure_members(
     pair: &HighAvailabilityPair,
     obs: &Observed,
     holder: Option<Member>,
-    isolated: Option<Member>,
+    stopped: Option<(Member, &str)>,
 ) -> Result<(), ActError> {
     let ns = pair.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for m in Member::BOTH {
-        // An isolated member (split-brain policy IsolateSecondary) has no
-        // pod until a resolve request; the active member is never isolated.
-        if isolated == Some(m) && holder != Some(m) {
+        // A stopped member — isolated after a split brain (policy
+        // IsolateSecondary) until a resolve request, or removed by
+        // `spec.standby: Removed` until it is `Enabled` again — has no pod;
+        // the Lease's holder is never stopped.
+        if let Some((_, why)) = stopped.filter(|(s, _)| *s == m && holder != Some(m)) {
             if let Some(p) = obs.member(m).pod.as_ref().filter(|p| !p.deleting) {
-                info!(pod = %p.name, "stopping the isolated member's pod (split brain)");
+                info!(pod = %p.name, why, "stopping the member's pod");
                 pods.delete(&p.name, &DeleteParams::default()).await.map(|_| ()).or_else(not_found)?;
             }
             continue;

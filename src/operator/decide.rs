@@ -6,6 +6,8 @@
 //! [`decide`] reads top to bottom as the precedence list; each rule lives in
 //! its own module and returns what it changes:
 //!
+//! 0. `spec.standby: Removed`: the standby is stopped and absent to every
+//!    rule below (the pair runs one member);
 //! 1. no Lease: bootstrap, or (deleted) recreated past the highest epoch
 //!    ever seen (`failover::without_lease`); a Lease edited by hand is
 //!    written again the same way (`failover::edited_lease`);
@@ -28,7 +30,9 @@ use super::model::{
 use super::observe::{LeaseObs, Observed};
 use super::split_brain::{self, RepairJob};
 use super::{failback, operations, outage, resync_status, returning, status};
-use crate::api::{HighAvailabilityPairSpec, HighAvailabilityPairStatus, Member, Transition, TransitionType};
+use crate::api::{
+    HighAvailabilityPairSpec, HighAvailabilityPairStatus, Member, StandbyPresence, Transition, TransitionType,
+};
 
 /// Re-checks while agents drain, pull or promote.
 const SOON: Duration = Duration::from_millis(200);
@@ -41,6 +45,18 @@ pub fn decide(
 ) -> Decision {
     let interval = Duration::from_secs(spec.heartbeat.interval_seconds as u64);
     let mut d = Decision::new(current.cloned().unwrap_or_default(), interval);
+    // 0. One member by configuration: the removed member counts as absent
+    //    to every rule below.
+    let removed = removed_member(spec, current, obs);
+    d.status.removed_member = removed;
+    let masked;
+    let obs = match removed {
+        Some(m) => {
+            masked = obs.without(m);
+            &masked
+        }
+        None => obs,
+    };
     let Some(lease) = &obs.lease else {
         // 1. No Lease: bootstrap, or the Lease back past the highest epoch.
         if !spec.paused {
@@ -112,6 +128,21 @@ pub fn decide(
         d.recheck = d.recheck.min(left.max(Duration::from_millis(50)));
     }
     conclude(spec, obs, d, blocked, round)
+}
+
+/// `spec.standby: Removed`: the member that was standby when it was set,
+/// kept while it stays removed — never the Lease's holder. `None` while
+/// nobody holds the Lease yet, and once `spec.standby` is `Enabled`.
+fn removed_member(
+    spec: &HighAvailabilityPairSpec,
+    current: Option<&HighAvailabilityPairStatus>,
+    obs: &Observed,
+) -> Option<Member> {
+    if spec.standby != StandbyPresence::Removed {
+        return None;
+    }
+    let holder = obs.lease.as_ref().and_then(|l| l.holder.as_ref().map(|(m, _)| *m));
+    current.and_then(|s| s.removed_member).filter(|r| Some(*r) != holder).or(holder.map(Member::peer))
 }
 
 /// Step 7: what follows from the round's Lease decision: who serves and who
@@ -242,3 +273,7 @@ mod handover_tests;
 #[cfg(test)]
 #[path = "cold_start_tests.rs"]
 mod cold_start_tests;
+
+#[cfg(test)]
+#[path = "one_member_tests.rs"]
+mod one_member_tests;

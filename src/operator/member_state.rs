@@ -21,8 +21,12 @@
 //!   `PrimaryPreparingForFailback`, "started in standby after a failover");
 //! - `Isolated`: stopped by the split-brain policy `IsolateSecondary`;
 //! - `HaInitializing`: both members while the pair registers (mode
-//!   `Initializing`: from its creation until the standby first serves as
-//!   one, holding the active's files when it syncs them).
+//!   `Initializing`: from its creation, or from the standby added back
+//!   after `spec.standby: Removed`, until the standby first serves as one,
+//!   holding the active's files when it syncs them) — a member whose pod is
+//!   still starting too; one without a pod is `Down`;
+//! - `StandAlone`: both members while the pair runs one member by
+//!   configuration (`spec.standby: Removed`).
 
 use super::model::{LeaseAction, Usable};
 use super::observe::Observed;
@@ -40,6 +44,8 @@ pub struct Round<'a> {
     /// The last transition recorded before this round.
     pub last_transition: Option<Transition>,
     pub isolated: Option<Member>,
+    /// The member `spec.standby: Removed` stopped.
+    pub removed: Option<Member>,
     pub active: Option<Member>,
     pub mode: Mode,
     /// Whether the standby holds the active member's files; `None` without
@@ -93,8 +99,17 @@ pub fn state(r: &Round, member: Member, u: Usable, peer_ok: bool) -> MemberState
     let failing_from_primary = primary
         && (moving.is_some_and(|(to, t, _)| to == Member::Secondary && t == TransitionType::Failover)
             || (r.active == Some(Member::Primary) && r.failure && r.lease.is_none()));
+    // HA not configured: the member serving alone by configuration and the
+    // one removed are both "Stand Alone" (the manual's word for both).
+    if r.removed == Some(member) || (r.removed.is_some() && r.active == Some(member) && u == Usable::Yes) {
+        return StandAlone;
+    }
     match u {
         Usable::NoPod | Usable::NotRunning | Usable::AgentSilent if isolated => return Isolated,
+        // Registering, its pod still starting: part of the registration.
+        Usable::NotRunning | Usable::AgentSilent if r.mode == Mode::Initializing && m.pod.is_some() => {
+            return HaInitializing;
+        }
         Usable::NoPod | Usable::NotRunning => return Down,
         _ if failing_from_primary => return PrimaryFailover,
         Usable::AgentSilent => return Down,
@@ -186,6 +201,7 @@ mod tests {
             failure: false,
             last_transition: None,
             isolated: None,
+            removed: None,
             active: Some(active),
             mode: Mode::Enabled,
             standby_in_sync: None,
@@ -310,6 +326,15 @@ mod tests {
         r.mode = Mode::Initializing;
         assert_eq!(both(&r, UP), [HaInitializing, HaInitializing]);
         assert_eq!(both(&r, [Usable::Yes, Usable::NoPod]), [HaInitializing, Down]);
+        // Its pod there but still starting: registering, not down.
+        let mut o = o.clone();
+        o.secondary.pod = Some(Default::default());
+        let mut r = round(&o, Member::Primary);
+        r.mode = Mode::Initializing;
+        assert_eq!(both(&r, [Usable::Yes, Usable::NotRunning]), [HaInitializing, HaInitializing]);
+        assert_eq!(both(&r, [Usable::Yes, Usable::AgentSilent]), [HaInitializing, HaInitializing]);
+        r.mode = Mode::Enabled;
+        assert_eq!(both(&r, [Usable::Yes, Usable::NotRunning]), [PrimaryLostSecondary, Down]);
         r.mode = Mode::Enabled;
         assert_eq!(both(&r, UP), [PrimaryActive, SecondarySyncing]);
     }

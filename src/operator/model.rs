@@ -112,6 +112,8 @@ words! {
         ChangedWhileStandby,
         OneActive,
         StandbyUnreachable,
+        /// `spec.standby: Removed`: one member by configuration.
+        StandbyRemoved,
         ActiveUnreachable,
         Diverged,
         InSync,

@@ -246,6 +246,15 @@ impl Observed {
             Member::Secondary => &self.secondary,
         }
     }
+    /// The pair as one member (`spec.standby: Removed`): `m` counts as
+    /// absent to every rule — it is not taken over by, asked for or
+    /// waited on.
+    pub fn without(&self, m: Member) -> Observed {
+        let mut o = self.clone();
+        *o.member_mut(m) = MemberObs::default();
+        o
+    }
+
     pub fn member_mut(&mut self, m: Member) -> &mut MemberObs {
         match m {
             Member::Primary => &mut self.primary,

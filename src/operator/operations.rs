@@ -55,6 +55,7 @@ words! {
         ResyncFailed,
         TimedOut,
         Done,
+        StandbyRemoved,
     }
 }
 
@@ -174,6 +175,17 @@ fn advance(
         }
         return Step::Idle;
     };
+    // One member by configuration: nothing to move to, copy to or take
+    // back (a split brain can still be resolved).
+    if let Some(m) = status.removed_member.filter(|_| kind != OperationKind::ResolveSplitBrain) {
+        if existing.is_none() {
+            let why = format!(
+                "the pair runs one member ({m} is removed by spec.standby: Removed); set spec.standby to Enabled and wait for mode Enabled first"
+            );
+            ledger.ack(refused(req, kind, OperationReason::StandbyRemoved, why, now));
+        }
+        return Step::Idle;
+    }
     if kind == OperationKind::Resync {
         return resync(spec, ledger, obs, req, existing, last_holder, epoch, now);
     }

@@ -59,7 +59,8 @@ pub fn publish(
         }
     }
     let away = super::outage::recorded_away(status, status.active_member, chrono::Utc::now());
-    let outage = super::outage::standby_outage(&pair.spec, obs, status.active_member, away);
+    let active = status.active_member.filter(|_| status.removed_member.is_none());
+    let outage = super::outage::standby_outage(&pair.spec, obs, active, away);
     metrics.standby_outage.with_label_values(&[&ns, &name]).set(outage.ratio);
     if let Some(r) = &status.resync {
         for (phase, word) in [

@@ -90,12 +90,17 @@ pub fn compute(
     // Registration (the manual's "HA Initializing") lasts from the pair's
     // creation until its standby first serves as one, holding the active
     // member's files when it syncs them.
-    let registering = s.mode.is_none_or(|m| m == Mode::Initializing);
+    // One member by configuration (`spec.standby: Removed`) until the
+    // standby is added again, which is a registration too.
+    let removed = s.removed_member;
+    let registering = s.mode.is_none_or(|m| matches!(m, Mode::Initializing | Mode::NotConfigured));
     let registered = active_ok && standby_ok && (!syncs_files(spec) || synced_state(spec, obs, active).0);
     let mode = if spec.paused {
         Mode::Paused
     } else if both_active || (!evidence.is_empty() && isolated.is_none()) || plan.repair_pending.is_some() {
         Mode::SplitBrain
+    } else if removed.is_some() {
+        Mode::NotConfigured
     } else if (obs.lease.is_none() && plan.lease.is_none()) || (registering && !registered) {
         Mode::Initializing
     } else if active_ok && standby_ok && isolated.is_none() {
@@ -145,6 +150,7 @@ pub fn compute(
         failure: plan.failure.is_some(),
         last_transition: s.last_transition.clone(),
         isolated: s.isolated_member,
+        removed,
         active,
         mode,
         standby_in_sync: syncs_files(spec).then(|| synced_state(spec, obs, active).0),
@@ -172,12 +178,17 @@ pub fn compute(
             epoch: o.agent.last.as_ref().map(|a| a.epoch),
             missed_heartbeats: o.agent.missed.min(i32::MAX as u32) as i32,
             // Recorded when the agent stops answering, so steady state writes nothing.
-            last_seen_time: if answered { None } else { prev.and_then(|p| p.last_seen_time).or(Some(now)) },
+            // A removed member is not away: adding it back starts no outage.
+            last_seen_time: if answered || removed == Some(m) {
+                None
+            } else {
+                prev.and_then(|p| p.last_seen_time).or(Some(now))
+            },
             clock_skew_seconds: o.agent.skew_ms.map(|k| (k as f64 / 1000.0).round() as i64),
             sync_generation: o.agent.last.as_ref().map(|a| a.sync_generation),
             // The active member knows how far behind its standby is.
             sync_lag_seconds: active
-                .filter(|a| *a == m.peer())
+                .filter(|a| *a == m.peer() && removed != Some(m))
                 .and_then(|a| standby_lag(obs, a))
                 .map(|l| l.ceil() as i64),
             volume_used_percent: o.agent.last.as_ref().and_then(|a| a.volume?.used_percent()).map(i32::from),
@@ -271,7 +282,9 @@ pub fn compute(
 
     // Every condition from its own builder, read against the conditions as
     // they stood, then merged once.
-    let f = Facts { active, active_ok, both_active, evidence, isolated, epoch, usable: Member::BOTH.map(usable) };
+    // A removed member is no member to worry about.
+    let usable = Member::BOTH.map(|m| if removed == Some(m) { Usable::Yes } else { usable(m) });
+    let f = Facts { active, active_ok, both_active, evidence, isolated, epoch, usable };
     // Every builder reads the conditions as they stood; nothing is written
     // before all are built.
     let was = |t: ConditionType| s.conditions.iter().find(|c| c.type_ == t.as_str());
@@ -291,14 +304,20 @@ pub fn compute(
     ];
     let syncs = syncs_files(spec);
     if syncs {
-        built.push(one(synced(spec, obs, active, was(ConditionType::Synced))));
+        built.push(one(match removed {
+            Some(m) => {
+                let why = format!("{m} is removed (spec.standby: Removed): nothing is synced");
+                (Cond::new(ConditionType::Synced, false, Reason::StandbyRemoved, why), None)
+            }
+            None => synced(spec, obs, active, was(ConditionType::Synced)),
+        }));
     }
     built.push(one(clock_skew(spec, obs, was(ConditionType::ClockSkew))));
     built.push(standby_outage_condition(
         away,
         spec,
         obs,
-        active,
+        active.filter(|_| removed.is_none()),
         plan.outage_resync.as_ref(),
         was(ConditionType::StandbyOutage),
     ));
@@ -367,6 +386,7 @@ fn ready(mode: Mode) -> (Cond, Option<Notice>) {
     let message = match mode {
         Mode::Enabled => "one member active, the other ready to take over".into(),
         Mode::Alone => "running without a usable standby".into(),
+        Mode::NotConfigured => "one member serves alone by configuration (spec.standby: Removed)".into(),
         m => format!("mode {m:?}"),
     };
     (Cond::new(ConditionType::Ready, mode == Mode::Enabled, mode_word(mode), message), None)

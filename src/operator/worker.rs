@@ -146,8 +146,13 @@ async fn round(
     tell_pruned(ctx, pair, &obs, mem).await;
     super::claims::replace_lost(ctx, pair, &obs, holder).await?;
     let current = mem.status.clone().or_else(|| pair.status.clone());
-    let isolated = current.as_ref().and_then(|s| s.isolated_member);
-    act::ensure_members(ctx, pair, &obs, holder, isolated).await?;
+    let stopped = current.as_ref().and_then(|s| {
+        let removed = s.removed_member.filter(|_| pair.spec.standby == crate::api::StandbyPresence::Removed);
+        removed
+            .map(|m| (m, "removed by spec.standby"))
+            .or(s.isolated_member.map(|m| (m, "isolated after a split brain")))
+    });
+    act::ensure_members(ctx, pair, &obs, holder, stopped).await?;
     let inputs = RoundInputs { pair: name.clone(), now: chrono::Utc::now(), generation: pair.metadata.generation };
     let decision = decide(&pair.spec, current.as_ref(), &obs, &inputs);
     mem.failure = match (&decision.failure, mem.failure.take()) {
