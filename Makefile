@@ -76,7 +76,7 @@ E2E_FAST := bootstraps killing_the_active a_failover_under_writes an_active_cut_
 	switchovers_under_writes a_former_active a_resync_request a_split_brain_is_repaired \
 	a_pair_the_operator_cannot_read a_deleted_pair_leaves a_hand_edited a_deleted_lease application_containers_hold \
 	the_member_a_forced the_operator_leader an_application_whose hand_edits a_quarantine_past after_a_partition_the_default after_a_shorter \
-	a_deleted_pair_keeps a_filling_volume a_member_whose_claim a_pair_runs_one_member a_primary_restarting a_secondary_restarting
+	a_deleted_pair_keeps a_filling_volume a_member_whose_claim a_pair_runs_one_member a_primary_restarting a_secondary_restarting data_restored
 
 .PHONY: test
 test: check-generated unit fuzz-brief chart image-check testbed-up integration chart-cluster e2e-fast e2e-nodes chaos-brief ## Generated files, unit tests, a brief fuzz, chart and image checks, API tests, the fastest e2e scenarios, the node faults and one chaos round on the testbed.

@@ -224,3 +224,48 @@ async fn a_secondary_restarting_while_it_syncs_finishes_the_copy_by_itself() {
     }
     checker.assert_clean();
 }
+
+/// EPN, "Restore Data In an HA Deployment": remove HA, restore the data on
+/// the member that serves, register the standby again — which then holds
+/// exactly the restored data (files the restore removed are gone from it
+/// too), and nothing is kept aside as a split brain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_restored_on_the_active_alone_reaches_the_standby_when_it_registers_again() {
+    let h = up("sc-restore", "Automatic").await;
+    let (primary, secondary) = (h.data_dir("web", Member::Primary).await, h.data_dir("web", Member::Secondary).await);
+    std::fs::write(primary.join("config.txt"), b"before the restore").unwrap();
+    std::fs::write(primary.join("later.txt"), b"written after the backup").unwrap();
+    let start = Instant::now();
+    while std::fs::read(secondary.join("later.txt")).is_err() {
+        assert!(start.elapsed() < WAIT, "later.txt never reached the secondary");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 1. Remove HA.
+    h.merge_spec("web", json!({"standby": "Removed"})).await;
+    h.wait_for("web", "mode NotConfigured", WAIT, |p| {
+        p.status.as_ref().is_some_and(|s| s.mode == Some(Mode::NotConfigured))
+    })
+    .await;
+    // 2. The restore, on the active member's volume: the backup's files
+    //    back, what came after it gone.
+    std::fs::write(primary.join("config.txt"), b"from the backup").unwrap();
+    std::fs::remove_file(primary.join("later.txt")).unwrap();
+    // 3. Register the standby again.
+    h.merge_spec("web", json!({"standby": "Enabled"})).await;
+    let p = h.wait_for("web", "the standby registered and synced", WAIT, |p| whole(p, Member::Primary)).await;
+    let start = Instant::now();
+    while std::fs::read(secondary.join("config.txt")).ok().as_deref() != Some(b"from the backup".as_slice())
+        || secondary.join("later.txt").exists()
+    {
+        assert!(start.elapsed() < WAIT, "the secondary does not hold the restored data");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = p.status.as_ref().unwrap();
+    assert!(
+        s.conditions.iter().all(|c| c.type_ != "SplitBrain" || c.status == ConditionStatus::False),
+        "a restore on the active is no split brain: {:?}",
+        s.conditions
+    );
+    assert!(files_under(&secondary.join(".hapair").join("quarantine")).is_empty(), "nothing set aside");
+}
