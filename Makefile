@@ -76,7 +76,7 @@ E2E_FAST := bootstraps killing_the_active a_failover_under_writes an_active_cut_
 	switchovers_under_writes a_former_active a_resync_request a_split_brain_is_repaired \
 	a_pair_the_operator_cannot_read a_deleted_pair_leaves a_hand_edited a_deleted_lease application_containers_hold \
 	the_member_a_forced the_operator_leader an_application_whose hand_edits a_quarantine_past after_a_partition_the_default after_a_shorter \
-	a_deleted_pair_keeps a_filling_volume a_member_whose_claim a_pair_runs_one_member a_primary_restarting a_secondary_restarting data_restored
+	a_deleted_pair_keeps a_filling_volume a_member_whose_claim a_pair_runs_one_member a_primary_restarting a_secondary_restarting data_restored certificates_are_renewed
 
 .PHONY: test
 test: check-generated unit fuzz-brief chart image-check testbed-up integration chart-cluster e2e-fast e2e-nodes chaos-brief ## Generated files, unit tests, a brief fuzz, chart and image checks, API tests, the fastest e2e scenarios, the node faults and one chaos round on the testbed.
@@ -94,11 +94,11 @@ integration: ## API tests against the running testbed's real API server.
 
 .PHONY: e2e-fast
 e2e-fast: testbed-up
-	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios -- --test-threads 2 $(E2E_FAST)
+	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates -- --test-threads 2 $(E2E_FAST)
 
 .PHONY: e2e
 e2e: testbed-up ## Every end-to-end scenario, on the testbed's real nodes (needs root).
-	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios -- --test-threads 3
+	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates -- --test-threads 3
 	@$(MAKE) --no-print-directory e2e-nodes
 
 # `make chaos`: every named fault case (e2e/chaos/cases.rs), the long ones

@@ -252,7 +252,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_handshake_that_never_completes_fails_at_the_connect_bound_not_the_call_timeout() {
-        let m = crate::tls::generate_pair_material("db", "prod").unwrap();
+        let m = crate::tls::generate_pair_material("db", "prod", crate::tls::DEFAULT_LEAF_LIFETIME_SECONDS).unwrap();
         let id = crate::tls::Identity {
             ca: m[crate::tls::CA_CERT].clone(),
             cert: m[crate::tls::CLIENT_CERT].clone(),

@@ -118,6 +118,10 @@ pub struct AgentStatus {
     /// was down when the holder stopped: both were down, a cold start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_seconds: Option<f64>,
+    /// When the certificate this agent presents now expires: it reloads
+    /// the pair's TLS Secret when it changes, so this follows a renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after: Option<DateTime<Utc>>,
 }
 
 /// Space on a member's data volume, as `statvfs` tells it (part of

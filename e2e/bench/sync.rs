@@ -39,7 +39,7 @@ fn spec() -> FileSyncSpec {
 
 /// Serves `active`'s manifest and file endpoints as its agent does.
 fn serve(active: std::sync::Arc<Syncer>) -> Target {
-    let m = hapair::tls::generate_pair_material("bench", "ns").unwrap();
+    let m = hapair::tls::generate_pair_material("bench", "ns", hapair::tls::DEFAULT_LEAF_LIFETIME_SECONDS).unwrap();
     let (cert, key) = hapair::tls::member_cert_key(Member::Primary);
     let id = |c: &str, k: &str| hapair::tls::Identity {
         ca: m[hapair::tls::CA_CERT].clone(),

@@ -74,6 +74,18 @@ fn arrived(dir: &Path) -> usize {
     (0..FILES).filter(|i| std::fs::metadata(dir.join(name(*i))).is_ok_and(|m| m.len() == SIZE as u64)).count()
 }
 
+/// Waits until every file of the batch is on the standby, each as written.
+async fn whole_batch_on(dir: &Path) {
+    let start = Instant::now();
+    while arrived(dir) < FILES {
+        assert!(start.elapsed() < WAIT, "the standby has {} of {FILES} files", arrived(dir));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..FILES {
+        assert!(holds(&dir.join(name(i)), i), "{} differs on the standby", name(i));
+    }
+}
+
 /// Waits until the standby is part-way through copying the batch.
 async fn mid_copy(dir: &Path) -> usize {
     let start = Instant::now();
@@ -125,14 +137,7 @@ async fn a_primary_restarting_while_the_secondary_syncs_serves_again_by_itself_i
     let moves = transitions_since(&p, at);
     assert!(moves.iter().all(|(_, to)| *to == Some(Member::Primary)), "the role moved: {moves:?}");
     assert!(p.status.as_ref().unwrap().operations.is_empty(), "no request was needed");
-    let start = Instant::now();
-    while arrived(&secondary) < FILES {
-        assert!(start.elapsed() < WAIT, "the secondary has {} of {FILES} files", arrived(&secondary));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for i in 0..FILES {
-        assert!(holds(&secondary.join(name(i)), i), "{} differs on the secondary", name(i));
-    }
+    whole_batch_on(&secondary).await;
     checker.assert_clean();
 }
 
@@ -214,14 +219,7 @@ async fn a_secondary_restarting_while_it_syncs_finishes_the_copy_by_itself() {
     }
     let p = h.wait_for("web", "the pair whole again", WAIT, |p| whole(p, Member::Primary)).await;
     assert_eq!(transitions_since(&p, at), vec![], "a restarting standby moves nothing");
-    let start = Instant::now();
-    while arrived(&secondary) < FILES {
-        assert!(start.elapsed() < WAIT, "the secondary has {} of {FILES} files", arrived(&secondary));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for i in 0..FILES {
-        assert!(holds(&secondary.join(name(i)), i), "{} differs on the secondary", name(i));
-    }
+    whole_batch_on(&secondary).await;
     checker.assert_clean();
 }
 

@@ -126,7 +126,8 @@ async fn a_live_agent_refuses_paths_outside_its_directories_and_clients_of_anoth
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // A client certificate from another CA does not get in at all.
-    let other = hapair::tls::generate_pair_material("web", "elsewhere").unwrap();
+    let other =
+        hapair::tls::generate_pair_material("web", "elsewhere", hapair::tls::DEFAULT_LEAF_LIFETIME_SECONDS).unwrap();
     let secret: k8s_openapi::api::core::v1::Secret =
         kube::Api::namespaced(h.client.clone(), &h.ns.name).get("web-tls").await.unwrap();
     let ca = String::from_utf8(secret.data.unwrap()[hapair::tls::CA_CERT].0.clone()).unwrap();

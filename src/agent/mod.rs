@@ -285,6 +285,9 @@ pub(crate) struct Agent {
     pub peer_tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
     /// When this agent started (reported as its uptime).
     pub started: Instant,
+    /// Its TLS material, reloaded when the pair's Secret changes
+    /// ([`server::tls_reload_loop`]).
+    pub tls: Option<Arc<crate::tls::Material>>,
 }
 
 impl Agent {
@@ -396,6 +399,7 @@ impl Agent {
             sync,
             volume: s.volume,
             uptime_seconds: Some(self.started.elapsed().as_secs_f64()),
+            certificate_not_after: self.tls.as_ref().and_then(|t| crate::tls::not_after(&t.identity().cert)),
         }
     }
 
@@ -425,9 +429,9 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         (Some(json), None) if !json.trim().is_empty() => return Err("HAPAIR_FILE_SYNC needs HAPAIR_DATA_DIR".into()),
         _ => None,
     };
-    let tls = server::load_identity(&config.tls_dir)?;
+    let tls = crate::tls::Material::new(&server::load_identity(&config.tls_dir)?)?;
     let peer_tls = match (
-        crate::tls::client_config(&tls),
+        tls.client_config(),
         crate::tls::server_name(&crate::tls::member_server_name(config.member.peer(), &config.pair, &config.namespace)),
     ) {
         (Ok(c), Ok(n)) => Some((c, n)),
@@ -453,15 +457,17 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         syncer,
         peer_tls,
         started: Instant::now(),
+        tls: Some(tls.clone()),
     });
     info!(pair = %agent.config.pair, member = %agent.config.member, "agent starting");
     let servers = server::start(agent.clone(), &tls).await?;
+    tokio::spawn(server::tls_reload_loop(agent.clone()));
     if let Some(spec) = health_spec {
         tokio::spawn(health_loop(agent.clone(), spec));
     }
     tokio::spawn(lease_task::watchdog(agent.clone()));
     tokio::spawn(failsafe::failsafe_loop(agent.clone()));
-    tokio::spawn(server::peer_loop(agent.clone(), tls));
+    tokio::spawn(server::peer_loop(agent.clone()));
     if let Some(dir) = agent.config.data_dir.clone() {
         tokio::spawn(volume::volume_loop(agent.clone(), dir));
     }

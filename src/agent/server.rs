@@ -27,9 +27,10 @@ use tokio_rustls::TlsAcceptor;
 
 use super::sync::SyncError;
 use super::{Agent, role_word};
-use crate::http::{self, Target, json_reply, reply};
+use crate::http::{self, json_reply, reply};
 use crate::proto::ResyncOrder;
 use crate::tls::{self, Identity};
+use tracing::{info, warn};
 
 pub fn load_identity(dir: &Path) -> Result<Identity, std::io::Error> {
     let read = |f: &str| std::fs::read_to_string(dir.join(f));
@@ -40,9 +41,9 @@ pub fn load_identity(dir: &Path) -> Result<Identity, std::io::Error> {
 /// and returns the future that serves them.
 pub async fn start(
     agent: Arc<Agent>,
-    id: &Identity,
+    material: &Arc<tls::Material>,
 ) -> Result<impl Future<Output = ()> + use<>, Box<dyn std::error::Error>> {
-    let acceptor = TlsAcceptor::from(tls::server_config(id)?);
+    let acceptor = TlsAcceptor::from(material.server_config()?);
     let secure = TcpListener::bind((agent.config.bind, agent.config.port)).await?;
     let plain = TcpListener::bind((agent.config.bind, agent.config.probe_port)).await?;
     let a = agent.clone();
@@ -249,26 +250,48 @@ fn query_epoch(query: Option<&str>) -> Option<i64> {
 }
 
 /// Heartbeats the peer every interval and records whether it answers.
-pub async fn peer_loop(agent: Arc<Agent>, id: Identity) {
-    let Ok(client) = tls::client_config(&id) else { return };
-    let peer_member = agent.config.member.peer();
-    let Ok(server_name) =
-        tls::server_name(&tls::member_server_name(peer_member, &agent.config.pair, &agent.config.namespace))
-    else {
-        return;
-    };
+pub async fn peer_loop(agent: Arc<Agent>) {
     loop {
-        let (peer, interval) = {
-            let s = agent.lock();
-            (s.peer, s.interval_seconds)
-        };
+        let interval = agent.lock().interval_seconds;
         let tick = Duration::from_secs(interval.max(1) as u64);
-        if let Some(addr) = peer {
-            let target = Target { addr, server_name: server_name.clone(), tls: client.clone() };
+        if let Some(target) = agent.peer_target() {
             let ok = http::call(&target, Method::GET, "/v1/ping", tick).await.is_ok();
             agent.lock().peer_reachable = Some(ok);
         }
         tokio::time::sleep(tick).await;
+    }
+}
+
+/// How often the mounted TLS Secret is read again. The kubelet brings a
+/// changed Secret into the volume within about a minute; this adds at most
+/// its own period.
+const TLS_RELOAD: Duration = Duration::from_secs(10);
+
+/// Follows the pair's TLS Secret as the kubelet updates the mounted files:
+/// a renewed certificate or a new CA bundle is used from the next
+/// handshake, with no restart and no failover. Files caught mid-update or
+/// that do not parse leave the material in use as it was (and say why).
+pub async fn tls_reload_loop(agent: Arc<Agent>) {
+    let Some(material) = agent.tls.clone() else { return };
+    let mut told: Option<String> = None;
+    loop {
+        tokio::time::sleep(TLS_RELOAD).await;
+        let outcome = load_identity(&agent.config.tls_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|id| material.replace(&id).map_err(|e| e.to_string()));
+        match outcome {
+            Ok(true) => {
+                let not_after = tls::not_after(&material.identity().cert);
+                info!(?not_after, "TLS certificates reloaded");
+                told = None;
+            }
+            Ok(false) => told = None,
+            Err(why) if told.as_ref() != Some(&why) => {
+                warn!(error = %why, "cannot reload the TLS certificates; keeping those in use");
+                told = Some(why);
+            }
+            Err(_) => {}
+        }
     }
 }
 

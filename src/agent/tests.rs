@@ -38,6 +38,7 @@ pub(super) fn agent(dir: &std::path::Path) -> Agent {
         syncer: None,
         peer_tls: None,
         started: std::time::Instant::now(),
+        tls: None,
     }
 }
 

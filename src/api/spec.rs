@@ -128,6 +128,11 @@ pub struct HighAvailabilityPairSpec {
     #[serde(default)]
     pub agent: AgentSpec,
 
+    /// The pair's certificates (the members' mutual TLS, the manuals'
+    /// "authentication key").
+    #[serde(default)]
+    pub certificates: CertificatesSpec,
+
     /// `Removed` runs the pair as one member on purpose (the manuals'
     /// "remove HA"): the member that is standby when it is set is stopped —
     /// its pod deleted, its claim kept — and the active serves alone, mode
@@ -155,6 +160,29 @@ impl HighAvailabilityPairSpec {
     pub fn claims_deleted_with_pair(&self) -> bool {
         self.persistent_volume_claim_retention_policy.as_ref().is_some_and(|p| p.when_deleted == ClaimRetention::Delete)
     }
+}
+
+/// The pair's certificates.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificatesSpec {
+    /// How long the members' and the operator's certificates are made
+    /// for. They are renewed when two-thirds through (by the pair's CA,
+    /// without a restart or a failover): at least 300 s, which leaves the
+    /// kubelet its minute to bring a renewed Secret into the pods.
+    #[serde(default = "default_certificate_lifetime")]
+    #[schemars(range(min = 300, max = 315_360_000))]
+    pub lifetime_seconds: i64,
+}
+
+impl Default for CertificatesSpec {
+    fn default() -> Self {
+        CertificatesSpec { lifetime_seconds: default_certificate_lifetime() }
+    }
+}
+
+fn default_certificate_lifetime() -> i64 {
+    crate::tls::DEFAULT_LEAF_LIFETIME_SECONDS
 }
 
 /// Whether the pair has its standby (`spec.standby`).

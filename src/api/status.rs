@@ -104,6 +104,10 @@ pub struct CertificatesStatus {
     /// The earliest of the members' and the operator's certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members_not_after: Option<DateTime<Utc>>,
+    /// When the operator renews them (two-thirds through their life,
+    /// `spec.certificates.lifetimeSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_after: Option<DateTime<Utc>>,
 }
 
 /// What the pair's Service routes to.

@@ -102,7 +102,7 @@ pub async fn ensure_tls(ctx: &Context, pair: &HighAvailabilityPair) -> Result<Se
     if let Some(s) = api.get_opt(&name).await? {
         return Ok(s);
     }
-    let material = crate::tls::generate_pair_material(&pair.name_any(), &ns)?;
+    let material = crate::tls::generate_pair_material(&pair.name_any(), &ns, pair.spec.certificates.lifetime_seconds)?;
     let secret = build::tls_secret(pair, material);
     match api.create(&PostParams::default(), &secret).await {
         Ok(s) => Ok(s),
@@ -288,13 +288,12 @@ async fn start_jobs(ctx: &Context, pair: &HighAvailabilityPair, obs: &Observed, 
 
 /// A Warning Event on the pair.
 pub async fn warn(ctx: &Context, pair: &HighAvailabilityPair, reason: &str, note: String) {
-    let ev = Event {
-        type_: EventType::Warning,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
+    tell(ctx, pair, EventType::Warning, reason, note).await
+}
+
+/// An Event on the pair of the given type.
+pub async fn tell(ctx: &Context, pair: &HighAvailabilityPair, type_: EventType, reason: &str, note: String) {
+    let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
     if let Err(err) = ctx.recorder.publish(&ev, &pair.object_ref(&())).await {
         warn!(error = %err, "cannot publish event");
     }

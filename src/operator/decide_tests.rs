@@ -46,6 +46,7 @@ pub(super) fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs 
                 sync: None,
                 volume: None,
                 uptime_seconds: None,
+                certificate_not_after: None,
             }),
             missed: 0,
             since_answer: Some(Duration::ZERO),

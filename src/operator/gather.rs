@@ -46,6 +46,8 @@ pub struct Memory {
     pub sweep_slices_until: Option<Instant>,
     /// The expiry of the certificates in the pair's TLS Secret, as read.
     pub certificates: Option<crate::tls::Expiry>,
+    /// The operator's TLS material towards this pair's agents.
+    pub tls: Option<std::sync::Arc<crate::tls::Material>>,
 }
 
 impl Default for Memory {
@@ -62,6 +64,7 @@ impl Default for Memory {
             supporting_matched: None,
             sweep_slices_until: None,
             certificates: None,
+            tls: None,
         }
     }
 }

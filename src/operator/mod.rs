@@ -24,6 +24,7 @@
 
 pub mod act;
 pub mod build;
+pub mod certificates;
 pub mod claims;
 pub mod cold_start;
 pub mod context;

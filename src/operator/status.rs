@@ -131,7 +131,8 @@ pub fn compute(
     s.epoch = epoch;
     s.effective_timings = Some(EffectiveTimings::of(spec));
     if let Some(e) = obs.certificates {
-        s.certificates = Some(crate::api::CertificatesStatus { ca_not_after: e.ca, members_not_after: e.members });
+        let (ca_not_after, members_not_after, renew_after) = (e.ca, e.members, e.renew_after);
+        s.certificates = Some(crate::api::CertificatesStatus { ca_not_after, members_not_after, renew_after });
     }
     s.routing = obs.vip_slice.as_ref().map(|slice| {
         let addresses = slice.ready_addresses();

@@ -5,7 +5,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info_span, warn};
@@ -79,18 +78,6 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
     .await
 }
 
-/// The Secret's entries that are text (PEM all of them).
-fn secret_text(secret: &Secret) -> std::collections::BTreeMap<String, String> {
-    let data = secret.data.iter().flatten();
-    data.filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?))).collect()
-}
-
-fn client_config(secret: &Secret) -> Result<Arc<rustls::ClientConfig>, tls::TlsError> {
-    let data = secret_text(secret);
-    let get = |k: &str| data.get(k).cloned().unwrap_or_default();
-    tls::client_config(&tls::Identity { ca: get(tls::CA_CERT), cert: get(tls::CLIENT_CERT), key: get(tls::CLIENT_KEY) })
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn round(
     ctx: &Arc<Context>,
@@ -104,10 +91,11 @@ async fn round(
     let ns = pair.namespace().unwrap_or_default();
     let name = pair.name_any();
     if client_tls.is_none() {
-        let secret = act::ensure_tls(ctx, pair).await?;
-        *client_tls = Some(client_config(&secret)?);
-        mem.certificates = Some(tls::expiry(&secret_text(&secret)));
+        *client_tls = Some(super::certificates::load(ctx, pair, mem).await?);
     }
+    // Before anything waits on the agents: with expired certificates they
+    // cannot be asked until these are renewed.
+    let renew_in = super::certificates::renew_when_due(ctx, pair, mem).await?;
     if poller.is_none()
         && let Some(tls) = client_tls.clone()
     {
@@ -140,6 +128,7 @@ async fn round(
         // A slice someone made by hand for the pair's Service without the
         // pair's label is outside the watch: looked for on the same rhythm.
         super::routing::sweep_pair_slices(ctx, pair).await?;
+        super::certificates::reload(ctx, pair, mem).await?;
         mem.supporting = Some((pair.metadata.generation, Instant::now()));
         mem.supporting_matched = None;
     }
@@ -184,6 +173,7 @@ async fn round(
         mem.sweep_slices_until = None;
     }
     let recheck = if sweeping { recheck.min(Duration::from_millis(200)) } else { recheck };
+    let recheck = renew_in.map_or(recheck, |r| recheck.min(r));
     if outcome.promoted.is_some() {
         mem.failure = None;
     }

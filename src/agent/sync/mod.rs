@@ -233,7 +233,7 @@ mod tests {
 
     /// A peer that is not there: any pull attempt fails and is counted.
     fn nowhere() -> Target {
-        let m = crate::tls::generate_pair_material("db", "ns").unwrap();
+        let m = crate::tls::generate_pair_material("db", "ns", crate::tls::DEFAULT_LEAF_LIFETIME_SECONDS).unwrap();
         let id = crate::tls::Identity {
             ca: m[crate::tls::CA_CERT].clone(),
             cert: m[crate::tls::CLIENT_CERT].clone(),
@@ -377,7 +377,7 @@ mod tests {
         H: Fn(hyper::Request<hyper::body::Incoming>, std::net::SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: std::future::Future<Output = http::Reply> + Send + 'static,
     {
-        let m = crate::tls::generate_pair_material("db", "ns").unwrap();
+        let m = crate::tls::generate_pair_material("db", "ns", crate::tls::DEFAULT_LEAF_LIFETIME_SECONDS).unwrap();
         let (cert, key) = crate::tls::member_cert_key(Member::Primary);
         let id = |c: &str, k: &str| crate::tls::Identity {
             ca: m[crate::tls::CA_CERT].clone(),

@@ -18,10 +18,12 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::api::Member;
+
+mod reload;
+pub use reload::Material;
 
 /// Keys of the pair's TLS Secret.
 pub const CA_CERT: &str = "ca.crt";
@@ -69,7 +71,23 @@ fn set_validity(params: &mut CertificateParams, years: i32) {
     params.not_after = rcgen::date_time_ymd(now.year() + years, now.month() as u8, 1);
 }
 
-fn leaf(name: &str, server: bool) -> Result<CertificateParams, TlsError> {
+/// How long the members' and the operator's certificates are made for when
+/// the pair does not say (`spec.certificates.lifetimeSeconds`): five years.
+pub const DEFAULT_LEAF_LIFETIME_SECONDS: i64 = 5 * 365 * 86400;
+
+/// A leaf's validity: from a little before `now` (a peer whose clock is
+/// behind must not see it as not yet valid; at most a tenth of its life, so
+/// the renewal point stays well inside it) for `lifetime`.
+fn set_window(params: &mut CertificateParams, now: chrono::DateTime<chrono::Utc>, lifetime: chrono::Duration) {
+    let back = (lifetime / 10).min(chrono::Duration::minutes(5));
+    let at = |t: chrono::DateTime<chrono::Utc>| {
+        time::OffsetDateTime::from_unix_timestamp(t.timestamp()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    };
+    params.not_before = at(now - back);
+    params.not_after = at(now + lifetime);
+}
+
+fn leaf(name: &str, server: bool, lifetime: chrono::Duration) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::new(vec![name.to_string()])?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
@@ -81,31 +99,65 @@ fn leaf(name: &str, server: bool) -> Result<CertificateParams, TlsError> {
     } else {
         vec![ExtendedKeyUsagePurpose::ClientAuth]
     };
-    set_validity(&mut params, 5);
+    set_window(&mut params, chrono::Utc::now(), lifetime);
     Ok(params)
 }
 
-/// Everything the pair's TLS Secret holds, freshly generated.
-pub fn generate_pair_material(pair: &str, namespace: &str) -> Result<BTreeMap<String, String>, TlsError> {
+/// Everything the pair's TLS Secret holds, freshly generated; the members'
+/// and the operator's certificates for `lifetime_seconds`.
+pub fn generate_pair_material(
+    pair: &str,
+    namespace: &str,
+    lifetime_seconds: i64,
+) -> Result<BTreeMap<String, String>, TlsError> {
     let ca_key = KeyPair::generate()?;
     let ca_params = ca_params(pair, namespace)?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
-    let ca_key_pem = ca_key.serialize_pem();
-    let issuer = Issuer::new(ca_params, ca_key);
     let mut out = BTreeMap::new();
     out.insert(CA_CERT.to_string(), ca_cert.pem());
+    out.insert(CA_KEY.to_string(), ca_key.serialize_pem());
+    out.extend(leaves(pair, namespace, &Issuer::new(ca_params, ca_key), lifetime_seconds)?);
+    Ok(out)
+}
+
+/// The members' and the operator's certificates and keys, issued anew by
+/// the pair's CA as the Secret holds it (its certificate and key stay).
+/// Certificates of the old and the new issue chain to the same CA, so
+/// members that load the new ones at different moments keep talking.
+pub fn renew_leaves(
+    data: &BTreeMap<String, String>,
+    pair: &str,
+    namespace: &str,
+    lifetime_seconds: i64,
+) -> Result<BTreeMap<String, String>, TlsError> {
+    let ca_key = data.get(CA_KEY).ok_or(TlsError::BadPem("ca.key"))?;
+    let ca_key = KeyPair::from_pem(ca_key).map_err(|_| TlsError::BadPem("ca.key"))?;
+    // The issuer is the CA's name and key: what a leaf records of it.
+    let issuer = Issuer::new(ca_params(pair, namespace)?, ca_key);
+    let mut out = data.clone();
+    out.extend(leaves(pair, namespace, &issuer, lifetime_seconds)?);
+    Ok(out)
+}
+
+fn leaves(
+    pair: &str,
+    namespace: &str,
+    issuer: &Issuer<'_, KeyPair>,
+    lifetime_seconds: i64,
+) -> Result<BTreeMap<String, String>, TlsError> {
+    let lifetime = chrono::Duration::seconds(lifetime_seconds.max(60));
+    let mut out = BTreeMap::new();
     for member in Member::BOTH {
         let key = KeyPair::generate()?;
-        let cert = leaf(&member_server_name(member, pair, namespace), true)?.signed_by(&key, &issuer)?;
+        let cert = leaf(&member_server_name(member, pair, namespace), true, lifetime)?.signed_by(&key, issuer)?;
         let (c, k) = member_cert_key(member);
         out.insert(c, cert.pem());
         out.insert(k, key.serialize_pem());
     }
     let key = KeyPair::generate()?;
-    let cert = leaf(&format!("operator.{pair}.{namespace}.hapair"), false)?.signed_by(&key, &issuer)?;
+    let cert = leaf(&format!("operator.{pair}.{namespace}.hapair"), false, lifetime)?.signed_by(&key, issuer)?;
     out.insert(CLIENT_CERT.to_string(), cert.pem());
     out.insert(CLIENT_KEY.to_string(), key.serialize_pem());
-    out.insert(CA_KEY.to_string(), ca_key_pem);
     Ok(out)
 }
 
@@ -115,21 +167,42 @@ pub fn generate_pair_material(pair: &str, namespace: &str) -> Result<BTreeMap<St
 pub struct Expiry {
     pub ca: Option<chrono::DateTime<chrono::Utc>>,
     pub members: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the members' and the operator's certificates are due for
+    /// renewal: the earliest point two-thirds through one's life. A
+    /// certificate that does not read is due at once.
+    pub renew_after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The expiry of the material in a pair's TLS Secret (`data` as stored);
 /// a certificate that does not read is left out (`None` if none does).
 pub fn expiry(data: &BTreeMap<String, String>) -> Expiry {
     let of = |key: &str| data.get(key).and_then(|pem| not_after(pem));
-    let leaves = Member::BOTH.map(|m| member_cert_key(m).0);
-    let members = leaves.iter().map(String::as_str).chain([CLIENT_CERT]).filter_map(of).min();
-    Expiry { ca: of(CA_CERT), members }
+    let leaves: Vec<String> =
+        Member::BOTH.map(|m| member_cert_key(m).0).into_iter().chain([CLIENT_CERT.into()]).collect();
+    let members = leaves.iter().filter_map(|k| of(k)).min();
+    let renew_after = if data.is_empty() {
+        None
+    } else {
+        leaves
+            .iter()
+            .map(|k| {
+                let (from, to) = data.get(k).and_then(|pem| validity(pem)).unwrap_or_default();
+                from + (to - from) * 2 / 3
+            })
+            .min()
+    };
+    Expiry { ca: of(CA_CERT), members, renew_after }
 }
 
 /// The `notAfter` of the first certificate in `pem`.
 pub fn not_after(pem: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    validity(pem).map(|(_, to)| to)
+}
+
+/// The `notBefore` and `notAfter` of the first certificate in `pem`.
+pub fn validity(pem: &str) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
     let der = CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;
-    der::validity_end(der.as_ref())
+    der::validity(der.as_ref())
 }
 
 /// Just enough DER to find a certificate's validity: Certificate ::=
@@ -160,7 +233,8 @@ mod der {
         (t == tag).then_some((content, rest))
     }
 
-    pub fn validity_end(cert: &[u8]) -> Option<DateTime<Utc>> {
+    /// `notBefore` and `notAfter`.
+    pub fn validity(cert: &[u8]) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
         const SEQUENCE: u8 = 0x30;
         let (certificate, _) = expect(cert, SEQUENCE)?;
         let (mut tbs, _) = expect(certificate, SEQUENCE)?;
@@ -171,9 +245,13 @@ mod der {
         let (_signature, rest) = expect(rest, SEQUENCE)?;
         let (_issuer, rest) = expect(rest, SEQUENCE)?;
         let (validity, _) = expect(rest, SEQUENCE)?;
-        let (_, _not_before, rest) = tlv(validity)?;
-        let (tag, not_after, _) = tlv(rest)?;
-        let text = std::str::from_utf8(not_after).ok()?;
+        let (from_tag, not_before, rest) = tlv(validity)?;
+        let (to_tag, not_after, _) = tlv(rest)?;
+        Some((time(from_tag, not_before)?, time(to_tag, not_after)?))
+    }
+
+    fn time(tag: u8, value: &[u8]) -> Option<DateTime<Utc>> {
+        let text = std::str::from_utf8(value).ok()?;
         let full = match (tag, text.len()) {
             // UTCTime YYMMDDHHMMSSZ: 50–99 are 19xx (RFC 5280).
             (0x17, 13) => format!("{}{text}", if text[..2].parse::<u8>().ok()? >= 50 { "19" } else { "20" }),
@@ -186,8 +264,9 @@ mod der {
     }
 }
 
-/// PEM certificate and key of one identity plus the pair's CA.
-#[derive(Clone)]
+/// PEM certificate and key of one identity plus the pair's CA (one or more
+/// CA certificates: while a CA is rotated, the old and the new).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Identity {
     pub ca: String,
     pub cert: String,
@@ -216,25 +295,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Server side: present `id`, require a client certificate from the same CA.
+/// Server side: present `id`, require a client certificate from the same
+/// CA (material that never changes; see [`Material`] for the kind that
+/// does).
 pub fn server_config(id: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
-    let (roots, chain, key) = parse(id)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    Ok(Arc::new(config))
+    Material::new(id)?.server_config()
 }
 
 /// Client side: present `id`, trust only the pair's CA.
 pub fn client_config(id: &Identity) -> Result<Arc<ClientConfig>, TlsError> {
-    let (roots, chain, key) = parse(id)?;
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    Ok(Arc::new(config))
+    Material::new(id)?.client_config()
 }
 
 pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
@@ -251,7 +321,7 @@ mod tests {
 
     #[test]
     fn generated_material_builds_server_and_client_configs() {
-        let m = generate_pair_material("db", "prod").unwrap();
+        let m = generate_pair_material("db", "prod", crate::tls::DEFAULT_LEAF_LIFETIME_SECONDS).unwrap();
         let (c, k) = member_cert_key(Member::Primary);
         server_config(&identity(&m, &c, &k)).unwrap();
         client_config(&identity(&m, CLIENT_CERT, CLIENT_KEY)).unwrap();
@@ -260,7 +330,7 @@ mod tests {
 
     #[test]
     fn the_expiry_of_generated_material_is_read_from_the_certificates() {
-        let m = generate_pair_material("db", "prod").unwrap();
+        let m = generate_pair_material("db", "prod", crate::tls::DEFAULT_LEAF_LIFETIME_SECONDS).unwrap();
         let e = expiry(&m);
         let (ca, members) = (e.ca.unwrap(), e.members.unwrap());
         let years = |t: chrono::DateTime<chrono::Utc>| (t - chrono::Utc::now()).num_days() / 365;
@@ -276,15 +346,19 @@ mod tests {
         assert_eq!(expiry(&BTreeMap::new()), Expiry::default());
     }
 
+    fn end(cert: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+        der::validity(cert).map(|(_, to)| to)
+    }
+
     #[test]
     fn the_der_reader_refuses_every_truncation_and_reads_both_time_forms() {
-        let m = generate_pair_material("db", "prod").unwrap();
+        let m = generate_pair_material("db", "prod", crate::tls::DEFAULT_LEAF_LIFETIME_SECONDS).unwrap();
         let der = CertificateDer::pem_slice_iter(m[CA_CERT].as_bytes()).next().unwrap().unwrap().to_vec();
-        let whole = der::validity_end(&der).unwrap();
+        let whole = end(&der).unwrap();
         for cut in 0..der.len() {
             // A truncated certificate either still holds its validity (the
             // signature was cut) or reads as nothing; it never panics.
-            if let Some(t) = der::validity_end(&der[..cut]) {
+            if let Some(t) = end(&der[..cut]) {
                 assert_eq!(t, whole);
             }
         }
@@ -302,10 +376,10 @@ mod tests {
             out.extend(cert);
             out
         };
-        let t = der::validity_end(&validity(b"491231235959Z", b"20501231235959Z")).unwrap();
+        let t = end(&validity(b"491231235959Z", b"20501231235959Z")).unwrap();
         assert_eq!(t.to_rfc3339(), "2050-12-31T23:59:59+00:00");
-        assert_eq!(der::validity_end(&validity(b"491231235959Z", b"2050123123595Z")), None, "a short time");
-        assert_eq!(der::validity_end(&validity(b"491231235959Z", b"20501331235959Z")), None, "month 13");
+        assert_eq!(end(&validity(b"491231235959Z", b"2050123123595Z")), None, "a short time");
+        assert_eq!(end(&validity(b"491231235959Z", b"20501331235959Z")), None, "month 13");
     }
 
     #[test]
