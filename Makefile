@@ -72,11 +72,12 @@ lint: ## rustfmt check and clippy with warnings as errors.
 ##@ Tests
 
 # The fastest e2e scenarios, run by `make test`; `make e2e` runs them all.
-E2E_FAST := bootstraps killing_the_active a_failover_under_writes an_active_cut_off the_plugin_shows files_written a_live_agent \
+E2E_FAST := bootstraps killing_the_active a_confirmed_failure a_failover_under_writes an_active_cut_off the_plugin_shows files_written a_live_agent \
 	switchovers_under_writes a_former_active a_resync_request a_split_brain_is_repaired \
 	a_pair_the_operator_cannot_read a_deleted_pair_leaves a_hand_edited a_deleted_lease application_containers_hold \
 	the_member_a_forced the_operator_leader an_application_whose hand_edits a_quarantine_past after_a_partition_the_default after_a_shorter \
-	a_deleted_pair_keeps a_filling_volume a_member_whose_claim a_pair_runs_one_member a_primary_restarting a_secondary_restarting data_restored certificates_are_renewed
+	a_deleted_pair_keeps a_filling_volume a_member_whose_claim a_pair_runs_one_member a_primary_restarting a_secondary_restarting data_restored certificates_are_renewed \
+	the_ca_rotates the_health_monitor_page
 
 .PHONY: test
 test: check-generated unit fuzz-brief chart image-check testbed-up integration chart-cluster e2e-fast e2e-nodes chaos-brief ## Generated files, unit tests, a brief fuzz, chart and image checks, API tests, the fastest e2e scenarios, the node faults and one chaos round on the testbed.
@@ -94,11 +95,15 @@ integration: ## API tests against the running testbed's real API server.
 
 .PHONY: e2e-fast
 e2e-fast: testbed-up
-	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates -- --test-threads 2 $(E2E_FAST)
+	$(TESTBED_ENV) HAPAIR_ROTATIONS=1 $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates --test ui -- --test-threads 2 $(E2E_FAST)
+
+.PHONY: ui-screenshot
+ui-screenshot: testbed-up ## The README's picture of the Health Monitor page, taken by its browser test (docs/health-monitor.png).
+	$(TESTBED_ENV) HAPAIR_UI_SCREENSHOT=$(CURDIR)/docs/health-monitor.png $(CARGO) test $(TEST_FEATURES) --test ui
 
 .PHONY: e2e
 e2e: testbed-up ## Every end-to-end scenario, on the testbed's real nodes (needs root).
-	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates -- --test-threads 3
+	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates --test ui -- --test-threads 3
 	@$(MAKE) --no-print-directory e2e-nodes
 
 # `make chaos`: every named fault case (e2e/chaos/cases.rs), the long ones
@@ -189,9 +194,30 @@ chart-cluster: tools testbed-up ## Chart checks on the testbed: server-side dry 
 ##@ Benchmarks
 
 .PHONY: bench
-bench: testbed-up ## Failover (confirmed, unconfirmed; 1 s x 3, 5 s x 3), switchover and file sync throughput: prints BENCH lines.
-	$(TESTBED_ENV) $(CARGO) bench --bench failover --bench sync 2>target/bench.log | tee target/bench.txt
+bench: bench-tools bench-images testbed-up ## Failover and switchover measured from outside (confirmed, frozen node, partitioned node; 1 s x 3, 5 s x 3) beside keepalived and client-go leader election, and file sync beside rsync (local and over ssh): prints BENCH lines.
+	$(CARGO) build --release --example hapair-e2e-app
+	$(TESTBED_ENV) HAPAIR_BENCH_APP=$(CURDIR)/target/release/examples/hapair-e2e-app \
+	  $(CARGO) bench --bench failover --bench sync 2>target/bench.log | tee target/bench.txt
 	@echo "per-run figures in target/bench.log"
+
+.PHONY: bench-scale
+bench-scale: testbed-up ## One operator with 200 and then 1,000 pairs on the real API server (their agents in one process on virtual nodes): its CPU and memory, API requests by verb, reconcile latency, one failover among them beside a lone pair's. PAIRS_SCALE=200,1000.
+	$(TESTBED_ENV) HAPAIR_BENCH_SCALE_PAIRS=$(PAIRS_SCALE) \
+	  $(CARGO) bench --bench scale 2>target/bench-scale.log | tee target/bench-scale.txt
+	@echo "progress and failures in target/bench-scale.log"
+
+PAIRS_SCALE ?= 200,1000
+
+.PHONY: bench-images
+bench-images: ## The failover bench's client-go peer (leader election as a sidecar), built from its pinned module into an image the testbed's nodes import.
+	@mkdir -p $(TESTBED_IMAGES)
+	cd e2e/peers/leaderelect && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $(CURDIR)/$(TESTBED_IMAGES)/leaderelect .
+	IMAGE_NAME=leaderelect IMAGE_CMD='[]' \
+	  e2e/image/build.sh $(TESTBED_IMAGES)/leaderelect $(TESTBED_IMAGES)/e2e-leaderelect.oci.tar hapair.dev/e2e/leaderelect 1
+
+.PHONY: bench-tools
+bench-tools: ## The benchmarks' peers from Debian: keepalived (failover), rsync and OpenSSH (file sync).
+	@command -v rsync >/dev/null && [ -x /usr/sbin/sshd ] && [ -x /usr/sbin/keepalived ] || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync openssh-server openssh-client keepalived >/dev/null; }
 
 ##@ Testbed (a real control plane and two real worker nodes on this machine)
 

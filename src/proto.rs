@@ -122,6 +122,13 @@ pub struct AgentStatus {
     /// the pair's TLS Secret when it changes, so this follows a renewal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_not_after: Option<DateTime<Utc>>,
+    /// The SHA-256 of the certificate this agent presents now, and of each
+    /// CA it trusts now: a CA rotation takes its next step only once every
+    /// running agent has loaded the one before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_ca_sha256: Vec<String>,
 }
 
 /// Space on a member's data volume, as `statvfs` tells it (part of

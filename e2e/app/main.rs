@@ -11,9 +11,9 @@
 //! - On standard output, every change of the role it sees (checked every
 //!   10 ms, and whenever the agent moves the deadline on): `view role=R
 //!   epoch=E wall_ms=T until_ms=D`, T the wall clock when it saw it and D the
-//!   wall-clock moment its deadline passes (0 unless active); while active,
-//!   the line is repeated every 100 ms, so a killed application's view ends
-//!   within 100 ms of its last line. The tests read these lines from the
+//!   wall-clock moment its deadline passes (0 unless active); the line is
+//!   repeated every 100 ms, so a killed application's view ends within
+//!   100 ms of its last line. The tests read these lines from the
 //!   container's log to know when each application took itself for the
 //!   active one — a frozen one's view still ends at D.
 //! - `GET /api-credential`: the Kubernetes token this container could use
@@ -83,24 +83,33 @@ fn view(app: &App) -> (String, i64, f64) {
 }
 
 /// Prints every change of the role this application sees (see the module
-/// doc), the deadline's moves included.
-async fn log_views(app: Arc<App>) {
+/// doc), the deadline's moves included, and repeats the current view every
+/// 100 ms whatever the role: a gap in the lines is then a stall of this
+/// process (or of its log), which the tests can tell from a quiet standby.
+fn log_views(app: &App) {
     let mut last: Option<(String, i64, u64)> = None;
     let mut printed = 0u64;
+    let mut out = std::io::stdout();
     loop {
-        let (role, epoch, left) = view(&app);
+        let (role, epoch, left) = view(app);
         let wall =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let until = if left > 0.0 { wall + (left * 1000.0) as u64 } else { 0 };
         // The deadline as a wall-clock moment moves by a millisecond or two
         // between reads: only a real renewal (≥ 100 ms on) is a change.
         let changed = last.as_ref().is_none_or(|(r, e, u)| *r != role || *e != epoch || until.abs_diff(*u) >= 100);
-        if changed || (role == "active" && wall.saturating_sub(printed) >= 100) {
-            println!("view role={role} epoch={epoch} wall_ms={wall} until_ms={until}");
-            printed = wall;
-            last = Some((role, epoch, until));
+        if changed || wall.saturating_sub(printed) >= 100 {
+            // Not `println!`: a failed write to the log must not end the
+            // only thread that reports the view (it would fail the tests as
+            // an application that took itself for active to its deadline).
+            // A write that fails is tried again at the next turn.
+            let line = format!("view role={role} epoch={epoch} wall_ms={wall} until_ms={until}\n");
+            if out.write_all(line.as_bytes()).and_then(|_| out.flush()).is_ok() {
+                printed = wall;
+                last = Some((role, epoch, until));
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -114,7 +123,35 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-fn handle(app: &App, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+/// One write, as the README's contract asks: only while active, and
+/// acknowledged only if the role still holds at the same epoch once the
+/// write is durable — a write that outlived the role (a slow fsync across a
+/// handover) is on disk, at the old epoch, but never acknowledged.
+fn write(app: &App, k: String, v: String) -> Response<Full<Bytes>> {
+    let (r, epoch) = role(app);
+    if r != "active" {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, format!("role={r}"));
+    }
+    if let Some(dir) = &app.data_dir {
+        let line = format!("{epoch} {k} {v}\n");
+        let ok = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("writes.log"))
+            .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|_| f.sync_data()));
+        if let Err(e) = ok {
+            return reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+        let (now, now_epoch) = role(app);
+        if now != "active" || now_epoch != epoch {
+            return reply(StatusCode::SERVICE_UNAVAILABLE, format!("role={now} after the write"));
+        }
+    }
+    app.store.lock().unwrap().insert(k, v);
+    reply(StatusCode::OK, format!("epoch={epoch}"))
+}
+
+async fn handle(app: &Arc<App>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, "ok".into()),
         "/role" => {
@@ -122,26 +159,15 @@ fn handle(app: &App, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes
             reply(StatusCode::OK, format!("{r} {e}"))
         }
         "/write" => {
-            let (r, epoch) = role(app);
-            if r != "active" {
-                return reply(StatusCode::SERVICE_UNAVAILABLE, format!("role={r}"));
-            }
             let (Some(k), Some(v)) = (query(&req, "key"), query(&req, "value")) else {
                 return reply(StatusCode::BAD_REQUEST, "key and value required".into());
             };
-            if let Some(dir) = &app.data_dir {
-                let line = format!("{epoch} {k} {v}\n");
-                let ok = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.join("writes.log"))
-                    .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|_| f.sync_data()));
-                if let Err(e) = ok {
-                    return reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-                }
-            }
-            app.store.lock().unwrap().insert(k, v);
-            reply(StatusCode::OK, format!("epoch={epoch}"))
+            // The fsync may take seconds on a busy disk: off the runtime, so
+            // the view logger and every other request go on meanwhile.
+            let app = app.clone();
+            tokio::task::spawn_blocking(move || write(&app, k, v))
+                .await
+                .unwrap_or_else(|e| reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
         }
         "/api-credential" => match std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/token") {
             Ok(token) => reply(StatusCode::OK, token),
@@ -174,7 +200,17 @@ async fn main() {
     let started = std::time::SystemTime::now();
     let app = Arc::new(App { member, started, run_dir, data_dir, store: Mutex::default() });
     let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
-    tokio::spawn(log_views(app.clone()));
+    // Its own thread: nothing the requests do (a slow fsync) may hold up
+    // the lines the tests read the application's view from.
+    // Should it ever end, the process ends with it: an application that
+    // stopped reporting its view would read to the tests as one that took
+    // itself for active until its deadline.
+    let viewer = app.clone();
+    std::thread::spawn(move || {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| log_views(&viewer)));
+        eprintln!("the view logger ended");
+        std::process::exit(70);
+    });
     // Leave on SIGTERM as a well-behaved application does; without it the
     // kubelet waits out the whole grace period before it kills us.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -189,7 +225,7 @@ async fn main() {
             let svc = hyper::service::service_fn(move |req| {
                 let app = app.clone();
                 async move {
-                    let mut r = handle(&app, req);
+                    let mut r = handle(&app, req).await;
                     if let Ok(v) = hyper::header::HeaderValue::from_str(&app.member) {
                         r.headers_mut().insert("x-hapair-member", v);
                     }

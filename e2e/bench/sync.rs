@@ -8,9 +8,17 @@
 //! - 100 000 unchanged files: a rescan (hashes cached by size, mtime and
 //!   inode) and a pull round that finds nothing to do.
 //!
+//! Each case also runs the peer, Debian's rsync, on the same tree and the
+//! same disk in the same run (`rsync.rs`): locally and over ssh, each with
+//! and without `--fsync`, and prints hapair's figure against each as a
+//! ratio (above 1: hapair is faster).
+//!
 //! Prints `BENCH <name> <value> <unit>`. `HAPAIR_BENCH_ONLY=sync` with
 //! `make bench` runs only this part; `HAPAIR_BENCH_SYNC=small,big,quiet`
 //! picks its cases.
+
+#[path = "rsync.rs"]
+mod rsync;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -145,7 +153,27 @@ impl Drop for Pair {
     }
 }
 
-async fn small_files() {
+/// hapair's copy time against each rsync variant's on the same tree:
+/// `rate` turns a time into the case's figure (higher is better).
+fn against_peers(
+    case: &str,
+    src: &Path,
+    hapair: Duration,
+    rate: impl Fn(Duration) -> f64,
+    unit: &str,
+    sshd: Option<&rsync::Sshd>,
+) {
+    let Some(sshd) = sshd else { return };
+    for (name, via, fsync) in rsync::variants(sshd) {
+        let dst = tempdir(&format!("{case}-{name}"));
+        let took = rsync::rsync(src, &dst, via, fsync);
+        let _ = std::fs::remove_dir_all(&dst);
+        bench(&format!("peer_{name}_{case}_rate"), rate(took), unit);
+        println!("BENCH ratio_{case}_hapair_vs_{name} {:.2} x", took.as_secs_f64() / hapair.as_secs_f64());
+    }
+}
+
+async fn small_files(sshd: Option<&rsync::Sshd>) {
     let p = Pair::new("small");
     write_tree(&p.dirs[0], 10_000, 1024);
     let t = Instant::now();
@@ -154,9 +182,12 @@ async fn small_files() {
     let took = p.pull().await;
     bench("sync_10k_small_files_copy", took.as_secs_f64() * 1000.0, "ms");
     bench("sync_10k_small_files_rate", 10_000.0 / took.as_secs_f64(), "files/s");
+    // hapair's figure is copy only (the scan is timed above); rsync's
+    // includes its own walk of both trees.
+    against_peers("10k_small_files", &p.dirs[0], took, |t| 10_000.0 / t.as_secs_f64(), "files/s", sshd);
 }
 
-async fn big_file() {
+async fn big_file(sshd: Option<&rsync::Sshd>) {
     let p = Pair::new("big");
     {
         use std::io::Write;
@@ -173,19 +204,34 @@ async fn big_file() {
     bench("sync_1gib_file_copy", took.as_secs_f64(), "s");
     bench("sync_1gib_file_rate", 1024.0 / took.as_secs_f64(), "MiB/s");
     bench("sync_1gib_file_peak_rss_growth", (peak_rss_mib() - before).max(0.0), "MiB");
+    against_peers("1gib_file", &p.dirs[0], took, |t| 1024.0 / t.as_secs_f64(), "MiB/s", sshd);
 }
 
-async fn no_change() {
+async fn no_change(sshd: Option<&rsync::Sshd>) {
     let p = Pair::new("quiet");
     write_tree(&p.dirs[0], 100_000, 16);
     p.active.refresh(1).await.unwrap();
     p.pull().await;
     let t = Instant::now();
     p.active.refresh(1).await.unwrap();
-    bench("sync_100k_unchanged_rescan", t.elapsed().as_secs_f64() * 1000.0, "ms");
+    let rescan = t.elapsed();
+    bench("sync_100k_unchanged_rescan", rescan.as_secs_f64() * 1000.0, "ms");
     let took = p.pull().await;
     bench("sync_100k_unchanged_pull_round", took.as_secs_f64() * 1000.0, "ms");
     bench("sync_peak_rss", peak_rss_mib(), "MiB");
+    // A no-change round writes nothing: `--fsync` changes nothing there.
+    // hapair's round is its rescan and its pull; rsync's one run does both.
+    let hapair = rescan + took;
+    if let Some(sshd) = sshd {
+        for (name, via, fsync) in rsync::variants(sshd).into_iter().filter(|v| !v.2) {
+            let dst = tempdir(&format!("quiet-{name}"));
+            rsync::rsync(&p.dirs[0], &dst, via, fsync);
+            let round = rsync::rsync(&p.dirs[0], &dst, via, fsync);
+            let _ = std::fs::remove_dir_all(&dst);
+            bench(&format!("peer_{name}_100k_unchanged_round"), round.as_secs_f64() * 1000.0, "ms");
+            println!("BENCH ratio_100k_unchanged_hapair_vs_{name} {:.2} x", round.as_secs_f64() / hapair.as_secs_f64());
+        }
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -196,13 +242,24 @@ async fn main() {
     // `HAPAIR_BENCH_SYNC=small,big,quiet` picks cases (default: all).
     let only = std::env::var("HAPAIR_BENCH_SYNC").unwrap_or_default();
     let want = |c: &str| only.is_empty() || only.split(',').any(|o| o == c);
+    let sshd = match rsync::missing() {
+        Some(why) => {
+            println!("BENCH-NOTE the rsync peer is not measured: {why}");
+            None
+        }
+        None => Some(rsync::Sshd::start(tempdir("sshd"))),
+    };
+    println!(
+        "BENCH-NOTE peer: rsync -a locally and over ssh ({}) to 127.0.0.1, with and without --fsync; ratio above 1: hapair faster",
+        rsync::SSH_CIPHER
+    );
     if want("small") {
-        small_files().await;
+        small_files(sshd.as_ref()).await;
     }
     if want("big") {
-        big_file().await;
+        big_file(sshd.as_ref()).await;
     }
     if want("quiet") {
-        no_change().await;
+        no_change(sshd.as_ref()).await;
     }
 }

@@ -399,15 +399,25 @@ pub async fn inject(case: Case, t: &mut Target<'_>) -> Injected {
         Case::ResyncJobKilled => {
             // The standby loses the bulk tree behind the pair's back: a
             // split brain, repaired by a resync Job copying it all back.
+            // Pods of the round's earlier Jobs may still read as running
+            // for a moment after they finished: only the repair's own counts.
+            let earlier = h.job_pod_uids().await;
             take_bulk_from_standby(t).await;
             out.tree_restored = true;
             let start = std::time::Instant::now();
-            while !h.job_pod_running().await && start.elapsed() < Duration::from_secs(30) {
+            while !h.job_pod_running(&earlier).await && start.elapsed() < Duration::from_secs(30) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            // Anywhere in its copy.
-            tokio::time::sleep(millis(t.rng, 1500)).await;
-            out.crash = Some(("resync-job-pod-killed", h.kill_job_pods().await > 0));
+            // Anywhere in its copy (about 3 s; the API reports the start late).
+            tokio::time::sleep(millis(t.rng, 1000)).await;
+            let mut killed = h.kill_job_pods(&earlier).await;
+            // The status may lag the container's start: try briefly again.
+            let start = std::time::Instant::now();
+            while killed == 0 && start.elapsed() < Duration::from_millis(500) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                killed = h.kill_job_pods(&earlier).await;
+            }
+            out.crash = Some(("resync-job-pod-killed", killed > 0));
         }
         Case::ClockStep => out = super::clock::step(t).await,
         Case::VolumeFull => out = super::volume::fill_standby(t).await,
@@ -419,13 +429,10 @@ pub async fn inject(case: Case, t: &mut Target<'_>) -> Injected {
 fn renewals_failed(pod: &k8s_openapi::api::core::v1::Pod) -> usize {
     let (ns, name) =
         (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
-    let dir = std::path::Path::new(crate::harness::views::POD_LOGS)
-        .join(format!("{ns}_{name}_{}", pod.metadata.uid.clone().unwrap_or_default()))
-        .join(AGENT_CONTAINER);
-    std::fs::read_dir(dir)
+    let dir = format!("{ns}_{name}_{}", pod.metadata.uid.clone().unwrap_or_default());
+    crate::harness::views::pod_log_dirs()
         .into_iter()
-        .flatten()
-        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.join(&dir).join(AGENT_CONTAINER)).into_iter().flatten().flatten())
         .filter_map(|f| std::fs::read_to_string(f.path()).ok())
         .map(|text| text.matches("lease renewal failed").count())
         .sum()

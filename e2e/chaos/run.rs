@@ -366,7 +366,7 @@ impl Pair {
         if let Ok(list) = jobs.list(&Default::default()).await {
             let _ = std::fs::write(to.join("jobs.json"), serde_json::to_string_pretty(&list.items).unwrap_or_default());
         }
-        for d in std::fs::read_dir(crate::harness::views::POD_LOGS).into_iter().flatten().flatten() {
+        for d in crate::harness::views::pod_log_entries(&crate::harness::views::pod_log_dirs()) {
             if d.file_name().to_string_lossy().starts_with(&prefix) {
                 let _ = std::process::Command::new("cp").arg("-r").arg(d.path()).arg(&to).status();
             }

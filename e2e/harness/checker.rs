@@ -68,7 +68,7 @@ impl Checker {
         client: Client,
         ns: &str,
         pair: &str,
-        tls: Arc<rustls::ClientConfig>,
+        material: Arc<hapair::tls::Material>,
         agent_port: u16,
         grace: Duration,
         data_dirs: [PathBuf; 2],
@@ -77,6 +77,10 @@ impl Checker {
         let routes = super::routes::Routes::start(client.clone(), ns, pair, grace);
         let views = super::views::Views::start(client.clone(), ns, pair);
         let (ns, pair, s) = (ns.to_string(), pair.to_string(), seen.clone());
+        // The checker asks the agents as the operator does, and follows the
+        // pair's Secret as it does: renewed certificates and a rotated CA
+        // would otherwise leave it blind to the agents' roles.
+        let tls = material.client_config().expect("the pair's TLS material");
         let task = tokio::spawn(async move {
             let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
             let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -94,6 +98,11 @@ impl Checker {
                         Ok(a) => agents.push((m, a)),
                         Err(_) => unanswered += 1,
                     }
+                }
+                if unanswered > 0
+                    && let Some(identity) = super::pair_identity(&client, &ns, &pair).await
+                {
+                    let _ = material.replace(&identity);
                 }
                 let lease = leases.get_opt(&pair).await.ok().flatten();
                 let holder = lease

@@ -30,11 +30,11 @@ pub struct Answer {
 /// socket is made on a thread of its own that enters the namespace and then
 /// ends, so no other task of the test ever runs there; the socket keeps the
 /// namespace it was made in.
-async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+async fn connect(addr: SocketAddr, netns: &'static str) -> std::io::Result<TcpStream> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let made = (|| -> std::io::Result<std::net::TcpStream> {
-            let ns = std::fs::File::open(CLIENT_NETNS)?;
+            let ns = std::fs::File::open(netns)?;
             rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))?;
             let s = std::net::TcpStream::connect_timeout(&addr, DEADLINE)?;
             s.set_nonblocking(true)?;
@@ -53,12 +53,19 @@ async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
 /// when kube-proxy may send it elsewhere).
 pub struct VipConnection {
     addr: SocketAddr,
+    netns: &'static str,
     conn: Option<BufReader<TcpStream>>,
 }
 
 impl VipConnection {
     pub fn new(addr: SocketAddr) -> Self {
-        VipConnection { addr, conn: None }
+        Self::from_netns(addr, CLIENT_NETNS)
+    }
+
+    /// The same client in another network namespace (the benchmark's
+    /// peers have their own).
+    pub fn from_netns(addr: SocketAddr, netns: &'static str) -> Self {
+        VipConnection { addr, netns, conn: None }
     }
 
     pub async fn request(&mut self, path: &str) -> Result<Answer, String> {
@@ -74,7 +81,8 @@ impl VipConnection {
 
     async fn exchange(&mut self, path: &str) -> Result<Answer, String> {
         if self.conn.is_none() {
-            self.conn = Some(BufReader::new(connect(self.addr).await.map_err(|e| format!("connect: {e}"))?));
+            self.conn =
+                Some(BufReader::new(connect(self.addr, self.netns).await.map_err(|e| format!("connect: {e}"))?));
         }
         let conn = self.conn.as_mut().expect("connected above");
         let method = if path.starts_with("/write") { "POST" } else { "GET" };

@@ -1,6 +1,6 @@
 //! The applications' own view of their role, from their logs: the e2e
 //! application prints every change of the role it reads (`view role=R
-//! epoch=E wall_ms=T until_ms=D`, repeated every 100 ms while active), and
+//! epoch=E wall_ms=T until_ms=D`, repeated every 100 ms), and
 //! the kubelet writes those lines to the container's log on the node's disk.
 //! A follower reads every new line of both members' logs as they are written
 //! (the kubelet removes a dead container's log when it collects the
@@ -23,8 +23,26 @@ use std::time::Duration;
 
 use hapair::api::Member;
 
-/// Where the testbed's kubelets write container logs.
-pub const POD_LOGS: &str = "/var/log/pods";
+/// Where the testbed's kubelets write container logs: each node its own
+/// `nodes/N/pod-logs` beside the testbed's kubeconfig (a kubelet removes
+/// the log directories of pods it does not run from the directory it
+/// writes to, so nodes sharing one would delete each other's logs).
+/// None found is an error, not an empty answer: a checker that reads no
+/// log would pass whatever the applications did.
+pub fn pod_log_dirs() -> Vec<PathBuf> {
+    let kubeconfig = PathBuf::from(crate::common::kubeconfig_path());
+    let state = kubeconfig.parent().map(|p| p.join("nodes")).unwrap_or_default();
+    let nodes = std::fs::read_dir(&state).into_iter().flatten().flatten();
+    let mut dirs: Vec<PathBuf> = nodes.map(|n| n.path().join("pod-logs")).filter(|d| d.is_dir()).collect();
+    assert!(!dirs.is_empty(), "no node's pod-logs directory under {}: is the testbed up?", state.display());
+    dirs.sort();
+    dirs
+}
+
+/// Every pod's log directory (`<ns>_<pod>_<uid>`) in `dirs`.
+pub fn pod_log_entries(dirs: &[PathBuf]) -> impl Iterator<Item = std::fs::DirEntry> + '_ {
+    dirs.iter().flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+}
 
 /// The logging's resolution: overlaps shorter than this are not counted.
 pub const GRACE: Duration = Duration::from_millis(50);
@@ -38,12 +56,21 @@ pub struct Line {
     pub epoch: i64,
     pub wall_ms: u64,
     pub until_ms: u64,
+    /// When the container runtime wrote the line to the log (the CRI line's
+    /// own time stamp, wall ms; 0 when unreadable): far behind `wall_ms`
+    /// means the log, not the application, was late.
+    pub logged_ms: u64,
 }
 
 /// One `view …` line out of a CRI log line (`TIME stdout F view …`).
 pub fn parse(line: &str) -> Option<Line> {
     let rest = &line[line.find("view role=")? + 5..];
-    let mut l = Line { role: String::new(), epoch: 0, wall_ms: 0, until_ms: 0 };
+    let logged_ms = line
+        .split_whitespace()
+        .next()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or(0, |t| t.timestamp_millis().max(0) as u64);
+    let mut l = Line { role: String::new(), epoch: 0, wall_ms: 0, until_ms: 0, logged_ms };
     for kv in rest.split_whitespace() {
         let (k, v) = kv.split_once('=')?;
         match k {
@@ -61,9 +88,16 @@ pub fn parse(line: &str) -> Option<Line> {
 #[derive(Clone, Debug, Default)]
 pub struct Instance {
     pub lines: Vec<Line>,
+    /// Whatever else the container printed (a panic, say), with the log's
+    /// time stamp; the last few only, for the evidence.
+    pub other: Vec<String>,
     /// The kubelet reports this container gone (its pod replaced, or the
     /// container restarted since): its view ended with its last line.
     pub dead: bool,
+    /// While its lines stopped coming (0.7 s and more), what its threads
+    /// were doing: the last few samples, for the evidence.
+    pub stalls: Vec<String>,
+    stall_sampled_ms: u64,
     offset: u64,
     partial: String,
 }
@@ -152,6 +186,9 @@ impl Views {
         let (f, prefixes) = (files.clone(), Member::BOTH.map(|m| (m, format!("{ns}_{}_", m.pod_name(pair)))));
         let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, ns);
         let pair = pair.to_string();
+        // Found here, in the test's own task: a testbed without them fails
+        // the test, not a follower nobody awaits.
+        let log_dirs = pod_log_dirs();
         let task = tokio::spawn(async move {
             loop {
                 // What the kubelet says runs: `<ns>_<pod>_<uid>/app/N.log` is
@@ -172,8 +209,7 @@ impl Views {
                         }
                     }
                 }
-                let found = std::fs::read_dir(POD_LOGS).into_iter().flatten().flatten();
-                for pod_dir in found {
+                for pod_dir in pod_log_entries(&log_dirs) {
                     let name = pod_dir.file_name().to_string_lossy().into_owned();
                     let Some((m, _)) = prefixes.iter().find(|(_, p)| name.starts_with(p.as_str())) else {
                         continue;
@@ -204,6 +240,23 @@ impl Views {
                         .iter()
                         .find(|(rm, _, _)| rm == m)
                         .is_some_and(|(_, pod, n)| !dir.ends_with(pod.as_str()) || number.is_some_and(|k| k < *n));
+                }
+                // A live instance whose lines stopped: what are its threads
+                // doing? (Waiting for a CPU, blocked in the kernel, or gone.)
+                let now = now_ms();
+                for (path, (_, inst)) in f.lock().unwrap().iter_mut() {
+                    let last = inst.lines.last().map_or(0, |l| l.wall_ms);
+                    if inst.dead || last == 0 || now < last + 700 || now < inst.stall_sampled_ms + 500 {
+                        continue;
+                    }
+                    inst.stall_sampled_ms = now;
+                    if inst.stalls.len() >= 16 {
+                        inst.stalls.remove(0);
+                    }
+                    // A log file gone under a live process is the logging's fault,
+                    // not the application's.
+                    let log = if path.exists() { "" } else { " [its log file is gone]" };
+                    inst.stalls.push(format!("{now} (silent {} ms){log}: {}", now - last, threads_of(path)));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -239,10 +292,68 @@ impl Views {
                 .collect();
             around.sort();
             around.truncate(200);
-            format!("{msg}\n    {}", around.join("\n    "))
+            let logs: Vec<String> = files
+                .iter()
+                .map(|(path, (m, inst))| format!("{m} {}: {}", path.display(), log_summary(inst, at)))
+                .collect();
+            format!("{msg}\n    {}\n  the logs:\n    {}", around.join("\n    "), logs.join("\n    "))
         };
         (found.into_iter().map(evidence).collect(), lines)
     }
+}
+
+/// The threads of the application whose log is `path`
+/// (`<ns>_<pod>_<uid>/app/N.log`), found through its pod's freezer cgroup
+/// on whichever node: per thread its state, kernel wait channel, and CPU
+/// and run-queue wait time so far (ms, from `schedstat`) — a wait that
+/// grows through a silence is a process starved of CPU, a `D` state one
+/// blocked in the kernel.
+fn threads_of(path: &std::path::Path) -> String {
+    let dir =
+        path.parent().and_then(|p| p.parent()).and_then(|p| p.file_name()).map(|d| d.to_string_lossy().into_owned());
+    let Some(uid) = dir.as_deref().and_then(|d| d.rsplit('_').next()) else { return "no pod uid".into() };
+    let mut pids: Vec<String> = Vec::new();
+    for node in std::fs::read_dir("/sys/fs/cgroup/freezer").into_iter().flatten().flatten() {
+        let kubepods = node.path().join("kubepods");
+        for class in ["", "burstable", "besteffort"] {
+            let pod = kubepods.join(class).join(format!("pod{uid}"));
+            for container in std::fs::read_dir(&pod).into_iter().flatten().flatten() {
+                let procs = std::fs::read_to_string(container.path().join("cgroup.procs")).unwrap_or_default();
+                pids.extend(procs.lines().map(str::to_string));
+            }
+        }
+    }
+    let app: Vec<&String> = pids
+        .iter()
+        .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.windows(8).any(|w| w == b"--listen")))
+        .collect();
+    if app.is_empty() {
+        return format!("no application process in pod {uid}");
+    }
+    describe_threads(&app)
+}
+
+/// Each thread of `pids`: its id, state, wait channel, CPU and run-queue
+/// wait so far (ms).
+fn describe_threads(pids: &[&String]) -> String {
+    let mut out = Vec::new();
+    for pid in pids {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+            let t = task.path();
+            let read = |f: &str| std::fs::read_to_string(t.join(f)).unwrap_or_default();
+            let stat = read("stat");
+            // The state follows the command name's closing parenthesis.
+            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("?").to_string();
+            let sched: Vec<u64> = read("schedstat").split_whitespace().filter_map(|n| n.parse().ok()).collect();
+            let (cpu, wait) = (sched.first().map_or(0, |n| n / 1_000_000), sched.get(1).map_or(0, |n| n / 1_000_000));
+            out.push(format!(
+                "{} {state} wchan={} cpu={cpu} wait={wait}",
+                task.file_name().to_string_lossy(),
+                read("wchan").trim()
+            ));
+        }
+    }
+    out.join("; ")
 }
 
 /// Appends what was written to `path` since the last read.
@@ -265,7 +376,49 @@ fn read_new(path: &std::path::Path, inst: &mut Instance) {
         None => ("", text.as_str()),
     };
     inst.partial = rest.to_string();
-    inst.lines.extend(complete.lines().filter_map(parse));
+    for line in complete.lines() {
+        match parse(line) {
+            Some(l) => inst.lines.push(l),
+            None => {
+                if inst.other.len() >= 20 {
+                    inst.other.remove(0);
+                }
+                inst.other.push(line.to_string());
+            }
+        }
+    }
+}
+
+/// What one container instance's log shows around `at` (wall ms) beyond
+/// its lines: the longest gap between consecutive lines within 5 s of it,
+/// how far behind the log wrote them at worst, the first line after the
+/// window, and anything else the container printed. A gap the log wrote
+/// promptly on both sides was the process not running its logger; lines
+/// written long after their time were the log being late.
+fn log_summary(inst: &Instance, at: u64) -> String {
+    let near: Vec<&Line> = inst.lines.iter().filter(|l| l.wall_ms + 5000 >= at && l.wall_ms <= at + 5000).collect();
+    let gap = near.windows(2).map(|w| (w[1].wall_ms.saturating_sub(w[0].wall_ms), w[0].wall_ms)).max();
+    let late = near.iter().filter(|l| l.logged_ms > 0).map(|l| l.logged_ms.saturating_sub(l.wall_ms)).max();
+    let after = inst.lines.iter().find(|l| l.wall_ms > at + 3000);
+    let mut out = format!(
+        "{} line(s) within 5 s; longest gap {:?} ms (after the line at {:?}); written to the log at most {:?} ms late; \
+         first line past the window: {:?}; dead: {}",
+        near.len(),
+        gap.map(|g| g.0),
+        gap.map(|g| g.1),
+        late,
+        after.map(|l| (l.wall_ms, l.role.as_str(), l.epoch, l.logged_ms)),
+        inst.dead
+    );
+    for o in &inst.other {
+        out.push_str(&format!("\n      printed: {o}"));
+    }
+    for st in inst.stalls.iter().filter(|st| {
+        st.split(' ').next().and_then(|t| t.parse::<u64>().ok()).is_some_and(|t| t + 10_000 >= at && t <= at + 10_000)
+    }) {
+        out.push_str(&format!("\n      while silent: {st}"));
+    }
+    out
 }
 
 impl Drop for Views {
@@ -278,14 +431,24 @@ impl Drop for Views {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_silent_process_is_described_thread_by_thread() {
+        let me = std::process::id().to_string();
+        let text = describe_threads(&[&me]);
+        let first = text.split("; ").next().unwrap();
+        // `<tid> <state> wchan=… cpu=… wait=…`; the thread reading, running.
+        assert!(first.starts_with(&me) && first.contains(" wchan=") && first.contains(" cpu="), "{text}");
+        assert!(text.contains(" R wchan="), "{text}");
+    }
+
     fn line(role: &str, epoch: i64, at: u64, until: u64) -> Line {
-        Line { role: role.into(), epoch, wall_ms: at, until_ms: until }
+        Line { role: role.into(), epoch, wall_ms: at, until_ms: until, logged_ms: 0 }
     }
 
     #[test]
     fn a_log_line_is_read_and_spans_end_at_the_next_line_or_the_deadline() {
         let l = parse("2026-11-29T18:00:00.1Z stdout F view role=active epoch=3 wall_ms=1000 until_ms=3000");
-        assert_eq!(l, Some(line("active", 3, 1000, 3000)));
+        assert_eq!(l, Some(Line { logged_ms: 1_795_975_200_100, ..line("active", 3, 1000, 3000) }));
         assert_eq!(parse("2026-11-29T18:00:00.1Z stderr F something else"), None);
         // Active, renewed, then standby: one span to the standby line.
         let live = Instance {

@@ -168,6 +168,11 @@ authentication:
 authorization: {mode: Webhook}
 failSwapOn: false
 resolvConf: /etc/resolv.conf
+# Each node keeps its containers' logs apart. In the default /var/log/pods,
+# shared by every kubelet on this machine, each kubelet's minutely garbage
+# collection removes the log directories of pods it does not know — the
+# other node's running pods — and their logs vanish mid-run.
+podLogsDir: $dir/pod-logs
 # The images are imported, never pulled: never collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -220,7 +225,7 @@ node_up() { # n
   # Names, addresses and cgroups are the machine's, not the checkout's: clear
   # what an earlier testbed may have left (one testbed runs per machine).
   node_down "$n"
-  mkdir -p "$dir" "$(node_run "$n")"
+  mkdir -p "$dir/pod-logs" "$(node_run "$n")"
   netns_on_bridge "$name" "$(node_ip "$n")" "hpn$n"
   ip route replace "10.244.$n.0/24" via "$(node_ip "$n")"
   node_cgroups "$n"

@@ -287,11 +287,12 @@ async fn a_resync_request_plans_then_quarantines_what_only_the_standby_has_and_a
     // For real, with the Job's first pod killed mid-run: the Job controller
     // runs it again and it finishes the job.
     // (A merge patch keeps fields of the previous request: say dryRun.)
+    let earlier = h.job_pod_uids().await;
     h.merge_spec("web", json!({"operation": {"id": "rs-1", "resync": {"dryRun": false}}})).await;
     let start = Instant::now();
     let mut killed = 0;
     while killed == 0 && start.elapsed() < WAIT {
-        killed = h.kill_job_pods().await;
+        killed = h.kill_job_pods(&earlier).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let p = request(&h, "rs-1", json!({"resync": {"dryRun": false}})).await;

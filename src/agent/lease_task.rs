@@ -131,8 +131,19 @@ async fn apply_verdict(
         }
         Verdict::StandDown => {
             warn!(epoch, "lease lost: standing down");
-            let mut s = agent.lock();
-            agent.set_role(&mut s, Role::Standby, epoch);
+            {
+                let mut s = agent.lock();
+                agent.set_role(&mut s, Role::Standby, epoch);
+            }
+            // The new holder, woken by the operator at the same moment as
+            // this member, may have asked a moment ago whether this member
+            // still served and heard yes: it would wait a whole interval to
+            // ask again. Tell it to ask now.
+            if let Some(peer) = agent.peer_target() {
+                tokio::spawn(async move {
+                    let _ = crate::http::call(&peer, hyper::Method::POST, "/v1/wake", Duration::from_secs(1)).await;
+                });
+            }
         }
         Verdict::RenewFailed(why) => renew_failed(agent, &why),
         Verdict::Unread(why) => warn!(%why, "cannot read the lease"),

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::api::{HealthCheckSpec, Member, Role};
 use crate::metrics::AgentMetrics;
@@ -377,6 +377,7 @@ impl Agent {
 
     pub fn status(&self) -> AgentStatus {
         let sync = self.syncer.as_ref().map(|x| x.status());
+        let tls = self.tls.as_ref().map(|t| t.identity());
         let s = self.lock();
         AgentStatus {
             member: self.config.member,
@@ -399,7 +400,9 @@ impl Agent {
             sync,
             volume: s.volume,
             uptime_seconds: Some(self.started.elapsed().as_secs_f64()),
-            certificate_not_after: self.tls.as_ref().and_then(|t| crate::tls::not_after(&t.identity().cert)),
+            certificate_not_after: tls.as_ref().and_then(|t| crate::tls::not_after(&t.cert)),
+            certificate_sha256: tls.as_ref().and_then(|t| crate::tls::rotation::fingerprint(&t.cert)),
+            trusted_ca_sha256: tls.map(|t| crate::tls::rotation::fingerprints(&t.ca)).unwrap_or_default(),
         }
     }
 
@@ -411,7 +414,23 @@ impl Agent {
     }
 }
 
+/// The agent of one member pod, until the process is told to stop.
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::try_default().await?;
+    run_with(config, client, crate::telemetry::shutdown_signal()).await
+}
+
+/// One agent on a given API client until `stop` completes; every task it
+/// starts ends with it. A process may host many agents this way — the scale
+/// benchmark runs a thousand pairs' members in one — each on its own
+/// address (`config.bind`), run directory and certificates. (A
+/// fault-injection build reads its clock offset from the first agent's run
+/// directory only: one clock per process.)
+pub async fn run_with(
+    config: Config,
+    client: Client,
+    stop: impl Future<Output = ()>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let health_spec: Option<HealthCheckSpec> = match &config.health_check {
         Some(json) if !json.trim().is_empty() => Some(serde_json::from_str(json)?),
         _ => None,
@@ -440,7 +459,6 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let files = RoleFiles::new(&config.run_dir)?;
     files.publish(Role::Standby, 0, None)?;
     metrics.set_role(Role::Standby);
-    let client = Client::try_default().await?;
     let leases: Api<Lease> = Api::namespaced(client, &config.namespace);
     let agent = Arc::new(Agent {
         identity: lease_identity(config.member, &config.pod_uid),
@@ -461,24 +479,26 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     });
     info!(pair = %agent.config.pair, member = %agent.config.member, "agent starting");
     let servers = server::start(agent.clone(), &tls).await?;
-    tokio::spawn(server::tls_reload_loop(agent.clone()));
+    // Dropped when this returns, which ends every task below.
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(server::tls_reload_loop(agent.clone()).in_current_span());
     if let Some(spec) = health_spec {
-        tokio::spawn(health_loop(agent.clone(), spec));
+        tasks.spawn(probe::health_loop(agent.clone(), spec).in_current_span());
     }
-    tokio::spawn(lease_task::watchdog(agent.clone()));
-    tokio::spawn(failsafe::failsafe_loop(agent.clone()));
-    tokio::spawn(server::peer_loop(agent.clone()));
+    tasks.spawn(lease_task::watchdog(agent.clone()).in_current_span());
+    tasks.spawn(failsafe::failsafe_loop(agent.clone()).in_current_span());
+    tasks.spawn(server::peer_loop(agent.clone()).in_current_span());
     if let Some(dir) = agent.config.data_dir.clone() {
-        tokio::spawn(volume::volume_loop(agent.clone(), dir));
+        tasks.spawn(volume::volume_loop(agent.clone(), dir).in_current_span());
     }
     if agent.syncer.is_some() {
-        tokio::spawn(sync_loop(agent.clone()));
-        tokio::spawn(quarantine_loop(agent.clone()));
+        tasks.spawn(sync_loop(agent.clone()).in_current_span());
+        tasks.spawn(quarantine_loop(agent.clone()).in_current_span());
     }
     tokio::select! {
         _ = lease_task::lease_loop(agent.clone(), leases) => {}
         _ = servers => {}
-        _ = crate::telemetry::shutdown_signal() => info!("agent stopping"),
+        _ = stop => info!("agent stopping"),
     }
     // Leaving: stop serving as active before the process ends.
     let mut s = agent.lock();
@@ -566,27 +586,6 @@ async fn quarantine_loop(agent: Arc<Agent>) {
             Err(e) => warn!(error = %e, "quarantine pruning stopped"),
         }
         tokio::time::sleep(Duration::from_secs(30)).await;
-    }
-}
-
-async fn health_loop(agent: Arc<Agent>, spec: HealthCheckSpec) {
-    let period = Duration::from_secs(spec.period_seconds.max(1) as u64);
-    loop {
-        let result = check_once(&spec, &agent.config.app_host).await;
-        if let Err(e) = &result {
-            agent.metrics.health_check_failures.inc();
-            warn!(error = %e, "application health check failed");
-        }
-        let became_unhealthy = {
-            let mut s = agent.lock();
-            let before = s.app_healthy();
-            s.health.record(result);
-            before != Some(false) && s.app_healthy() == Some(false)
-        };
-        if became_unhealthy {
-            agent.wake.notify_one();
-        }
-        tokio::time::sleep(period).await;
     }
 }
 

@@ -8,6 +8,7 @@ use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tracing::warn;
 
 use crate::api::{HealthCheckSpec, HttpScheme};
 
@@ -167,6 +168,29 @@ impl Health {
     /// `None` before the first check.
     pub fn healthy(&self, threshold: i32) -> Option<bool> {
         self.checked.then(|| self.failures_in_a_row < threshold.max(1) as u32)
+    }
+}
+
+/// Checks the application every `periodSeconds` and wakes the lease loop
+/// when it turns unhealthy (so a failing active releases at once).
+pub(super) async fn health_loop(agent: std::sync::Arc<super::Agent>, spec: HealthCheckSpec) {
+    let period = Duration::from_secs(spec.period_seconds.max(1) as u64);
+    loop {
+        let result = check_once(&spec, &agent.config.app_host).await;
+        if let Err(e) = &result {
+            agent.metrics.health_check_failures.inc();
+            warn!(error = %e, "application health check failed");
+        }
+        let became_unhealthy = {
+            let mut s = agent.lock();
+            let before = s.app_healthy();
+            s.health.record(result);
+            before != Some(false) && s.app_healthy() == Some(false)
+        };
+        if became_unhealthy {
+            agent.wake.notify_one();
+        }
+        tokio::time::sleep(period).await;
     }
 }
 

@@ -16,8 +16,8 @@ use super::spec::Member;
 /// A request for one operation. Name exactly one action.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
-    validation = Rule::new("[has(self.switchover), has(self.failover), has(self.failback), has(self.goStandby), has(self.resolveSplitBrain), has(self.resync)].filter(x, x).size() == 1")
-        .message("spec.operation must name exactly one action: switchover, failover, failback, goStandby, resolveSplitBrain or resync"),
+    validation = Rule::new("[has(self.switchover), has(self.failover), has(self.failback), has(self.goStandby), has(self.resolveSplitBrain), has(self.resync), has(self.rotateCertificates)].filter(x, x).size() == 1")
+        .message("spec.operation must name exactly one action: switchover, failover, failback, goStandby, resolveSplitBrain, resync or rotateCertificates"),
     validation = Rule::new("self.id != oldSelf.id || self == oldSelf")
         .message("spec.operation cannot be changed once submitted; submit a new request with a new id"),
 )]
@@ -51,7 +51,17 @@ pub struct OperationRequest {
     /// Resync the standby's files from the active member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<ResyncRequest>,
+    /// Replace the pair's CA and every certificate now (the manuals' key
+    /// reset), with an overlap: nothing restarts, fails over or stops
+    /// trusting its peer. Done once both agents present the new CA's
+    /// certificates and the old CA is trusted no more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_certificates: Option<RotateCertificatesRequest>,
 }
+
+/// Certificate rotation request (no options).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct RotateCertificatesRequest {}
 
 /// Planned switchover (no options).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -105,6 +115,7 @@ pub enum OperationKind {
     GoStandby,
     ResolveSplitBrain,
     Resync,
+    RotateCertificates,
 }
 
 impl OperationRequest {
@@ -118,6 +129,7 @@ impl OperationRequest {
             (self.go_standby.is_some(), OperationKind::GoStandby),
             (self.resolve_split_brain.is_some(), OperationKind::ResolveSplitBrain),
             (self.resync.is_some(), OperationKind::Resync),
+            (self.rotate_certificates.is_some(), OperationKind::RotateCertificates),
         ];
         let mut set = named.iter().filter(|(on, _)| *on).map(|(_, k)| *k);
         match (set.next(), set.next()) {

@@ -533,7 +533,11 @@ pub struct AgentSpec {
     #[serde(default = "default_agent_port")]
     #[schemars(range(min = 1024, max = 65534))]
     pub port: i32,
-    /// Resources of the sidecar.
+    /// Resources of the sidecar. Unset, it requests 20m of CPU and 32Mi of
+    /// memory and has no limits: without a request the kubelet gives the
+    /// agent the smallest CPU weight there is, and on a busy node it can
+    /// then wait seconds for a CPU — long enough to miss its renewals; a CPU
+    /// limit would throttle it the same way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// How much the agent logs (to its container's log); `info` when unset.
@@ -568,6 +572,20 @@ impl LogLevel {
 
 fn default_agent_port() -> i32 {
     7443
+}
+
+impl AgentSpec {
+    /// The sidecar's resources: those set, or the default requests (see
+    /// `resources`).
+    pub fn effective_resources(&self) -> ResourceRequirements {
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        self.resources.clone().unwrap_or_else(|| ResourceRequirements {
+            requests: Some(
+                [("cpu".to_string(), Quantity("20m".into())), ("memory".to_string(), Quantity("32Mi".into()))].into(),
+            ),
+            ..Default::default()
+        })
+    }
 }
 
 impl Default for AgentSpec {

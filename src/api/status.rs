@@ -108,6 +108,35 @@ pub struct CertificatesStatus {
     /// `spec.certificates.lifetimeSeconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_after: Option<DateTime<Utc>>,
+    /// When the operator rotates the CA (half through its life; a
+    /// `rotateCertificates` request does it at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_renew_after: Option<DateTime<Utc>>,
+    /// A CA rotation under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<CertificateRotation>,
+}
+
+/// A CA rotation under way: which step, since when, and whose agents it
+/// waits for (each step goes on once every running agent has loaded the
+/// one before, which takes the kubelet about a minute per step).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateRotation {
+    /// `Trusting` (the new CA is trusted beside the old) or `Presenting`
+    /// (the certificates in use are the new CA's; the old CA goes next).
+    pub stage: String,
+    /// What started it: a request's id, or `automatic` (the CA half
+    /// through its life, or its key unreadable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// When this step was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// Members whose agents have not loaded this step yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub waiting_for: Vec<Member>,
 }
 
 /// What the pair's Service routes to.

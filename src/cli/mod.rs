@@ -3,6 +3,7 @@
 //! kubectl and GitOps drive a pair the same way.
 
 mod run;
+pub mod ui;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -98,6 +99,14 @@ pub enum Command {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Replace the pair's CA and every certificate now (the manuals' key
+    /// reset), with an overlap: nothing restarts or fails over. Takes a few
+    /// minutes: each step waits for both agents to load the one before.
+    RotateCertificates {
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// Maintenance mode: observe and report, change nothing.
     Pause { name: String },
     /// Leave maintenance mode.
@@ -107,6 +116,22 @@ pub enum Command {
     RemoveStandby { name: String },
     /// Add the standby back: it registers again (`spec.standby: Enabled`).
     AddStandby { name: String },
+    /// The Health Monitor page: states, events, history and the actions
+    /// possible now, updated live, served on this machine only (it prints
+    /// its address) and acting as your kubeconfig's user.
+    Ui {
+        /// One pair (default: every pair in the namespace).
+        name: Option<String>,
+        /// Every pair in every namespace you may list.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Port on 127.0.0.1 (default: any free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Where the operator runs (its logs go into the logs download).
+        #[arg(long, default_value = "hapair-system")]
+        operator_namespace: String,
+    },
 }
 
 impl Command {
@@ -120,10 +145,12 @@ impl Command {
             Command::GoStandby { .. } => "go-standby",
             Command::Resolve { .. } => "resolve",
             Command::Resync { .. } => "resync",
+            Command::RotateCertificates { .. } => "rotate-certificates",
             Command::Pause { .. } => "pause",
             Command::Resume { .. } => "resume",
             Command::RemoveStandby { .. } => "remove-standby",
             Command::AddStandby { .. } => "add-standby",
+            Command::Ui { .. } => "ui",
         }
     }
 }

@@ -87,6 +87,15 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 .map_err(|e| api_error(e, &name, &ns))?;
             return Ok(events_screen(&pair, &events.items));
         }
+        Command::Ui { name, all_namespaces, port, operator_namespace } => {
+            if all_namespaces && name.is_some() {
+                return Err(CliError::Config(
+                    "a pair's name goes with its namespace (-n), not with --all-namespaces".into(),
+                ));
+            }
+            let scope = super::ui::Scope { namespace: (!all_namespaces).then(|| ns.clone()), pair: name };
+            return super::ui::serve(client, scope, port, operator_namespace).await;
+        }
         Command::Pause { name } => {
             let said = "paused: the operator observes and changes nothing";
             return set_spec(&pairs, &ns, &name, json!({"paused": true}), said).await;
@@ -106,28 +115,45 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
         Command::GoStandby { name, member, wait } => (name, json!({"goStandby": {"member": member}}), wait.wait),
         Command::Resolve { name, keep, wait } => (name, json!({"resolveSplitBrain": {"keep": keep}}), wait.wait),
         Command::Resync { name, dry_run, wait } => (name, json!({"resync": {"dryRun": dry_run}}), wait.wait),
+        Command::RotateCertificates { name, wait } => (name, json!({"rotateCertificates": {}}), wait.wait),
     };
     get(name.clone()).await?;
     let kind = op.as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
+    let id = request(&pairs, &ns, &name, op, &format!("kubectl hapair {kind}")).await?;
+    if !wait {
+        return Ok(format!("operation {id} requested; follow it with: kubectl hapair status {name}"));
+    }
+    // A rotation waits for the kubelet twice (about a minute each).
+    let limit = Duration::from_secs(if kind == "rotateCertificates" { 900 } else { 300 });
+    follow(&pairs, &name, &id, limit).await
+}
+
+/// Writes `op` (one action) as the pair's `spec.operation` with a new id;
+/// the id. The request replaces the previous one whole (a merge would mix
+/// actions).
+pub(crate) async fn request(
+    pairs: &Api<HighAvailabilityPair>,
+    ns: &str,
+    name: &str,
+    op: serde_json::Value,
+    from: &str,
+) -> Result<String, CliError> {
+    let kind = op.as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
     let id = format!("{}-{}", kind.to_lowercase(), Utc::now().format("%Y%m%d-%H%M%S-%3f"));
-    let mut request = json!({"id": id, "reason": format!("requested with kubectl hapair {kind}")});
+    let mut request = json!({"id": id, "reason": format!("requested with {from}")});
     if let (Some(r), Some(o)) = (request.as_object_mut(), op.as_object()) {
         r.extend(o.clone());
     }
-    // The request replaces the previous one whole (a merge would mix actions).
     let patch: json_patch::Patch =
         serde_json::from_value(json!([{"op": "add", "path": "/spec/operation", "value": request}]))
             .expect("static shape");
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    pairs.patch(&name, &params, &Patch::<()>::Json(patch)).await.map_err(|e| api_error(e, &name, &ns))?;
-    if !wait {
-        return Ok(format!("operation {id} requested; follow it with: kubectl hapair status {name}"));
-    }
-    follow(&pairs, &name, &id).await
+    pairs.patch(name, &params, &Patch::<()>::Json(patch)).await.map_err(|e| api_error(e, name, ns))?;
+    Ok(id)
 }
 
 /// Sets fields of the pair's spec (a merge patch) and says what follows.
-async fn set_spec(
+pub(crate) async fn set_spec(
     pairs: &Api<HighAvailabilityPair>,
     ns: &str,
     name: &str,
@@ -140,21 +166,22 @@ async fn set_spec(
 }
 
 /// Follows an operation to its outcome, printing each phase change.
-async fn follow(pairs: &Api<HighAvailabilityPair>, name: &str, id: &str) -> Result<String, CliError> {
+async fn follow(pairs: &Api<HighAvailabilityPair>, name: &str, id: &str, limit: Duration) -> Result<String, CliError> {
     let start = Instant::now();
     let mut last = None;
-    while start.elapsed() < Duration::from_secs(300) {
+    while start.elapsed() < limit {
         if let Ok(p) = pairs.get(name).await
             && let Some(op) = p.status.as_ref().and_then(|s| s.operations.iter().find(|o| o.id == id))
         {
-            if last != Some(op.phase) {
+            let now = (op.phase, op.message.clone());
+            if last.as_ref() != Some(&now) {
                 eprintln!(
                     "{:>6.1}s  {id}: {:?} {}",
                     start.elapsed().as_secs_f64(),
                     op.phase,
                     op.message.clone().unwrap_or_default()
                 );
-                last = Some(op.phase);
+                last = Some(now);
             }
             if op.phase.is_terminal() {
                 let reason = op.reason.clone().unwrap_or_default();
@@ -182,6 +209,31 @@ async fn follow(pairs: &Api<HighAvailabilityPair>, name: &str, id: &str) -> Resu
 fn age(t: chrono::DateTime<Utc>) -> String {
     let s = (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0;
     if s < 120.0 { format!("{s:.1}s") } else { format!("{:.0}m", s / 60.0) }
+}
+
+/// The pair's certificates: until when, when renewed, a rotation under way.
+fn certificate_line(c: &crate::api::CertificatesStatus) -> String {
+    let at = |t: Option<chrono::DateTime<Utc>>| t.map_or("?".into(), |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string());
+    let mut line = format!(
+        "Certificates: members until {} (renewed after {}), CA until {} (rotated after {})",
+        at(c.members_not_after),
+        at(c.renew_after),
+        at(c.ca_not_after),
+        at(c.ca_renew_after)
+    );
+    if let Some(r) = &c.rotation {
+        let who = r.waiting_for.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ");
+        let _ = write!(
+            line,
+            "; CA rotation ({}) {}{}{}",
+            r.cause.as_deref().unwrap_or("?"),
+            r.stage,
+            r.since.map_or(String::new(), |t| format!(" for {}", age(t))),
+            if who.is_empty() { String::new() } else { format!(", waiting for {who}") }
+        );
+    }
+    line.push('\n');
+    line
 }
 
 /// The latest resync Job: outcome, counts, and a dry run's plan.
@@ -326,6 +378,9 @@ pub fn status_screen(pair: &HighAvailabilityPair, lease: Option<&Lease>) -> Stri
             t.unconfirmed_failover_seconds
         );
     }
+    if let Some(c) = &s.certificates {
+        out.push_str(&certificate_line(c));
+    }
     if let Some(r) = &s.resync {
         out.push_str(&resync_lines(r));
     }
@@ -422,6 +477,21 @@ mod tests {
             "VIP  Service web -> a pod that is not a member (10.9.9.9)   (moving to primary)"
         );
         assert_eq!(line(serde_json::json!({})), "VIP  Service web -> nobody");
+    }
+
+    #[test]
+    fn the_certificate_line_says_until_when_and_what_a_rotation_waits_for() {
+        let c = |v| serde_json::from_value::<crate::api::CertificatesStatus>(v).unwrap();
+        let line = certificate_line(&c(serde_json::json!({
+            "caNotAfter": "2036-01-01T00:00:00Z", "membersNotAfter": "2031-01-01T00:00:00Z",
+            "renewAfter": "2029-05-01T00:00:00Z", "caRenewAfter": "2031-01-01T00:00:00Z"})));
+        assert_eq!(
+            line,
+            "Certificates: members until 2031-01-01 00:00:00Z (renewed after 2029-05-01 00:00:00Z), CA until 2036-01-01 00:00:00Z (rotated after 2031-01-01 00:00:00Z)\n"
+        );
+        let line = certificate_line(&c(serde_json::json!({
+            "rotation": {"stage": "Trusting", "cause": "rotatecertificates-1", "waitingFor": ["secondary"]}})));
+        assert!(line.ends_with("; CA rotation (rotatecertificates-1) Trusting, waiting for secondary\n"), "{line}");
     }
 
     #[test]

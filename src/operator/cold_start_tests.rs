@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::decide;
-use super::tests::{clock, condition, enabled, registered, spec};
+use super::tests::{clock, condition, enabled, lease, member, registered, spec};
 use crate::api::{ConditionStatus, HighAvailabilityPairStatus, Member, Role, TransitionType};
 use crate::operator::model::{Decision, LeaseAction};
 use crate::operator::observe::Observed;
@@ -268,4 +268,69 @@ fn a_volume_that_remembers_a_later_epoch_does_not_make_a_live_lease_look_edited(
     // Garbage past what a Lease can count is not believed.
     at(&mut obs, Member::Secondary, i64::MAX, 7);
     assert!(matches!(created(&decide(&s, Some(&current), &obs, &clock())), Some((Member::Primary, 2, false))));
+}
+
+// After a lossy failover (a cold start's wait ends in one), the member that
+// comes back is not in sync before its first complete pull.
+#[test]
+fn after_a_lossy_failover_the_other_member_is_not_in_sync_before_a_complete_pull_since() {
+    use crate::api::Transition;
+    use chrono::{DateTime, Utc};
+    let s = spec(FILES);
+    // The secondary took over at epoch 2 with data loss possible; the
+    // primary is back as standby, its files still at epoch 1 and a
+    // generation (14) the secondary's own count has passed (it reports no
+    // lag for it): nothing has compared the two yet.
+    let mut status = registered();
+    let t = Transition {
+        type_: TransitionType::Failover,
+        from: Some(Member::Primary),
+        to: Some(Member::Secondary),
+        epoch: 2,
+        reason: "LeaseExpired".into(),
+        message: None,
+        time: Utc::now(),
+        detection_millis: None,
+        lease_to_selector_millis: None,
+        data_loss_possible: true,
+        operation_id: None,
+    };
+    status.last_transition = Some(t.clone());
+    status.history = vec![t];
+    let mut obs = enabled();
+    obs.primary = member(Member::Primary, Role::Standby, Some(true));
+    obs.secondary = member(Member::Secondary, Role::Active, Some(true));
+    obs.lease = Some(lease(Member::Secondary, 2, Duration::ZERO));
+    for m in Member::BOTH {
+        obs.member_mut(m).agent.last.as_mut().unwrap().epoch = 2;
+    }
+    let active =
+        SyncStatus { point: Point { epoch: 2, generation: 20 }, peer_lag_seconds: Some(0.0), ..Default::default() };
+    obs.secondary.agent.last.as_mut().unwrap().sync = Some(active);
+    let standby = SyncStatus { point: Point { epoch: 1, generation: 14 }, ..Default::default() };
+    obs.primary.agent.last.as_mut().unwrap().sync = Some(standby);
+    let plan = decide(&s, Some(&status), &obs, &clock());
+    assert_eq!(condition(&plan, "Synced"), (ConditionStatus::False, "Behind".to_string()));
+    let took_over = plan.status.last_transition.as_ref().unwrap().time;
+    let pulled = |obs: &mut Observed, at: DateTime<Utc>, point: Point| {
+        let sync = obs.primary.agent.last.as_mut().unwrap().sync.as_mut().unwrap();
+        (sync.in_sync_at, sync.point) = (Some(at), point);
+    };
+    // A complete pull from before the takeover compared nothing with it.
+    pulled(&mut obs, took_over - chrono::TimeDelta::seconds(5), Point { epoch: 1, generation: 14 });
+    assert_eq!(condition(&decide(&s, Some(&plan.status), &obs, &clock()), "Synced").0, ConditionStatus::False);
+    // Its first complete pull since: its files matched the active's (the
+    // point need not be at the new epoch: an active that wrote nothing
+    // since still holds the older one).
+    pulled(&mut obs, took_over + chrono::TimeDelta::seconds(1), Point { epoch: 1, generation: 12 });
+    assert_eq!(
+        condition(&decide(&s, Some(&plan.status), &obs, &clock()), "Synced"),
+        (ConditionStatus::True, "InSync".to_string())
+    );
+    // A planned handover (nothing lost) is not held to that: the old
+    // active's files are the new one's starting point.
+    let mut planned = plan.status.clone();
+    planned.last_transition.as_mut().unwrap().data_loss_possible = false;
+    obs.primary.agent.last.as_mut().unwrap().sync.as_mut().unwrap().in_sync_at = None;
+    assert_eq!(condition(&decide(&s, Some(&planned), &obs, &clock()), "Synced").0, ConditionStatus::True);
 }

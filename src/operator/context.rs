@@ -19,6 +19,16 @@ use super::stores::Stores;
 use crate::api::HighAvailabilityPair;
 use crate::metrics::OperatorMetrics;
 
+/// How many pairs may run their supporting-objects pass at once (agent
+/// RBAC, claims, stray EndpointSlices, the TLS Secret: reads, and writes
+/// where something drifted). A new leader runs it for every pair at once,
+/// and so would every pair again each period: with 1,000 pairs, thousands
+/// of requests in one burst, which saturated the API server until the
+/// operator's own leader renewal came too late and it stepped down (seen in
+/// `make bench-scale`). A pair that finds no slot does not wait — its
+/// failover decision comes first — and tries again shortly.
+pub const SUPPORTING_AT_ONCE: usize = 16;
+
 /// What every worker shares.
 pub struct Context {
     pub client: Client,
@@ -42,6 +52,9 @@ pub struct Context {
     pub build: BuildContext,
     pub metrics: OperatorMetrics,
     pub recorder: Recorder,
+    /// Slots for the pairs' supporting-objects passes (see
+    /// [`SUPPORTING_AT_ONCE`]).
+    pub supporting_passes: tokio::sync::Semaphore,
 }
 
 impl Context {

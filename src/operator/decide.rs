@@ -277,3 +277,7 @@ mod cold_start_tests;
 #[cfg(test)]
 #[path = "one_member_tests.rs"]
 mod one_member_tests;
+
+#[cfg(test)]
+#[path = "rotation_tests.rs"]
+mod rotation_tests;

@@ -47,6 +47,8 @@ pub(super) fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs 
                 volume: None,
                 uptime_seconds: None,
                 certificate_not_after: None,
+                certificate_sha256: None,
+                trusted_ca_sha256: Vec::new(),
             }),
             missed: 0,
             since_answer: Some(Duration::ZERO),

@@ -48,6 +48,11 @@ pub struct Memory {
     pub certificates: Option<crate::tls::Expiry>,
     /// The operator's TLS material towards this pair's agents.
     pub tls: Option<std::sync::Arc<crate::tls::Material>>,
+    /// The pair's TLS Secret as last read or written.
+    pub secret: Option<k8s_openapi::api::core::v1::Secret>,
+    /// What the Secret records of CA rotations, and whose agents the one
+    /// under way waits for.
+    pub rotation: super::observe::RotationObs,
 }
 
 impl Default for Memory {
@@ -65,6 +70,8 @@ impl Default for Memory {
             sweep_slices_until: None,
             certificates: None,
             tls: None,
+            secret: None,
+            rotation: Default::default(),
         }
     }
 }
@@ -78,7 +85,7 @@ pub fn gather(ctx: &Context, pair: &HighAvailabilityPair, poll: &Mutex<PollState
         meta.owner_references.iter().flatten().any(|o| Some(&o.uid) == uid.as_ref())
     };
     let agent_port = pair.spec.agent.port as u16;
-    let mut obs = Observed { certificates: mem.certificates, ..Default::default() };
+    let mut obs = Observed { certificates: mem.certificates, rotation: mem.rotation.clone(), ..Default::default() };
     let mut ips = [None, None];
     {
         let poll = poll.lock().unwrap_or_else(|p| p.into_inner());

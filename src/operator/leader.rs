@@ -92,19 +92,33 @@ impl Elector {
                 tokio::time::sleep(every).await;
                 // A renewal counts from when it was sent.
                 let sent = Instant::now();
+                // Ok(false): another replica holds it, or the write failed
+                // (a conflict means someone else wrote it) — stop at once.
+                // Err: the Lease could not be read; tried again next time.
+                // Each says why in the log: a slow API server and a Lease
+                // someone deleted call for different fixes.
                 let renewed = async {
-                    let mut lease = api.get(&name).await.ok()?;
-                    let spec = lease.spec.as_mut()?;
+                    let mut lease = api.get(&name).await.map_err(|e| format!("reading it: {e}"))?;
+                    let Some(spec) = lease.spec.as_mut() else {
+                        return Err("it has no spec".to_string());
+                    };
                     if spec.holder_identity.as_deref() != Some(identity.as_str()) {
-                        return Some(false);
+                        return Ok(false);
                     }
                     spec.renew_time = Some(Elector::now());
-                    Some(api.replace(&name, &PostParams::default(), &lease).await.is_ok())
+                    match api.replace(&name, &PostParams::default(), &lease).await {
+                        Ok(_) => Ok(true),
+                        Err(e) => {
+                            warn!(error = %e, "leader lease renewal refused: stepping down");
+                            Ok(false)
+                        }
+                    }
                 };
                 match tokio::time::timeout(every, renewed).await {
-                    Ok(Some(true)) => last = sent,
-                    Ok(Some(false)) => break,
-                    _ => warn!("leader lease renewal failed"),
+                    Ok(Ok(true)) => last = sent,
+                    Ok(Ok(false)) => break,
+                    Ok(Err(why)) => warn!(%why, "leader lease renewal failed"),
+                    Err(_) => warn!(within = ?every, "leader lease renewal failed: no answer in time"),
                 }
                 // Stop acting well before another replica may take over.
                 // (The renewal above may itself take up to `every`.)

@@ -27,6 +27,7 @@ pub mod build;
 pub mod certificates;
 pub mod claims;
 pub mod cold_start;
+mod conditions;
 pub mod context;
 pub mod decide;
 pub mod drift;
@@ -186,8 +187,17 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             client.clone(),
             Reporter { controller: "hapair-operator".into(), instance: Some(identity) },
         ),
+        supporting_passes: tokio::sync::Semaphore::new(context::SUPPORTING_AT_ONCE),
     });
 
+    // What the caches keep of each object: everything but its field
+    // managers. The operator never reads them (it writes by server-side
+    // apply, and a replace that leaves them out keeps them), and parsed
+    // into JSON trees they were the largest part of a cached pod or pair —
+    // the caches' memory grows with every pair.
+    fn slim<K: kube::Resource>(o: &mut K) {
+        o.meta_mut().managed_fields = None;
+    }
     // Every event names a pair to wake: the pair itself or the owner named by the label.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     let keyed = |tx: tokio::sync::mpsc::UnboundedSender<(String, String)>| {
@@ -203,7 +213,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // and holds; every other pair goes on.
     for (writer, api) in pair_feeds {
         let send = keyed(tx.clone());
-        let pair_stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+        let pair_stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()).modify(slim))
             .default_backoff()
             .for_each(move |ev| {
                 match ev {
@@ -218,9 +228,12 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(pair_stream);
     }
     macro_rules! owned_stream {
-        ($writer:expr, $api:expr) => {{
+        ($writer:expr, $api:expr) => {
+            owned_stream!($writer, $api, slim)
+        };
+        ($writer:expr, $api:expr, $slim:expr) => {{
             let send = keyed(tx.clone());
-            reflector::reflector($writer, watcher::watcher($api, selector.clone())).default_backoff().for_each(move |ev| {
+            reflector::reflector($writer, watcher::watcher($api, selector.clone()).modify($slim)).default_backoff().for_each(move |ev| {
                 match ev {
                     Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) | Ok(Event::Delete(o)) => {
                         send(o.namespace(), o.labels().get(LABEL_PAIR).cloned())
@@ -233,7 +246,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }};
     }
     for (w, api) in pod_feeds {
-        tokio::spawn(owned_stream!(w, api));
+        tokio::spawn(owned_stream!(w, api, observe::slim_pod));
     }
     for (w, api) in service_feeds {
         tokio::spawn(owned_stream!(w, api));

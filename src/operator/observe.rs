@@ -59,6 +59,27 @@ impl PodObs {
     }
 }
 
+/// What the operator's pod cache keeps of a member pod: what [`PodObs::of`]
+/// reads and nothing else. A member's spec (its containers, their
+/// environment, probes and volumes) and each container's image, IDs and
+/// last state were three quarters of a cached pod, held twice per pair;
+/// the operator builds every pod it writes anew, so it never needs them.
+pub fn slim_pod(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{ContainerStatus, PodSpec};
+    pod.metadata.managed_fields = None;
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    pod.spec = Some(PodSpec { node_name, ..Default::default() });
+    if let Some(status) = pod.status.as_mut() {
+        for c in status.container_statuses.iter_mut().flatten() {
+            let (name, state) = (std::mem::take(&mut c.name), c.state.take());
+            let (ready, restart_count) = (c.ready, c.restart_count);
+            *c = ContainerStatus { name, state, ready, restart_count, ..Default::default() };
+        }
+        status.init_container_statuses = None;
+        status.ephemeral_container_statuses = None;
+    }
+}
+
 /// What polling a member's agent has shown.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AgentObs {
@@ -237,6 +258,16 @@ pub struct Observed {
     pub resync_jobs: Vec<JobObs>,
     /// The expiry of the pair's certificates, once its Secret was read.
     pub certificates: Option<crate::tls::Expiry>,
+    /// The CA rotations the Secret records.
+    pub rotation: RotationObs,
+}
+
+/// The CA rotations the pair's TLS Secret records: what started the
+/// latest, and the one under way.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RotationObs {
+    pub last_cause: Option<String>,
+    pub under_way: Option<crate::api::CertificateRotation>,
 }
 
 impl Observed {
@@ -377,6 +408,45 @@ pub fn service_hash(svc: &Service) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slimmed_pod_reads_as_the_whole_one() {
+        let pod = |terminated: bool, ready: &str| -> Pod {
+            let state = if terminated {
+                serde_json::json!({"terminated": {"exitCode": 137, "reason": "Error"}})
+            } else {
+                serde_json::json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}})
+            };
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web-primary", "uid": "u1", "labels": {"hapair.dev/role": "active"},
+                             "annotations": {"hapair.dev/applied-hash": "h1"},
+                             "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
+                "spec": {"nodeName": "n1", "containers": [
+                    {"name": "app", "image": "app:1", "env": [{"name": "A", "value": "x"}]},
+                    {"name": "hapair-agent", "image": "hapair:1"}]},
+                "status": {"phase": "Running", "podIP": "10.0.0.5",
+                           "conditions": [{"type": "Ready", "status": ready}],
+                           "containerStatuses": [
+                    {"name": "app", "image": "app:1", "imageID": "sha256:1", "containerID": "containerd://1",
+                     "ready": ready == "True", "restartCount": 2, "state": state,
+                     "lastState": {"terminated": {"exitCode": 1}}},
+                    {"name": "hapair-agent", "image": "hapair:1", "imageID": "sha256:2", "ready": true,
+                     "restartCount": 0, "state": {"running": {}}}]}
+            }))
+            .unwrap()
+        };
+        for (terminated, ready) in [(false, "True"), (true, "False")] {
+            let whole = pod(terminated, ready);
+            let mut slim = whole.clone();
+            slim_pod(&mut slim);
+            assert_eq!(PodObs::of(&slim), PodObs::of(&whole));
+            assert_eq!(PodObs::of(&slim).app_down, terminated);
+            assert!(slim.spec.as_ref().unwrap().containers.is_empty());
+            let statuses = slim.status.as_ref().unwrap().container_statuses.as_ref().unwrap();
+            assert!(statuses.iter().all(|c| c.image.is_empty() && c.last_state.is_none()));
+            assert!(slim.metadata.managed_fields.is_none());
+        }
+    }
 
     fn vip(pair: &str, member: &str) -> Service {
         serde_json::from_value(serde_json::json!({

@@ -24,6 +24,11 @@
 
 use chrono::{DateTime, Utc};
 
+#[path = "operations_resolve.rs"]
+mod resolve;
+#[path = "operations_rotate.rs"]
+mod rotate;
+
 use super::model::{
     ResyncLabel, Step, can_take_over, gave_up_handover, handover, handover_timeout, resync_order, standby_lag,
     syncs_files, words,
@@ -110,7 +115,12 @@ impl Ledger {
 /// The member a request makes active, or why it cannot.
 fn target(req: &OperationRequest, kind: OperationKind, holder: Option<Member>) -> Result<Member, Refusal> {
     match kind {
-        OperationKind::Switchover | OperationKind::Failover => holder
+        // A rotation moves no role (its own step never asks; listed for a
+        // whole match).
+        OperationKind::Switchover
+        | OperationKind::Failover
+        | OperationKind::Resync
+        | OperationKind::RotateCertificates => holder
             .map(Member::peer)
             .ok_or(Refusal::new(OperationReason::NoActiveMember, "no member holds the lease".into())),
         OperationKind::Failback => match holder {
@@ -123,9 +133,6 @@ fn target(req: &OperationRequest, kind: OperationKind, holder: Option<Member>) -
             let m = req.go_standby.as_ref().map(|g| g.member).unwrap_or(Member::Secondary);
             Ok(m.peer())
         }
-        OperationKind::Resync => holder
-            .map(Member::peer)
-            .ok_or(Refusal::new(OperationReason::NoActiveMember, "no member holds the lease".into())),
         OperationKind::ResolveSplitBrain => Ok(req.resolve_split_brain.as_ref().map_or(Member::Primary, |r| r.keep)),
     }
 }
@@ -175,6 +182,10 @@ fn advance(
         }
         return Step::Idle;
     };
+    // Certificates are the pair's, not a member's: rotated in any mode.
+    if kind == OperationKind::RotateCertificates {
+        return rotate::step(ledger, obs, req, existing, now);
+    }
     // One member by configuration: nothing to move to, copy to or take
     // back (a split brain can still be resolved).
     if let Some(m) = status.removed_member.filter(|_| kind != OperationKind::ResolveSplitBrain) {
@@ -190,7 +201,7 @@ fn advance(
         return resync(spec, ledger, obs, req, existing, last_holder, epoch, now);
     }
     if kind == OperationKind::ResolveSplitBrain {
-        return resolve(spec, status.isolated_member, ledger, obs, req, existing, holder, epoch, now);
+        return resolve::step(spec, status.isolated_member, ledger, obs, req, existing, holder, epoch, now);
     }
     let op = match existing {
         Some(o) if o.phase.is_terminal() => return Step::Idle,
@@ -458,106 +469,6 @@ fn resync(
         }
     }
     Step::Idle
-}
-
-/// A resolve request: keep the named side. Accepted only while there is a
-/// split brain (evidence, or an isolated secondary).
-#[allow(clippy::too_many_arguments)]
-fn resolve(
-    spec: &HighAvailabilityPairSpec,
-    isolated: Option<Member>,
-    ledger: &mut Ledger,
-    obs: &Observed,
-    req: &OperationRequest,
-    existing: Option<OperationStatus>,
-    holder: Option<Member>,
-    epoch: i64,
-    now: DateTime<Utc>,
-) -> Step {
-    let kind = OperationKind::ResolveSplitBrain;
-    let keep = req.resolve_split_brain.as_ref().map_or(Member::Primary, |r| r.keep);
-    let evidence = split_brain::evidence(obs, holder);
-    let op = match existing {
-        Some(o) if o.phase.is_terminal() => return Step::Idle,
-        Some(o) => o,
-        None => {
-            let problem: Option<Refusal> = if spec.paused {
-                Some(Refusal::new(OperationReason::Paused, "the pair is paused (spec.paused)".into()))
-            } else if holder.is_none() {
-                Some(Refusal::new(OperationReason::NoActiveMember, "no member holds the lease".into()))
-            } else if evidence.is_none() && isolated.is_none() {
-                Some(Refusal::new(
-                    OperationReason::NoSplitBrain,
-                    "no member reports changes made while it was not active".into(),
-                ))
-            } else {
-                None
-            };
-            if let Some(Refusal { reason, message }) = problem {
-                ledger.ack(refused(req, kind, reason, message, now));
-                return Step::Idle;
-            }
-            let mut op = accepted(req, kind, Some(keep), epoch, now);
-            op.message = Some(format!("keeping {keep}'s files; the other side is resynced from it"));
-            ledger.ack(op.clone());
-            op
-        }
-    };
-    if isolated.is_some() {
-        ledger.release_isolated = true;
-        // The isolated member's pod is created again; once it answers, its
-        // evidence is repaired like any other.
-        return Step::Wait;
-    }
-    // Resolved: the kept side serves and the other follows it again (it
-    // answers, has completed a sync since it started, nothing diverged and
-    // no evidence).
-    let follows = {
-        let a = &obs.member(keep.peer()).agent;
-        a.missed == 0
-            && a.last
-                .as_ref()
-                .and_then(|l| l.sync.as_ref())
-                .is_some_and(|s| s.changed_while_standby.is_empty() && s.diverged.is_empty() && s.in_sync_at.is_some())
-    };
-    if evidence.is_none() && holder == Some(keep) && follows {
-        ledger.finish(
-            OperationPhase::Succeeded,
-            OperationReason::Done,
-            format!("{keep} kept and active at epoch {epoch}; {} follows it again", keep.peer()),
-            now,
-        );
-        return Step::Idle;
-    }
-    let started = op.start_time.unwrap_or(now);
-    if (now - started).to_std().unwrap_or_default() > std::time::Duration::from_secs(3600) {
-        ledger.finish(OperationPhase::Failed, OperationReason::TimedOut, "not resolved within an hour".into(), now);
-        return Step::Idle;
-    }
-    match holder {
-        // No evidence left, but the kept side is the standby: hand over.
-        Some(h) if evidence.is_none() && h != keep => {
-            if !can_take_over(obs.member(keep), spec.heartbeat.missed_threshold as u32) {
-                return Step::Wait;
-            }
-            let takeover = Step::Takeover {
-                to: keep,
-                type_: TransitionType::SplitBrainResolved,
-                force: false,
-                lossy: false,
-                id: req.id.clone(),
-                reason: "SplitBrainResolved".into(),
-            };
-            handover(obs, keep, epoch, holder, false, takeover)
-        }
-        _ => match split_brain::step(spec, obs, None, holder, epoch, Some(keep)).step {
-            Step::Takeover { to, type_, force, lossy, reason, .. } => {
-                Step::Takeover { to, type_, force, lossy, id: req.id.clone(), reason }
-            }
-            Step::Idle => Step::Wait,
-            s => s,
-        },
-    }
 }
 
 fn accepted(

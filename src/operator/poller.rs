@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use super::observe::AgentObs;
 use crate::api::Member;
-use crate::http::{self, CallError, Target};
+use crate::http::{CallError, Kept, Target};
 use crate::proto::AgentStatus;
 
 /// Where to reach a member's agent, as last observed.
@@ -106,6 +106,7 @@ fn significant(before: &MemberPoll, after: &MemberPoll) -> bool {
 pub async fn poll_member(
     state: &Arc<Mutex<PollState>>,
     member: Member,
+    kept: &mut Kept,
     tls: Arc<rustls::ClientConfig>,
     server_name: rustls::pki_types::ServerName<'static>,
     timeout: Duration,
@@ -119,7 +120,7 @@ pub async fn poll_member(
         None => "/v1/status".to_string(),
     };
     let sent = chrono::Utc::now();
-    let result: Result<AgentStatus, CallError> = http::get_json(&target, &path, timeout).await;
+    let result: Result<AgentStatus, CallError> = kept.get_json(&target, &path, timeout).await;
     let received = chrono::Utc::now();
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
     let before = s.get(member).clone();

@@ -1,16 +1,21 @@
 //! The pair's status as a pure function of what was observed and decided:
 //! mode, per-member states in classic HA appliance terms, conditions (whose
-//! `lastTransitionTime` only moves when their status does), history.
+//! `lastTransitionTime` only moves when their status does; each built in
+//! `conditions`), history.
 
 use chrono::{DateTime, Utc};
 
+use super::conditions::{
+    Cond, Facts, available, clock_skew, degraded, failover_required, paused, ready, split_brain,
+    standby_outage_condition, synced, synced_state,
+};
 use super::failover::Blocked;
 use super::model::{
-    ConditionType, Decision, LeaseAction, Notice, Pending, Reason, RoundInputs, Usable, push_history, standby_lag,
-    syncs_files, usable,
+    ConditionType, Decision, LeaseAction, Notice, Reason, RoundInputs, Usable, push_history, standby_lag, syncs_files,
+    usable,
 };
 use super::observe::Observed;
-use super::outage::{outage_rank, recorded_away, standby_outage};
+use super::outage::recorded_away;
 use crate::api::{
     Condition, ConditionStatus, EffectiveTimings, HighAvailabilityPairSpec, Member, MemberStatus, Mode, Role,
 };
@@ -94,7 +99,10 @@ pub fn compute(
     // standby is added again, which is a registration too.
     let removed = s.removed_member;
     let registering = s.mode.is_none_or(|m| matches!(m, Mode::Initializing | Mode::NotConfigured));
-    let registered = active_ok && standby_ok && (!syncs_files(spec) || synced_state(spec, obs, active).0);
+    // A takeover that may have lost writes: the other member is not in sync
+    // before it has copied at that epoch (see `synced_state`).
+    let lossy = s.last_transition.as_ref().filter(|t| t.data_loss_possible).map(|t| (t.epoch, t.time));
+    let registered = active_ok && standby_ok && (!syncs_files(spec) || synced_state(spec, obs, active, lossy).0);
     let mode = if spec.paused {
         Mode::Paused
     } else if both_active || (!evidence.is_empty() && isolated.is_none()) || plan.repair_pending.is_some() {
@@ -131,8 +139,13 @@ pub fn compute(
     s.epoch = epoch;
     s.effective_timings = Some(EffectiveTimings::of(spec));
     if let Some(e) = obs.certificates {
-        let (ca_not_after, members_not_after, renew_after) = (e.ca, e.members, e.renew_after);
-        s.certificates = Some(crate::api::CertificatesStatus { ca_not_after, members_not_after, renew_after });
+        s.certificates = Some(crate::api::CertificatesStatus {
+            ca_not_after: e.ca,
+            members_not_after: e.members,
+            renew_after: e.renew_after,
+            ca_renew_after: e.ca_renew_after,
+            rotation: obs.rotation.under_way.clone(),
+        });
     }
     s.routing = obs.vip_slice.as_ref().map(|slice| {
         let addresses = slice.ready_addresses();
@@ -154,7 +167,7 @@ pub fn compute(
         removed,
         active,
         mode,
-        standby_in_sync: syncs_files(spec).then(|| synced_state(spec, obs, active).0),
+        standby_in_sync: syncs_files(spec).then(|| synced_state(spec, obs, active, lossy).0),
     };
     let previous = std::mem::take(&mut s.members);
     for m in Member::BOTH {
@@ -310,7 +323,7 @@ pub fn compute(
                 let why = format!("{m} is removed (spec.standby: Removed): nothing is synced");
                 (Cond::new(ConditionType::Synced, false, Reason::StandbyRemoved, why), None)
             }
-            None => synced(spec, obs, active, was(ConditionType::Synced)),
+            None => synced(spec, obs, active, lossy, was(ConditionType::Synced)),
         }));
     }
     built.push(one(clock_skew(spec, obs, was(ConditionType::ClockSkew))));
@@ -339,259 +352,5 @@ pub fn compute(
     for (c, notices) in built {
         plan.events.extend(notices);
         set_condition(&mut s.conditions, c.type_.as_str(), c.on, c.reason, c.message, now, generation);
-    }
-}
-
-/// A condition as its builder computed it.
-struct Cond {
-    type_: ConditionType,
-    on: bool,
-    reason: &'static str,
-    message: String,
-}
-
-impl Cond {
-    fn new(type_: ConditionType, on: bool, reason: impl Into<&'static str>, message: String) -> Self {
-        Cond { type_, on, reason: reason.into(), message }
-    }
-}
-
-/// What several conditions read, computed once per round.
-struct Facts {
-    active: Option<Member>,
-    active_ok: bool,
-    both_active: bool,
-    /// Members whose files changed while they were not active, in words.
-    evidence: Vec<String>,
-    isolated: Option<Member>,
-    epoch: i64,
-    /// Whether each member (primary, secondary) can serve.
-    usable: [Usable; 2],
-}
-
-fn was_on(c: Option<&Condition>) -> bool {
-    c.is_some_and(|c| c.status == ConditionStatus::True)
-}
-
-fn available(f: &Facts) -> (Cond, Option<Notice>) {
-    let reason = if f.active_ok { Reason::ActiveServing } else { Reason::NoActiveMember };
-    let message = match f.active {
-        Some(a) if f.active_ok => format!("{a} is active at epoch {}", f.epoch),
-        Some(a) => format!("{a} holds the lease but cannot serve"),
-        None => "no member holds the lease".into(),
-    };
-    (Cond::new(ConditionType::Available, f.active_ok, reason, message), None)
-}
-
-fn ready(mode: Mode) -> (Cond, Option<Notice>) {
-    let message = match mode {
-        Mode::Enabled => "one member active, the other ready to take over".into(),
-        Mode::Alone => "running without a usable standby".into(),
-        Mode::NotConfigured => "one member serves alone by configuration (spec.standby: Removed)".into(),
-        m => format!("mode {m:?}"),
-    };
-    (Cond::new(ConditionType::Ready, mode == Mode::Enabled, mode_word(mode), message), None)
-}
-
-/// A mode's name, the `Ready` condition's reason.
-fn mode_word(mode: Mode) -> &'static str {
-    match mode {
-        Mode::NotConfigured => "NotConfigured",
-        Mode::Initializing => "Initializing",
-        Mode::Enabled => "Enabled",
-        Mode::Alone => "Alone",
-        Mode::SplitBrain => "SplitBrain",
-        Mode::Paused => "Paused",
-    }
-}
-
-fn degraded(f: &Facts) -> (Cond, Option<Notice>) {
-    let down: Vec<String> = Member::BOTH
-        .into_iter()
-        .zip(f.usable)
-        .filter(|(_, u)| *u != Usable::Yes)
-        .map(|(m, u)| format!("{m}: {u:?}"))
-        .collect();
-    let reason = if down.is_empty() { Reason::BothMembersHealthy } else { Reason::MemberUnavailable };
-    (Cond::new(ConditionType::Degraded, !down.is_empty(), reason, down.join("; ")), None)
-}
-
-fn failover_required(blocked: Option<&Blocked>, was: Option<&Condition>) -> (Cond, Option<Notice>) {
-    let Some(b) = blocked else {
-        return (Cond::new(ConditionType::FailoverRequired, false, Reason::NotRequired, String::new()), None);
-    };
-    let notice = (!was_on(was)).then(|| Notice::warning("FailoverRequired", b.message.clone()));
-    (Cond::new(ConditionType::FailoverRequired, true, b.gate.as_str(), b.message.clone()), notice)
-}
-
-fn split_brain(
-    f: &Facts,
-    repair_pending: Option<&Pending>,
-    hold: Option<&str>,
-    was: Option<&Condition>,
-) -> (Cond, Option<Notice>) {
-    let pending = repair_pending.filter(|_| f.evidence.is_empty());
-    let split = f.both_active || !f.evidence.is_empty() || f.isolated.is_some() || repair_pending.is_some();
-    let (reason, mut message) = if f.both_active {
-        (Reason::BothMembersActive, "both members report active".to_string())
-    } else if let Some(m) = f.isolated {
-        let why = format!(
-            "{m}'s pod is stopped (splitBrain.policy IsolateSecondary); the other member serves alone until a \
-             resolveSplitBrain request"
-        );
-        (Reason::SecondaryIsolated, why)
-    } else if let Some(p) = pending {
-        (p.reason, p.message.clone())
-    } else if split {
-        (Reason::ChangedWhileStandby, f.evidence.join("; "))
-    } else {
-        (Reason::OneActive, f.evidence.join("; "))
-    };
-    if let Some(why) = hold {
-        message = format!("{message}; {why}");
-    }
-    let notice = match (split, was_on(was)) {
-        (true, false) => Some(Notice::warning("SplitBrain", message.clone())),
-        (false, true) => Some(Notice {
-            warning: false,
-            reason: "SplitBrainResolved".into(),
-            note: "no member reports changes made while it was not active any more".into(),
-        }),
-        _ => None,
-    };
-    (Cond::new(ConditionType::SplitBrain, split, reason, message.chars().take(1024).collect()), notice)
-}
-
-fn clock_skew(spec: &HighAvailabilityPairSpec, obs: &Observed, was: Option<&Condition>) -> (Cond, Option<Notice>) {
-    let missed = spec.heartbeat.missed_threshold as u32;
-    let limit = i64::from(spec.max_clock_skew_seconds) * 1000;
-    let skewed: Vec<String> = Member::BOTH
-        .into_iter()
-        .filter_map(|m| {
-            let k = obs.member(m).agent.skew_ms.filter(|_| obs.member(m).agent.missed < missed)?;
-            (k.abs() > limit).then(|| format!("{m}'s clock is {:+.1}s off the operator's", k as f64 / 1000.0))
-        })
-        .collect();
-    if skewed.is_empty() {
-        return (Cond::new(ConditionType::ClockSkew, false, Reason::ClocksAgree, String::new()), None);
-    }
-    let notice = (!was_on(was)).then(|| Notice::warning("ClockSkew", skewed.join("; ")));
-    let message = format!("{} (limit {}s; NewestWins resync refused)", skewed.join("; "), spec.max_clock_skew_seconds);
-    (Cond::new(ConditionType::ClockSkew, true, Reason::ClockSkewTooHigh, message), notice)
-}
-
-/// `StandbyOutage`: the thresholds the standby's outage has reached (an
-/// Event each time a higher one is), and past the limit the full resync
-/// until it is done.
-fn standby_outage_condition(
-    away: Option<std::time::Duration>,
-    spec: &HighAvailabilityPairSpec,
-    obs: &Observed,
-    active: Option<Member>,
-    outage_resync: Option<&Pending>,
-    was: Option<&Condition>,
-) -> (Cond, Vec<Notice>) {
-    let outage = standby_outage(spec, obs, active, away);
-    let level = outage.level();
-    let was = was.map(|c| c.reason.clone()).unwrap_or_default();
-    let mut notices = Vec::new();
-    let mut reason = match level {
-        100 => Reason::LimitExceeded,
-        90 => Reason::Above90Percent,
-        75 => Reason::Above75Percent,
-        _ => Reason::WithinLimits,
-    };
-    if level > 0 && was != reason.as_str() && outage_rank(&was) < level {
-        notices.push(Notice::warning(format!("StandbyOutage{reason}"), outage.message.clone()));
-    }
-    let mut message = if level > 0 { outage.message.clone() } else { String::new() };
-    // Past the limit, the condition stays until the full resync is done.
-    if let Some(p) = outage_resync
-        && outage_rank(reason.as_str()) < 100
-    {
-        if was != p.reason.as_str() && p.reason != Reason::LimitExceeded {
-            notices.push(Notice {
-                warning: p.reason == Reason::FullResyncFailed,
-                reason: format!("StandbyOutage{}", p.reason),
-                note: p.message.clone(),
-            });
-        }
-        (reason, message) = (p.reason, p.message.clone());
-    }
-    (Cond::new(ConditionType::StandbyOutage, reason != Reason::WithinLimits, reason, message), notices)
-}
-
-fn paused(spec: &HighAvailabilityPairSpec) -> (Cond, Option<Notice>) {
-    if spec.paused {
-        (Cond::new(ConditionType::Paused, true, Reason::SpecPaused, "spec.paused is set: observing only".into()), None)
-    } else {
-        (Cond::new(ConditionType::Paused, false, Reason::Running, String::new()), None)
-    }
-}
-
-/// `Synced`: the standby holds the active member's files (within two
-/// realtime intervals) and nothing has diverged. A standby that falls behind
-/// because it cannot store the files (a full volume, a file it may not
-/// write) says why, with a Warning Event when that starts.
-fn synced(
-    spec: &HighAvailabilityPairSpec,
-    obs: &Observed,
-    active: Option<Member>,
-    was: Option<&Condition>,
-) -> (Cond, Option<Notice>) {
-    let (ok, reason, message) = synced_state(spec, obs, active);
-    let notice = (reason == Reason::SyncFailing && was.is_none_or(|c| c.reason != reason.as_str()))
-        .then(|| Notice::warning("SyncFailing", message.clone()));
-    (Cond::new(ConditionType::Synced, ok, reason, message), notice)
-}
-
-fn synced_state(spec: &HighAvailabilityPairSpec, obs: &Observed, active: Option<Member>) -> (bool, Reason, String) {
-    let Some(a) = active else { return (false, Reason::NoActiveMember, "no member is active".into()) };
-    let standby = a.peer();
-    let report = |m: Member| obs.member(m).agent.last.as_ref().and_then(|x| x.sync.clone());
-    let Some(theirs) = report(standby) else {
-        return (false, Reason::StandbyUnreachable, format!("{standby} does not report its files"));
-    };
-    if !theirs.diverged.is_empty() {
-        let why: Vec<String> = theirs.diverged.values().cloned().collect();
-        return (false, Reason::Diverged, format!("{standby} needs a resync: {}", why.join("; ")));
-    }
-    let Some(mine) = report(a) else {
-        return (false, Reason::ActiveUnreachable, format!("{a} does not report its files"));
-    };
-    let lag = mine.peer_lag_seconds.unwrap_or(f64::INFINITY);
-    let limit = 2.0 * f64::from(spec.file_sync.as_ref().map_or(11, |f| f.realtime_interval_seconds));
-    if lag <= limit {
-        (
-            true,
-            Reason::InSync,
-            format!("{standby} holds generation {} of {}", theirs.point.generation, mine.point.generation),
-        )
-    } else if let Some(error) = &theirs.failing {
-        (
-            false,
-            Reason::SyncFailing,
-            format!(
-                "{standby} cannot store the active member's files ({error}); {lag:.0}s behind: {} files, {} bytes \
-                 to copy",
-                mine.pending_files, mine.pending_bytes
-            ),
-        )
-    } else if mine.peer_lag_seconds.is_none() {
-        let (have, of) = (theirs.point.generation, mine.point.generation);
-        (
-            false,
-            Reason::Behind,
-            format!("{standby} holds generation {have} of {of}; missing changes from before {a}'s agent started"),
-        )
-    } else {
-        (
-            false,
-            Reason::Behind,
-            format!(
-                "{standby} is {lag:.0}s behind: {} files, {} bytes to copy",
-                mine.pending_files, mine.pending_bytes
-            ),
-        )
     }
 }

@@ -105,23 +105,30 @@ async fn round(
     // Decide nothing before both agents have been asked at least once: a
     // fresh worker (or a new leader) must not act on half a picture.
     let polled = poll.lock().unwrap_or_else(|p| p.into_inner()).rounds > 0;
-    let obs = gather(ctx, pair, poll, mem);
+    let mut obs = gather(ctx, pair, poll, mem);
     let addressed = |m: Member| obs.member(m).pod.as_ref().is_some_and(|p| p.ip.is_some());
     if !polled && (addressed(Member::Primary) || addressed(Member::Secondary)) {
         return Ok(Duration::from_millis(200));
     }
+    let rotate_in = super::certificates::rotate(ctx, pair, mem, &obs).await?;
+    (obs.certificates, obs.rotation) = (mem.certificates, mem.rotation.clone());
     let holder = obs.lease.as_ref().and_then(|l| l.holder.as_ref().map(|(m, _)| *m));
     // Again with a new spec, every five minutes, and at once when the watch
     // shows one of them changed by hand (compared only when their versions
     // moved since they last matched).
     let versions = super::drift::versions(ctx, pair);
-    let recent =
-        mem.supporting.is_some_and(|(g, t)| g == pair.metadata.generation && t.elapsed() < Duration::from_secs(300));
+    let period = supporting_period(&ns, &name);
+    let recent = mem.supporting.is_some_and(|(g, t)| g == pair.metadata.generation && t.elapsed() < period);
     let fresh = recent
         && !super::claims::drifted(ctx, pair)
         && (mem.supporting_matched.as_ref() == Some(&versions) || !super::drift::supporting_drifted(ctx, pair));
+    // Bounded across pairs, and never waited for: see `context::SUPPORTING_AT_ONCE`.
+    let slot = if fresh { None } else { ctx.supporting_passes.try_acquire().ok() };
+    let deferred = !fresh && slot.is_none();
     if fresh {
         mem.supporting_matched = Some(versions);
+    } else if deferred {
+        debug!("supporting objects: another pass's turn; again shortly");
     } else {
         act::ensure_supporting(ctx, pair).await?;
         super::claims::ensure(ctx, pair).await?;
@@ -132,6 +139,7 @@ async fn round(
         mem.supporting = Some((pair.metadata.generation, Instant::now()));
         mem.supporting_matched = None;
     }
+    drop(slot);
     tell_pruned(ctx, pair, &obs, mem).await;
     super::claims::replace_lost(ctx, pair, &obs, holder).await?;
     let current = mem.status.clone().or_else(|| pair.status.clone());
@@ -173,11 +181,26 @@ async fn round(
         mem.sweep_slices_until = None;
     }
     let recheck = if sweeping { recheck.min(Duration::from_millis(200)) } else { recheck };
-    let recheck = renew_in.map_or(recheck, |r| recheck.min(r));
+    let recheck = if deferred { recheck.min(DEFERRED_PASS_AGAIN) } else { recheck };
+    let recheck = renew_in.into_iter().chain(rotate_in).fold(recheck, Duration::min);
     if outcome.promoted.is_some() {
         mem.failure = None;
     }
     Ok(if outcome.conflict { Duration::from_millis(20) } else { recheck })
+}
+
+/// When a pair whose pass found no slot tries again.
+const DEFERRED_PASS_AGAIN: Duration = Duration::from_millis(500);
+
+/// How often a pair's supporting objects are checked without a reason:
+/// five minutes, plus up to one more spread by the pair's name, so pairs
+/// that started together do not all come due in the same second.
+fn supporting_period(ns: &str, name: &str) -> Duration {
+    // FNV-1a: the same spread in every process, for every build.
+    let h = format!("{ns}/{name}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    Duration::from_secs(300) + Duration::from_millis(h % 60_000)
 }
 
 /// Each quarantine a member's agent removed by the retention limits is
@@ -215,6 +238,8 @@ async fn poll_loop(
         .into_iter()
         .filter_map(|m| tls::server_name(&tls::member_server_name(m, &name, &ns)).ok().map(|n| (m, n)))
         .collect();
+    // One connection kept to each agent (a new one when its pod moves).
+    let mut kept: Vec<crate::http::Kept> = names.iter().map(|_| crate::http::Kept::heartbeat()).collect();
     loop {
         let interval = match ctx.pair(&ns, &name).as_deref() {
             Some(kube::core::DeserializeGuard(Ok(p))) => p.spec.heartbeat.interval_seconds.max(1) as u64,
@@ -222,9 +247,9 @@ async fn poll_loop(
         };
         let tick = Duration::from_secs(interval);
         let timeout = (tick / 2).clamp(Duration::from_millis(300), Duration::from_secs(2));
-        let polls = names
-            .iter()
-            .map(|(m, server_name)| poll_member(&poll, *m, tls.clone(), server_name.clone(), timeout, &notify));
+        let polls = names.iter().zip(kept.iter_mut()).map(|((m, server_name), kept)| {
+            poll_member(&poll, *m, kept, tls.clone(), server_name.clone(), timeout, &notify)
+        });
         let start = Instant::now();
         let asked = futures::future::join_all(polls).await;
         // A round counts once every member with an address has been asked.
@@ -301,5 +326,24 @@ mod failing_tests {
         for _ in 0..5 {
             assert_eq!(c.failed("409 conflict", true), None, "conflicts are never told");
         }
+    }
+}
+
+#[cfg(test)]
+mod supporting_tests {
+    use super::*;
+
+    #[test]
+    fn pairs_created_together_come_due_for_their_pass_spread_over_a_minute() {
+        let periods: Vec<Duration> = (0..1000).map(|i| supporting_period("prod", &format!("p{i:04}"))).collect();
+        assert!(periods.iter().all(|p| *p >= Duration::from_secs(300) && *p < Duration::from_secs(360)));
+        // Spread: no second of the minute holds more than a few percent.
+        let mut per_second = [0u32; 60];
+        for p in &periods {
+            per_second[(p.as_secs() - 300) as usize] += 1;
+        }
+        assert!(per_second.iter().all(|n| *n <= 40), "{per_second:?}");
+        // The same pair, the same period, in every process.
+        assert_eq!(supporting_period("prod", "p0001"), periods[1]);
     }
 }

@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::Datelike;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -23,6 +22,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use crate::api::Member;
 
 mod reload;
+pub mod rotation;
 pub use reload::Material;
 
 /// Keys of the pair's TLS Secret.
@@ -54,21 +54,19 @@ pub enum TlsError {
     ServerName(String),
 }
 
-fn ca_params(pair: &str, namespace: &str) -> Result<CertificateParams, TlsError> {
+/// A pair's CA, made for twice the leaves' lifetime (ten years by
+/// default). Every CA of a pair has the same name: a leaf names its issuer
+/// by it, and a verifier that trusts two of them (during a rotation) tries
+/// each one's key.
+fn ca_params(pair: &str, namespace: &str, leaf_lifetime_seconds: i64) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("hapair CA {namespace}/{pair}"));
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    set_validity(&mut params, 10);
+    set_window(&mut params, chrono::Utc::now(), chrono::Duration::seconds(2 * leaf_lifetime_seconds.max(60)), None);
     Ok(params)
-}
-
-fn set_validity(params: &mut CertificateParams, years: i32) {
-    let now = chrono::Utc::now();
-    params.not_before = rcgen::date_time_ymd(now.year(), now.month() as u8, now.day() as u8);
-    params.not_after = rcgen::date_time_ymd(now.year() + years, now.month() as u8, 1);
 }
 
 /// How long the members' and the operator's certificates are made for when
@@ -77,17 +75,28 @@ pub const DEFAULT_LEAF_LIFETIME_SECONDS: i64 = 5 * 365 * 86400;
 
 /// A leaf's validity: from a little before `now` (a peer whose clock is
 /// behind must not see it as not yet valid; at most a tenth of its life, so
-/// the renewal point stays well inside it) for `lifetime`.
-fn set_window(params: &mut CertificateParams, now: chrono::DateTime<chrono::Utc>, lifetime: chrono::Duration) {
+/// the renewal point stays well inside it) for `lifetime`, and never past
+/// `cap` (the issuing CA's own end: a leaf cannot outlive it).
+fn set_window(
+    params: &mut CertificateParams,
+    now: chrono::DateTime<chrono::Utc>,
+    lifetime: chrono::Duration,
+    cap: Option<chrono::DateTime<chrono::Utc>>,
+) {
     let back = (lifetime / 10).min(chrono::Duration::minutes(5));
     let at = |t: chrono::DateTime<chrono::Utc>| {
         time::OffsetDateTime::from_unix_timestamp(t.timestamp()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     };
     params.not_before = at(now - back);
-    params.not_after = at(now + lifetime);
+    params.not_after = at(cap.map_or(now + lifetime, |cap| cap.min(now + lifetime)));
 }
 
-fn leaf(name: &str, server: bool, lifetime: chrono::Duration) -> Result<CertificateParams, TlsError> {
+fn leaf(
+    name: &str,
+    server: bool,
+    lifetime: chrono::Duration,
+    cap: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::new(vec![name.to_string()])?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
@@ -99,7 +108,7 @@ fn leaf(name: &str, server: bool, lifetime: chrono::Duration) -> Result<Certific
     } else {
         vec![ExtendedKeyUsagePurpose::ClientAuth]
     };
-    set_window(&mut params, chrono::Utc::now(), lifetime);
+    set_window(&mut params, chrono::Utc::now(), lifetime, cap);
     Ok(params)
 }
 
@@ -111,12 +120,12 @@ pub fn generate_pair_material(
     lifetime_seconds: i64,
 ) -> Result<BTreeMap<String, String>, TlsError> {
     let ca_key = KeyPair::generate()?;
-    let ca_params = ca_params(pair, namespace)?;
+    let ca_params = ca_params(pair, namespace, lifetime_seconds)?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let mut out = BTreeMap::new();
     out.insert(CA_CERT.to_string(), ca_cert.pem());
     out.insert(CA_KEY.to_string(), ca_key.serialize_pem());
-    out.extend(leaves(pair, namespace, &Issuer::new(ca_params, ca_key), lifetime_seconds)?);
+    out.extend(leaves(pair, namespace, &Issuer::new(ca_params, ca_key), lifetime_seconds, None)?);
     Ok(out)
 }
 
@@ -130,13 +139,26 @@ pub fn renew_leaves(
     namespace: &str,
     lifetime_seconds: i64,
 ) -> Result<BTreeMap<String, String>, TlsError> {
-    let ca_key = data.get(CA_KEY).ok_or(TlsError::BadPem("ca.key"))?;
-    let ca_key = KeyPair::from_pem(ca_key).map_err(|_| TlsError::BadPem("ca.key"))?;
-    // The issuer is the CA's name and key: what a leaf records of it.
-    let issuer = Issuer::new(ca_params(pair, namespace)?, ca_key);
     let mut out = data.clone();
-    out.extend(leaves(pair, namespace, &issuer, lifetime_seconds)?);
+    out.extend(reissued(data, CA_KEY, pair, namespace, lifetime_seconds, rotation::signing_ca_not_after(data))?);
     Ok(out)
+}
+
+/// The members' and the operator's certificates issued by the CA whose key
+/// is the Secret's `key_name`, none past `cap` (that CA's end).
+fn reissued(
+    data: &BTreeMap<String, String>,
+    key_name: &'static str,
+    pair: &str,
+    namespace: &str,
+    lifetime_seconds: i64,
+    cap: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<BTreeMap<String, String>, TlsError> {
+    let pem = data.get(key_name).ok_or(TlsError::BadPem(key_name))?;
+    let key = KeyPair::from_pem(pem).map_err(|_| TlsError::BadPem(key_name))?;
+    // The issuer is the CA's name and key: what a leaf records of it.
+    let issuer = Issuer::new(ca_params(pair, namespace, lifetime_seconds)?, key);
+    leaves(pair, namespace, &issuer, lifetime_seconds, cap)
 }
 
 fn leaves(
@@ -144,28 +166,33 @@ fn leaves(
     namespace: &str,
     issuer: &Issuer<'_, KeyPair>,
     lifetime_seconds: i64,
+    cap: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<BTreeMap<String, String>, TlsError> {
     let lifetime = chrono::Duration::seconds(lifetime_seconds.max(60));
     let mut out = BTreeMap::new();
     for member in Member::BOTH {
         let key = KeyPair::generate()?;
-        let cert = leaf(&member_server_name(member, pair, namespace), true, lifetime)?.signed_by(&key, issuer)?;
+        let cert = leaf(&member_server_name(member, pair, namespace), true, lifetime, cap)?.signed_by(&key, issuer)?;
         let (c, k) = member_cert_key(member);
         out.insert(c, cert.pem());
         out.insert(k, key.serialize_pem());
     }
     let key = KeyPair::generate()?;
-    let cert = leaf(&format!("operator.{pair}.{namespace}.hapair"), false, lifetime)?.signed_by(&key, issuer)?;
+    let cert = leaf(&format!("operator.{pair}.{namespace}.hapair"), false, lifetime, cap)?.signed_by(&key, issuer)?;
     out.insert(CLIENT_CERT.to_string(), cert.pem());
     out.insert(CLIENT_KEY.to_string(), key.serialize_pem());
     Ok(out)
 }
 
-/// When the pair's certificates stop being valid: the CA's, and the
-/// earliest of the members' and the operator's client certificate.
+/// When the pair's certificates stop being valid: the CA's (the newest in
+/// the bundle), and the earliest of the members' and the operator's client
+/// certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Expiry {
     pub ca: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the CA is due for a rotation: half through its life, so that
+    /// the rotation (minutes) has the other half to complete in.
+    pub ca_renew_after: Option<chrono::DateTime<chrono::Utc>>,
     pub members: Option<chrono::DateTime<chrono::Utc>>,
     /// When the members' and the operator's certificates are due for
     /// renewal: the earliest point two-thirds through one's life. A
@@ -191,7 +218,15 @@ pub fn expiry(data: &BTreeMap<String, String>) -> Expiry {
             })
             .min()
     };
-    Expiry { ca: of(CA_CERT), members, renew_after }
+    let ca = data.get(CA_CERT).and_then(|b| rotation::newest_ca_not_after(b));
+    let ca_from = data.get(CA_CERT).and_then(|b| validity(&rotation::newest_ca(b)?));
+    // A CA that does not read is due at once (as a leaf is).
+    let ca_renew_after = if data.is_empty() {
+        None
+    } else {
+        Some(ca_from.map_or(chrono::DateTime::UNIX_EPOCH, |(from, to)| from + (to - from) / 2))
+    };
+    Expiry { ca, ca_renew_after, members, renew_after }
 }
 
 /// The `notAfter` of the first certificate in `pem`.

@@ -37,8 +37,14 @@ struct Loaded {
     client_sessions: ClientSessionMemoryCache,
 }
 
-/// Sessions kept for resumption, per material (rustls' default sizes).
-const SESSIONS: usize = 256;
+/// Sessions kept for resumption, per material. A party talks to few others:
+/// an agent to its peer, the operator's material for a pair to that pair's
+/// two agents; an agent answers its peer, the operator's replicas and a
+/// resync Job. rustls' defaults (256 each) set room aside at once for 32
+/// servers and 256 sessions — tens of KiB per material, held once per pair
+/// by the operator, so they grew its memory with every pair.
+const CLIENT_SESSIONS: usize = 16; // two servers, eight tickets each
+const SERVER_SESSIONS: usize = 32;
 
 impl Loaded {
     fn of(id: &Identity) -> Result<Self, TlsError> {
@@ -52,8 +58,8 @@ impl Loaded {
             key,
             clients,
             servers,
-            server_sessions: ServerSessionMemoryCache::new(SESSIONS),
-            client_sessions: ClientSessionMemoryCache::new(SESSIONS),
+            server_sessions: ServerSessionMemoryCache::new(SERVER_SESSIONS),
+            client_sessions: ClientSessionMemoryCache::new(CLIENT_SESSIONS),
         })
     }
 }

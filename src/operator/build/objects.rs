@@ -229,7 +229,7 @@ pub fn member_pod(pair: &HighAvailabilityPair, member: Member, ctx: &BuildContex
         ]),
         readiness_probe: Some(probe("/readyz", 1)),
         liveness_probe: Some(Probe { failure_threshold: Some(3), ..probe("/healthz", 5) }),
-        resources: spec.agent.resources.clone(),
+        resources: Some(spec.agent.effective_resources()),
         volume_mounts: Some(agent_mounts),
         security_context: Some(restricted_security_context()),
         ..Default::default()
@@ -484,6 +484,20 @@ pub(super) mod tests {
         assert!(sources.iter().any(|s| s.service_account_token.as_ref().is_some_and(|t| t.path == "token")));
         assert_eq!(spec.topology_spread_constraints.map(|c| c.len()), Some(1), "members spread over nodes");
         assert_eq!(pod.metadata.owner_references.unwrap()[0].name, "db");
+    }
+
+    #[test]
+    fn the_agent_requests_cpu_and_memory_unless_told_otherwise_and_has_no_limits() {
+        let agent = |p: &HighAvailabilityPair| {
+            member_pod(p, Member::Primary, &ctx()).spec.unwrap().containers.pop().unwrap().resources.unwrap()
+        };
+        let default = agent(&pair(""));
+        let requests = default.requests.unwrap();
+        assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("20m", "32Mi"));
+        assert_eq!(default.limits, None, "a CPU limit throttles the agent into missed renewals");
+        let set = agent(&pair("  agent: {resources: {requests: {cpu: 100m}, limits: {memory: 256Mi}}}\n"));
+        assert_eq!(set.requests.unwrap()["cpu"].0, "100m");
+        assert_eq!(set.limits.unwrap()["memory"].0, "256Mi");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! The small HTTP layer the agents speak: one request per connection over
-//! mTLS (or plain HTTP for probes and the localhost role endpoint), bounded
-//! in time and size so a slow or misbehaving peer cannot stall or flood us.
+//! The small HTTP layer the agents speak: requests over mTLS (or plain
+//! HTTP for probes and the localhost role endpoint), bounded in time and
+//! size so a slow or misbehaving peer cannot stall or flood us. A call opens
+//! its own connection; a caller that asks the same agent again and again
+//! keeps one open with [`Kept`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +19,9 @@ use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+mod kept;
+pub use kept::Kept;
 
 /// Largest response body accepted from an agent.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -62,7 +67,9 @@ pub async fn call(target: &Target, method: Method, path: &str, timeout: Duration
     call_limited(target, method, path, timeout, MAX_BODY).await
 }
 
-/// [`call`] accepting a body of up to `limit` bytes.
+/// [`call`] accepting a body of up to `limit` bytes: a [`Kept`] call on a
+/// connection of its own, dropped with it. With nothing kept, the request
+/// goes once, so this is safe for requests that must not be sent twice.
 pub async fn call_limited(
     target: &Target,
     method: Method,
@@ -70,21 +77,18 @@ pub async fn call_limited(
     timeout: Duration,
     limit: usize,
 ) -> Result<Bytes, CallError> {
-    tokio::time::timeout(timeout, async {
-        let resp = send(target, method, path).await?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), limit).collect().await.map_err(|_| CallError::Body)?.to_bytes();
-        if !status.is_success() {
-            return Err(CallError::Status(status));
-        }
-        Ok(body)
-    })
-    .await
-    .unwrap_or(Err(CallError::Timeout))
+    Kept::default().call(target, method, path, timeout, limit).await
 }
 
-async fn send(target: &Target, method: Method, path: &str) -> Result<Response<Incoming>, CallError> {
-    send_with(target, method, path, &[]).await
+/// The whole body of an answer, of up to `limit` bytes; an answer that is
+/// not a success is an error once its body is read.
+async fn read_body(resp: Response<Incoming>, limit: usize) -> Result<Bytes, CallError> {
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), limit).collect().await.map_err(|_| CallError::Body)?.to_bytes();
+    if !status.is_success() {
+        return Err(CallError::Status(status));
+    }
+    Ok(body)
 }
 
 async fn send_with(
@@ -93,6 +97,20 @@ async fn send_with(
     path: &str,
     headers: &[(&'static str, &'static str)],
 ) -> Result<Response<Incoming>, CallError> {
+    let (mut sender, conn) = connect(target, None).await?;
+    tokio::spawn(conn);
+    Ok(sender.send_request(request(method, path, headers)?).await?)
+}
+
+/// A new mTLS connection to `target`, within [`CONNECT`]: its sender, and
+/// the future that drives it (to be spawned; it ends with the connection).
+/// `read_buf`: the exact size of each read, for a connection that carries
+/// small answers only; `None`, hyper's adaptive buffer (8 KiB and up).
+async fn connect(
+    target: &Target,
+    read_buf: Option<usize>,
+) -> Result<(hyper::client::conn::http1::SendRequest<Full<Bytes>>, impl Future<Output = ()> + Send + use<>), CallError>
+{
     let tls = tokio::time::timeout(CONNECT, async {
         let tcp = TcpStream::connect(target.addr).await.map_err(CallError::Connect)?;
         let _ = tcp.set_nodelay(true);
@@ -100,16 +118,26 @@ async fn send_with(
     })
     .await
     .map_err(|_| CallError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection within 2 s")))??;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-    tokio::spawn(async move {
+    let mut builder = hyper::client::conn::http1::Builder::new();
+    if read_buf.is_some() {
+        builder.read_buf_exact_size(read_buf);
+    }
+    let (sender, conn) = builder.handshake(TokioIo::new(tls)).await?;
+    Ok((sender, async move {
         let _ = conn.await;
-    });
+    }))
+}
+
+fn request(
+    method: Method,
+    path: &str,
+    headers: &[(&'static str, &'static str)],
+) -> Result<Request<Full<Bytes>>, CallError> {
     let mut req = Request::builder().method(method).uri(path).header(hyper::header::HOST, "agent");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Full::new(Bytes::new()))?;
-    Ok(sender.send_request(req).await?)
+    Ok(req.body(Full::new(Bytes::new()))?)
 }
 
 /// A streamed answer: its headers, its body chunk by chunk, and once the
@@ -207,13 +235,18 @@ pub fn json_reply<T: serde::Serialize>(value: &T) -> Reply {
 /// gets the peer address (for loopback-only endpoints). Runs until the
 /// listener fails; each connection is served on its own task with a
 /// deadline of `deadline` (long enough for the largest file the port
-/// streams).
+/// streams). The connections belong to this future: dropped, it ends them
+/// too, so an agent that stops (one of many in a process) answers nobody
+/// on a connection kept alive from before.
 pub async fn serve<H, F>(listener: TcpListener, tls: Option<TlsAcceptor>, deadline: Duration, handler: H)
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply> + Send + 'static,
 {
+    let mut connections = tokio::task::JoinSet::<()>::new();
     loop {
+        // Finished connections are reaped as new ones come.
+        while connections.try_join_next().is_some() {}
         let Ok((tcp, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -221,7 +254,7 @@ where
         let _ = tcp.set_nodelay(true);
         let tls = tls.clone();
         let handler = handler.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(handler(req, peer).await) }
@@ -271,5 +304,26 @@ mod tests {
         assert!(matches!(r, Err(CallError::Connect(_))), "{r:?}");
         let took = started.elapsed();
         assert!(took >= CONNECT && took < CONNECT + Duration::from_secs(1), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_server_ends_its_kept_alive_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler = |_req: Request<Incoming>, _peer: SocketAddr| async { reply(hyper::StatusCode::OK, "up") };
+        let server = tokio::spawn(serve(listener, None, Duration::from_secs(60), handler));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let ask = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        conn.write_all(ask).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("200"), "served while running");
+        server.abort();
+        let _ = server.await;
+        // The connection kept alive from before is closed, not served on.
+        let _ = conn.write_all(ask).await;
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "answered after the server was dropped: {}", String::from_utf8_lossy(&buf[..n]));
     }
 }

@@ -1,0 +1,537 @@
+//! `make bench-scale`: what one operator costs with many pairs, on the
+//! testbed's real API server.
+//!
+//! One operator (the release binary, its own process) watches one
+//! namespace. Its pairs' members run in this process (`members.rs`: the
+//! real agent code and protocol on virtual nodes, because 2,000 member pods
+//! do not fit on this machine); each pair's Lease, Service, Secret, pods and
+//! status are real objects. Heartbeat 5 s × 3 (the default), an HTTP health
+//! check every 5 s.
+//!
+//! First one pair alone: its failover time. Then, at each size (200, then
+//! 1,000 pairs; `HAPAIR_BENCH_SCALE_PAIRS=200,1000`):
+//! - created → serving: from each pair's creation to its first active
+//!   member (the agent's role file), and the time until every pair serves;
+//! - in steady state, over `HAPAIR_BENCH_SCALE_WINDOW` seconds (60): the
+//!   API server's own request counts (`apiserver_request_total`) by verb
+//!   and resource, less what the same window counted before any pair
+//!   existed (the testbed's own nodes and controllers), beside the target —
+//!   only Lease renewals, one per pair per interval; the operator's CPU and
+//!   resident memory (from `/proc`, not from the operator);
+//! - reconcile latency, from outside: a spec change (pause, then resume)
+//!   on sampled pairs, until the status shows that generation observed
+//!   (polled every 10 ms);
+//! - the failover time of one pair among them
+//!   (`HAPAIR_BENCH_SCALE_FAULTS`, 10 per size): its active's application
+//!   killed (the kubelet's report, the health check refused), at a random
+//!   moment; measured to the Lease's move and to the new active's role
+//!   file, and compared with the lone pair's.
+//!
+//! Prints `BENCH scale_…` lines; runs that fail are counted and printed.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod members;
+mod stats;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use hapair::api::{HighAvailabilityPair, Member, Mode};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use members::Members;
+use serde_json::{Value, json};
+use stats::{pct, report};
+
+const INTERVAL: u64 = 5;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
+        _ => default,
+    }
+}
+
+fn sizes() -> Vec<usize> {
+    let v = std::env::var("HAPAIR_BENCH_SCALE_PAIRS").unwrap_or_else(|_| "200,1000".into());
+    let sizes: Vec<usize> = v
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("HAPAIR_BENCH_SCALE_PAIRS={v:?}: whole numbers, comma-separated"))
+        })
+        .collect();
+    assert!(sizes.windows(2).all(|w| w[0] < w[1]), "HAPAIR_BENCH_SCALE_PAIRS={v:?}: sizes in increasing order");
+    sizes
+}
+
+fn pair(name: &str) -> Value {
+    json!({
+        "apiVersion": "hapair.dev/v1alpha1",
+        "kind": "HighAvailabilityPair",
+        "metadata": {"name": name},
+        "spec": {
+            "template": {"spec": {
+                "nodeSelector": {members::NODE_LABEL: "true"},
+                "tolerations": [{"key": members::NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
+                "containers": [{"name": "app", "image": "hapair.dev/scale/app:1", "ports": [{"containerPort": 8080}]}],
+            }},
+            "service": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+            "heartbeat": {"intervalSeconds": INTERVAL, "missedThreshold": 3},
+            "healthCheck": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 5, "timeoutSeconds": 1, "failureThreshold": 2},
+        }
+    })
+}
+
+/// The operator under test: the release binary, its own process, started
+/// again whenever it exits, as its Deployment would (an operator that loses
+/// its leader Lease stops on purpose). Every exit is counted and printed.
+struct Operator {
+    pid: Arc<AtomicU32>,
+    exits: Arc<AtomicU32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    fn start(ns: &str, log: &std::path::Path) -> Self {
+        let (pid, exits) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let (ns, log, pid_now, exits_now) = (ns.to_string(), log.to_path_buf(), pid.clone(), exits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let log = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log");
+                // `HAPAIR_BENCH_OPERATOR_WRAP` runs the operator under a
+                // profiler (say `heaptrack -o target/operator`); its figures
+                // are then the profiler's, not the operator's.
+                let wrap = std::env::var("HAPAIR_BENCH_OPERATOR_WRAP").unwrap_or_default();
+                let mut argv: Vec<String> = wrap.split_whitespace().map(String::from).collect();
+                argv.push(env!("CARGO_BIN_EXE_hapair").into());
+                let mut child = tokio::process::Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .arg("operator")
+                    .env("KUBECONFIG", common::kubeconfig_path())
+                    .env("HAPAIR_WATCH_NAMESPACES", &ns)
+                    .env("POD_NAMESPACE", &ns)
+                    .env("POD_NAME", "operator-0")
+                    .env("HAPAIR_METRICS_ADDR", "127.0.0.1:0")
+                    .env("HAPAIR_HEALTH_ADDR", "127.0.0.1:0")
+                    .env("HAPAIR_AGENT_IMAGE", "hapair.dev/scale/agent:1")
+                    .env("RUST_LOG", "info")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(log)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("the operator starts");
+                pid_now.store(child.id().unwrap_or(0), Ordering::SeqCst);
+                let status = child.wait().await;
+                let n = exits_now.fetch_add(1, Ordering::SeqCst) + 1;
+                eprintln!("scale: the operator exited ({status:?}), {n} time(s) so far; starting it again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        Operator { pid, exits, task }
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid.load(Ordering::SeqCst)
+    }
+
+    fn exits(&self) -> u32 {
+        self.exits.load(Ordering::SeqCst)
+    }
+
+    /// CPU seconds used so far, and resident and peak resident memory (MiB),
+    /// of the current process.
+    fn usage(&self) -> (f64, f64, f64) {
+        proc_usage(self.pid())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        // Dropping the task drops its child, which kills it.
+        self.task.abort();
+    }
+}
+
+fn clock_ticks() -> f64 {
+    let out = std::process::Command::new("getconf").arg("CLK_TCK").output().expect("getconf runs");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100.0)
+}
+
+/// CPU seconds, VmRSS and VmHWM (MiB) of a process, from `/proc`.
+fn proc_usage(pid: u32) -> (f64, f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are
+    // the 14th and 15th of the whole line.
+    let rest: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let cpu = (ticks(11) + ticks(12)) / clock_ticks();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    };
+    (cpu, kib("VmRSS:").unwrap_or(0.0) / 1024.0, kib("VmHWM:").unwrap_or(0.0) / 1024.0)
+}
+
+/// `apiserver_request_total` summed by verb and resource (with its
+/// subresource), from the API server's own metrics.
+async fn api_counts(client: &Client) -> BTreeMap<String, f64> {
+    let req = hyper::Request::get("/metrics").body(Vec::new()).expect("a request");
+    let text = client.request_text(req).await.expect("the API server's metrics");
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+        let label = |k: &str| {
+            labels.split(&format!("{k}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_string()
+        };
+        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+        let key = if sub.is_empty() { format!("{verb} {resource}") } else { format!("{verb} {resource}/{sub}") };
+        *out.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+/// Requests per second by verb and resource over `window`.
+async fn api_rates(client: &Client, window: Duration) -> BTreeMap<String, f64> {
+    let before = api_counts(client).await;
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    let after = api_counts(client).await;
+    let secs = start.elapsed().as_secs_f64();
+    after.iter().map(|(k, v)| (k.clone(), (v - before.get(k).copied().unwrap_or(0.0)) / secs)).collect()
+}
+
+struct Bench {
+    client: Client,
+    ns: String,
+    members: Arc<Members>,
+    pairs: Api<HighAvailabilityPair>,
+    rng: fastrand::Rng,
+}
+
+impl Bench {
+    /// The member of `pair` whose role file says active, with its epoch.
+    fn active(&self, pair: &str) -> Option<(Member, i64)> {
+        Member::BOTH.into_iter().find_map(|m| match self.members.role(&m.pod_name(pair)) {
+            Some((r, e)) if r == "active" => Some((m, e)),
+            _ => None,
+        })
+    }
+
+    /// Creates `names` (ten at a time) and returns, per pair, how long from
+    /// its creation until one member serves, and the time until all do.
+    async fn create(&self, names: &[String]) -> (Vec<f64>, f64, Vec<String>) {
+        let api = common::dynamic_pairs(&self.client, &self.ns);
+        let start = Instant::now();
+        let mut created: BTreeMap<String, Instant> = BTreeMap::new();
+        for chunk in names.chunks(10) {
+            let sent = futures::future::join_all(chunk.iter().map(|n| {
+                let api = api.clone();
+                async move { (n.clone(), common::apply(&api, &pair(n)).await, Instant::now()) }
+            }))
+            .await;
+            for (n, r, at) in sent {
+                r.unwrap_or_else(|e| panic!("pair {n} refused: {e}"));
+                created.insert(n, at);
+            }
+        }
+        let mut serving = Vec::new();
+        let mut failed = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !created.is_empty() {
+            let now = Instant::now();
+            created.retain(|n, at| match self.active(n) {
+                Some(_) => {
+                    serving.push(now.duration_since(*at).as_secs_f64() * 1000.0);
+                    false
+                }
+                None => true,
+            });
+            if now > deadline {
+                failed.extend(created.keys().map(|n| format!("{n}: not serving 10 min after its creation")));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (serving, start.elapsed().as_secs_f64(), failed)
+    }
+
+    /// Until `pair` is enabled and both its applications pass their health
+    /// checks (a restarted one is not healthy again until its agent's next
+    /// check): a failover can start, and only one member has failed.
+    async fn steady(&self, pair: &str) -> bool {
+        let until = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < until {
+            if let Ok(p) = self.pairs.get(pair).await
+                && let Some(s) = &p.status
+                && s.mode == Some(Mode::Enabled)
+                && s.members.len() == 2
+                && s.members.iter().all(|m| m.healthy == Some(true) && m.missed_heartbeats == 0)
+                && self.active(pair).is_some()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+
+    /// Kills the active application of each of `pairs` in turn, at a random
+    /// moment; per run, the Lease's move and the new active's role file (ms
+    /// from the kill).
+    async fn failovers(&mut self, pairs: &[String]) -> (Vec<f64>, Vec<f64>, Vec<String>) {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.ns);
+        let (mut moved, mut promoted, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+        for name in pairs {
+            if !self.steady(name).await {
+                failed.push(format!("{name}: never steady before the fault"));
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(self.rng.u64(0..INTERVAL * 1000))).await;
+            let Some((old, epoch)) = self.active(name) else {
+                failed.push(format!("{name}: no active member at the fault"));
+                continue;
+            };
+            let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone());
+            let before = leases.get(name).await.ok().as_ref().and_then(holder);
+            let t0 = Instant::now();
+            self.members.kill_app(&old.pod_name(name)).await;
+            let (mut lease_at, mut role_at) = (None, None);
+            while t0.elapsed() < Duration::from_secs(60) && (lease_at.is_none() || role_at.is_none()) {
+                if lease_at.is_none() && leases.get(name).await.ok().as_ref().and_then(holder) != before {
+                    lease_at = Some(t0.elapsed());
+                }
+                if role_at.is_none()
+                    && let Some((r, e)) = self.members.role(&old.peer().pod_name(name))
+                    && r == "active"
+                    && e > epoch
+                {
+                    role_at = Some(t0.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            eprintln!(
+                "scale: {name}: {old}'s application killed at epoch {epoch}; Lease moved {lease_at:?}, peer serving {role_at:?}"
+            );
+            match (lease_at, role_at) {
+                (Some(l), Some(r)) => {
+                    moved.push(l.as_secs_f64() * 1000.0);
+                    promoted.push(r.as_secs_f64() * 1000.0);
+                }
+                _ => failed.push(format!("{name}: no failover within 60 s (Lease moved: {lease_at:?})")),
+            }
+            self.members.restart_app(&old.pod_name(name)).await;
+        }
+        (moved, promoted, failed)
+    }
+
+    /// Pause then resume each of `pairs`: from each patch to the status
+    /// showing its generation observed (ms).
+    async fn reconcile_latency(&self, pairs: &[String]) -> (Vec<f64>, Vec<String>) {
+        let (mut out, mut failed) = (Vec::new(), Vec::new());
+        for name in pairs {
+            for paused in [true, false] {
+                let patch = json!({"spec": {"paused": paused}});
+                let t0 = Instant::now();
+                let generation = match self.pairs.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                    Ok(p) => p.metadata.generation.unwrap_or(0),
+                    Err(e) => {
+                        failed.push(format!("{name}: not patched: {e}"));
+                        continue;
+                    }
+                };
+                let mut seen = None;
+                while t0.elapsed() < Duration::from_secs(60) {
+                    if let Ok(p) = self.pairs.get(name).await
+                        && p.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0) >= generation
+                    {
+                        seen = Some(t0.elapsed());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                match seen {
+                    Some(d) => out.push(d.as_secs_f64() * 1000.0),
+                    None => failed.push(format!("{name}: generation {generation} not observed within 60 s")),
+                }
+            }
+        }
+        (out, failed)
+    }
+
+    /// Deletes a pair and waits until its members are gone.
+    async fn remove(&self, name: &str) {
+        let _ = self.pairs.delete(name, &Default::default()).await;
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until && Member::BOTH.iter().any(|m| self.members.role(&m.pod_name(name)).is_some()) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn sample(&mut self, names: &[String], k: usize) -> Vec<String> {
+        let mut v = names.to_vec();
+        self.rng.shuffle(&mut v);
+        v.truncate(k);
+        v
+    }
+}
+
+fn print_failed(what: &str, failed: &[String], n: usize) {
+    println!("BENCH scale_{what}_failed {} of {n}", failed.len());
+    for f in failed {
+        eprintln!("  failed: {f}");
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // Every agent holds a few sockets; a thousand pairs, thousands.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    let limit = rustix::process::Rlimit { current: hard, maximum: hard };
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).expect("the open-file limit raised");
+    // The agents' own logs, each line with its pod, when asked for.
+    if let Ok(path) = std::env::var("HAPAIR_BENCH_SCALE_TRACE") {
+        let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("HAPAIR_BENCH_SCALE_TRACE={path}: {e}"));
+        tracing_subscriber::fmt().with_writer(std::sync::Mutex::new(file)).with_ansi(false).init();
+    }
+    let sizes = sizes();
+    let faults = env_u64("HAPAIR_BENCH_SCALE_FAULTS", 10) as usize;
+    let window = Duration::from_secs(env_u64("HAPAIR_BENCH_SCALE_WINDOW", 60));
+    let samples = env_u64("HAPAIR_BENCH_SCALE_RECONCILES", 25) as usize;
+    let seed = env_u64("HAPAIR_BENCH_SEED", std::process::id() as u64);
+    eprintln!("scale: sizes {sizes:?}, {faults} faults per size, window {window:?}, seed {seed}");
+
+    let client = common::client().await;
+    common::install_crd(&client).await;
+    let ns = common::TestNamespace::new(&client, "scale").await;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-scale");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a work directory");
+    let members = Members::start(client.clone(), &ns.name, dir.join("members")).await;
+    let mut bench = Bench {
+        client: client.clone(),
+        ns: ns.name.clone(),
+        members: members.clone(),
+        pairs: Api::namespaced(client.clone(), &ns.name),
+        rng: fastrand::Rng::with_seed(seed),
+    };
+    let operator = Operator::start(&ns.name, &dir.join("operator.log"));
+    eprintln!("scale: operator's log in {}", dir.join("operator.log").display());
+
+    // What the testbed itself asks of the API server, operator idle.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let baseline = api_rates(&client, window).await;
+
+    // One pair alone, a fresh one for each fault: a pair failed over again
+    // and again meets its flap budget, and a member restarted a moment ago
+    // is not healthy again until its next check.
+    let (mut lone_moved, mut lone_promoted, mut lone_failed) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..faults {
+        let name = vec![format!("lone{i}")];
+        let (_, _, failed) = bench.create(&name).await;
+        lone_failed.extend(failed);
+        // Older than one lease duration: an agent that has just started
+        // takes over only a lease duration after its start (it cannot know
+        // what its previous life promised), which the pairs at scale,
+        // created long before their faults, never meet.
+        tokio::time::sleep(Duration::from_secs(INTERVAL * 3 + 1)).await;
+        let (m, p, f) = bench.failovers(&name).await;
+        lone_moved.extend(m);
+        lone_promoted.extend(p);
+        lone_failed.extend(f);
+        bench.remove(&name[0]).await;
+    }
+    report("scale_lone_failover_lease_moved", &lone_moved);
+    report("scale_lone_failover_promoted", &lone_promoted);
+    print_failed("lone_failover", &lone_failed, faults);
+
+    let mut names: Vec<String> = Vec::new();
+    for size in sizes {
+        let new: Vec<String> = (names.len()..size).map(|i| format!("p{i:04}")).collect();
+        eprintln!("scale: creating {} pairs ({} in all)", new.len(), size);
+        let (serving, all_in, failed) = bench.create(&new).await;
+        names.extend(new.iter().cloned());
+        report(&format!("scale_{size}_created_to_serving"), &serving);
+        println!("BENCH scale_{size}_all_serving_after {:.1} s ({} pairs created)", all_in, new.len());
+        print_failed(&format!("{size}_create"), &failed, new.len());
+
+        // Settled: every decision taken, status written.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let (cpu0, _, _) = operator.usage();
+        let t0 = Instant::now();
+        let rates = api_rates(&client, window).await;
+        let (cpu1, rss, hwm) = operator.usage();
+        let cpu_pct = (cpu1 - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+        let (_, host_rss, _) = proc_usage(std::process::id());
+        println!(
+            "BENCH scale_{size}_operator cpu={cpu_pct:.1}% rss={rss:.1} MiB peak_rss={hwm:.1} MiB (n={} pairs, window {} s; \
+             exits so far {})",
+            size + 1,
+            window.as_secs(),
+            operator.exits()
+        );
+        println!("BENCH scale_{size}_members_process rss={host_rss:.0} MiB ({} agents)", members.running());
+        let expected = (size + 1) as f64 / INTERVAL as f64;
+        let mut rows: Vec<(String, f64)> = rates
+            .iter()
+            .map(|(k, v)| (k.clone(), v - baseline.get(k).copied().unwrap_or(0.0)))
+            .filter(|(_, v)| v.abs() >= 0.05)
+            .collect();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = rows.iter().map(|(_, v)| v).sum();
+        println!(
+            "BENCH scale_{size}_api_requests total={total:.1}/s beyond the idle testbed; target: Lease renewals only, {expected:.1}/s"
+        );
+        for (k, v) in &rows {
+            println!("BENCH scale_{size}_api {k} {v:.2}/s");
+        }
+
+        let sampled = bench.sample(&names, samples);
+        let (latency, failed) = bench.reconcile_latency(&sampled).await;
+        report(&format!("scale_{size}_reconcile_latency"), &latency);
+        print_failed(&format!("{size}_reconcile"), &failed, sampled.len() * 2);
+
+        let sampled = bench.sample(&names, faults);
+        let (moved, promoted, failed) = bench.failovers(&sampled).await;
+        report(&format!("scale_{size}_failover_lease_moved"), &moved);
+        report(&format!("scale_{size}_failover_promoted"), &promoted);
+        print_failed(&format!("{size}_failover"), &failed, faults);
+        if !promoted.is_empty() && !lone_promoted.is_empty() {
+            println!(
+                "BENCH ratio_scale_{size}_failover_vs_lone median={:.2} p90={:.2} x (target ≤ 1.2)",
+                pct(&promoted, 50.0) / pct(&lone_promoted, 50.0),
+                pct(&promoted, 90.0) / pct(&lone_promoted, 90.0)
+            );
+        }
+    }
+    println!("BENCH scale_operator_exits {}", operator.exits());
+    let failures = members.failures.lock().unwrap().clone();
+    println!("BENCH scale_member_failures {}", failures.len());
+    for f in failures.iter().take(20) {
+        eprintln!("  member: {f}");
+    }
+
+    // The pairs first, the operator still running (the garbage collector
+    // takes their objects; without a kubelet, this process removes the pods
+    // as they are deleted, so it stops its members last), then the
+    // namespace.
+    let _ = bench.pairs.delete_collection(&Default::default(), &Default::default()).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &bench.ns);
+    let until = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < until && pods.list(&Default::default()).await.is_ok_and(|l| !l.items.is_empty()) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    drop(ns);
+    drop(operator);
+    members.stop().await;
+}
