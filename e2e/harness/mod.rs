@@ -10,7 +10,9 @@ pub mod client;
 pub mod delay;
 pub mod history;
 pub mod nodes;
+pub mod observer;
 pub mod operators;
+pub mod probe;
 pub mod routes;
 pub mod states;
 pub mod views;
@@ -140,20 +142,33 @@ impl Harness {
         timeout: Duration,
         check: impl Fn(&HighAvailabilityPair) -> bool,
     ) -> HighAvailabilityPair {
+        if let Some(p) = self.wait_for_opt(name, timeout, check).await {
+            return p;
+        }
+        let p = self.pairs().get(name).await.ok();
+        panic!(
+            "timed out after {timeout:?} waiting for {what}; status: {}\nlogs in {}",
+            serde_json::to_string_pretty(&p.and_then(|p| p.status)).unwrap(),
+            self.dir.display()
+        );
+    }
+
+    /// The pair once `check` holds for it; `None` after `timeout`.
+    pub async fn wait_for_opt(
+        &self,
+        name: &str,
+        timeout: Duration,
+        check: impl Fn(&HighAvailabilityPair) -> bool,
+    ) -> Option<HighAvailabilityPair> {
         let start = Instant::now();
         loop {
             if let Ok(p) = self.pairs().get(name).await
                 && check(&p)
             {
-                return p;
+                return Some(p);
             }
             if start.elapsed() > timeout {
-                let p = self.pairs().get(name).await.ok();
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; status: {}\nlogs in {}",
-                    serde_json::to_string_pretty(&p.and_then(|p| p.status)).unwrap(),
-                    self.dir.display()
-                );
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -168,12 +183,25 @@ impl Harness {
 
     /// Runs `kubectl hapair` on this namespace: success, stdout, stderr.
     pub fn plugin(&self, args: &[&str]) -> (bool, String, String) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-hapair"))
-            .args(["--kubeconfig", &common::kubeconfig_path(), "-n", &self.ns.name])
-            .args(args)
-            .output()
-            .expect("plugin runs");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        self.plugin_command()(args)
+    }
+
+    /// [`Self::plugin`] as a function of its own, for a blocking task
+    /// (a `--wait` that takes minutes must not hold a runtime thread).
+    pub fn plugin_command(&self) -> impl Fn(&[&str]) -> (bool, String, String) + Send + 'static {
+        let ns = self.ns.name.clone();
+        move |args| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-hapair"))
+                .args(["--kubeconfig", &common::kubeconfig_path(), "-n", &ns])
+                .args(args)
+                .output()
+                .expect("plugin runs");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into(),
+                String::from_utf8_lossy(&out.stderr).into(),
+            )
+        }
     }
 
     pub fn pods(&self) -> Api<Pod> {
@@ -257,19 +285,33 @@ impl Harness {
         self.pods().list(&lp).await.map(|l| l.items).unwrap_or_default()
     }
 
-    /// Whether a resync Job's pod has a container running now.
-    pub async fn job_pod_running(&self) -> bool {
+    /// The UIDs of the pair's resync Job pods that exist now: a fault meant
+    /// for the next Job passes them to the two calls below, so a pod of an
+    /// earlier Job (finished, its status not yet saying so) never stands in
+    /// for the one it waits for.
+    pub async fn job_pod_uids(&self) -> std::collections::HashSet<String> {
+        self.job_pods().await.into_iter().filter_map(|p| p.metadata.uid).collect()
+    }
+
+    /// Whether a resync Job's pod other than `besides` has a container
+    /// running now.
+    pub async fn job_pod_running(&self, besides: &std::collections::HashSet<String>) -> bool {
         self.job_pods()
             .await
             .iter()
+            .filter(|p| !besides.contains(p.metadata.uid.as_deref().unwrap_or_default()))
             .any(|p| p.spec.iter().flat_map(|s| &s.containers).any(|c| nodes::container_id(p, &c.name).is_some()))
     }
 
-    /// Kills the running containers of the pair's resync Job pods (a Job
-    /// interrupted mid-copy); returns how many were killed.
-    pub async fn kill_job_pods(&self) -> usize {
+    /// Kills the running containers of the pair's resync Job pods other
+    /// than `besides` (a Job interrupted mid-copy); returns how many were
+    /// killed.
+    pub async fn kill_job_pods(&self, besides: &std::collections::HashSet<String>) -> usize {
         let mut killed = 0;
         for pod in self.job_pods().await {
+            if besides.contains(pod.metadata.uid.as_deref().unwrap_or_default()) {
+                continue;
+            }
             for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
                 // Only what runs: a finished container has nothing to kill.
                 if nodes::kill_container(&pod, &c.name).is_ok() {
@@ -289,15 +331,14 @@ impl Harness {
 
     /// mTLS client config holding the pair's client certificate.
     pub async fn pair_tls(&self, name: &str) -> Arc<rustls::ClientConfig> {
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns.name);
-        let s = secrets.get(&format!("{name}-tls")).await.unwrap();
-        let get = |k: &str| String::from_utf8(s.data.as_ref().unwrap()[k].0.clone()).unwrap();
-        hapair::tls::client_config(&hapair::tls::Identity {
-            ca: get(hapair::tls::CA_CERT),
-            cert: get(hapair::tls::CLIENT_CERT),
-            key: get(hapair::tls::CLIENT_KEY),
-        })
-        .unwrap()
+        self.pair_material(name).await.client_config().unwrap()
+    }
+
+    /// The operator's identity towards the pair's agents, as the pair's
+    /// Secret holds it now (see [`pair_identity`]).
+    pub async fn pair_material(&self, name: &str) -> Arc<hapair::tls::Material> {
+        let identity = pair_identity(&self.client, &self.ns.name, name).await.expect("the pair's TLS Secret");
+        hapair::tls::Material::new(&identity).unwrap()
     }
 
     /// The directory on the node's disk behind a member's data volume: the
@@ -348,7 +389,7 @@ impl Harness {
     /// A checker that allows the VIP to lag the Lease for `grace` (one
     /// reconcile of a live operator, or longer when a test kills it).
     pub async fn checker_with_grace(&self, name: &str, grace: Duration) -> checker::Checker {
-        let tls = self.pair_tls(name).await;
+        let tls = self.pair_material(name).await;
         let dirs = [self.data_dir(name, Member::Primary).await, self.data_dir(name, Member::Secondary).await];
         checker::Checker::start(self.client.clone(), &self.ns.name, name, tls, 7443, grace, dirs)
     }
@@ -366,6 +407,21 @@ impl Harness {
     pub async fn vip(&self, service: &str, path: &str) -> Result<(u16, String), String> {
         let mut conn = client::VipConnection::new(self.cluster_ip(service).await);
         conn.request(path).await.map(|a| (a.code, a.body))
+    }
+
+    /// Waits until a write through the VIP is acknowledged (each try bounded
+    /// by the client's one-second deadline: on a loaded node one fsync can
+    /// outlast it); fails with the last answer when none is within `within`.
+    pub async fn wait_vip_writable(&self, service: &str, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let answer = self.vip(service, "/write?key=probe&value=1").await;
+            if matches!(answer, Ok((200, _))) {
+                return;
+            }
+            assert!(start.elapsed() < within, "no write through the VIP of {service} within {within:?}: {answer:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -389,6 +445,20 @@ pub async fn try_http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body.to_string()))
 }
 
+/// The operator's client identity from the pair's TLS Secret as it is now
+/// (it changes when the certificates are renewed or the CA rotated).
+pub async fn pair_identity(client: &kube::Client, ns: &str, name: &str) -> Option<hapair::tls::Identity> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let s = secrets.get(&format!("{name}-tls")).await.ok()?;
+    let data = s.data.as_ref()?;
+    let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
+    Some(hapair::tls::Identity {
+        ca: get(hapair::tls::CA_CERT)?,
+        cert: get(hapair::tls::CLIENT_CERT)?,
+        key: get(hapair::tls::CLIENT_KEY)?,
+    })
+}
+
 pub fn test_pair(name: &str, interval: i32, extra: Value) -> Value {
     let mut p = serde_json::json!({
         "apiVersion": "hapair.dev/v1alpha1",
@@ -398,8 +468,14 @@ pub fn test_pair(name: &str, interval: i32, extra: Value) -> Value {
             "template": {"spec": {
                 // The claim's files belong to the image's user (65532) on the node's disk.
                 "securityContext": {"fsGroup": 65532},
+                // A CPU request, as a production application has: without
+                // one its container gets the kernel's smallest weight, and on
+                // this busy machine it then waits seconds for a CPU — an
+                // application that cannot see its role file change for that
+                // long reads to the checker as one that stayed active.
                 "containers": [{"name": "app", "image": APP_IMAGE, "ports": [{"containerPort": 8080}],
                                 "args": ["--listen", "0.0.0.0:8080", "--data-dir", "/data"],
+                                "resources": {"requests": {"cpu": "50m", "memory": "16Mi"}},
                                 "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                                                     "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]},
                                                     "seccompProfile": {"type": "RuntimeDefault"}}}]}},

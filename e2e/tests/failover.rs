@@ -14,6 +14,8 @@ use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(60);
 const FAILOVER: Duration = Duration::from_secs(30);
+/// How long a member that serves may take to acknowledge a write through the VIP.
+const WRITABLE: Duration = Duration::from_secs(20);
 
 fn active(p: &HighAvailabilityPair) -> Option<Member> {
     p.status.as_ref().and_then(|s| s.active_member)
@@ -31,19 +33,11 @@ async fn up(name: &str, interval: i32, extra: serde_json::Value) -> Harness {
     let h = Harness::new(name).await;
     h.apply(&test_pair("web", interval, extra)).await;
     h.wait_enabled("web", BOOT).await;
-    h.wait_vip_writable("web").await;
+    h.wait_vip_writable("web", WRITABLE).await;
     h
 }
 
 impl Harness {
-    async fn wait_vip_writable(&self, name: &str) {
-        let start = Instant::now();
-        while !matches!(self.vip(name, "/write?key=probe&value=1").await, Ok((200, _))) {
-            assert!(start.elapsed() < Duration::from_secs(20), "no write through the VIP");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     async fn wait_active(&self, member: Member, min_epoch: i64) -> HighAvailabilityPair {
         self.wait_for("web", &format!("{member} active at epoch >= {min_epoch}"), FAILOVER, |p| {
             active(p) == Some(member) && epoch(p) >= min_epoch
@@ -115,6 +109,38 @@ async fn killing_the_active_application_fails_over_at_once_and_the_old_active_re
     checker.assert_clean();
 }
 
+/// The operator wakes both agents when it moves the Lease; the new holder
+/// asks the old one whether it still serves, and may ask before the old one
+/// has read the Lease and stood down. Told "yes", it used to wait for its
+/// next heartbeat — a whole interval, 5 s at the default — so the old agent
+/// now wakes it once it stands down. With a 10 s heartbeat the difference
+/// is plain: the new active serves within a few seconds of the kill (the
+/// kubelet's report, kube-proxy), not after ten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_failure_promotes_the_standby_without_waiting_for_its_next_heartbeat() {
+    let h = up("confirmed-long", 10, json!({})).await;
+    let checker = h.checker("web").await;
+    // An agent takes over an epoch only one lease duration after its own
+    // start (it cannot know what a former life of it promised): past that,
+    // as any pair that has run a while.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let start = Instant::now();
+    h.kill("web", Member::Primary, Kill::App).await;
+    loop {
+        if let Ok((200, body)) = h.vip("web", "/role").await
+            && body.trim() == "active 2"
+        {
+            break;
+        }
+        assert!(start.elapsed() < FAILOVER, "the secondary never served at epoch 2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = start.elapsed();
+    eprintln!("confirmed failure at 10 s x 3: the new active serves {took:?} after the kill");
+    assert!(took < Duration::from_secs(6), "the new active waited {took:?}, about a heartbeat, to promote");
+    checker.assert_clean();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_under_writes_keeps_every_write_the_standby_had_synced() {
     let files = json!({"spec": {
@@ -129,7 +155,7 @@ async fn a_failover_under_writes_keeps_every_write_the_standby_had_synced() {
     assert!(checker.synced_writes(Member::Secondary) > 0, "the standby never held a synced write");
     h.kill("web", Member::Primary, Kill::App).await;
     let p = h.wait_active(Member::Secondary, 2).await;
-    h.wait_vip_writable("web").await;
+    h.wait_vip_writable("web", WRITABLE).await;
     writer.wait_epoch(2, FAILOVER).await;
     let log = writer.stop().await;
     let t = p.status.unwrap().last_transition.unwrap();
@@ -173,7 +199,7 @@ async fn a_silent_active_is_failed_over_only_after_its_lease_runs_out() {
     assert_eq!(t.reason, "LeaseExpired");
     // Lease of 3 s: the old active fences at 2 s; nobody is promoted before.
     assert!(waited >= Duration::from_secs(2), "promoted after {waited:?}, before the old active could fence");
-    h.wait_vip_writable("web").await;
+    h.wait_vip_writable("web", WRITABLE).await;
     eprintln!("unconfirmed failure: promoted {waited:?} after the kill");
     harness::history::assert_sound(&clients.stop().await);
     checker.assert_clean();
@@ -237,7 +263,7 @@ async fn an_active_cut_off_from_the_api_server_and_its_peer_fences_before_the_st
     h.cut_members_apart("web", true).await;
     h.partition("web", Member::Primary, true).await;
     h.wait_active(Member::Secondary, 2).await;
-    h.wait_vip_writable("web").await;
+    h.wait_vip_writable("web", WRITABLE).await;
     assert_eq!(checker.both_active_samples(), 0, "the old active served while the new one was promoted");
     // Healed, the old active sees it lost the Lease and stays standby.
     h.partition("web", Member::Primary, false).await;
@@ -296,7 +322,7 @@ async fn an_operator_killed_between_the_lease_move_and_the_selector_move_converg
     let mut h = Harness::new_with("restart", &[("HAPAIR_FAULT_EXIT_AT", "lease-moved")]).await;
     h.apply(&test_pair("web", 1, json!({}))).await;
     h.wait_enabled("web", BOOT).await;
-    h.wait_vip_writable("web").await;
+    h.wait_vip_writable("web", WRITABLE).await;
     // The VIP may lag the Lease while no operator runs: a leader lease (4 s) and a reconcile.
     let checker = h.checker_with_grace("web", Duration::from_secs(8)).await;
     let clients = h.clients("web", 3).await;
@@ -326,7 +352,7 @@ async fn an_operator_killed_between_the_lease_move_and_the_selector_move_converg
     assert_eq!(routed, ["web-primary"], "the operator died before moving the VIP's endpoint");
     h.start_operator();
     h.wait_active(Member::Secondary, 2).await;
-    h.wait_vip_writable("web").await;
+    h.wait_vip_writable("web", WRITABLE).await;
     let p = h
         .wait_for("web", "status settled", FAILOVER, |p| {
             p.status.as_ref().is_some_and(|s| s.mode == Some(Mode::Enabled))
@@ -345,7 +371,7 @@ async fn when_the_operator_leader_dies_the_other_replica_takes_over() {
     h.start_operator();
     h.apply(&test_pair("web", 1, json!({}))).await;
     h.wait_enabled("web", BOOT).await;
-    h.wait_vip_writable("web").await;
+    h.wait_vip_writable("web", WRITABLE).await;
     let checker = h.checker_with_grace("web", Duration::from_secs(8)).await;
     let leader = h.leader().await.expect("one replica leads");
     h.kill_operator(leader).await;
@@ -354,7 +380,7 @@ async fn when_the_operator_leader_dies_the_other_replica_takes_over() {
     h.kill("web", Member::Primary, Kill::Freeze).await;
     h.wait_active(Member::Secondary, 2).await;
     assert_eq!(h.leader().await, Some(1 - leader), "the other replica leads");
-    h.wait_vip_writable("web").await;
+    h.wait_vip_writable("web", WRITABLE).await;
     checker.assert_clean();
 }
 

@@ -75,11 +75,7 @@ async fn wait_failed_over(h: &Harness, from: Member, since: i64) -> HighAvailabi
 }
 
 async fn wait_writable(h: &Harness) {
-    let start = Instant::now();
-    while !matches!(h.vip("web", "/write?key=probe&value=1").await, Ok((200, _))) {
-        assert!(start.elapsed() < FAILOVER, "no write through the ClusterIP");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    h.wait_vip_writable("web", FAILOVER).await;
 }
 
 /// The scenario every node fault shares: fail the active's node under
