@@ -536,22 +536,63 @@ async fn the_operator_leader_lease_is_renewed_while_the_leader_has_not_looked_at
     use hapair::operator::leader::Elector;
     use k8s_openapi::api::coordination::v1::Lease;
     let client = common::client().await;
+    let config = common::config().await;
     let ns = common::TestNamespace::new(&client, "leader").await;
     let metrics = hapair::metrics::OperatorMetrics::register(&prometheus::Registry::new()).unwrap();
     let lease = Duration::from_secs(2);
-    let first = Elector::with_duration(client.clone(), &ns.name, "op", "replica-a", lease);
-    let lost = first.acquire(&metrics).await.unwrap();
+    let first = Elector::with_duration(config.clone(), &ns.name, "op", "replica-a", lease);
+    let mut lost = first.acquire(&metrics).await.unwrap();
     // The leader is busy (its caches syncing, say) for well over a lease
     // duration and never polls what acquire returned.
-    let second = Elector::with_duration(client.clone(), &ns.name, "op", "replica-b", lease);
+    let second = Elector::with_duration(config, &ns.name, "op", "replica-b", lease);
     let takeover = tokio::time::timeout(Duration::from_secs(6), second.acquire(&metrics)).await;
     assert!(takeover.is_err(), "a second replica took the lead while the first still held it");
     let spec = Api::<Lease>::namespaced(client.clone(), &ns.name).get("op").await.unwrap().spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("replica-a"));
-    assert!(!lost.is_finished(), "the first replica still leads");
+    assert!(!lost.is_lost(), "the first replica still leads");
     // Once it lets go, the other takes over.
-    lost.abort();
-    first.release().await;
+    lost.release().await;
     let b = tokio::time::timeout(Duration::from_secs(6), second.acquire(&metrics)).await;
     assert!(b.is_ok(), "the second replica leads once the first released");
+}
+
+/// The leader's runtime blocked outright for three lease durations (as a
+/// runtime busy starting a thousand workers is, in effect, for seconds): the
+/// renewals go on, on the election's own thread and connection, and no
+/// other replica can take over meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn the_operator_leader_lease_is_renewed_while_the_leaders_runtime_is_blocked() {
+    use hapair::operator::leader::Elector;
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client = common::client().await;
+    let config = common::config().await;
+    let ns = common::TestNamespace::new(&client, "leader-busy").await;
+    let metrics = hapair::metrics::OperatorMetrics::register(&prometheus::Registry::new()).unwrap();
+    let lease = Duration::from_secs(2);
+    let mut lost =
+        Elector::with_duration(config.clone(), &ns.name, "op", "replica-a", lease).acquire(&metrics).await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let renewed = |l: &Lease| l.spec.as_ref().and_then(|s| s.renew_time.clone()).map(|t| t.0);
+    let before = renewed(&leases.get("op").await.unwrap()).unwrap();
+    // The only thread of this runtime sleeps: nothing of it runs.
+    std::thread::sleep(3 * lease);
+    let l = leases.get("op").await.unwrap();
+    let spec = l.spec.as_ref().unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("replica-a"));
+    let after = renewed(&l).unwrap();
+    let since = k8s_openapi::jiff::Timestamp::now().duration_since(after);
+    assert!(after > before, "not renewed while the runtime was blocked: {before} → {after}");
+    assert!(since < k8s_openapi::jiff::SignedDuration::try_from(lease).unwrap(), "last renewed {since:?} ago");
+    assert!(!lost.is_lost(), "the lead was lost while the runtime was blocked");
+    assert_eq!(metrics.leader.get(), 1);
+    // A second replica cannot take over while the first renews.
+    let second = Elector::with_duration(config, &ns.name, "op", "replica-b", lease);
+    let takeover = tokio::time::timeout(2 * lease, second.acquire(&metrics)).await;
+    assert!(takeover.is_err(), "a second replica took the lead while the first renewed");
+    lost.release().await;
+    assert_eq!(
+        leases.get("op").await.unwrap().spec.unwrap().holder_identity.as_deref(),
+        Some(""),
+        "a release hands the Lease over"
+    );
 }

@@ -121,7 +121,8 @@ fn parse_operator_selector(s: &str) -> Result<std::collections::BTreeMap<String,
 type Workers = HashMap<(String, String), Arc<Notify>>;
 
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::try_default().await?;
+    let kube_config = kube::Config::infer().await?;
+    let client = Client::try_from(kube_config.clone())?;
     let registry = prometheus::Registry::new();
     let metrics = OperatorMetrics::register(&registry)?;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -132,7 +133,8 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "hapair".into());
         format!("{host}-{}", std::process::id())
     });
-    let elector = leader::Elector::new(client.clone(), &config.leader_namespace, &config.leader_lease, &identity);
+    let elector =
+        leader::Elector::new(kube_config, &config.leader_namespace, &config.leader_lease, &identity).exit_on_loss();
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     info!(%identity, "waiting to lead");
     let mut lost = elector.acquire(&metrics).await?;
@@ -324,13 +326,17 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             });
         }
     };
-    tokio::select! {
-        _ = dispatch => {}
-        _ = &mut lost => warn!("lost leadership: stopping so a fresh replica re-observes everything"),
-        _ = crate::telemetry::shutdown_signal() => {
-            info!("operator stopping");
-            elector.release().await;
+    let shutdown = tokio::select! {
+        _ = dispatch => false,
+        _ = &mut lost => {
+            warn!("lost leadership: stopping so a fresh replica re-observes everything");
+            false
         }
+        _ = crate::telemetry::shutdown_signal() => true,
+    };
+    if shutdown {
+        info!("operator stopping");
+        lost.release().await;
     }
     Ok(())
 }

@@ -22,12 +22,13 @@ pub fn kubeconfig_path() -> String {
         .expect("HAPAIR_TESTBED_KUBECONFIG is not set: run these tests with `make integration` (it starts the testbed)")
 }
 
-pub async fn client() -> Client {
+pub async fn config() -> Config {
     let kubeconfig = Kubeconfig::read_from(kubeconfig_path()).expect("testbed kubeconfig readable");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("testbed kubeconfig valid");
-    Client::try_from(config).expect("client for the testbed")
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("testbed kubeconfig valid")
+}
+
+pub async fn client() -> Client {
+    Client::try_from(config().await).expect("client for the testbed")
 }
 
 /// Installs (or updates) the generated CRD and waits until it is served.
