@@ -146,13 +146,13 @@ pub fn gather(ctx: &Context, pair: &HighAvailabilityPair, poll: &Mutex<PollState
     obs.standby_slice = slice(&standby_name);
     // Slices copy their Service's labels, so the watch (on the pair label)
     // sees those other controllers make too.
-    obs.foreign_slices = ctx.endpoint_slices.in_namespace(&ns).iter().any(|s| {
+    obs.foreign_slices = ctx.endpoint_slices.any_in_namespace(&ns, |s| {
         let labels = s.labels();
         labels.get(crate::api::LABEL_SERVICE_NAME).is_some_and(|svc| *svc == name || *svc == standby_name)
             && labels.get(crate::api::LABEL_SLICE_MANAGED_BY).map(String::as_str) != Some(crate::api::SLICE_MANAGER)
     });
     obs.resync_jobs =
-        ctx.jobs.in_namespace(&ns).iter().filter(|j| owned(&j.metadata)).filter_map(|j| JobObs::of(j)).collect();
+        ctx.jobs.in_namespace_where(&ns, |j| owned(&j.metadata)).iter().filter_map(|j| JobObs::of(j)).collect();
     obs.resync_jobs.sort_by_key(|j| (j.created, j.name.clone()));
     obs.failure_for = mem.failure.as_ref().map(|(_, t)| t.elapsed());
     let missed = pair.spec.heartbeat.missed_threshold as u32;

@@ -54,11 +54,20 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
         self.by_namespace.iter().flat_map(|(_, s)| s.state()).collect()
     }
 
-    /// The objects of one namespace.
-    pub fn in_namespace(&self, ns: &str) -> Vec<Arc<K>> {
+    /// The objects of one namespace that `keep` accepts. Only those are
+    /// cloned out of the store: every pair's round asks this of stores that
+    /// hold every pair's objects, so copying the whole store each time cost
+    /// time in proportion to the number of pairs, per pair.
+    pub fn in_namespace_where(&self, ns: &str, keep: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
         self.store_for(Some(ns))
-            .map(|s| s.state().into_iter().filter(|o| o.meta().namespace.as_deref() == Some(ns)).collect())
+            .map(|s| s.state_filter(|o| o.meta().namespace.as_deref() == Some(ns) && keep(o)))
             .unwrap_or_default()
+    }
+
+    /// Whether one namespace holds an object `keep` accepts.
+    pub fn any_in_namespace(&self, ns: &str, keep: impl Fn(&K) -> bool) -> bool {
+        self.store_for(Some(ns))
+            .is_some_and(|s| s.find(|o| o.meta().namespace.as_deref() == Some(ns) && keep(o)).is_some())
     }
 
     /// Resolves once every namespace's first list is in.
@@ -111,6 +120,22 @@ mod tests {
         assert!(s.get(&ObjectRef::new("x").within("b")).is_none());
         assert!(s.get(&ObjectRef::new("z").within("c")).is_none(), "an unwatched namespace");
         assert_eq!(s.state().len(), 2);
-        assert_eq!(s.in_namespace("b").len(), 1);
+        assert_eq!(s.in_namespace_where("b", |_| true).len(), 1);
+        assert!(s.any_in_namespace("a", |p| p.metadata.name.as_deref() == Some("x")));
+        assert!(!s.any_in_namespace("a", |p| p.metadata.name.as_deref() == Some("y")));
+    }
+
+    #[test]
+    fn a_cluster_wide_store_is_read_one_namespace_at_a_time() {
+        let (all, mut w) = reflector::store::<Pod>();
+        for (ns, name) in [("a", "x"), ("a", "y"), ("b", "x")] {
+            w.apply_watcher_event(&watcher::Event::Apply(pod(ns, name)));
+        }
+        let s = Stores::new(vec![(None, all)]);
+        assert_eq!(s.in_namespace_where("a", |_| true).len(), 2);
+        assert_eq!(s.in_namespace_where("a", |p| p.metadata.name.as_deref() == Some("x")).len(), 1);
+        assert!(s.in_namespace_where("c", |_| true).is_empty());
+        assert!(s.any_in_namespace("b", |p| p.metadata.name.as_deref() == Some("x")));
+        assert!(!s.any_in_namespace("b", |p| p.metadata.name.as_deref() == Some("y")), "y lives in a only");
     }
 }
