@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use harness::{Harness, test_pair};
 use k8s_openapi::api::core::v1::Event;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
@@ -595,4 +596,36 @@ async fn the_operator_leader_lease_is_renewed_while_the_leaders_runtime_is_block
         Some(""),
         "a release hands the Lease over"
     );
+}
+
+/// A renewal writes the Lease as the leader last wrote it, in one request.
+/// Someone else's write in between (an annotation added by hand) is read
+/// and the lead goes on; the Lease deleted ends the lead at once (another
+/// replica could create it anew right away).
+#[tokio::test]
+async fn the_operator_leader_survives_a_hand_edit_of_its_lease_and_steps_down_when_it_is_deleted() {
+    use hapair::operator::leader::Elector;
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client = common::client().await;
+    let ns = common::TestNamespace::new(&client, "leader-edit").await;
+    let metrics = hapair::metrics::OperatorMetrics::register(&prometheus::Registry::new()).unwrap();
+    let lease = Duration::from_secs(2);
+    let mut lost = Elector::with_duration(common::config().await, &ns.name, "op", "replica-a", lease)
+        .acquire(&metrics)
+        .await
+        .unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let patch = json!({"metadata": {"annotations": {"edited-by": "hand"}}});
+    leases.patch("op", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let edited = leases.get("op").await.unwrap().spec.unwrap().renew_time.unwrap().0;
+    tokio::time::sleep(2 * lease).await;
+    assert!(!lost.is_lost(), "a hand edit of the leader Lease ended the lead");
+    let l = leases.get("op").await.unwrap();
+    assert_eq!(l.annotations().get("edited-by").map(String::as_str), Some("hand"), "the edit is kept");
+    assert!(l.spec.unwrap().renew_time.unwrap().0 > edited, "renewed after the edit");
+    leases.delete("op", &DeleteParams::default()).await.unwrap();
+    let deleted = Instant::now();
+    tokio::time::timeout(lease, &mut lost).await.expect("the lead ends when its Lease is deleted");
+    assert!(deleted.elapsed() < lease, "{:?}", deleted.elapsed());
+    assert_eq!(metrics.leader.get(), 0);
 }

@@ -188,10 +188,13 @@ impl Elector {
             taken = self.take(&api) => taken,
             _ = acquired.closed() => return,
         };
-        if let Err(e) = taken {
-            let _ = acquired.send(Err(e));
-            return;
-        }
+        let mut current = match taken {
+            Ok(lease) => lease,
+            Err(e) => {
+                let _ = acquired.send(Err(e));
+                return;
+            }
+        };
         leader.set(1);
         info!(lease = %self.name, "acquired leadership");
         if acquired.send(Ok(())).is_err() {
@@ -215,17 +218,21 @@ impl Elector {
                 }
                 _ = tokio::time::sleep(self.renew_every) => {}
             }
-            // A renewal counts from when it was sent.
+            // A renewal counts from when it was sent, and may take until
+            // the moment this replica must stop acting anyway (as
+            // client-go's renew deadline): an API server that answers in
+            // 4 s under load still keeps its leader, one that does not
+            // answer in time does not.
             let sent = Instant::now();
-            match tokio::time::timeout(self.renew_every, self.renew(&api)).await {
+            let deadline = last + self.duration.saturating_sub(2 * self.renew_every);
+            match tokio::time::timeout(deadline.saturating_duration_since(sent), self.renew(&api, &mut current)).await {
                 Ok(Ok(true)) => last = sent,
                 Ok(Ok(false)) => break,
                 Ok(Err(why)) => warn!(%why, "leader lease renewal failed"),
-                Err(_) => warn!(within = ?self.renew_every, "leader lease renewal failed: no answer in time"),
+                Err(_) => warn!(after = ?sent.elapsed(), "leader lease renewal failed: no answer in time"),
             }
             // Stop acting well before another replica may take over.
-            // (The renewal above may itself take up to `renew_every`.)
-            if last.elapsed() >= self.duration.saturating_sub(2 * self.renew_every) {
+            if Instant::now() >= last + self.duration.saturating_sub(2 * self.renew_every) {
                 warn!(since = ?last.elapsed(), "leader lease not renewed in time: stepping down");
                 break;
             }
@@ -242,7 +249,7 @@ impl Elector {
     /// Takes the Lease: when nobody holds it, this replica already does, or
     /// its holder has not renewed it for a whole lease duration as seen on
     /// this replica's clock.
-    async fn take(&self, api: &Api<Lease>) -> Result<(), kube::Error> {
+    async fn take(&self, api: &Api<Lease>) -> Result<Lease, kube::Error> {
         let mut seen: Option<(String, Instant)> = None;
         loop {
             match api.get_opt(&self.name).await? {
@@ -251,8 +258,8 @@ impl Elector {
                         metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
                         spec: Some(self.spec(1)),
                     };
-                    if api.create(&PostParams::default(), &lease).await.is_ok() {
-                        return Ok(());
+                    if let Ok(written) = api.create(&PostParams::default(), &lease).await {
+                        return Ok(written);
                     }
                 }
                 Some(mut lease) => {
@@ -265,8 +272,8 @@ impl Elector {
                     if holder.is_empty() || holder == self.identity || expired {
                         let transitions = lease.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0);
                         lease.spec = Some(self.spec(transitions + i32::from(holder != self.identity)));
-                        if api.replace(&self.name, &PostParams::default(), &lease).await.is_ok() {
-                            return Ok(());
+                        if let Ok(written) = api.replace(&self.name, &PostParams::default(), &lease).await {
+                            return Ok(written);
                         }
                     }
                 }
@@ -275,30 +282,43 @@ impl Elector {
         }
     }
 
-    /// One renewal. `Ok(false)`: another replica holds the Lease, or wrote
-    /// it since it was read (a conflict) — stop at once. `Err`: no answer to
-    /// trust either way (a read error, a refused or failed write); tried
-    /// again next period, and the lead ends when none succeeded for long
-    /// enough. Each says why in the log: a slow API server and a Lease
-    /// someone deleted call for different fixes.
-    async fn renew(&self, api: &Api<Lease>) -> Result<bool, String> {
-        let mut lease = api.get(&self.name).await.map_err(|e| format!("reading it: {e}"))?;
-        let Some(spec) = lease.spec.as_mut() else {
-            return Err("it has no spec".to_string());
-        };
-        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
-            warn!(holder = ?spec.holder_identity, "the leader lease names another replica: stepping down");
-            return Ok(false);
-        }
-        spec.renew_time = Some(Elector::now());
-        match api.replace(&self.name, &PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                warn!(error = %e, "the leader lease was written by someone else: stepping down");
-                Ok(false)
+    /// One renewal: the Lease as this replica last wrote it, its renew time
+    /// moved on, written back in one request (an overloaded API server
+    /// answers one request sooner than a read and a write). `Ok(false)`:
+    /// another replica holds the Lease — stop at once. A conflict (someone
+    /// wrote it since) reads it again: still this replica's (an annotation
+    /// added by hand, say), it is written again; another's, stop. `Err`: no
+    /// answer to trust either way (a failed read or write); tried again next
+    /// period, and the lead ends when none succeeded for long enough. Each
+    /// says why in the log: a slow API server and a Lease someone deleted
+    /// call for different fixes.
+    async fn renew(&self, api: &Api<Lease>, current: &mut Lease) -> Result<bool, String> {
+        for _ in 0..2 {
+            let mut lease = current.clone();
+            let Some(spec) = lease.spec.as_mut() else {
+                return Err("it has no spec".to_string());
+            };
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                warn!(holder = ?spec.holder_identity, "the leader lease names another replica: stepping down");
+                return Ok(false);
             }
-            Err(e) => Err(format!("writing it: {e}")),
+            spec.renew_time = Some(Elector::now());
+            match api.replace(&self.name, &PostParams::default(), &lease).await {
+                Ok(written) => {
+                    *current = written;
+                    return Ok(true);
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    *current = api.get(&self.name).await.map_err(|e| format!("reading it after a conflict: {e}"))?;
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    warn!("the leader lease was deleted: stepping down");
+                    return Ok(false);
+                }
+                Err(e) => return Err(format!("writing it: {e}")),
+            }
         }
+        Err("written by someone else twice in a row".to_string())
     }
 
     fn spec(&self, transitions: i32) -> LeaseSpec {
