@@ -95,7 +95,7 @@ integration: ## API tests against the running testbed's real API server.
 
 .PHONY: e2e-fast
 e2e-fast: testbed-up
-	$(TESTBED_ENV) HAPAIR_ROTATIONS=1 $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates --test ui -- --test-threads 2 $(E2E_FAST)
+	$(TESTBED_ENV) HAPAIR_ROTATIONS=1 $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates --test ui --test leader -- --test-threads 2 $(E2E_FAST)
 
 .PHONY: ui-screenshot
 ui-screenshot: testbed-up ## The README's picture of the Health Monitor page, taken by its browser test (docs/health-monitor.png).
@@ -103,7 +103,7 @@ ui-screenshot: testbed-up ## The README's picture of the Health Monitor page, ta
 
 .PHONY: e2e
 e2e: testbed-up ## Every end-to-end scenario, on the testbed's real nodes (needs root).
-	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates --test ui -- --test-threads 3
+	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates --test ui --test leader -- --test-threads 3
 	@$(MAKE) --no-print-directory e2e-nodes
 
 # `make chaos`: every named fault case (e2e/chaos/cases.rs), the long ones

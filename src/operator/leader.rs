@@ -188,8 +188,10 @@ impl Elector {
             taken = self.take(&api) => taken,
             _ = acquired.closed() => return,
         };
-        let mut current = match taken {
-            Ok(lease) => lease,
+        // The lead counts from when the write that took it was sent, as
+        // every renewal does: the Lease changed no earlier than that.
+        let (mut current, mut last) = match taken {
+            Ok(taken) => taken,
             Err(e) => {
                 let _ = acquired.send(Err(e));
                 return;
@@ -203,7 +205,6 @@ impl Elector {
             leader.set(0);
             return;
         }
-        let mut last = Instant::now();
         loop {
             tokio::select! {
                 ask = asks.recv() => {
@@ -249,7 +250,7 @@ impl Elector {
     /// Takes the Lease: when nobody holds it, this replica already does, or
     /// its holder has not renewed it for a whole lease duration as seen on
     /// this replica's clock.
-    async fn take(&self, api: &Api<Lease>) -> Result<Lease, kube::Error> {
+    async fn take(&self, api: &Api<Lease>) -> Result<(Lease, Instant), kube::Error> {
         let mut seen: Option<(String, Instant)> = None;
         loop {
             match api.get_opt(&self.name).await? {
@@ -258,8 +259,9 @@ impl Elector {
                         metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
                         spec: Some(self.spec(1)),
                     };
+                    let sent = Instant::now();
                     if let Ok(written) = api.create(&PostParams::default(), &lease).await {
-                        return Ok(written);
+                        return Ok((written, sent));
                     }
                 }
                 Some(mut lease) => {
@@ -272,8 +274,9 @@ impl Elector {
                     if holder.is_empty() || holder == self.identity || expired {
                         let transitions = lease.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0);
                         lease.spec = Some(self.spec(transitions + i32::from(holder != self.identity)));
+                        let sent = Instant::now();
                         if let Ok(written) = api.replace(&self.name, &PostParams::default(), &lease).await {
-                            return Ok(written);
+                            return Ok((written, sent));
                         }
                     }
                 }
