@@ -7,8 +7,10 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Service;
+use kube::api::Api;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -114,5 +116,39 @@ impl VipConnection {
         let mut body = vec![0u8; length];
         conn.read_exact(&mut body).await.map_err(|e| format!("read body: {e}"))?;
         Ok(Answer { code, body: String::from_utf8_lossy(&body).into_owned(), member })
+    }
+}
+
+/// The pair's virtual IP as the tests reach it: its Service's ClusterIP,
+/// through kube-proxy, from the client's network namespace.
+impl super::Harness {
+    /// The ClusterIP and first port of a Service: the pair's virtual IP.
+    pub async fn cluster_ip(&self, service: &str) -> SocketAddr {
+        let svc = Api::<Service>::namespaced(self.client.clone(), &self.ns.name).get(service).await.unwrap();
+        let spec = svc.spec.unwrap();
+        let ip = spec.cluster_ip.expect("a ClusterIP").parse().unwrap();
+        SocketAddr::new(ip, spec.ports.unwrap()[0].port as u16)
+    }
+
+    /// One request through the VIP, on a connection of its own, from the
+    /// client's network namespace: kube-proxy's rules pick the member.
+    pub async fn vip(&self, service: &str, path: &str) -> Result<(u16, String), String> {
+        let mut conn = VipConnection::new(self.cluster_ip(service).await);
+        conn.request(path).await.map(|a| (a.code, a.body))
+    }
+
+    /// Waits until a write through the VIP is acknowledged (each try bounded
+    /// by the client's one-second deadline: on a loaded node one fsync can
+    /// outlast it); fails with the last answer when none is within `within`.
+    pub async fn wait_vip_writable(&self, service: &str, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let answer = self.vip(service, "/write?key=probe&value=1").await;
+            if matches!(answer, Ok((200, _))) {
+                return;
+            }
+            assert!(start.elapsed() < within, "no write through the VIP of {service} within {within:?}: {answer:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

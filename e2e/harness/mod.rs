@@ -17,13 +17,12 @@ pub mod routes;
 pub mod states;
 pub mod views;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hapair::api::{HighAvailabilityPair, Member, Mode};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::Value;
@@ -392,36 +391,6 @@ impl Harness {
         let tls = self.pair_material(name).await;
         let dirs = [self.data_dir(name, Member::Primary).await, self.data_dir(name, Member::Secondary).await];
         checker::Checker::start(self.client.clone(), &self.ns.name, name, tls, 7443, grace, dirs)
-    }
-
-    /// The ClusterIP and first port of a Service: the pair's virtual IP.
-    pub async fn cluster_ip(&self, service: &str) -> SocketAddr {
-        let svc = Api::<Service>::namespaced(self.client.clone(), &self.ns.name).get(service).await.unwrap();
-        let spec = svc.spec.unwrap();
-        let ip = spec.cluster_ip.expect("a ClusterIP").parse().unwrap();
-        SocketAddr::new(ip, spec.ports.unwrap()[0].port as u16)
-    }
-
-    /// One request through the VIP, on a connection of its own, from the
-    /// client's network namespace: kube-proxy's rules pick the member.
-    pub async fn vip(&self, service: &str, path: &str) -> Result<(u16, String), String> {
-        let mut conn = client::VipConnection::new(self.cluster_ip(service).await);
-        conn.request(path).await.map(|a| (a.code, a.body))
-    }
-
-    /// Waits until a write through the VIP is acknowledged (each try bounded
-    /// by the client's one-second deadline: on a loaded node one fsync can
-    /// outlast it); fails with the last answer when none is within `within`.
-    pub async fn wait_vip_writable(&self, service: &str, within: Duration) {
-        let start = Instant::now();
-        loop {
-            let answer = self.vip(service, "/write?key=probe&value=1").await;
-            if matches!(answer, Ok((200, _))) {
-                return;
-            }
-            assert!(start.elapsed() < within, "no write through the VIP of {service} within {within:?}: {answer:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 
