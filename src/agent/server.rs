@@ -252,12 +252,12 @@ fn query_epoch(query: Option<&str>) -> Option<i64> {
 /// Heartbeats the peer every interval and records whether it answers.
 pub async fn peer_loop(agent: Arc<Agent>) {
     // On one connection kept open to the peer (see `http::Kept`).
-    let mut kept = http::Kept::heartbeat();
+    let mut kept = http::Kept::default();
     loop {
         let interval = agent.lock().interval_seconds;
         let tick = Duration::from_secs(interval.max(1) as u64);
         if let Some(target) = agent.peer_target() {
-            let ok = kept.call(&target, Method::GET, "/v1/ping", tick, http::MAX_BODY).await.is_ok();
+            let ok = kept.get(&target, "/v1/ping", tick, http::MAX_BODY).await.is_ok();
             agent.lock().peer_reachable = Some(ok);
         }
         tokio::time::sleep(tick).await;

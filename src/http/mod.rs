@@ -22,6 +22,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 mod kept;
 pub use kept::Kept;
+#[cfg(test)]
+pub(crate) mod testing;
 
 /// Largest response body accepted from an agent.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -44,6 +46,10 @@ pub enum CallError {
     Status(StatusCode),
     #[error("malformed response: {0}")]
     Malformed(#[from] serde_json::Error),
+    #[error("connection: {0}")]
+    Io(std::io::Error),
+    #[error("malformed HTTP answer: {0}")]
+    Protocol(String),
 }
 
 /// How long a connection to an agent (TCP and TLS handshakes) may take.
@@ -67,9 +73,9 @@ pub async fn call(target: &Target, method: Method, path: &str, timeout: Duration
     call_limited(target, method, path, timeout, MAX_BODY).await
 }
 
-/// [`call`] accepting a body of up to `limit` bytes: a [`Kept`] call on a
-/// connection of its own, dropped with it. With nothing kept, the request
-/// goes once, so this is safe for requests that must not be sent twice.
+/// [`call`] accepting a body of up to `limit` bytes, on a connection of its
+/// own. The request goes once, so this is safe for requests that must not
+/// be sent twice.
 pub async fn call_limited(
     target: &Target,
     method: Method,
@@ -77,7 +83,12 @@ pub async fn call_limited(
     timeout: Duration,
     limit: usize,
 ) -> Result<Bytes, CallError> {
-    Kept::default().call(target, method, path, timeout, limit).await
+    tokio::time::timeout(timeout, async {
+        let resp = send_with(target, method, path, &[]).await?;
+        read_body(resp, limit).await
+    })
+    .await
+    .unwrap_or(Err(CallError::Timeout))
 }
 
 /// The whole body of an answer, of up to `limit` bytes; an answer that is
@@ -97,32 +108,30 @@ async fn send_with(
     path: &str,
     headers: &[(&'static str, &'static str)],
 ) -> Result<Response<Incoming>, CallError> {
-    let (mut sender, conn) = connect(target, None).await?;
+    let (mut sender, conn) = connect(target).await?;
     tokio::spawn(conn);
     Ok(sender.send_request(request(method, path, headers)?).await?)
 }
 
-/// A new mTLS connection to `target`, within [`CONNECT`]: its sender, and
-/// the future that drives it (to be spawned; it ends with the connection).
-/// `read_buf`: the exact size of each read, for a connection that carries
-/// small answers only; `None`, hyper's adaptive buffer (8 KiB and up).
-async fn connect(
-    target: &Target,
-    read_buf: Option<usize>,
-) -> Result<(hyper::client::conn::http1::SendRequest<Full<Bytes>>, impl Future<Output = ()> + Send + use<>), CallError>
-{
-    let tls = tokio::time::timeout(CONNECT, async {
+/// A new mTLS connection to `target`, within [`CONNECT`].
+async fn tls_connect(target: &Target) -> Result<tokio_rustls::client::TlsStream<TcpStream>, CallError> {
+    tokio::time::timeout(CONNECT, async {
         let tcp = TcpStream::connect(target.addr).await.map_err(CallError::Connect)?;
         let _ = tcp.set_nodelay(true);
         TlsConnector::from(target.tls.clone()).connect(target.server_name.clone(), tcp).await.map_err(CallError::Tls)
     })
     .await
-    .map_err(|_| CallError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection within 2 s")))??;
-    let mut builder = hyper::client::conn::http1::Builder::new();
-    if read_buf.is_some() {
-        builder.read_buf_exact_size(read_buf);
-    }
-    let (sender, conn) = builder.handshake(TokioIo::new(tls)).await?;
+    .map_err(|_| CallError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection within 2 s")))?
+}
+
+/// A new mTLS connection to `target` for hyper's client: its sender, and
+/// the future that drives it (to be spawned; it ends with the connection).
+async fn connect(
+    target: &Target,
+) -> Result<(hyper::client::conn::http1::SendRequest<Full<Bytes>>, impl Future<Output = ()> + Send + use<>), CallError>
+{
+    let tls = tls_connect(target).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     Ok((sender, async move {
         let _ = conn.await;
     }))

@@ -136,7 +136,9 @@ pub async fn poll_member(
             p.answered_at = Some(Instant::now());
             p.missed = 0;
         }
-        Ok(_) | Err(CallError::Malformed(_)) => {
+        // An answer that is not a status, down to its HTTP framing: counted,
+        // never read.
+        Ok(_) | Err(CallError::Malformed(_) | CallError::Protocol(_)) => {
             p.malformed += 1;
             p.missed += 1;
         }
@@ -146,4 +148,40 @@ pub async fn poll_member(
         wake.notify_one();
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::testing::canned_target;
+
+    #[tokio::test]
+    async fn an_agent_answering_garbage_is_counted_and_missed_never_read() {
+        let (target, _) = canned_target(vec![
+            // JSON, but not a status.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+            // Not HTTP.
+            b"STATUS OK\r\n\r\n",
+            // HTTP framed two ways at once.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+            // An error answer: a missed heartbeat, not garbage.
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+        ])
+        .await;
+        let state = Arc::new(Mutex::new(PollState::default()));
+        state.lock().unwrap().get_mut(Member::Primary).endpoint = Some(Endpoint { addr: target.addr, peer: None });
+        let (mut kept, wake) = (Kept::default(), Notify::new());
+        let mut poll = async || {
+            let (tls, name) = (target.tls.clone(), target.server_name.clone());
+            poll_member(&state, Member::Primary, &mut kept, tls, name, Duration::from_secs(5), &wake).await;
+            state.lock().unwrap().get(Member::Primary).clone()
+        };
+        for _ in 0..2 {
+            poll().await;
+        }
+        let p = poll().await;
+        assert_eq!((p.malformed, p.missed, p.last.is_none()), (3, 3, true));
+        let p = poll().await;
+        assert_eq!((p.malformed, p.missed), (3, 4));
+    }
 }

@@ -239,7 +239,7 @@ async fn poll_loop(
         .filter_map(|m| tls::server_name(&tls::member_server_name(m, &name, &ns)).ok().map(|n| (m, n)))
         .collect();
     // One connection kept to each agent (a new one when its pod moves).
-    let mut kept: Vec<crate::http::Kept> = names.iter().map(|_| crate::http::Kept::heartbeat()).collect();
+    let mut kept: Vec<crate::http::Kept> = names.iter().map(|_| crate::http::Kept::default()).collect();
     loop {
         let interval = match ctx.pair(&ns, &name).as_deref() {
             Some(kube::core::DeserializeGuard(Ok(p))) => p.spec.heartbeat.interval_seconds.max(1) as u64,
