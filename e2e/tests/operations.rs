@@ -145,6 +145,15 @@ async fn the_plugin_shows_the_pair_and_drives_operations_to_their_outcome() {
 
     let (ok, out, _) = tokio::task::block_in_place(|| h.plugin(&["events", "web"]));
     assert!(ok && out.contains("Switchover") && out.contains("Failback") && out.contains("Bootstrap"), "{out}");
+    let (ok, out, _) = tokio::task::block_in_place(|| h.plugin(&["events", "web", "-o", "json"]));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("events -o json is a JSON list");
+    let transitions: Vec<&str> =
+        rows.iter().filter(|r| r["source"] == "transition").filter_map(|r| r["type"].as_str()).collect();
+    assert!(ok && transitions.starts_with(&["Failback", "Switchover"]), "newest first: {out}");
+    assert!(rows.iter().any(|r| r["source"] == "event" && r["reason"].is_string()), "Events too: {out}");
+    let (ok, yaml, _) = tokio::task::block_in_place(|| h.plugin(&["events", "web", "-o", "yaml"]));
+    let same: Vec<serde_json::Value> = serde_yaml::from_str(&yaml).expect("events -o yaml is a YAML list");
+    assert!(ok && same.len() >= transitions.len() && same[0]["time"].is_string(), "{yaml}");
     let (ok, out, _) = tokio::task::block_in_place(|| h.plugin(&["status", "web", "-o", "json"]));
     let v: serde_json::Value = serde_json::from_str(&out).expect("status -o json is JSON");
     assert!(ok && v["status"]["epoch"] == 3, "{v}");
