@@ -179,17 +179,25 @@ image-ref: ## Print the image reference `make image` builds (the chart's default
 image-check: image ## Inspect the OCI archive: digests, non-root user, a static binary that runs.
 	HAPAIR_IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) HAPAIR_IMAGE_REF=$(IMAGE_REPO):$(IMAGE_TAG) $(CARGO) test $(TEST_FEATURES) --test image
 
+.PHONY: plugin-archive
+plugin-archive: ## The kubectl plugin's release archive (static binary) for krew, and its SHA-256 for the manifest (.krew.yaml).
+	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL) || rustup target add $(MUSL)
+	CC_x86_64_unknown_linux_musl=$${CC_x86_64_unknown_linux_musl:-$$(command -v x86_64-linux-musl-gcc || command -v musl-gcc || echo gcc)} \
+	  $(CARGO) build --release --target $(MUSL) --bin kubectl-hapair
+	deploy/krew/archive.sh target/$(MUSL)/release/kubectl-hapair target/dist/kubectl-hapair_linux_amd64.tar.gz
+	@sha256sum target/dist/kubectl-hapair_linux_amd64.tar.gz
+
 .PHONY: tools
-tools: ## Build (or reuse) helm and promtool from their pinned Go modules.
+tools: ## Build (or reuse) helm, promtool and krew from their pinned Go modules.
 	@e2e/tools/build.sh >/dev/null
 
 .PHONY: chart
-chart: tools ## Chart checks: lint, values schema, RBAC, alerts (promtool), dashboard.
-	$(CARGO) test $(TEST_FEATURES) --test chart -- --skip the_api_server --skip every_pod --skip helm_installs --skip kubectl_apply
+chart: tools ## Chart checks: lint, values schema, RBAC, alerts (promtool), dashboard; the plugin's krew manifest installed by krew.
+	$(CARGO) test $(TEST_FEATURES) --test chart --test plugin -- --skip the_api_server --skip every_pod --skip helm_installs --skip kubectl_apply --skip kubectl_completes
 
 .PHONY: chart-cluster
-chart-cluster: tools testbed-up ## Chart checks on the testbed: server-side dry run, Pod Security, helm install/upgrade/uninstall, kustomize.
-	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test chart -- --test-threads 2 the_api_server every_pod helm_installs kubectl_apply
+chart-cluster: tools testbed-up ## Chart checks on the testbed: server-side dry run, Pod Security, helm install/upgrade/uninstall, kustomize; the plugin's shell completion through kubectl's.
+	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test chart --test plugin -- --test-threads 2 the_api_server every_pod helm_installs kubectl_apply kubectl_completes
 
 ##@ Benchmarks
 

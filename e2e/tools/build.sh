@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the pinned tools the chart and alert checks use (helm, promtool) from
+# Builds the pinned tools the chart, alert and plugin checks use (helm,
+# promtool, krew) from
 # their published Go modules into a cache outside the repository, keyed by
 # each wrapper module's go.mod and go.sum, and prints the cache's bin directory.
 #
@@ -7,16 +8,19 @@
 # name and renamed when complete, and Go's build cache keeps every compiled
 # package, so an interrupted build resumes where it stopped.
 #
-#   build.sh            build both (or reuse them)
+#   build.sh            build them all (or reuse them)
 #   build.sh --dir      only print the bin directory
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=${HAPAIR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hapair}
-key=$(cat "$here"/helm/go.mod "$here"/helm/go.sum "$here"/promtool/go.mod "$here"/promtool/go.sum "$here/build.sh" \
-  | sha256sum | cut -c1-12)
+key=$(cat "$here"/helm/go.mod "$here"/helm/go.sum "$here"/promtool/go.mod "$here"/promtool/go.sum \
+  "$here"/krew/go.mod "$here"/krew/go.sum "$here/build.sh" | sha256sum | cut -c1-12)
 bindir="$root/tools/$key/bin"
 if [ "${1:-}" = --dir ]; then
-  echo "$bindir"
+  krew_version=$(version krew sigs.k8s.io/krew)
+build krew krew sigs.k8s.io/krew/cmd/krew \
+  "-s -w -X sigs.k8s.io/krew/internal/version.gitTag=$krew_version"
+echo "$bindir"
   exit 0
 fi
 mkdir -p "$bindir"
@@ -46,4 +50,7 @@ build helm helm helm.sh/helm/v4/cmd/helm \
 # Module v0.315.0 is Prometheus 3.15.0.
 build promtool promtool github.com/prometheus/prometheus/cmd/promtool \
   "-s -w -X github.com/prometheus/common/version.Version=3.${prom_version#v0.3}"
+krew_version=$(version krew sigs.k8s.io/krew)
+build krew krew sigs.k8s.io/krew/cmd/krew \
+  "-s -w -X sigs.k8s.io/krew/internal/version.gitTag=$krew_version"
 echo "$bindir"
