@@ -16,24 +16,14 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::{Discovery, Scope};
 use serde_json::{Value, json};
 
+use common::{run, tool};
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn chart() -> PathBuf {
     repo().join("charts/hapair")
-}
-
-/// A tool built from its pinned Go module (`e2e/tools/build.sh`).
-fn tool(name: &str) -> PathBuf {
-    let out = Command::new(repo().join("e2e/tools/build.sh")).output().expect("e2e/tools/build.sh runs");
-    assert!(out.status.success(), "building the tools failed: {}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join(name)
-}
-
-fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 /// `helm template` of the chart with `--set` values; the rendered documents.

@@ -3,12 +3,14 @@
 //! kubectl and GitOps drive a pair the same way.
 
 pub mod complete;
+mod history;
 mod run;
 pub mod ui;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use run::{CliError, HistoryRow, events_screen, history_rows, run, status_screen};
+pub use history::{HistoryRow, events_screen, history_rows};
+pub use run::{CliError, run, status_screen};
 
 use crate::api::Member;
 
@@ -206,6 +208,19 @@ impl Command {
             Command::Completion => "completion",
         }
     }
+}
+
+/// A pair named apps/web with `status`, for the screens' tests.
+#[cfg(test)]
+pub(crate) fn test_pair(status: serde_json::Value) -> crate::api::HighAvailabilityPair {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "hapair.dev/v1alpha1", "kind": "HighAvailabilityPair",
+        "metadata": {"name": "web", "namespace": "apps"},
+        "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app"}]}},
+                 "service": {"ports": [{"name": "http", "port": 80}]}},
+        "status": status,
+    }))
+    .unwrap()
 }
 
 #[cfg(test)]

@@ -15,6 +15,20 @@ use serde_json::{Value, json};
 
 pub const FIELD_MANAGER: &str = "hapair-test";
 
+/// A tool built from its pinned Go module (`e2e/tools/build.sh`).
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let build = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/tools/build.sh");
+    let out = std::process::Command::new(build).output().expect("e2e/tools/build.sh runs");
+    assert!(out.status.success(), "building the tools failed: {}", String::from_utf8_lossy(&out.stderr));
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join(name)
+}
+
+/// Runs `cmd`: whether it succeeded, its stdout and its stderr.
+pub fn run(cmd: &mut std::process::Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
 /// Path of the testbed's kubeconfig. Refuses to run against whatever
 /// `KUBECONFIG` points to: these tests create and delete cluster objects.
 pub fn kubeconfig_path() -> String {
