@@ -103,6 +103,7 @@ impl Kept {
         let kept = self.open.take().filter(|o| {
             o.addr == target.addr && o.server_name == target.server_name && Arc::ptr_eq(&o.tls, &target.tls)
         });
+        let kept = kept.and_then(|mut o| quiet(&mut o.stream).then_some(o));
         if let Some(mut open) = kept {
             match exchange(&mut open.stream, &ask, limit).await {
                 Ok((body, reusable)) => {
@@ -126,6 +127,17 @@ impl Kept {
             Err(Failed::Answered(e) | Failed::Unanswered(e)) => Err(e),
         }
     }
+}
+
+/// Whether a kept connection has nothing waiting on it: neither its end
+/// (the agent closed it while idle) nor bytes no request asked for (a
+/// second answer sent after the one read, which would pass for the next
+/// call's). One look, no wait: a read that is not ready at once means
+/// nothing came (TLS housekeeping records are taken in on the way).
+fn quiet(stream: &mut TlsStream<TcpStream>) -> bool {
+    use futures::FutureExt;
+    let mut probe = [0u8; 1];
+    stream.read(&mut probe).now_or_never().is_none()
 }
 
 /// The request's bytes: a GET of `path`, which must be an origin-form
@@ -510,5 +522,46 @@ mod tests {
         assert!(matches!(r, Err(CallError::Status(s)) if s == hyper::StatusCode::INTERNAL_SERVER_ERROR), "{r:?}");
         assert_eq!(&kept.get(&target, "/d", T, 1024).await.unwrap()[..], b"fresh", "never the bytes left over");
         assert_eq!((kept.opened(), *accepted.lock().unwrap()), (4, 4));
+    }
+
+    #[tokio::test]
+    async fn bytes_that_come_after_an_answer_are_never_taken_for_the_next_one() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (acceptor, mut target) = material();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        target.addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        // Each connection answers with its number; the first one then sends
+        // a second answer nobody asked for.
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (n, acceptor) = (count.fetch_add(1, Ordering::SeqCst), acceptor.clone());
+                tokio::spawn(async move {
+                    let mut tls = acceptor.accept(tcp).await.unwrap();
+                    let mut buf = [0u8; 1024];
+                    while let Ok(1..) = tls.read(&mut buf).await {
+                        let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nconn{n}");
+                        tls.write_all(answer.as_bytes()).await.unwrap();
+                        tls.flush().await.unwrap();
+                        if n == 0 {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale").await.unwrap();
+                            tls.flush().await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let mut kept = Kept::default();
+        assert_eq!(&kept.get(&target, "/v1/status", T, 1024).await.unwrap()[..], b"conn0");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(&kept.get(&target, "/v1/status", T, 1024).await.unwrap()[..], b"conn1", "never the stale answer");
+        assert_eq!((kept.opened(), accepted.load(Ordering::SeqCst)), (2, 2));
+        // A quiet kept connection is used again.
+        assert_eq!(&kept.get(&target, "/v1/status", T, 1024).await.unwrap()[..], b"conn1");
+        assert_eq!(kept.opened(), 2);
     }
 }
