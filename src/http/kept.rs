@@ -243,7 +243,9 @@ fn framing(status: StatusCode, headers: &[httparse::Header<'_>]) -> Result<(Fram
             }
             chunked = true;
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value.parse().map_err(|_| protocol("bad Content-Length"))?;
+            // Digits only (RFC 9110 §8.6): `usize`'s parser would take a `+`.
+            let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+            let n: usize = value.parse().ok().filter(|_| digits).ok_or_else(|| protocol("bad Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(protocol("two different Content-Lengths"));
             }
@@ -277,7 +279,7 @@ async fn dechunk(
         let (size_line, size) = loop {
             match httparse::parse_chunk_size(&buf[at..]) {
                 Ok(httparse::Status::Complete((n, size))) => break (n, size),
-                Ok(httparse::Status::Partial) if buf.len() - at < 1024 => more(stream, &mut buf).await?,
+                Ok(httparse::Status::Partial) if buf.len() - at < 1024 => refill(stream, &mut buf, &mut at).await?,
                 _ => return Err(protocol("bad chunk size")),
             }
         };
@@ -291,15 +293,13 @@ async fn dechunk(
         }
         // The data and its CRLF.
         while buf.len() < at + size + 2 {
-            more(stream, &mut buf).await?;
+            refill(stream, &mut buf, &mut at).await?;
         }
         if &buf[at + size..at + size + 2] != b"\r\n" {
             return Err(protocol("chunk not followed by CRLF"));
         }
         body.extend_from_slice(&buf[at..at + size]);
         at += size + 2;
-        buf.drain(..at);
-        at = 0;
     }
     // Trailers, if any, up to the empty line.
     loop {
@@ -309,11 +309,20 @@ async fn dechunk(
                 at += n;
                 break;
             }
-            Ok(httparse::Status::Partial) if buf.len() - at < MAX_HEAD => more(stream, &mut buf).await?,
+            Ok(httparse::Status::Partial) if buf.len() - at < MAX_HEAD => refill(stream, &mut buf, &mut at).await?,
             _ => return Err(protocol("bad trailers")),
         }
     }
     Ok((body, buf.split_off(at)))
+}
+
+/// [`more`] for a buffer read up to `at`: what was read is let go first,
+/// and only then (so that an answer in many small chunks costs a copy per
+/// read, not one per chunk).
+async fn refill(stream: &mut TlsStream<TcpStream>, buf: &mut Vec<u8>, at: &mut usize) -> Result<(), Failed> {
+    buf.drain(..*at);
+    *at = 0;
+    more(stream, buf).await
 }
 
 /// [`read_more`] inside a body: the end of the stream is an error.
@@ -460,16 +469,27 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_answers_with_trailers_are_read_whole_on_a_connection_that_stays_open() {
+        // 3,000 chunks of one byte each, over several reads, each telling its place.
+        let mut many = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for i in 0..3000 {
+            many.extend_from_slice(format!("1\r\n{}\r\n", char::from(b'a' + (i % 26) as u8)).as_bytes());
+        }
+        many.extend_from_slice(b"0\r\n\r\n");
+        let many: &'static [u8] = Box::leak(many.into_boxed_slice());
         let (target, accepted) = canned_target(vec![
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-digest: 1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            many,
         ])
         .await;
         let mut kept = Kept::default();
         assert_eq!(&kept.get(&target, "/a", T, 1024).await.unwrap()[..], b"hello world");
         assert_eq!(&kept.get(&target, "/b", T, 1024).await.unwrap()[..], b"abc");
         assert_eq!(&kept.get(&target, "/c", T, 1024).await.unwrap()[..], b"ok");
+        let body = kept.get(&target, "/d", T, 4096).await.unwrap();
+        assert_eq!(body.len(), 3000);
+        assert!(body.iter().enumerate().all(|(i, b)| *b == b'a' + (i % 26) as u8), "chunks in order");
         assert_eq!((kept.opened(), *accepted.lock().unwrap()), (1, 1));
     }
 
@@ -483,6 +503,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         ])
         .await;
@@ -494,13 +515,13 @@ mod tests {
         assert!(matches!(r, Err(CallError::Body)), "Content-Length over the limit: {r:?}");
         let r = kept.get(&target, "/v1/status", T, 1000).await;
         assert!(matches!(r, Err(CallError::Body)), "a chunk over the limit: {r:?}");
-        for what in ["length and chunked", "unknown coding", "two lengths"] {
+        for what in ["length and chunked", "unknown coding", "two lengths", "a signed length"] {
             let r = kept.get(&target, "/v1/status", T, 1024).await;
             assert!(matches!(r, Err(CallError::Protocol(_))), "{what}: {r:?}");
         }
         assert_eq!(&kept.get(&target, "/v1/status", T, 1024).await.unwrap()[..], b"ok");
         // Every failure cost its connection.
-        assert_eq!((kept.opened(), *accepted.lock().unwrap()), (7, 7));
+        assert_eq!((kept.opened(), *accepted.lock().unwrap()), (8, 8));
         // And a path that would break the request line never leaves.
         let r = kept.get(&target, "/v1/status HTTP/1.0\r\nx: y", T, 1024).await;
         assert!(matches!(r, Err(CallError::Protocol(_))), "{r:?}");
