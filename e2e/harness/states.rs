@@ -43,14 +43,24 @@ impl StateLog {
 
     /// `expected` occurs in the member's states in this order (others may
     /// come between): the manual's sequence, with hapair's extra detail.
-    pub fn assert_in_order(&self, m: Member, expected: &[MemberState]) {
-        let seen = self.of(m);
-        let mut rest = seen.iter();
-        for want in expected {
-            assert!(rest.any(|s| s == want), "{m}'s states {seen:?} do not go through {expected:?} in order");
+    /// The log's own watch may still be a few events behind a check that
+    /// read the pair directly, so it is given a bounded time to catch up.
+    pub async fn assert_in_order(&self, m: Member, expected: &[MemberState]) {
+        let start = std::time::Instant::now();
+        loop {
+            let seen = self.of(m);
+            let mut rest = seen.iter();
+            if expected.iter().all(|want| rest.any(|s| s == want)) {
+                return;
+            }
+            assert!(start.elapsed() < CATCH_UP, "{m}'s states {seen:?} do not go through {expected:?} in order");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 }
+
+/// How long the log's watch may lag behind what a test read directly.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Drop for StateLog {
     fn drop(&mut self) {

@@ -99,8 +99,8 @@ async fn a_deleted_pair_keeps_its_claims_and_the_same_pair_applied_again_serves_
     h.wait_for("web", "Synced", WAIT, synced).await;
     // The manual's registration: HA Initializing, then Primary Active and
     // Secondary Syncing.
-    states.assert_in_order(Member::Primary, &[MemberState::HaInitializing, MemberState::PrimaryActive]);
-    states.assert_in_order(Member::Secondary, &[MemberState::HaInitializing, MemberState::SecondarySyncing]);
+    states.assert_in_order(Member::Primary, &[MemberState::HaInitializing, MemberState::PrimaryActive]).await;
+    states.assert_in_order(Member::Secondary, &[MemberState::HaInitializing, MemberState::SecondarySyncing]).await;
     let first_uid = h.pair("web").await.uid().unwrap();
     // The certificates' expiry, read from the pair's Secret: the CA made
     // for ten years, the members' for five.
@@ -347,11 +347,15 @@ async fn a_member_whose_claim_is_deleted_gets_a_new_volume_a_full_copy_and_the_r
         p.status.as_ref().is_some_and(|s| s.members.iter().any(|m| m.state == SecondarySyncing))
     })
     .await;
-    states.assert_in_order(
-        Member::Secondary,
-        &[SecondarySyncing, SecondaryFailover, SecondaryActive, SecondaryFailback, SecondarySyncing],
-    );
-    states.assert_in_order(Member::Primary, &[PrimaryActive, Down, PrimarySyncing, PrimaryFailback, PrimaryActive]);
+    states
+        .assert_in_order(
+            Member::Secondary,
+            &[SecondarySyncing, SecondaryFailover, SecondaryActive, SecondaryFailback, SecondarySyncing],
+        )
+        .await;
+    states
+        .assert_in_order(Member::Primary, &[PrimaryActive, Down, PrimarySyncing, PrimaryFailback, PrimaryActive])
+        .await;
 }
 
 /// The manuals' "remove HA" and re-registration: the standby removed on
@@ -420,10 +424,10 @@ async fn a_pair_runs_one_member_on_purpose_and_registers_its_standby_again() {
     .await;
     h.wait_for("web", "Synced", WAIT, synced).await;
     until_file(&to.join("alone.txt"), b"written while alone").await;
-    states.assert_in_order(standby, &[MemberState::StandAlone, MemberState::HaInitializing]);
+    states.assert_in_order(standby, &[MemberState::StandAlone, MemberState::HaInitializing]).await;
     let sb_state =
         if standby == Member::Secondary { MemberState::SecondarySyncing } else { MemberState::PrimarySyncing };
-    states.assert_in_order(standby, &[MemberState::HaInitializing, sb_state]);
+    states.assert_in_order(standby, &[MemberState::HaInitializing, sb_state]).await;
     let p = h.pair("web").await;
     assert_eq!(p.status.as_ref().unwrap().epoch, epoch, "the role never moved");
 }

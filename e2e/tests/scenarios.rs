@@ -165,11 +165,13 @@ async fn a_primary_restarting_while_the_secondary_syncs_fails_over_and_back_with
     h.wait_for("web", "the primary back as standby, resynced", WAIT, |p| whole(p, Member::Secondary)).await;
     // The manual's unplanned failover: Primary Active → Primary Failover;
     // Secondary Syncing → Secondary Failover → Secondary Active.
-    states.assert_in_order(Member::Primary, &[MemberState::PrimaryActive, MemberState::PrimaryFailover]);
-    states.assert_in_order(
-        Member::Secondary,
-        &[MemberState::SecondarySyncing, MemberState::SecondaryFailover, MemberState::SecondaryActive],
-    );
+    states.assert_in_order(Member::Primary, &[MemberState::PrimaryActive, MemberState::PrimaryFailover]).await;
+    states
+        .assert_in_order(
+            Member::Secondary,
+            &[MemberState::SecondarySyncing, MemberState::SecondaryFailover, MemberState::SecondaryActive],
+        )
+        .await;
 
     h.merge_spec("web", json!({"operation": {"id": "back", "failback": {}}})).await;
     let p = h
@@ -180,10 +182,12 @@ async fn a_primary_restarting_while_the_secondary_syncs_fails_over_and_back_with
     let op = p.status.as_ref().unwrap().operations.iter().find(|o| o.id == "back").unwrap().clone();
     assert_eq!(op.phase, OperationPhase::Succeeded, "{op:?}");
     h.wait_for("web", "the primary active, the secondary synced", WAIT, |p| whole(p, Member::Primary)).await;
-    states.assert_in_order(
-        Member::Primary,
-        &[MemberState::PrimaryFailover, MemberState::PrimaryFailback, MemberState::PrimaryActive],
-    );
+    states
+        .assert_in_order(
+            Member::Primary,
+            &[MemberState::PrimaryFailover, MemberState::PrimaryFailback, MemberState::PrimaryActive],
+        )
+        .await;
     let kept = files_under(&primary.join(".hapair").join("quarantine"));
     for i in 0..FILES {
         let live = holds(&primary.join(name(i)), i);
