@@ -165,19 +165,23 @@ IMAGE_ARCHIVE = target/image/hapair-$(IMAGE_TAG).oci.tar
 TOOLS_BIN = $(shell e2e/tools/build.sh --dir)
 
 .PHONY: image
-image: ## Build the container image (static binary, empty base, non-root) as an OCI archive under target/image/.
+image: ## Build the container image from its Containerfile with buildah (static binary, empty base, non-root) as an OCI archive under target/image/.
 	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL) || rustup target add $(MUSL)
 	CC_x86_64_unknown_linux_musl=$${CC_x86_64_unknown_linux_musl:-$$(command -v x86_64-linux-musl-gcc || command -v musl-gcc || echo gcc)} \
 	  $(CARGO) build --release --target $(MUSL) --bin hapair
-	e2e/image/build.sh target/$(MUSL)/release/hapair $(IMAGE_ARCHIVE) $(IMAGE_REPO) $(IMAGE_TAG)
+	e2e/image/build.sh Containerfile target/$(MUSL)/release/hapair $(IMAGE_ARCHIVE) $(IMAGE_REPO):$(IMAGE_TAG) \
+	  --build-arg VERSION=$(IMAGE_TAG)
 
 .PHONY: image-ref
 image-ref: ## Print the image reference `make image` builds (the chart's default image).
 	@echo $(IMAGE_REPO):$(IMAGE_TAG)
 
 .PHONY: image-check
-image-check: image ## Inspect the OCI archive: digests, non-root user, a static binary that runs.
-	HAPAIR_IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) HAPAIR_IMAGE_REF=$(IMAGE_REPO):$(IMAGE_TAG) $(CARGO) test $(TEST_FEATURES) --test image
+image-check: image ## Inspect the OCI archive (digests, non-root user, a static binary that runs) and build it again: the same digest.
+	e2e/image/build.sh Containerfile target/$(MUSL)/release/hapair $(IMAGE_ARCHIVE).again $(IMAGE_REPO):$(IMAGE_TAG) \
+	  --build-arg VERSION=$(IMAGE_TAG)
+	HAPAIR_IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) HAPAIR_IMAGE_ARCHIVE_AGAIN=$(IMAGE_ARCHIVE).again HAPAIR_IMAGE_REF=$(IMAGE_REPO):$(IMAGE_TAG) \
+	  $(CARGO) test $(TEST_FEATURES) --test image
 
 .PHONY: plugin-archive
 plugin-archive: ## The kubectl plugin's release archive (static binary) for krew, and its SHA-256 for the manifest (.krew.yaml).
@@ -220,8 +224,8 @@ PAIRS_SCALE ?= 200,1000
 bench-images: ## The failover bench's client-go peer (leader election as a sidecar), built from its pinned module into an image the testbed's nodes import.
 	@mkdir -p $(TESTBED_IMAGES)
 	cd e2e/peers/leaderelect && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $(CURDIR)/$(TESTBED_IMAGES)/leaderelect .
-	IMAGE_NAME=leaderelect IMAGE_CMD='[]' \
-	  e2e/image/build.sh $(TESTBED_IMAGES)/leaderelect $(TESTBED_IMAGES)/e2e-leaderelect.oci.tar hapair.dev/e2e/leaderelect 1
+	IMAGE_NAME=leaderelect \
+	  e2e/image/build.sh e2e/image/Containerfile $(TESTBED_IMAGES)/leaderelect $(TESTBED_IMAGES)/e2e-leaderelect.oci.tar hapair.dev/e2e/leaderelect:1
 
 .PHONY: bench-tools
 bench-tools: ## The benchmarks' peers from Debian: keepalived (failover), rsync and OpenSSH (file sync).
@@ -240,18 +244,19 @@ E2E_APP := target/$(MUSL)/release/examples/hapair-e2e-app
 testbed-images: image ## The images the nodes run (imported, never pulled): hapair, hapair with its fault hooks (the chaos suite's agents), the test application, the pause program.
 	@mkdir -p $(TESTBED_IMAGES)
 	gcc -static -Os -o $(TESTBED_IMAGES)/pause e2e/image/pause.c
-	IMAGE_NAME=pause IMAGE_CMD='[]' IMAGE_USER=65535 \
-	  e2e/image/build.sh $(TESTBED_IMAGES)/pause $(TESTBED_IMAGES)/e2e-pause.oci.tar hapair.dev/e2e/pause 1
+	IMAGE_NAME=pause IMAGE_USER=65535 \
+	  e2e/image/build.sh e2e/image/Containerfile $(TESTBED_IMAGES)/pause $(TESTBED_IMAGES)/e2e-pause.oci.tar hapair.dev/e2e/pause:1
 	CC_x86_64_unknown_linux_musl=$${CC_x86_64_unknown_linux_musl:-$$(command -v x86_64-linux-musl-gcc || command -v musl-gcc || echo gcc)} \
 	  $(CARGO) build --release --target $(MUSL) --example hapair-e2e-app
-	IMAGE_NAME=hapair-e2e-app IMAGE_CMD='[]' \
-	  e2e/image/build.sh $(E2E_APP) $(TESTBED_IMAGES)/e2e-app.oci.tar hapair.dev/e2e/app 1
+	IMAGE_NAME=hapair-e2e-app \
+	  e2e/image/build.sh e2e/image/Containerfile $(E2E_APP) $(TESTBED_IMAGES)/e2e-app.oci.tar hapair.dev/e2e/app:1
 	@# The chaos suite's agents: hapair with its fault hooks (a member's clock
 	@# stepped), its own image so that the shipped one never has them.
 	CC_x86_64_unknown_linux_musl=$${CC_x86_64_unknown_linux_musl:-$$(command -v x86_64-linux-musl-gcc || command -v musl-gcc || echo gcc)} \
 	  $(CARGO) build --release --target $(MUSL) --bin hapair $(TEST_FEATURES)
 	cp target/$(MUSL)/release/hapair $(TESTBED_IMAGES)/hapair-fault
-	e2e/image/build.sh $(TESTBED_IMAGES)/hapair-fault $(TESTBED_IMAGES)/e2e-hapair-fault.oci.tar hapair.dev/e2e/hapair-fault 1
+	e2e/image/build.sh Containerfile $(TESTBED_IMAGES)/hapair-fault $(TESTBED_IMAGES)/e2e-hapair-fault.oci.tar hapair.dev/e2e/hapair-fault:1 \
+	  --build-arg VERSION=$(IMAGE_TAG)
 
 .PHONY: testbed-up
 testbed-up: testbed-images ## Start the testbed (no-op when running); prints the kubeconfig path.
