@@ -10,10 +10,16 @@
 # interrupted build picks up where it stopped. A binary already in the cache is
 # never rebuilt.
 #
+# HAPAIR_TESTBED_MODULE builds another wrapper module's Kubernetes (compat/:
+# the oldest supported); HAPAIR_TESTBED_NODES=0 builds the control plane only
+# (no scheduler, kubelet, kube-proxy or CNI plugins).
+#
 # Prints the cache's bin directory on stdout; progress goes to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-cd "$here"
+HAPAIR_TESTBED_MODULE=$(cd "${HAPAIR_TESTBED_MODULE:-$here}" && pwd)
+export HAPAIR_TESTBED_MODULE
+cd "$HAPAIR_TESTBED_MODULE"
 
 bindir=$("$here/cachedir.sh")
 mkdir -p "$bindir"
@@ -39,7 +45,8 @@ build() { # name package
     return
   fi
   echo "testbed: building $name ($pkg)" >&2
-  local tmp="$bindir/.$name.partial.$$"
+  # Global, not local: the EXIT trap runs after the function has returned.
+  tmp="$bindir/.$name.partial.$$"
   trap 'rm -f "$tmp"' EXIT
   CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg"
   mv -f "$tmp" "$bindir/$name"
@@ -49,8 +56,12 @@ build() { # name package
 build etcd go.etcd.io/etcd/server/v3
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
-build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 build kubectl k8s.io/kubernetes/cmd/kubectl
+if [ "${HAPAIR_TESTBED_NODES:-2}" = 0 ]; then
+  echo "$bindir"
+  exit 0
+fi
+build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 build kubelet k8s.io/kubernetes/cmd/kubelet
 build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
 

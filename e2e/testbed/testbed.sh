@@ -19,6 +19,11 @@
 #   testbed.sh client CMD...  run CMD in the test client's network namespace
 #   testbed.sh recycle   make Released local volumes Available again (wiped)
 #
+# With HAPAIR_TESTBED_NODES=0 it is the control plane alone (etcd, API
+# server, controller manager: no scheduler, nodes, volumes or images), and
+# HAPAIR_TESTBED_MODULE picks another pinned Kubernetes (compat/: the oldest
+# supported, `make test-compat`).
+#
 # Needs root (network namespaces, cgroups, mounts), containerd and runc,
 # iptables, nftables and conntrack (.ci/run installs them), and the images in
 # $HAPAIR_TESTBED_IMAGES (make testbed-images builds them).
@@ -50,7 +55,7 @@ alive() { # name
 ready() {
   local n
   [ -f "$kubeconfig" ] && alive etcd && alive kube-apiserver && alive kube-controller-manager &&
-    alive kube-scheduler || return 1
+    { [ "$NODE_COUNT" = 0 ] || alive kube-scheduler; } || return 1
   for n in $(seq 1 "$NODE_COUNT"); do
     [ -f "$(node_dir "$n")/kubelet.pid" ] && kill -0 "$(cat "$(node_dir "$n")/kubelet.pid")" 2>/dev/null || return 1
   done
@@ -163,7 +168,7 @@ up() {
   bindir=$("$here/build.sh")
   if ready; then
     log "already running"
-    refresh_images
+    [ "$NODE_COUNT" = 0 ] || refresh_images
     echo "$kubeconfig"
     return
   fi
@@ -206,6 +211,12 @@ up() {
   # created the default ServiceAccount and its root CA ConfigMap.
   wait_for "service accounts" 60 "$bindir/kubectl" --kubeconfig "$kubeconfig" -n default get serviceaccount default
   wait_for "root CA publisher" 60 "$bindir/kubectl" --kubeconfig "$kubeconfig" -n default get configmap kube-root-ca.crt
+  if [ "$NODE_COUNT" = 0 ]; then
+    printf 'etcd=%s\napiserver=%s\ncontroller-manager=%s\nbin=%s\n' "$etcd_port" "$api_port" "$kcm_port" "$bindir" >"$state/ports"
+    log "ready: kube-apiserver $("$bindir/kubectl" --kubeconfig "$kubeconfig" get --raw /version | grep -o '"gitVersion": *"[^"]*"' | cut -d'"' -f4) on https://$HOST_IP:$api_port, no nodes"
+    echo "$kubeconfig"
+    return
+  fi
   write_kubeconfig_cert "$state/scheduler.kubeconfig" kube-scheduler "$pki/kube-scheduler.crt" "$pki/kube-scheduler.key"
   start kube-scheduler --kubeconfig "$state/scheduler.kubeconfig" \
     --authentication-kubeconfig "$state/scheduler.kubeconfig" --authorization-kubeconfig "$state/scheduler.kubeconfig" \

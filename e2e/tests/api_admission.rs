@@ -225,6 +225,17 @@ fn bad_pairs() -> Vec<Bad> {
     ]
 }
 
+/// The run is against the Kubernetes it was meant for: the testbed's, or
+/// the oldest supported one under `make test-compat` (a compat run that
+/// fell back to the testbed's binaries would prove nothing).
+#[tokio::test]
+async fn the_api_server_is_the_pinned_kubernetes() {
+    let want = std::env::var("HAPAIR_TESTBED_KUBE_VERSION")
+        .expect("HAPAIR_TESTBED_KUBE_VERSION is not set: run with `make integration` or `make test-compat`");
+    let info = client().await.apiserver_version().await.expect("/version");
+    assert_eq!(info.git_version, want, "{info:?}");
+}
+
 #[tokio::test]
 async fn every_bad_pair_is_refused_with_a_message_that_says_what_to_fix() {
     let client = client().await;
