@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
-use prometheus::Encoder;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -107,11 +106,7 @@ pub async fn start(
                         reply(StatusCode::SERVICE_UNAVAILABLE, "not ready")
                     }
                 }
-                "/metrics" => {
-                    let mut buf = Vec::new();
-                    let _ = prometheus::TextEncoder::new().encode(&agent.registry.gather(), &mut buf);
-                    reply(StatusCode::OK, buf)
-                }
+                "/metrics" => http::metrics_reply(&agent.registry),
                 "/v1/role" if peer.ip().is_loopback() => {
                     let s = agent.lock();
                     let deadline = s.deadline().filter(|_| s.role == crate::api::Role::Active).unwrap_or(0.0);

@@ -240,6 +240,20 @@ pub fn json_reply<T: serde::Serialize>(value: &T) -> Reply {
     }
 }
 
+/// A registry's metrics in Prometheus's text format, labelled as such:
+/// Prometheus 3 refuses to scrape an answer without a `Content-Type`.
+pub fn metrics_reply(registry: &prometheus::Registry) -> Reply {
+    let encoder = prometheus::TextEncoder::new();
+    let mut body = Vec::new();
+    if let Err(e) = prometheus::Encoder::encode(&encoder, &registry.gather(), &mut body) {
+        return reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    let mut r = reply(StatusCode::OK, body);
+    let kind = prometheus::Encoder::format_type(&encoder).parse().expect("the encoder's content type is a header value");
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, kind);
+    r
+}
+
 /// Serves `handler` on `listener`, over TLS when `tls` is set. The handler
 /// gets the peer address (for loopback-only endpoints). Runs until the
 /// listener fails; each connection is served on its own task with a
@@ -291,6 +305,20 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn metrics_are_answered_as_prometheus_text_with_their_content_type() {
+        let registry = prometheus::Registry::new();
+        let g = prometheus::IntGauge::new("hapair_test_gauge", "a gauge").unwrap();
+        registry.register(Box::new(g.clone())).unwrap();
+        g.set(7);
+        let r = metrics_reply(&registry);
+        assert_eq!(r.status(), StatusCode::OK);
+        // Prometheus 3 refuses a scrape without it.
+        assert_eq!(r.headers()[hyper::header::CONTENT_TYPE], "text/plain; version=0.0.4");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("hapair_test_gauge 7"), "{body:?}");
+    }
 
     #[tokio::test]
     async fn a_handshake_that_never_completes_fails_at_the_connect_bound_not_the_call_timeout() {

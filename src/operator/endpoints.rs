@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::StatusCode;
-use prometheus::Encoder;
 use tracing::warn;
 
 use crate::http::{self, reply};
@@ -40,9 +39,7 @@ pub async fn serve_metrics(addr: SocketAddr, registry: prometheus::Registry) {
                     if req.uri().path() != "/metrics" {
                         return reply(StatusCode::NOT_FOUND, "not found");
                     }
-                    let mut buf = Vec::new();
-                    let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf);
-                    reply(StatusCode::OK, buf)
+                    http::metrics_reply(&registry)
                 }
             })
             .await
