@@ -77,7 +77,7 @@ E2E_FAST := bootstraps killing_the_active a_confirmed_failure a_failover_under_w
 	a_pair_the_operator_cannot_read a_deleted_pair_leaves a_hand_edited a_deleted_lease application_containers_hold \
 	the_member_a_forced the_operator_leader an_application_whose hand_edits a_quarantine_past after_a_partition_the_default after_a_shorter \
 	a_deleted_pair_keeps a_filling_volume a_member_whose_claim a_pair_runs_one_member a_primary_restarting a_secondary_restarting data_restored certificates_are_renewed \
-	the_ca_rotates the_health_monitor_page
+	the_ca_rotates the_health_monitor_page alerts_reach_alertmanager
 
 .PHONY: test
 test: check-generated unit fuzz-brief chart image-check testbed-up integration chart-cluster e2e-fast e2e-nodes chaos-brief ## Generated files, unit tests, a brief fuzz, chart and image checks, API tests, the fastest e2e scenarios, the node faults and one chaos round on the testbed.
@@ -111,7 +111,7 @@ test-compat: ## The admission and API tests on the oldest supported Kubernetes (
 
 .PHONY: e2e-fast
 e2e-fast: testbed-up
-	$(TESTBED_ENV) HAPAIR_ROTATIONS=1 $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates --test ui --test leader -- --test-threads 2 $(E2E_FAST)
+	$(TESTBED_ENV) HAPAIR_ROTATIONS=1 HAPAIR_ALERTS_QUIET_SECONDS=60 $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates --test ui --test leader --test alerts -- --test-threads 2 $(E2E_FAST)
 
 .PHONY: ui-screenshot
 ui-screenshot: testbed-up ## The README's picture of the Health Monitor page, taken by its browser test (docs/health-monitor.png).
@@ -119,7 +119,7 @@ ui-screenshot: testbed-up ## The README's picture of the Health Monitor page, ta
 
 .PHONY: e2e
 e2e: testbed-up ## Every end-to-end scenario, on the testbed's real nodes (needs root).
-	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates --test ui --test leader -- --test-threads 3
+	$(TESTBED_ENV) $(CARGO) test $(TEST_FEATURES) --test failover --test operations --test sync --test operator --test lifecycle --test scenarios --test certificates --test ui --test leader --test alerts -- --test-threads 3
 	@$(MAKE) --no-print-directory e2e-nodes
 
 # `make chaos`: every named fault case (e2e/chaos/cases.rs), the long ones
@@ -208,12 +208,12 @@ plugin-archive: ## The kubectl plugin's release archive (static binary) for krew
 	@sha256sum target/dist/kubectl-hapair_linux_amd64.tar.gz
 
 .PHONY: tools
-tools: ## Build (or reuse) helm, promtool and krew from their pinned Go modules.
+tools: ## Build (or reuse) helm, promtool, Prometheus, Alertmanager and krew from their pinned Go modules.
 	@e2e/tools/build.sh >/dev/null
 
 .PHONY: chart
-chart: tools ## Chart checks: lint, values schema, RBAC, alerts (promtool), dashboard; the plugin's krew manifest installed by krew.
-	$(CARGO) test $(TEST_FEATURES) --test chart --test plugin -- --skip the_api_server --skip every_pod --skip helm_installs --skip kubectl_apply --skip kubectl_completes
+chart: tools ## Chart checks: lint, values schema, RBAC, alerts (promtool), dashboard, the monitors as Prometheus scrape jobs; the plugin's krew manifest installed by krew.
+	$(CARGO) test $(TEST_FEATURES) --test chart --test plugin --test alerts -- --skip the_api_server --skip every_pod --skip helm_installs --skip kubectl_apply --skip kubectl_completes --skip alerts_reach
 
 .PHONY: chart-cluster
 chart-cluster: tools testbed-up ## Chart checks on the testbed: server-side dry run, Pod Security, helm install/upgrade/uninstall, kustomize; the plugin's shell completion through kubectl's.

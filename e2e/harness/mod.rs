@@ -8,7 +8,9 @@
 pub mod checker;
 pub mod client;
 pub mod delay;
+pub mod helm;
 pub mod history;
+pub mod monitoring;
 pub mod nodes;
 pub mod observer;
 pub mod operators;
