@@ -249,7 +249,8 @@ pub fn metrics_reply(registry: &prometheus::Registry) -> Reply {
         return reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
     let mut r = reply(StatusCode::OK, body);
-    let kind = prometheus::Encoder::format_type(&encoder).parse().expect("the encoder's content type is a header value");
+    let kind =
+        prometheus::Encoder::format_type(&encoder).parse().expect("the encoder's content type is a header value");
     r.headers_mut().insert(hyper::header::CONTENT_TYPE, kind);
     r
 }
