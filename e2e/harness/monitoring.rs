@@ -74,18 +74,7 @@ impl Monitoring {
             ]}]
         });
         // JSON is YAML: both programs read these files as YAML.
-        std::fs::write(dir.join("alertmanager.yml"), am_config.to_string()).unwrap();
-        let alertmanager = spawn(
-            "alertmanager",
-            dir,
-            &[
-                &format!("--config.file={}", dir.join("alertmanager.yml").display()),
-                &format!("--storage.path={}", dir.join("alertmanager-data").display()),
-                &format!("--web.listen-address=127.0.0.1:{am_port}"),
-                // One Alertmanager: no gossip, no wait for peers to settle.
-                "--cluster.listen-address=",
-            ],
-        );
+        let alertmanager = spawn_alertmanager(dir, &am_config.to_string(), am_port);
 
         let rules = prometheus_rules(docs);
         assert!(!rules["groups"].as_array().unwrap().is_empty(), "no PrometheusRule among the chart's documents");
@@ -231,18 +220,8 @@ impl Drop for Monitoring {
 /// `/api/v2/status` once it serves, or why it would not start.
 pub async fn alertmanager_loads(dir: &Path, config: &str) -> Result<Value, String> {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("alertmanager.yml"), config).unwrap();
     let port = free_port();
-    let mut child = spawn(
-        "alertmanager",
-        dir,
-        &[
-            &format!("--config.file={}", dir.join("alertmanager.yml").display()),
-            &format!("--storage.path={}", dir.join("alertmanager-data").display()),
-            &format!("--web.listen-address=127.0.0.1:{port}"),
-            "--cluster.listen-address=",
-        ],
-    );
+    let mut child = spawn_alertmanager(dir, config, port);
     let log = || std::fs::read_to_string(dir.join("alertmanager.log")).unwrap_or_default();
     let start = Instant::now();
     let result = loop {
@@ -260,6 +239,22 @@ pub async fn alertmanager_loads(dir: &Path, config: &str) -> Result<Value, Strin
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// Alertmanager with `config` (YAML) on 127.0.0.1:`port`, its state in `dir`.
+fn spawn_alertmanager(dir: &Path, config: &str, port: u16) -> Child {
+    std::fs::write(dir.join("alertmanager.yml"), config).unwrap();
+    spawn(
+        "alertmanager",
+        dir,
+        &[
+            &format!("--config.file={}", dir.join("alertmanager.yml").display()),
+            &format!("--storage.path={}", dir.join("alertmanager-data").display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            // One Alertmanager: no gossip, no wait for peers to settle.
+            "--cluster.listen-address=",
+        ],
+    )
 }
 
 fn spawn(name: &str, dir: &Path, args: &[&str]) -> Child {
