@@ -14,7 +14,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use hapair::api::{ConditionStatus, HighAvailabilityPair, Mode};
+use hapair::api::{ConditionStatus, HighAvailabilityPair, Mode, OperationPhase};
 use harness::helm::{chart, helm, render, repo, wait_operator};
 use harness::monitoring::{self, Monitoring};
 use harness::{Harness, Kill, test_pair};
@@ -102,15 +102,23 @@ async fn dashboard_queries_return_data(m: &Monitoring, ns: &str) {
         }
     }
     assert!(queries.len() >= 10, "{queries:?}");
-    let mut empty = Vec::new();
-    for q in &queries {
-        let q = q.replace("$namespace", ns).replace("$pair", "web").replace("$__rate_interval", "2m");
-        let result = m.query(&q).await.unwrap_or_else(|e| panic!("dashboard query {q}: {e}"));
-        if result.is_empty() {
-            empty.push(q);
+    // What happened just now shows after the next scrape or two.
+    let start = Instant::now();
+    loop {
+        let mut empty = Vec::new();
+        for q in &queries {
+            let q = q.replace("$namespace", ns).replace("$pair", "web").replace("$__rate_interval", "2m");
+            let result = m.query(&q).await.unwrap_or_else(|e| panic!("dashboard query {q}: {e}"));
+            if result.is_empty() {
+                empty.push(q);
+            }
         }
+        if empty.is_empty() {
+            return;
+        }
+        assert!(start.elapsed() < 3 * SCRAPE, "dashboard queries without data: {empty:#?}");
+        tokio::time::sleep(SCRAPE).await;
     }
-    assert!(empty.is_empty(), "dashboard queries without data: {empty:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,8 +259,16 @@ async fn alerts_reach_alertmanager_for_a_failover_a_lost_standby_and_a_split_bra
     // A split brain: files written on the standby behind the pair's back,
     // kept for the user to resolve (policy Manual).
     h.wait_for("web", "Synced", WAIT, |p| condition(p, "Synced") == Some(ConditionStatus::True)).await;
-    // Every panel has something to show now: a failover, and the full
-    // resync Job of a standby that came back past its outage budget.
+    // A resync the user asks for: its Job is what the resync panels show.
+    h.merge_spec("web", json!({"operation": {"id": "rs-1", "resync": {"dryRun": false}}})).await;
+    let p = h
+        .wait_for("web", "resync rs-1", WAIT, |p| {
+            p.status.as_ref().is_some_and(|s| s.operations.iter().any(|o| o.id == "rs-1" && o.phase.is_terminal()))
+        })
+        .await;
+    let op = p.status.unwrap().operations.into_iter().find(|o| o.id == "rs-1").unwrap();
+    assert_eq!(op.phase, OperationPhase::Succeeded, "{op:?}");
+    // Every panel has something to show now: a failover and a resync Job.
     dashboard_queries_return_data(&m, &ns).await;
     let standby = h.pair("web").await.status.unwrap().active_member.unwrap().peer();
     let written = Instant::now();
