@@ -10,6 +10,7 @@ pub mod client;
 pub mod delay;
 pub mod helm;
 pub mod history;
+pub mod loopback;
 pub mod monitoring;
 pub mod nodes;
 pub mod observer;

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::loopback::{self, free_port};
+
 /// How often Prometheus evaluates the rules, and Alertmanager's wait before
 /// it sends a new group: short, so that a test measures the pipeline, not
 /// the defaults.
@@ -116,7 +118,7 @@ impl Monitoring {
 
     async fn wait_ready(&self, url: &str, what: &str) {
         let start = Instant::now();
-        while local_http::get(url).await.map(|(code, _)| code) != Ok(200) {
+        while local_http_get(url).await.map(|(code, _)| code) != Ok(200) {
             assert!(start.elapsed() < Duration::from_secs(60), "{what} not ready: {}", self.log(what));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -132,7 +134,7 @@ impl Monitoring {
     /// An instant query: the result vector (each `{metric, value}`).
     pub async fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
         let url = format!("{}/api/v1/query?query={}", self.prometheus_url, urlencode(promql));
-        let (code, body) = local_http::get(&url).await?;
+        let (code, body) = local_http_get(&url).await?;
         let v: Value = serde_json::from_slice(&body).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&body)))?;
         if code != 200 || v["status"] != "success" {
             return Err(format!("{promql}: {code} {v}"));
@@ -143,7 +145,7 @@ impl Monitoring {
     /// Every scrape target with its health, as `job → [health…]`.
     pub async fn targets(&self) -> Vec<(String, String, String)> {
         let url = format!("{}/api/v1/targets?state=active", self.prometheus_url);
-        let Ok((200, body)) = local_http::get(&url).await else { return Vec::new() };
+        let Ok((200, body)) = local_http_get(&url).await else { return Vec::new() };
         let v: Value = serde_json::from_slice(&body).unwrap_or_default();
         v["data"]["activeTargets"]
             .as_array()
@@ -164,7 +166,7 @@ impl Monitoring {
     /// Prometheus's own view of its alerts now (pending and firing).
     pub async fn alerts(&self) -> Vec<Value> {
         let url = format!("{}/api/v1/alerts", self.prometheus_url);
-        let Ok((200, body)) = local_http::get(&url).await else { return Vec::new() };
+        let Ok((200, body)) = local_http_get(&url).await else { return Vec::new() };
         let v: Value = serde_json::from_slice(&body).unwrap_or_default();
         v["data"]["alerts"].as_array().cloned().unwrap_or_default()
     }
@@ -228,7 +230,7 @@ pub async fn alertmanager_loads(dir: &Path, config: &str) -> Result<Value, Strin
         if let Ok(Some(status)) = child.try_wait() {
             break Err(format!("alertmanager exited ({status}): {}", log()));
         }
-        if let Ok((200, body)) = local_http::get(&format!("http://127.0.0.1:{port}/api/v2/status")).await {
+        if let Ok((200, body)) = local_http_get(&format!("http://127.0.0.1:{port}/api/v2/status")).await {
             break serde_json::from_slice(&body).map_err(|e| e.to_string());
         }
         if start.elapsed() > Duration::from_secs(30) {
@@ -267,10 +269,6 @@ fn spawn(name: &str, dir: &Path, args: &[&str]) -> Child {
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn urlencode(s: &str) -> String {
@@ -470,32 +468,7 @@ pub fn prometheus_rules(docs: &[Value]) -> Value {
     json!({ "groups": groups })
 }
 
-/// A tiny HTTP/1.1 GET over hyper, for the two programs' local APIs.
-mod local_http {
-    use http_body_util::BodyExt;
-
-    pub async fn get(url: &str) -> Result<(u16, Vec<u8>), String> {
-        let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        let authority = uri.authority().ok_or("no host")?.clone();
-        let tcp =
-            tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(authority.as_str()))
-                .await
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-            .header("host", authority.as_str())
-            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), send.send_request(req))
-            .await
-            .map_err(|_| "request timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let code = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((code, body.to_vec()))
-    }
+/// The two programs' local APIs answer at once or not at all.
+async fn local_http_get(url: &str) -> Result<(u16, Vec<u8>), String> {
+    loopback::get(url, Duration::from_secs(10)).await.map(|(code, body)| (code, body.to_vec()))
 }

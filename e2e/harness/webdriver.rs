@@ -4,10 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+
+use crate::harness::loopback;
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -31,22 +30,12 @@ mod tempdir {
 }
 
 async fn call(port: u16, method: hyper::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", format!("127.0.0.1:{port}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(bytes)))
-        .map_err(|e| e.to_string())?;
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default().into_bytes();
+    let authority = format!("127.0.0.1:{port}");
+    let (status, body) =
+        loopback::request(&authority, method, path, &[("content-type", "application/json")], bytes).await?;
     let v: Value = serde_json::from_slice(&body).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&body)))?;
-    if !status.is_success() {
+    if !(200..300).contains(&status) {
         return Err(format!("{status}: {}", v["value"]["message"].as_str().unwrap_or(&v.to_string())));
     }
     Ok(v["value"].clone())
@@ -55,7 +44,7 @@ async fn call(port: u16, method: hyper::Method, path: &str, body: Option<Value>)
 impl Browser {
     /// Starts chromedriver and a headless Chromium session.
     pub async fn start() -> Browser {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = loopback::free_port();
         let driver = tokio::process::Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())

@@ -38,21 +38,14 @@ async fn serve(h: &Harness) -> (tokio::process::Child, String) {
     (child, url.to_string())
 }
 
-/// A plain GET to the page's server: status and body.
+/// A plain GET to the page's server (with another `Host` if given): status
+/// and body.
 async fn get(url: &str, host: Option<&str>) -> (u16, String) {
-    use http_body_util::BodyExt;
     let rest = url.strip_prefix("http://").unwrap();
     let (authority, path) = rest.split_at(rest.find('/').unwrap());
-    let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", host.unwrap_or(authority))
-        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let headers: Vec<(&str, &str)> = host.map(|h| ("host", h)).into_iter().collect();
+    let (status, body) =
+        harness::loopback::request(authority, hyper::Method::GET, path, &headers, Vec::new()).await.unwrap();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned tools the chart, alert and plugin checks use (helm;
-# promtool, Prometheus and Alertmanager; krew) from their published Go modules into a cache outside the repository, keyed by
-# each wrapper module's go.mod and go.sum, and prints the cache's bin directory.
+# promtool, Prometheus and Alertmanager; krew) from their published Go
+# modules into a cache outside the repository, keyed by each wrapper
+# module's go.mod and go.sum, and prints the cache's bin directory.
 #
 # Resumable like the testbed's build: a binary is written under a temporary
 # name and renamed when complete, and Go's build cache keeps every compiled
