@@ -135,10 +135,11 @@ async fn a_deleted_pair_leaves_no_metric_series_and_its_neighbour_keeps_its_own(
     assert!(kept_after.len() + 4 >= kept_before, "the kept pair lost series: {kept_before} -> {}", kept_after.len());
 }
 
-/// The VIP's routing edited by hand three ways: a selector given to the
+/// The VIP's routing edited by hand four ways: a selector given to the
 /// Service (kube-controller-manager would then route it to whatever that
 /// selects, beside the operator's slice), the operator's EndpointSlice
-/// pointed at the standby, and that slice deleted. Each is undone at once,
+/// pointed at the standby, that slice deleted, and an Endpoints object
+/// made for the Service. Each is undone at once,
 /// and what the cluster routes — every slice of the Service — names the
 /// active member alone.
 #[tokio::test]
@@ -213,6 +214,28 @@ async fn hand_edits_of_the_vip_routing_are_put_back_at_once() {
     // The slice deleted.
     slices.delete("web-hapair", &Default::default()).await.unwrap();
     settled("the slice deleted").await;
+    // A hand-made Endpoints object for the Service: kube-controller-manager
+    // mirrors it into a slice of its own (labels copied), which routes to
+    // the standby until the operator removes both — the object first, or
+    // the mirroring makes the slice again.
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(h.client.clone(), &h.ns.name);
+    let legacy = json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "web", "labels": {"hapair.dev/pair": "web"}},
+        "subsets": [{"addresses": [{"ip": standby_ip}], "ports": [{"name": "http", "port": 8080}]}]});
+    endpoints.create(&Default::default(), &serde_json::from_value(legacy).unwrap()).await.unwrap();
+    let start = Instant::now();
+    let mut mirrored = false;
+    while start.elapsed() < Duration::from_secs(2) && !mirrored {
+        mirrored = routed().await.1 > 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("the mirrored slice {}", if mirrored { "was seen" } else { "was never seen" });
+    settled("an Endpoints object made by hand").await;
+    let start = Instant::now();
+    while endpoints.get_opt("web").await.unwrap().is_some() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the hand-made Endpoints object is still there");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Left alone after: nothing rewrites a slice that is right.
     let rv = slices.get("web-hapair").await.unwrap().metadata.resource_version;
     tokio::time::sleep(Duration::from_secs(3)).await;

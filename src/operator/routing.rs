@@ -70,7 +70,7 @@ pub async fn write_service(
     }
     services.patch(name, &apply_params(), &Patch::Apply(want)).await?;
     if selector {
-        remove_foreign_routes(client, ns, name).await?;
+        remove_foreign_routes(client, ns, name, Endpoints::Delete).await?;
     }
     Ok(true)
 }
@@ -82,12 +82,30 @@ pub async fn write_service(
 /// legacy Endpoints object the endpoints controller left behind, which the
 /// mirroring controller would otherwise turn into a slice again: kube-proxy
 /// routes by every slice that names the Service.
-pub async fn remove_foreign_routes(client: &kube::Client, ns: &str, service: &str) -> Result<(), kube::Error> {
+///
+/// `Endpoints::Delete` when the Service just lost a selector: the endpoints
+/// controller made an Endpoints object for it and does not remove it.
+/// `Endpoints::IfMirrored` on the periodic sweep: an Endpoints object routes
+/// only through the slice mirrored from it, so it is deleted only when a
+/// foreign slice is found — a quiet pair's sweep is one list, not a blind
+/// delete as well.
+pub async fn remove_foreign_routes(
+    client: &kube::Client,
+    ns: &str,
+    service: &str,
+    legacy: Endpoints,
+) -> Result<(), kube::Error> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
-    endpoints.delete(service, &DeleteParams::default()).await.map(|_| ()).or_else(not_found)?;
+    if legacy == Endpoints::Delete {
+        endpoints.delete(service, &DeleteParams::default()).await.map(|_| ()).or_else(not_found)?;
+    }
     let labels = format!("{LABEL_SERVICE_NAME}={service},{LABEL_SLICE_MANAGED_BY}!={SLICE_MANAGER}");
     let found = slices.list_metadata(&ListParams::default().labels(&labels)).await?;
+    if legacy == Endpoints::IfMirrored && !found.items.is_empty() {
+        // First, or the mirroring controller makes the slice again.
+        endpoints.delete(service, &DeleteParams::default()).await.map(|_| ()).or_else(not_found)?;
+    }
     for s in found.items {
         let name = s.metadata.name.unwrap_or_default();
         info!(%service, slice = %name, "removing an EndpointSlice the operator did not make");
@@ -96,14 +114,23 @@ pub async fn remove_foreign_routes(client: &kube::Client, ns: &str, service: &st
     Ok(())
 }
 
+/// What [`remove_foreign_routes`] does with the Service's Endpoints object.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Endpoints {
+    /// Delete it whatever the slices say.
+    Delete,
+    /// Delete it only if a slice the operator did not make names the Service.
+    IfMirrored,
+}
+
 /// [`remove_foreign_routes`] for the pair's Services.
 pub async fn sweep_pair_slices(ctx: &Context, pair: &HighAvailabilityPair) -> Result<(), kube::Error> {
     let ns = pair.namespace().unwrap_or_default();
     let name = pair.name_any();
-    remove_foreign_routes(&ctx.client, &ns, &name).await?;
+    remove_foreign_routes(&ctx.client, &ns, &name, Endpoints::IfMirrored).await?;
     if pair.spec.service.standby {
         // Only while that name is the pair's: otherwise it may be someone else's Service.
-        remove_foreign_routes(&ctx.client, &ns, &build::standby_service_name(&name)).await?;
+        remove_foreign_routes(&ctx.client, &ns, &build::standby_service_name(&name), Endpoints::IfMirrored).await?;
     }
     Ok(())
 }
