@@ -17,7 +17,8 @@
 //!   and resource, less what the same window counted before any pair
 //!   existed (the testbed's own nodes and controllers), beside the target —
 //!   only Lease renewals, one per pair per interval; the operator's CPU and
-//!   resident memory (from `/proc`, not from the operator);
+//!   resident memory (from `/proc`, not from the operator), and the CPU of
+//!   the API server and etcd beside their idle figure;
 //! - reconcile latency, from outside: a spec change (pause, then resume)
 //!   on sampled pairs, until the status shows that generation observed
 //!   (polled every 10 ms);
@@ -163,6 +164,35 @@ impl Drop for Operator {
 fn clock_ticks() -> f64 {
     let out = std::process::Command::new("getconf").arg("CLK_TCK").output().expect("getconf runs");
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100.0)
+}
+
+/// The testbed's control-plane processes whose CPU the steady-state
+/// window reports beside the operator's: what the pairs cost the API
+/// server and etcd, not only what they cost the operator.
+const CONTROL_PLANE: &[&str] = &["kube-apiserver", "etcd"];
+
+/// CPU seconds so far of each [`CONTROL_PLANE`] process, from the pid
+/// files the testbed keeps beside its kubeconfig (0 when one is missing).
+fn control_plane_cpu() -> Vec<f64> {
+    let kubeconfig = PathBuf::from(common::kubeconfig_path());
+    let dir = kubeconfig.parent().map(PathBuf::from).unwrap_or_default();
+    CONTROL_PLANE
+        .iter()
+        .map(|name| {
+            let pid = std::fs::read_to_string(dir.join(format!("{name}.pid"))).ok();
+            pid.and_then(|p| p.trim().parse().ok()).map_or(0.0, |pid| proc_usage(pid).0)
+        })
+        .collect()
+}
+
+/// Runs `window` and returns its result with the control plane's CPU
+/// (percent of one core) over it.
+async fn with_control_plane_cpu<T>(window: impl std::future::Future<Output = T>) -> (T, Vec<f64>) {
+    let (before, t0) = (control_plane_cpu(), Instant::now());
+    let out = window.await;
+    let secs = t0.elapsed().as_secs_f64();
+    let pct = control_plane_cpu().iter().zip(before).map(|(a, b)| (a - b) / secs * 100.0).collect();
+    (out, pct)
 }
 
 /// CPU seconds, VmRSS and VmHWM (MiB) of a process, from `/proc`.
@@ -430,7 +460,7 @@ async fn main() {
 
     // What the testbed itself asks of the API server, operator idle.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let baseline = api_rates(&client, window).await;
+    let (baseline, idle_cpu) = with_control_plane_cpu(api_rates(&client, window)).await;
 
     // One pair alone, a fresh one for each fault: a pair failed over again
     // and again meets its flap budget, and a member restarted a moment ago
@@ -469,7 +499,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(30)).await;
         let (cpu0, _, _) = operator.usage();
         let t0 = Instant::now();
-        let rates = api_rates(&client, window).await;
+        let (rates, plane_cpu) = with_control_plane_cpu(api_rates(&client, window)).await;
         let (cpu1, rss, hwm) = operator.usage();
         let cpu_pct = (cpu1 - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
         let (_, host_rss, _) = proc_usage(std::process::id());
@@ -481,6 +511,9 @@ async fn main() {
             operator.exits()
         );
         println!("BENCH scale_{size}_members_process rss={host_rss:.0} MiB ({} agents)", members.running());
+        for ((name, busy), idle) in CONTROL_PLANE.iter().zip(&plane_cpu).zip(&idle_cpu) {
+            println!("BENCH scale_{size}_{name} cpu={busy:.1}% (idle testbed {idle:.1}%, same window length)");
+        }
         let expected = (size + 1) as f64 / INTERVAL as f64;
         let mut rows: Vec<(String, f64)> = rates
             .iter()
