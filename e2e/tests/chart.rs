@@ -382,6 +382,7 @@ async fn helm_installs_upgrades_and_uninstalls_an_operator_that_brings_a_pair_to
     let rule = &policy.spec.unwrap().ingress.unwrap()[0];
     let op = rule.from.as_ref().unwrap()[1].pod_selector.as_ref().unwrap().match_labels.clone().unwrap();
     assert_eq!(op["app.kubernetes.io/instance"], "hapair");
+    leader_election_is_classified_by_the_charts_flow_schema(&h, &ns).await;
 
     // Upgrade: a new setting rolls the Deployment; the pair stays served.
     let (ok, out, err) = run(helm(&ns).args(["upgrade", "hapair"]).arg(chart()).args([
@@ -409,6 +410,33 @@ async fn helm_installs_upgrades_and_uninstalls_an_operator_that_brings_a_pair_to
     let chart_roles = kube::api::ListParams::default().labels("app.kubernetes.io/instance=hapair");
     assert!(roles.list(&chart_roles).await.unwrap().items.is_empty(), "the chart's Roles left behind");
     assert!(h.pairs().get_opt("web").await.unwrap().is_some(), "uninstalling the operator deletes no pair");
+}
+
+/// The API server says which FlowSchema and priority level classified a
+/// request (`X-Kubernetes-PF-*` answer headers): a read of the leader Lease
+/// as the operator's service account goes by the chart's FlowSchema to the
+/// `leader-election` level, not to `workload-low` with every other service
+/// account.
+async fn leader_election_is_classified_by_the_charts_flow_schema(h: &harness::Harness, ns: &str) {
+    use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
+    let schema = Api::<FlowSchema>::all(h.client.clone())
+        .get(&format!("hapair-{ns}-leader-election"))
+        .await
+        .expect("the chart's FlowSchema");
+    let level = Api::<PriorityLevelConfiguration>::all(h.client.clone())
+        .get("leader-election")
+        .await
+        .expect("the cluster's leader-election priority level");
+    let mut config = common::config().await;
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:hapair"));
+    let as_operator = kube::Client::try_from(config).unwrap();
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/hapair");
+    let request = hyper::Request::get(path).body(kube::client::Body::empty()).unwrap();
+    let answer = as_operator.send(request).await.expect("the leader Lease read as the operator");
+    assert_eq!(answer.status(), 200, "the operator's service account reads its leader Lease");
+    let header = |name: &str| answer.headers().get(name).and_then(|v| v.to_str().ok()).map(String::from);
+    assert_eq!(header("X-Kubernetes-PF-FlowSchema-UID"), schema.metadata.uid, "classified by the chart's FlowSchema");
+    assert_eq!(header("X-Kubernetes-PF-PriorityLevel-UID"), level.metadata.uid, "at the leader-election level");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
