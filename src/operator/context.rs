@@ -26,8 +26,18 @@ use crate::metrics::OperatorMetrics;
 /// of requests in one burst, which saturated the API server until the
 /// operator's own leader renewal came too late and it stepped down (seen in
 /// `make bench-scale`). A pair that finds no slot does not wait — its
-/// failover decision comes first — and tries again shortly.
+/// failover decision comes first — and tries again shortly; only a new
+/// pair (never had a Lease, so no decision to take) queues for its slot,
+/// in order: before, each of 800 pairs created at once retried every
+/// 500 ms and some waited minutes by the luck of the draw.
 pub const SUPPORTING_AT_ONCE: usize = 16;
+
+/// How many of those slots new pairs may hold at once: the rest stay free
+/// for the running pairs, whose pass repairs a hand edit (an agent's Role,
+/// a claim) and must not wait behind a creation burst. Had new pairs queued
+/// on the shared slots alone, a running pair would have found none until
+/// the whole burst was through (a queued waiter takes every freed slot).
+pub const NEW_PAIRS_AT_ONCE: usize = 12;
 
 /// What every worker shares.
 pub struct Context {
@@ -54,7 +64,7 @@ pub struct Context {
     pub recorder: Recorder,
     /// Slots for the pairs' supporting-objects passes (see
     /// [`SUPPORTING_AT_ONCE`]).
-    pub supporting_passes: tokio::sync::Semaphore,
+    pub supporting_passes: SupportingSlots,
 }
 
 impl Context {
@@ -98,5 +108,62 @@ impl Context {
     /// Drops every metric series of a pair that is gone.
     pub fn forget(&self, ns: &str, name: &str) {
         self.metrics.forget_pair(ns, name);
+    }
+}
+
+/// Slots for the pairs' supporting-objects passes: at most
+/// [`SUPPORTING_AT_ONCE`] at once, of which new pairs, queued first come
+/// first served, hold at most [`NEW_PAIRS_AT_ONCE`].
+pub struct SupportingSlots {
+    passes: tokio::sync::Semaphore,
+    new_pair_turns: tokio::sync::Semaphore,
+}
+
+/// A pass's slot; given back when dropped.
+pub type SupportingSlot<'a> = (tokio::sync::SemaphorePermit<'a>, Option<tokio::sync::SemaphorePermit<'a>>);
+
+impl Default for SupportingSlots {
+    fn default() -> Self {
+        SupportingSlots {
+            passes: tokio::sync::Semaphore::new(SUPPORTING_AT_ONCE),
+            new_pair_turns: tokio::sync::Semaphore::new(NEW_PAIRS_AT_ONCE),
+        }
+    }
+}
+
+impl SupportingSlots {
+    /// A new pair waits its turn; any other gets a slot now or `None`.
+    pub async fn take(&self, new_pair: bool) -> Option<SupportingSlot<'_>> {
+        if new_pair {
+            let turn = self.new_pair_turns.acquire().await.ok()?;
+            Some((self.passes.acquire().await.ok()?, Some(turn)))
+        } else {
+            Some((self.passes.try_acquire().ok()?, None))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn running_pairs_find_slots_while_a_creation_burst_queues() {
+        let slots = SupportingSlots::default();
+        let mut held = Vec::new();
+        for _ in 0..NEW_PAIRS_AT_ONCE {
+            held.push(slots.take(true).await.expect("a new pair's turn"));
+        }
+        // More new pairs queue behind those.
+        let queued = tokio::time::timeout(std::time::Duration::from_millis(50), slots.take(true)).await;
+        assert!(queued.is_err(), "a new pair past the new pairs' share waits");
+        let mut running = Vec::new();
+        for _ in NEW_PAIRS_AT_ONCE..SUPPORTING_AT_ONCE {
+            running.push(slots.take(false).await.expect("a running pair finds a slot during the burst"));
+        }
+        assert!(slots.take(false).await.is_none(), "never more than SUPPORTING_AT_ONCE at once");
+        // A new pair given back its slot lets the next one in, in order.
+        held.pop();
+        assert!(slots.take(true).await.is_some());
     }
 }

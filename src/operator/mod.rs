@@ -189,7 +189,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             client.clone(),
             Reporter { controller: "hapair-operator".into(), instance: Some(identity) },
         ),
-        supporting_passes: tokio::sync::Semaphore::new(context::SUPPORTING_AT_ONCE),
+        supporting_passes: context::SupportingSlots::default(),
     });
 
     // What the caches keep of each object: everything but its field

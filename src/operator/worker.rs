@@ -122,8 +122,13 @@ async fn round(
     let fresh = recent
         && !super::claims::drifted(ctx, pair)
         && (mem.supporting_matched.as_ref() == Some(&versions) || !super::drift::supporting_drifted(ctx, pair));
-    // Bounded across pairs, and never waited for: see `context::SUPPORTING_AT_ONCE`.
-    let slot = if fresh { None } else { ctx.supporting_passes.try_acquire().ok() };
+    // Bounded across pairs (see `context::SUPPORTING_AT_ONCE`). A pair that
+    // has never had a Lease has no failover to decide and nothing to do
+    // before its supporting objects exist: it waits its turn, first come
+    // first served, among at most `NEW_PAIRS_AT_ONCE` slots. Any other pair
+    // never waits (its decision comes first) and tries again shortly.
+    let new_pair = obs.lease.is_none() && mem.status.as_ref().or(pair.status.as_ref()).is_none_or(|s| s.epoch == 0);
+    let slot = if fresh { None } else { ctx.supporting_passes.take(new_pair).await };
     let deferred = !fresh && slot.is_none();
     if fresh {
         mem.supporting_matched = Some(versions);
