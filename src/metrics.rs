@@ -107,10 +107,6 @@ pub struct OperatorMetrics {
     pub reconcile_errors: IntCounterVec,
     pub reconcile_duration: Histogram,
     pub failovers: IntCounterVec,
-    /// Changes of active member by type alone, every type's series made at
-    /// 0 when the pair is first published: a counter born at 1 shows no
-    /// increase, so a dashboard would miss the first failover of a kind.
-    pub transitions: IntCounterVec,
     pub failover_duration: Histogram,
     pub mode: IntGaugeVec,
     pub epoch: IntGaugeVec,
@@ -171,13 +167,6 @@ impl OperatorMetrics {
             failovers: IntCounterVec::new(
                 Opts::new("hapair_failovers_total", "Changes of active member, by type and reason"),
                 &["namespace", "pair", "type", "reason"],
-            )?,
-            transitions: IntCounterVec::new(
-                Opts::new(
-                    "hapair_transitions_total",
-                    "Changes of active member, by type; every type's series is there from the pair's first reconcile, at 0",
-                ),
-                &["namespace", "pair", "type"],
             )?,
             failover_duration: Histogram::with_opts(
                 HistogramOpts::new(
@@ -305,13 +294,12 @@ impl OperatorMetrics {
     /// Every metric labelled by namespace and pair: the one list that both
     /// registers them and forgets a deleted pair's series, so the two cannot
     /// drift apart.
-    fn per_pair(&self) -> [&dyn PairSeries; 24] {
+    fn per_pair(&self) -> [&dyn PairSeries; 23] {
         [
             &self.invalid,
             &self.reconciles,
             &self.reconcile_errors,
             &self.failovers,
-            &self.transitions,
             &self.mode,
             &self.epoch,
             &self.active_member,

@@ -393,18 +393,6 @@ pub enum TransitionType {
     SplitBrainResolved,
 }
 
-impl TransitionType {
-    /// Every type, for series that must exist before the first of each.
-    pub const ALL: [TransitionType; 6] = [
-        TransitionType::Bootstrap,
-        TransitionType::Failover,
-        TransitionType::Switchover,
-        TransitionType::Failback,
-        TransitionType::GoStandby,
-        TransitionType::SplitBrainResolved,
-    ];
-}
-
 /// A condition, as `metav1.Condition`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -372,9 +372,10 @@ async fn apply_lease_and_status(
                     super::fault::step("lease-moved");
                     warn!(pair = %name, from = ?transition.from, %to, epoch, reason = %transition.reason, "lease moved");
                     outcome.promoted = Some(to);
-                    let type_ = format!("{:?}", transition.type_);
-                    ctx.metrics.failovers.with_label_values(&[&ns, &name, &type_, &transition.reason]).inc();
-                    ctx.metrics.transitions.with_label_values(&[&ns, &name, &type_]).inc();
+                    ctx.metrics
+                        .failovers
+                        .with_label_values(&[&ns, &name, &format!("{:?}", transition.type_), &transition.reason])
+                        .inc();
                 }
                 Err(e) if is_conflict(&e) => {
                     info!(pair = %name, "lease changed under us; observing again");

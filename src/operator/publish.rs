@@ -33,10 +33,6 @@ pub fn publish(
     let conditions =
         status.conditions.iter().map(|c| [c.type_.clone(), format!("{:?}", c.status), c.reason.clone()]).collect();
     metrics.set_conditions(&ns, &name, conditions);
-    for type_ in crate::api::TransitionType::ALL {
-        // Made at 0 (or left as counted): see `OperatorMetrics::transitions`.
-        metrics.transitions.with_label_values(&[&ns, &name, &format!("{type_:?}")]);
-    }
     // History is newest first: the first of each type is its latest.
     let mut seen = Vec::new();
     for t in &status.history {
@@ -195,40 +191,6 @@ mod tests {
         };
         assert_eq!(members("hapair_volume_used_ratio"), vec!["primary"]);
         assert_eq!(members("hapair_volume_available_bytes"), vec!["primary"]);
-    }
-
-    #[test]
-    fn every_transition_type_is_counted_from_zero_before_the_first_of_its_kind() {
-        let r = Registry::new();
-        let m = OperatorMetrics::register(&r).unwrap();
-        // The schema's list of types, so a type added later cannot be left
-        // out of `TransitionType::ALL`.
-        let schema = serde_json::to_value(schemars::schema_for!(crate::api::TransitionType)).unwrap();
-        let named: BTreeSet<String> =
-            schema["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-        let all: BTreeSet<String> = crate::api::TransitionType::ALL.iter().map(|t| format!("{t:?}")).collect();
-        assert_eq!(all, named, "TransitionType::ALL lists every type");
-        let counted = |r: &Registry| -> Vec<(String, f64)> {
-            r.gather()
-                .iter()
-                .filter(|f| f.name() == "hapair_transitions_total")
-                .flat_map(|f| f.get_metric().to_vec())
-                .map(|s| {
-                    let type_ = s.get_label().iter().find(|l| l.name() == "type").unwrap().value().to_string();
-                    (type_, s.get_counter().get_value())
-                })
-                .collect()
-        };
-        publish(&m, &pair("a"), &status(), &Observed::default());
-        let zero = counted(&r);
-        assert_eq!(zero.len(), all.len(), "{zero:?}");
-        assert!(zero.iter().all(|(_, v)| *v == 0.0), "{zero:?}");
-        m.transitions.with_label_values(&["ns", "a", "Failover"]).inc();
-        // Published again, a count stays as counted.
-        publish(&m, &pair("a"), &status(), &Observed::default());
-        let after = counted(&r);
-        assert!(after.contains(&("Failover".to_string(), 1.0)), "{after:?}");
-        assert_eq!(after.iter().map(|(_, v)| v).sum::<f64>(), 1.0, "{after:?}");
     }
 
     #[test]
