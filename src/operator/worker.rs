@@ -129,6 +129,11 @@ async fn round(
     // never waits (its decision comes first) and tries again shortly.
     let new_pair = obs.lease.is_none() && mem.status.as_ref().or(pair.status.as_ref()).is_none_or(|s| s.epoch == 0);
     let slot = if fresh { None } else { ctx.supporting_passes.take(new_pair).await };
+    if new_pair && slot.is_some() && !unchanged_while_queued(pair, ctx.pair(&ns, &name).as_deref()) {
+        // The wait can last minutes in a creation burst: a pair deleted or
+        // changed meanwhile is looked at afresh, not acted on as it was.
+        return Ok(Duration::ZERO);
+    }
     let deferred = !fresh && slot.is_none();
     if fresh {
         mem.supporting_matched = Some(versions);
@@ -305,6 +310,50 @@ impl Failing {
         }
         let exp = self.in_a_row.saturating_sub(1).min(6);
         (Duration::from_millis(500) * 2u32.pow(exp)).min(Duration::from_secs(30))
+    }
+}
+
+/// Whether the pair as stored now is the one a round began with: the same
+/// object (uid), the same spec (generation), not being deleted.
+fn unchanged_while_queued(
+    began: &HighAvailabilityPair,
+    now: Option<&kube::core::DeserializeGuard<HighAvailabilityPair>>,
+) -> bool {
+    let Some(Ok(now)) = now.map(|g| g.0.as_ref()) else { return false };
+    now.metadata.uid == began.metadata.uid
+        && now.metadata.generation == began.metadata.generation
+        && now.metadata.deletion_timestamp.is_none()
+}
+
+#[cfg(test)]
+mod queued_tests {
+    use kube::core::DeserializeGuard;
+    use serde_json::json;
+
+    use super::*;
+
+    fn pair(uid: &str, generation: i64, deleting: bool) -> HighAvailabilityPair {
+        let mut meta = json!({"name": "web", "namespace": "ns", "uid": uid, "generation": generation});
+        if deleting {
+            meta["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "hapair.dev/v1alpha1", "kind": "HighAvailabilityPair", "metadata": meta,
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "x"}]}},
+                     "service": {"ports": [{"name": "http", "port": 80}]}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pair_deleted_changed_or_made_again_while_queued_is_looked_at_afresh() {
+        let began = pair("u1", 1, false);
+        let stored = |p: HighAvailabilityPair| DeserializeGuard(Ok(p));
+        assert!(unchanged_while_queued(&began, Some(&stored(pair("u1", 1, false)))));
+        assert!(!unchanged_while_queued(&began, None), "deleted");
+        assert!(!unchanged_while_queued(&began, Some(&stored(pair("u1", 1, true)))), "being deleted");
+        assert!(!unchanged_while_queued(&began, Some(&stored(pair("u1", 2, false)))), "spec changed");
+        assert!(!unchanged_while_queued(&began, Some(&stored(pair("u2", 1, false)))), "deleted and made again");
     }
 }
 
