@@ -172,27 +172,34 @@ fn clock_ticks() -> f64 {
 const CONTROL_PLANE: &[&str] = &["kube-apiserver", "etcd"];
 
 /// CPU seconds so far of each [`CONTROL_PLANE`] process, from the pid
-/// files the testbed keeps beside its kubeconfig (0 when one is missing).
-fn control_plane_cpu() -> Vec<f64> {
+/// files the testbed keeps beside its kubeconfig (`None` when one is
+/// missing or names no process: never printed as an idle 0 %).
+fn control_plane_cpu() -> Vec<Option<f64>> {
     let kubeconfig = PathBuf::from(common::kubeconfig_path());
     let dir = kubeconfig.parent().map(PathBuf::from).unwrap_or_default();
     CONTROL_PLANE
         .iter()
         .map(|name| {
             let pid = std::fs::read_to_string(dir.join(format!("{name}.pid"))).ok();
-            pid.and_then(|p| p.trim().parse().ok()).map_or(0.0, |pid| proc_usage(pid).0)
+            let pid: u32 = pid.and_then(|p| p.trim().parse().ok())?;
+            std::path::Path::new(&format!("/proc/{pid}/stat")).exists().then(|| proc_usage(pid).0)
         })
         .collect()
 }
 
 /// Runs `window` and returns its result with the control plane's CPU
-/// (percent of one core) over it.
-async fn with_control_plane_cpu<T>(window: impl std::future::Future<Output = T>) -> (T, Vec<f64>) {
+/// (percent of one core) over it, `None` for a process it could not read.
+async fn with_control_plane_cpu<T>(window: impl std::future::Future<Output = T>) -> (T, Vec<Option<f64>>) {
     let (before, t0) = (control_plane_cpu(), Instant::now());
     let out = window.await;
     let secs = t0.elapsed().as_secs_f64();
-    let pct = control_plane_cpu().iter().zip(before).map(|(a, b)| (a - b) / secs * 100.0).collect();
+    let pct = control_plane_cpu().iter().zip(before).map(|(a, b)| Some((a.as_ref()? - b?) / secs * 100.0)).collect();
     (out, pct)
+}
+
+/// A CPU figure as the bench prints it.
+fn cpu_figure(pct: Option<f64>) -> String {
+    pct.map_or("unknown (no pid file)".into(), |p| format!("{p:.1}%"))
 }
 
 /// CPU seconds, VmRSS and VmHWM (MiB) of a process, from `/proc`.
@@ -512,7 +519,8 @@ async fn main() {
         );
         println!("BENCH scale_{size}_members_process rss={host_rss:.0} MiB ({} agents)", members.running());
         for ((name, busy), idle) in CONTROL_PLANE.iter().zip(&plane_cpu).zip(&idle_cpu) {
-            println!("BENCH scale_{size}_{name} cpu={busy:.1}% (idle testbed {idle:.1}%, same window length)");
+            let (busy, idle) = (cpu_figure(*busy), cpu_figure(*idle));
+            println!("BENCH scale_{size}_{name} cpu={busy} (idle testbed {idle}, same window length)");
         }
         let expected = (size + 1) as f64 / INTERVAL as f64;
         let mut rows: Vec<(String, f64)> = rates
