@@ -26,7 +26,13 @@
 //!   (`HAPAIR_BENCH_SCALE_FAULTS`, 10 per size): its active's application
 //!   killed (the kubelet's report, the health check refused), at a random
 //!   moment; measured to the Lease's move and to the new active's role
-//!   file, and compared with the lone pair's.
+//!   file, and compared with the lone pair's;
+//! - the operator killed among them (`HAPAIR_BENCH_SCALE_RESTARTS`, 3 per
+//!   size), with one pair's active application at the same moment: from
+//!   the kills to the peer serving (the new process waits out the old
+//!   lead, then re-observes every pair), the operator's own exits
+//!   meanwhile (a lead lost while re-observing), and the API requests by
+//!   verb in the first `HAPAIR_BENCH_SCALE_RESTART_WINDOW` seconds (90).
 //!
 //! Prints `BENCH scale_…` lines; runs that fail are counted and printed.
 
@@ -96,6 +102,9 @@ fn pair(name: &str) -> Value {
 struct Operator {
     pid: Arc<AtomicU32>,
     exits: Arc<AtomicU32>,
+    /// Exits this bench caused ([`Operator::kill`]); the rest are the
+    /// operator's own (a lost lead, a crash).
+    kills: AtomicU32,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -136,7 +145,21 @@ impl Operator {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
-        Operator { pid, exits, task }
+        Operator { pid, exits, kills: AtomicU32::new(0), task }
+    }
+
+    /// Kills the current process at once (SIGKILL: an OOM kill, a lost
+    /// node): it hands nothing over, so the next one waits out its Lease.
+    fn kill(&self) {
+        let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) else { return };
+        if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+            self.kills.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Exits the operator took itself, not counting the bench's kills.
+    fn own_exits(&self) -> u32 {
+        self.exits().saturating_sub(self.kills.load(Ordering::SeqCst))
     }
 
     fn pid(&self) -> u32 {
@@ -372,6 +395,51 @@ impl Bench {
         (moved, promoted, failed)
     }
 
+    /// The operator killed with every pair steady, and the active
+    /// application of one pair killed at the same moment: per run, from
+    /// the kills until the peer serves. The new process waits out the old
+    /// one's lead (it handed nothing over), then re-observes every pair
+    /// before it decides anything, and must keep its own lead while it does
+    /// (a restart storm would show here as no failover and in the exits).
+    /// Each run also waits until the pair is steady again before the next.
+    async fn restarts(&mut self, operator: &Operator, names: &[String], n: usize) -> (Vec<f64>, Vec<String>) {
+        let (mut promoted, mut failed) = (Vec::new(), Vec::new());
+        for name in self.sample(names, n) {
+            if !self.steady(&name).await {
+                failed.push(format!("{name}: never steady before the restart"));
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(self.rng.u64(0..INTERVAL * 1000))).await;
+            let Some((old, epoch)) = self.active(&name) else {
+                failed.push(format!("{name}: no active member at the restart"));
+                continue;
+            };
+            let t0 = Instant::now();
+            operator.kill();
+            self.members.kill_app(&old.pod_name(&name)).await;
+            let mut role_at = None;
+            while t0.elapsed() < Duration::from_secs(180) {
+                if let Some((r, e)) = self.members.role(&old.peer().pod_name(&name))
+                    && r == "active"
+                    && e > epoch
+                {
+                    role_at = Some(t0.elapsed());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            eprintln!(
+                "scale: {name}: operator and {old}'s application killed at epoch {epoch}; peer serving {role_at:?}"
+            );
+            match role_at {
+                Some(r) => promoted.push(r.as_secs_f64() * 1000.0),
+                None => failed.push(format!("{name}: no failover within 180 s of the operator's restart")),
+            }
+            self.members.restart_app(&old.pod_name(&name)).await;
+        }
+        (promoted, failed)
+    }
+
     /// Pause then resume each of `pairs`: from each patch to the status
     /// showing its generation observed (ms).
     async fn reconcile_latency(&self, pairs: &[String]) -> (Vec<f64>, Vec<String>) {
@@ -445,6 +513,8 @@ async fn main() {
     let faults = env_u64("HAPAIR_BENCH_SCALE_FAULTS", 10) as usize;
     let window = Duration::from_secs(env_u64("HAPAIR_BENCH_SCALE_WINDOW", 60));
     let samples = env_u64("HAPAIR_BENCH_SCALE_RECONCILES", 25) as usize;
+    let restarts = env_u64("HAPAIR_BENCH_SCALE_RESTARTS", 3) as usize;
+    let restart_window = Duration::from_secs(env_u64("HAPAIR_BENCH_SCALE_RESTART_WINDOW", 90));
     let seed = env_u64("HAPAIR_BENCH_SEED", std::process::id() as u64);
     eprintln!("scale: sizes {sizes:?}, {faults} faults per size, window {window:?}, seed {seed}");
 
@@ -512,10 +582,10 @@ async fn main() {
         let (_, host_rss, _) = proc_usage(std::process::id());
         println!(
             "BENCH scale_{size}_operator cpu={cpu_pct:.1}% rss={rss:.1} MiB peak_rss={hwm:.1} MiB (n={} pairs, window {} s; \
-             exits so far {})",
+             own exits so far {})",
             size + 1,
             window.as_secs(),
-            operator.exits()
+            operator.own_exits()
         );
         println!("BENCH scale_{size}_members_process rss={host_rss:.0} MiB ({} agents)", members.running());
         for ((name, busy), idle) in CONTROL_PLANE.iter().zip(&plane_cpu).zip(&idle_cpu) {
@@ -554,8 +624,42 @@ async fn main() {
                 pct(&promoted, 90.0) / pct(&lone_promoted, 90.0)
             );
         }
+
+        // The operator restarted among them: what its re-observation asks
+        // of the API server, and whether it keeps its lead meanwhile.
+        let own = operator.own_exits();
+        let ((promoted, failed), rates) =
+            tokio::join!(bench.restarts(&operator, &names, restarts), api_rates(&client, restart_window));
+        report(&format!("scale_{size}_restart_failover_promoted"), &promoted);
+        print_failed(&format!("{size}_restart"), &failed, restarts);
+        println!(
+            "BENCH scale_{size}_restart_own_exits {} (the operator's own exits, beside the {restarts} kills; a lost lead is one)",
+            operator.own_exits() - own
+        );
+        let (_, rss, hwm) = operator.usage();
+        println!(
+            "BENCH scale_{size}_restart_operator rss={rss:.1} MiB peak_rss={hwm:.1} MiB (the last restarted process)"
+        );
+        let mut rows: Vec<(String, f64)> = rates
+            .iter()
+            .map(|(k, v)| (k.clone(), v - baseline.get(k).copied().unwrap_or(0.0)))
+            .filter(|(_, v)| v.abs() >= 0.05)
+            .collect();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = rows.iter().map(|(_, v)| v).sum();
+        println!(
+            "BENCH scale_{size}_restart_api_requests total={total:.1}/s beyond the idle testbed, over the first {} s of the restarts",
+            restart_window.as_secs()
+        );
+        for (k, v) in rows.iter().take(12) {
+            println!("BENCH scale_{size}_restart_api {k} {v:.2}/s");
+        }
     }
-    println!("BENCH scale_operator_exits {}", operator.exits());
+    println!(
+        "BENCH scale_operator_exits {} (of which the bench's kills {})",
+        operator.exits(),
+        operator.exits() - operator.own_exits()
+    );
     let failures = members.failures.lock().unwrap().clone();
     println!("BENCH scale_member_failures {}", failures.len());
     for f in failures.iter().take(20) {
