@@ -39,6 +39,14 @@ pub const SUPPORTING_AT_ONCE: usize = 16;
 /// the whole burst was through (a queued waiter takes every freed slot).
 pub const NEW_PAIRS_AT_ONCE: usize = 12;
 
+/// How many workers may read their pair's TLS Secret for the first time at
+/// once. A new leader starts a worker for every pair together, and each
+/// reads its Secret before anything else: 1,000 reads in flight at once on
+/// an API server also serving the leader's renewal. Queued, they take no
+/// longer in all (the API server's work is the same), and a renewal waits
+/// behind at most this many.
+pub const FIRST_LOOKS_AT_ONCE: usize = 16;
+
 /// What every worker shares.
 pub struct Context {
     pub client: Client,
@@ -65,6 +73,9 @@ pub struct Context {
     /// Slots for the pairs' supporting-objects passes (see
     /// [`SUPPORTING_AT_ONCE`]).
     pub supporting_passes: SupportingSlots,
+    /// Turns for a worker's first read of its pair's TLS Secret (see
+    /// [`FIRST_LOOKS_AT_ONCE`]), first come first served.
+    pub first_looks: tokio::sync::Semaphore,
 }
 
 impl Context {

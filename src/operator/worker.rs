@@ -91,6 +91,7 @@ async fn round(
     let ns = pair.namespace().unwrap_or_default();
     let name = pair.name_any();
     if client_tls.is_none() {
+        let _turn = ctx.first_looks.acquire().await;
         *client_tls = Some(super::certificates::load(ctx, pair, mem).await?);
     }
     // Before anything waits on the agents: with expired certificates they
@@ -118,6 +119,23 @@ async fn round(
     // moved since they last matched).
     let versions = super::drift::versions(ctx, pair);
     let period = supporting_period(&ns, &name);
+    let new_pair = obs.lease.is_none() && mem.status.as_ref().or(pair.status.as_ref()).is_none_or(|s| s.epoch == 0);
+    if mem.supporting.is_none()
+        && !new_pair
+        && !super::claims::drifted(ctx, pair)
+        && !super::drift::supporting_drifted(ctx, pair)
+    {
+        // A new worker for a running pair (a new leader, a restart) whose
+        // agent Role, RoleBinding, NetworkPolicy and claims the watch
+        // caches show as built: its pass is counted as made at a moment
+        // spread over the last period, so it next comes due within one
+        // period, not at once. A new leader of 1,000 pairs otherwise ran
+        // 1,000 passes (six requests each) in its first minute, on an API
+        // server also serving its own renewal. What the caches cannot
+        // show (the ServiceAccount, a slice someone made without the
+        // pair's label) is looked at when the pass comes due.
+        mem.supporting = Some((pair.metadata.generation, first_pass_origin(&ns, &name, period)));
+    }
     let recent = mem.supporting.is_some_and(|(g, t)| g == pair.metadata.generation && t.elapsed() < period);
     let fresh = recent
         && !super::claims::drifted(ctx, pair)
@@ -127,7 +145,6 @@ async fn round(
     // before its supporting objects exist: it waits its turn, first come
     // first served, among at most `NEW_PAIRS_AT_ONCE` slots. Any other pair
     // never waits (its decision comes first) and tries again shortly.
-    let new_pair = obs.lease.is_none() && mem.status.as_ref().or(pair.status.as_ref()).is_none_or(|s| s.epoch == 0);
     let slot = if fresh { None } else { ctx.supporting_passes.take(new_pair).await };
     if new_pair && slot.is_some() && !unchanged_while_queued(pair, ctx.pair(&ns, &name).as_deref()) {
         // The wait can last minutes in a creation burst: a pair deleted or
@@ -149,7 +166,16 @@ async fn round(
         mem.supporting = Some((pair.metadata.generation, Instant::now()));
         mem.supporting_matched = None;
     }
-    drop(slot);
+    // A new pair keeps its turn for the whole round: its pods, Service and
+    // status are created in it too, and each of those is as costly to the
+    // API server as the pass. A Service's creation allocates its cluster IP
+    // (an IPAddress object, and the allocator's shared range besides), and
+    // at 1,000 pairs created at once, several hundred creations in flight
+    // took 26 s each on average (`make bench-scale`), many past the API
+    // server's timeout (their addresses then released and repaired), and
+    // the operator's own leader renewal starved behind them. Running pairs
+    // give their slot back at once: their decision must not wait.
+    let _turn = slot.filter(|_| new_pair);
     tell_pruned(ctx, pair, &obs, mem).await;
     super::claims::replace_lost(ctx, pair, &obs, holder).await?;
     let current = mem.status.clone().or_else(|| pair.status.clone());
@@ -206,11 +232,23 @@ const DEFERRED_PASS_AGAIN: Duration = Duration::from_millis(500);
 /// five minutes, plus up to one more spread by the pair's name, so pairs
 /// that started together do not all come due in the same second.
 fn supporting_period(ns: &str, name: &str) -> Duration {
-    // FNV-1a: the same spread in every process, for every build.
-    let h = format!("{ns}/{name}")
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    Duration::from_secs(300) + Duration::from_millis(h % 60_000)
+    Duration::from_secs(300) + Duration::from_millis(name_hash(ns, name) % 60_000)
+}
+
+/// FNV-1a of the pair's key: the same spread in every process, for every
+/// build.
+fn name_hash(ns: &str, name: &str) -> u64 {
+    format!("{ns}/{name}").bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// When a new worker counts a running pair's last supporting pass as
+/// made: up to one `period` ago, spread by the pair's name (other bits of
+/// the same hash as [`supporting_period`]), so the pairs a new leader
+/// takes over come due one by one across the period.
+fn first_pass_origin(ns: &str, name: &str, period: Duration) -> Instant {
+    let ago = Duration::from_millis(name_hash(ns, name) / 60_000 % period.as_millis().max(1) as u64);
+    let now = Instant::now();
+    now.checked_sub(ago).unwrap_or(now)
 }
 
 /// Each quarantine a member's agent removed by the retention limits is
@@ -399,5 +437,20 @@ mod supporting_tests {
         assert!(per_second.iter().all(|n| *n <= 40), "{per_second:?}");
         // The same pair, the same period, in every process.
         assert_eq!(supporting_period("prod", "p0001"), periods[1]);
+    }
+
+    #[test]
+    fn a_new_leader_finds_the_running_pairs_passes_due_one_by_one_across_the_period() {
+        // Each pass counted as made up to a period ago: due within a period
+        // from now, not at once, and spread across it.
+        let mut per_tenth = [0u32; 10];
+        for i in 0..1000 {
+            let name = format!("p{i:04}");
+            let period = supporting_period("prod", &name);
+            let due_in = period.saturating_sub(first_pass_origin("prod", &name, period).elapsed());
+            assert!(due_in <= period, "{name}: due in {due_in:?}, period {period:?}");
+            per_tenth[(due_in.as_secs_f64() / period.as_secs_f64() * 10.0).min(9.0) as usize] += 1;
+        }
+        assert!(per_tenth.iter().all(|n| (50..=150).contains(n)), "{per_tenth:?}");
     }
 }
