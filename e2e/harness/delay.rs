@@ -86,6 +86,23 @@ fn set(pod: &Pod, port: u16, on: bool) {
         .expect("proxy route set");
 }
 
+/// A proxy on this machine's loopback to the API server, whose answers are
+/// held `delay` like a pod's above, for a client of this process (a test's
+/// own): its port, and the task to abort when done.
+pub async fn local(delay: Duration) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("proxy listens");
+    let port = listener.local_addr().unwrap().port();
+    let upstream = api_server();
+    let counted = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((down, _)) = listener.accept().await {
+            conns.spawn(relay(down, upstream, delay, counted.clone()));
+        }
+    });
+    (port, task)
+}
+
 /// One connection: the pod's bytes go up at once; the server's are held
 /// `delay` from when they arrived, then passed on in order.
 async fn relay(mut down: TcpStream, upstream: SocketAddr, delay: Duration, counted: Arc<AtomicU64>) {
