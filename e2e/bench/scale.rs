@@ -261,6 +261,19 @@ async fn api_counts(client: &Client) -> BTreeMap<String, f64> {
     out
 }
 
+/// Request rates less the idle testbed's, largest first (those under
+/// 0.05/s left out), and their sum.
+fn beyond_idle(rates: &BTreeMap<String, f64>, idle: &BTreeMap<String, f64>) -> (Vec<(String, f64)>, f64) {
+    let mut rows: Vec<(String, f64)> = rates
+        .iter()
+        .map(|(k, v)| (k.clone(), v - idle.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| v.abs() >= 0.05)
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total = rows.iter().map(|(_, v)| v).sum();
+    (rows, total)
+}
+
 /// Requests per second by verb and resource over `window`.
 async fn api_rates(client: &Client, window: Duration) -> BTreeMap<String, f64> {
     let before = api_counts(client).await;
@@ -593,13 +606,7 @@ async fn main() {
             println!("BENCH scale_{size}_{name} cpu={busy} (idle testbed {idle}, same window length)");
         }
         let expected = (size + 1) as f64 / INTERVAL as f64;
-        let mut rows: Vec<(String, f64)> = rates
-            .iter()
-            .map(|(k, v)| (k.clone(), v - baseline.get(k).copied().unwrap_or(0.0)))
-            .filter(|(_, v)| v.abs() >= 0.05)
-            .collect();
-        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let total: f64 = rows.iter().map(|(_, v)| v).sum();
+        let (rows, total) = beyond_idle(&rates, &baseline);
         println!(
             "BENCH scale_{size}_api_requests total={total:.1}/s beyond the idle testbed; target: Lease renewals only, {expected:.1}/s"
         );
@@ -640,13 +647,7 @@ async fn main() {
         println!(
             "BENCH scale_{size}_restart_operator rss={rss:.1} MiB peak_rss={hwm:.1} MiB (the last restarted process)"
         );
-        let mut rows: Vec<(String, f64)> = rates
-            .iter()
-            .map(|(k, v)| (k.clone(), v - baseline.get(k).copied().unwrap_or(0.0)))
-            .filter(|(_, v)| v.abs() >= 0.05)
-            .collect();
-        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let total: f64 = rows.iter().map(|(_, v)| v).sum();
+        let (rows, total) = beyond_idle(&rates, &baseline);
         println!(
             "BENCH scale_{size}_restart_api_requests total={total:.1}/s beyond the idle testbed, over the first {} s of the restarts",
             restart_window.as_secs()
