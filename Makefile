@@ -229,7 +229,7 @@ bench: bench-tools bench-images testbed-up ## Failover and switchover measured f
 	@echo "per-run figures in target/bench.log"
 
 .PHONY: bench-scale
-bench-scale: testbed-up ## One operator with 200 and then 1,000 pairs on the real API server (their agents in one process on virtual nodes): its CPU and memory, API requests by verb, reconcile latency, one failover among them beside a lone pair's. PAIRS_SCALE=200,1000.
+bench-scale: tools testbed-up ## One operator with 200 and then 1,000 pairs on the real API server (their agents in one process on virtual nodes): its CPU and memory, API requests by verb, reconcile latency, one failover among them beside a lone pair's. PAIRS_SCALE=200,1000.
 	$(TESTBED_ENV) HAPAIR_BENCH_SCALE_PAIRS=$(PAIRS_SCALE) \
 	  $(CARGO) bench --bench scale 2>target/bench-scale.log | tee target/bench-scale.txt
 	@echo "progress and failures in target/bench-scale.log"

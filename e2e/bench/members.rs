@@ -312,7 +312,11 @@ impl Members {
         };
         let app_task = serve_app(SocketAddr::new(IpAddr::V4(ip), app_port));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (client, me, pod_name) = (self.client.clone(), self.clone(), name.clone());
+        // The agent's own credentials: its pod's ServiceAccount, not the
+        // admin's with which this process plays the kubelet.
+        let account = spec.service_account_name.clone().ok_or("the pod names no ServiceAccount")?;
+        let client = crate::credentials::client(&self.client, &self.ns, &account).await?;
+        let (me, pod_name) = (self.clone(), name.clone());
         tokio::spawn(async move {
             let stop = async move {
                 let _ = stopped.await;

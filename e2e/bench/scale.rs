@@ -38,6 +38,9 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod credentials;
+#[path = "../harness/mod.rs"]
+mod harness;
 mod members;
 mod probe;
 mod stats;
@@ -111,9 +114,13 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(ns: &str, log: &std::path::Path) -> Self {
+    /// Runs as the chart deploys it: `kubeconfig` authenticates as the
+    /// chart's ServiceAccount ([`credentials::operator`]), its leader Lease
+    /// is the one the chart's Role and FlowSchema name.
+    fn start(ns: &str, kubeconfig: &std::path::Path, log: &std::path::Path) -> Self {
         let (pid, exits) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
         let (ns, log, pid_now, exits_now) = (ns.to_string(), log.to_path_buf(), pid.clone(), exits.clone());
+        let kubeconfig = kubeconfig.to_path_buf();
         let task = tokio::spawn(async move {
             loop {
                 let log = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log");
@@ -126,7 +133,8 @@ impl Operator {
                 let mut child = tokio::process::Command::new(&argv[0])
                     .args(&argv[1..])
                     .arg("operator")
-                    .env("KUBECONFIG", common::kubeconfig_path())
+                    .env("KUBECONFIG", &kubeconfig)
+                    .env("HAPAIR_LEADER_LEASE", credentials::RELEASE)
                     .env("HAPAIR_WATCH_NAMESPACES", &ns)
                     .env("POD_NAMESPACE", &ns)
                     .env("POD_NAME", "operator-0")
@@ -447,7 +455,8 @@ async fn main() {
         pairs: Api::namespaced(client.clone(), &ns.name),
         rng: fastrand::Rng::with_seed(seed),
     };
-    let operator = Operator::start(&ns.name, &dir.join("operator.log"));
+    let kubeconfig = credentials::operator(&client, &ns.name, &dir).await;
+    let operator = Operator::start(&ns.name, &kubeconfig, &dir.join("operator.log"));
     eprintln!("scale: operator's log in {}", dir.join("operator.log").display());
 
     // What the testbed itself asks of the API server, operator idle.
@@ -579,6 +588,7 @@ async fn main() {
     while Instant::now() < until && pods.list(&Default::default()).await.is_ok_and(|l| !l.items.is_empty()) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    credentials::remove(&client, &ns.name).await;
     drop(ns);
     drop(operator);
     members.stop().await;
