@@ -27,6 +27,11 @@ pub struct AgentMetrics {
     pub failsafe_requests: IntCounterVec,
     /// Promises this member was asked for, by `result`.
     pub failsafe_promises: IntCounterVec,
+    /// States of the Lease a member that does not hold it took, by `via`
+    /// (`read`: a GET; `watch`: delivered by its watch).
+    pub lease_views: IntCounterVec,
+    /// Watches of the Lease that failed (the member reads it meanwhile).
+    pub lease_watch_errors: IntCounter,
 }
 
 impl AgentMetrics {
@@ -68,6 +73,17 @@ impl AgentMetrics {
                 ),
                 &["result"],
             )?,
+            lease_views: IntCounterVec::new(
+                Opts::new(
+                    "hapair_agent_lease_views_total",
+                    "States of the pair's Lease a member not holding it took, by how they came (read: a request; watch: its watch)",
+                ),
+                &["via"],
+            )?,
+            lease_watch_errors: IntCounter::new(
+                "hapair_agent_lease_watch_errors_total",
+                "Watches of the pair's Lease that failed; the member reads the Lease every interval until its watch is back",
+            )?,
         };
         for c in m.collectors() {
             r.register(c)?;
@@ -88,6 +104,8 @@ impl AgentMetrics {
             Box::new(self.failsafe_serving.clone()),
             Box::new(self.failsafe_requests.clone()),
             Box::new(self.failsafe_promises.clone()),
+            Box::new(self.lease_views.clone()),
+            Box::new(self.lease_watch_errors.clone()),
         ]
     }
 

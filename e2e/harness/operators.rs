@@ -102,16 +102,7 @@ impl Harness {
 
     /// What replica `i` serves on /metrics (Prometheus text), or why not.
     pub async fn operator_metrics(&self, i: usize) -> Result<String, String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.operators[i].metrics).await.map_err(|e| e.to_string())?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: operator\r\n\r\n").await.map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.map_err(|e| e.to_string())?;
-        let (head, body) = out.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
-        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-            return Err(head.lines().next().unwrap_or_default().to_string());
-        }
-        Ok(body.to_string())
+        super::metrics_page(self.operators[i].metrics).await
     }
 
     /// kill -9 of one operator replica; it is not restarted.

@@ -191,6 +191,17 @@ async fn a_silent_active_is_failed_over_only_after_its_lease_runs_out() {
     let h = up("kill-node", 1, json!({})).await;
     let checker = h.checker("web").await;
     let clients = h.clients("web", 3).await;
+    // In steady state the standby follows the Lease by its watch: each of the
+    // active's renewals reaches it, and it sends no read of its own.
+    let views = |page: &str| {
+        let v = |via: &str| harness::metric_value(page, &format!("hapair_agent_lease_views_total{{via=\"{via}\"}}"));
+        (v("watch"), v("read"))
+    };
+    let before = views(&h.agent_metrics("web", Member::Secondary).await.unwrap());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = views(&h.agent_metrics("web", Member::Secondary).await.unwrap());
+    assert!(after.0 - before.0 >= 3.0, "the watch delivered {} renewals in 5 s of 1 s", after.0 - before.0);
+    assert!(after.1 - before.1 <= 1.0, "the standby read the Lease {} times in 5 s", after.1 - before.1);
     let killed = Instant::now();
     h.kill("web", Member::Primary, Kill::Freeze).await;
     let p = h.wait_active(Member::Secondary, 2).await;

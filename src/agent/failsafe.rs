@@ -356,6 +356,7 @@ mod tests {
             replaced: replaced.map(str::to_string),
             drain_mark: None,
             annotated: true,
+            resource_version: None,
         }
     }
 

@@ -33,6 +33,8 @@ pub struct LeaseView {
     /// Whether the Lease has annotations at all (a JSON patch adds a key
     /// only to a map that exists).
     pub annotated: bool,
+    /// Which version of the object this is: a watch starts from it.
+    pub resource_version: Option<String>,
 }
 
 impl LeaseView {
@@ -45,6 +47,7 @@ impl LeaseView {
             replaced: ann.get(crate::proto::ANN_REPLACED_RENEWAL).cloned(),
             drain_mark: ann.get(ANN_DRAINING).cloned(),
             annotated: lease.metadata.annotations.is_some(),
+            resource_version: lease.metadata.resource_version.clone(),
             holder: spec.holder_identity.filter(|h| !h.is_empty()),
             epoch: i64::from(spec.lease_transitions.unwrap_or(0)),
             interval_seconds: num(ANN_INTERVAL),

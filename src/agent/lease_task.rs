@@ -43,6 +43,9 @@ async fn bounded<T: Send + 'static>(
 pub(super) async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
     let name = agent.config.pair.clone();
     let realtime = agent.syncer.as_ref().map(|x| x.spec.realtime_interval_seconds);
+    // Whether this tick was woken rather than due: a woken one reads the
+    // Lease even while the watch delivers it. The first reads too.
+    let mut woken = true;
     loop {
         let (tick, used) = {
             let s = agent.lock();
@@ -76,35 +79,63 @@ pub(super) async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
                 renewal::Answer::Released
             }
             renewal::Step::Read => {
-                let (api, name) = (api.clone(), name.clone());
-                let call = async move { lease::read(&api, &name).await };
-                match bounded(wait, Duration::from_secs(duration as u64), call).await {
-                    Some(Ok(view)) => renewal::Answer::Read(view),
-                    Some(Err(e)) => renewal::Answer::Unreachable(e.to_string()),
-                    None => renewal::Answer::Unreachable("reading the lease timed out".into()),
-                }
+                // The lock is let go before the read below takes it again.
+                let watched = super::lease_watch::fresh(&agent.lock(), woken, sent);
+                read_or_watched(&agent, &api, &name, watched, wait, duration).await
             }
         };
-        if let renewal::Answer::Read(view) = &answer {
-            // Named holder: no more promises to the active (see failsafe).
-            let named = view.as_ref().filter(|v| v.holder.as_deref() == Some(agent.identity.as_str()));
-            let other = view.as_ref().filter(|v| v.holder.is_some() && named.is_none()).map(|v| v.epoch);
-            let mut s = agent.lock();
-            s.named_at = named.map(|v| v.epoch);
-            s.seen_other = s.seen_other.max(other);
-            if let Some(v) = view {
-                s.note_lease(v);
-                super::failsafe::observe_holder(&mut s, v, &agent.identity, Instant::now());
-            }
-        }
         let verdict = renewal::verdict(&tick, &agent.identity, &answer);
         apply_verdict(&agent, &api, &name, tick.epoch, verdict, used, sent).await;
         // A claim deferred to a moment sooner than the next tick is tried then.
         let claim_in = agent.lock().claim_at.map(|t| t.saturating_duration_since(Instant::now()));
-        tokio::select! {
-            _ = tokio::time::sleep(claim_in.map_or(wait, |c| c.min(wait))) => {}
-            _ = agent.wake.notified() => {}
+        woken = tokio::select! {
+            _ = tokio::time::sleep(claim_in.map_or(wait, |c| c.min(wait))) => false,
+            _ = agent.wake.notified() => true,
+        };
+    }
+}
+
+/// Takes what a read (or the watch, [`super::lease_watch`]) showed of the
+/// Lease at `now`: whether this member is named holder (no more promises
+/// to the active, see failsafe), the highest epoch another held, the drain
+/// mark, and the holder's latest renewal, which bounds when it fences.
+pub(super) fn take_read(agent: &Agent, s: &mut super::State, view: Option<&lease::LeaseView>, now: Instant) {
+    let named = view.filter(|v| v.holder.as_deref() == Some(agent.identity.as_str()));
+    let other = view.filter(|v| v.holder.is_some() && named.is_none()).map(|v| v.epoch);
+    s.named_at = named.map(|v| v.epoch);
+    s.seen_other = s.seen_other.max(other);
+    s.lease_epoch_read = view.map_or(0, |v| v.epoch);
+    s.lease_version = other.and(view).and_then(|v| v.resource_version.clone());
+    if let Some(v) = view {
+        s.note_lease(v);
+        super::failsafe::observe_holder(s, v, &agent.identity, now);
+    }
+}
+
+/// The Lease as a tick that must know it sees it: what the watch delivered
+/// (already taken, see `lease_watch::publish`), or else a read, taken here.
+async fn read_or_watched(
+    agent: &Arc<Agent>,
+    api: &Api<Lease>,
+    name: &str,
+    watched: Option<lease::LeaseView>,
+    wait: Duration,
+    duration: i32,
+) -> renewal::Answer {
+    if let Some(view) = watched {
+        return renewal::Answer::Read(Some(view));
+    }
+    agent.metrics.lease_views.with_label_values(&["read"]).inc();
+    agent.lock().last_read = Some(Instant::now());
+    let (api, name) = (api.clone(), name.to_string());
+    let call = async move { lease::read(&api, &name).await };
+    match bounded(wait, Duration::from_secs(duration as u64), call).await {
+        Some(Ok(view)) => {
+            take_read(agent, &mut agent.lock(), view.as_ref(), Instant::now());
+            renewal::Answer::Read(view)
         }
+        Some(Err(e)) => renewal::Answer::Unreachable(e.to_string()),
+        None => renewal::Answer::Unreachable("reading the lease timed out".into()),
     }
 }
 

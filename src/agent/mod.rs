@@ -14,6 +14,7 @@ mod drain;
 mod failsafe;
 pub mod lease;
 mod lease_task;
+mod lease_watch;
 mod probe;
 mod renewal;
 mod role;
@@ -151,6 +152,19 @@ pub(crate) struct State {
     pub gave_up: Option<(i64, Instant)>,
     /// The data volume as last measured ([`volume::volume_loop`]).
     pub volume: Option<crate::proto::VolumeUsage>,
+    /// The Lease as the watch last delivered it, and when
+    /// ([`lease_watch`]); `None` while no watch delivers.
+    pub watched: Option<(lease::LeaseView, Instant)>,
+    /// When the current watch started, and when the lease loop last read
+    /// the Lease ([`lease_watch::fresh`]).
+    pub watch_since: Option<Instant>,
+    pub last_read: Option<Instant>,
+    /// The epoch of the Lease as last read or watched (0: absent, or not
+    /// read yet): a watched view at a lower one is older and dropped.
+    pub lease_epoch_read: i64,
+    /// The version of the last read or watched Lease held by the other
+    /// member: a watch may start from it ([`lease_watch`]).
+    pub lease_version: Option<String>,
 }
 
 /// What the role files show, as far as the agent knows. A write can fail (a
@@ -206,6 +220,11 @@ impl State {
             lease_annotated: true,
             gave_up: None,
             volume: None,
+            watched: None,
+            watch_since: None,
+            last_read: None,
+            lease_epoch_read: 0,
+            lease_version: None,
             started_hold: Some(Instant::now() + Duration::from_secs((interval * missed) as u64)),
         }
     }
@@ -486,6 +505,7 @@ pub async fn run_with(
         tasks.spawn(probe::health_loop(agent.clone(), spec).in_current_span());
     }
     tasks.spawn(lease_task::watchdog(agent.clone()).in_current_span());
+    tasks.spawn(lease_watch::lease_watch(agent.clone(), leases.clone()).in_current_span());
     tasks.spawn(failsafe::failsafe_loop(agent.clone()).in_current_span());
     tasks.spawn(server::peer_loop(agent.clone()).in_current_span());
     if let Some(dir) = agent.config.data_dir.clone() {

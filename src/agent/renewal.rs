@@ -201,6 +201,7 @@ mod tests {
             replaced: None,
             drain_mark: None,
             annotated: true,
+            resource_version: None,
         }
     }
 

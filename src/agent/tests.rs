@@ -134,6 +134,7 @@ fn view(interval: i32, missed: i32) -> lease::LeaseView {
         replaced: None,
         drain_mark: None,
         annotated: true,
+        resource_version: None,
     }
 }
 

@@ -31,7 +31,9 @@ pub fn tls_secret(pair: &HighAvailabilityPair, data: BTreeMap<String, String>) -
     }
 }
 
-/// The agent may read and renew its own pair's Lease, and nothing else.
+/// The agent may read, watch and renew its own pair's Lease, and nothing
+/// else (a list or watch with a `metadata.name` field selector is
+/// authorized against `resourceNames`).
 pub fn agent_rbac(pair: &HighAvailabilityPair) -> (Option<ServiceAccount>, RbacRole, RoleBinding) {
     let name = pair.name_any();
     let role_name = super::common::agent_object_name(&name);
@@ -44,7 +46,7 @@ pub fn agent_rbac(pair: &HighAvailabilityPair) -> (Option<ServiceAccount>, RbacR
             api_groups: Some(vec!["coordination.k8s.io".into()]),
             resources: Some(vec!["leases".into()]),
             resource_names: Some(vec![name.clone()]),
-            verbs: vec!["get".into(), "patch".into()],
+            verbs: vec!["get".into(), "list".into(), "watch".into(), "patch".into()],
             ..Default::default()
         }]),
     };
@@ -517,7 +519,7 @@ pub(super) mod tests {
         assert_eq!(sa.unwrap().metadata.name.as_deref(), Some("db-hapair"));
         let rule = &role.rules.unwrap()[0];
         assert_eq!(rule.resource_names.as_deref(), Some(&["db".to_string()][..]));
-        assert_eq!(rule.verbs, ["get", "patch"]);
+        assert_eq!(rule.verbs, ["get", "list", "watch", "patch"]);
         assert_eq!(binding.subjects.unwrap()[0].name, "db-hapair");
     }
 
