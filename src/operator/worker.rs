@@ -78,6 +78,27 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
     .await
 }
 
+/// Whether a member's agent has not answered this worker yet although its
+/// pod runs: it was asked, but its silence is not yet a silence by the
+/// heartbeat rule (`missedThreshold` polls). A new leader of 1,000 pairs
+/// opens 2,000 heartbeat connections at once, and on a busy machine a first
+/// answer can miss the poll's timeout; taken as it was, the pair's first
+/// round would report that member `Unknown`, relabel an active pod
+/// `standby` and write the status, then write it all back a poll later.
+/// Waiting costs nothing the rules would give: an agent that never answers
+/// is silent after the same polls either way, a member whose pod or
+/// application the kubelet reports down is not waited for, and an
+/// unconfirmed failover needs a lease duration observed anyway.
+fn unheard(pair: &HighAvailabilityPair, obs: &super::observe::Observed) -> bool {
+    let threshold = pair.spec.heartbeat.missed_threshold.max(1) as u32;
+    Member::BOTH.into_iter().any(|m| {
+        let o = obs.member(m);
+        o.agent.last.is_none()
+            && o.agent.missed < threshold
+            && super::model::usable(o, threshold) == super::model::Usable::AgentSilent
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn round(
     ctx: &Arc<Context>,
@@ -108,7 +129,7 @@ async fn round(
     let polled = poll.lock().unwrap_or_else(|p| p.into_inner()).rounds > 0;
     let mut obs = gather(ctx, pair, poll, mem);
     let addressed = |m: Member| obs.member(m).pod.as_ref().is_some_and(|p| p.ip.is_some());
-    if !polled && (addressed(Member::Primary) || addressed(Member::Secondary)) {
+    if (addressed(Member::Primary) || addressed(Member::Secondary)) && (!polled || unheard(pair, &obs)) {
         return Ok(Duration::from_millis(200));
     }
     let rotate_in = super::certificates::rotate(ctx, pair, mem, &obs).await?;
@@ -452,5 +473,70 @@ mod supporting_tests {
             per_tenth[(due_in.as_secs_f64() / period.as_secs_f64() * 10.0).min(9.0) as usize] += 1;
         }
         assert!(per_tenth.iter().all(|n| (50..=150).contains(n)), "{per_tenth:?}");
+    }
+}
+
+#[cfg(test)]
+mod unheard_tests {
+    use super::*;
+    use crate::operator::observe::{MemberObs, Observed, PodObs};
+
+    fn pair() -> HighAvailabilityPair {
+        serde_yaml::from_str(
+            "apiVersion: hapair.dev/v1alpha1\nkind: HighAvailabilityPair\nmetadata: {name: db, namespace: prod}\n\
+             spec:\n  template: {spec: {containers: [{name: app, image: x}]}}\n  service: {ports: [{name: pg, port: 5432}]}\n",
+        )
+        .unwrap()
+    }
+
+    fn running(m: Member) -> MemberObs {
+        let pod = PodObs {
+            name: m.pod_name("db"),
+            uid: format!("{m}-uid"),
+            ip: Some("10.0.0.1".into()),
+            running: true,
+            deleting: false,
+            app_down: false,
+            hash: None,
+            role_label: None,
+            ready: true,
+            node: None,
+        };
+        MemberObs { pod: Some(pod), ..Default::default() }
+    }
+
+    fn answer(m: Member) -> crate::proto::AgentStatus {
+        serde_json::from_value(serde_json::json!({
+            "member": m, "podUid": format!("{m}-uid"), "role": "Standby", "epoch": 1,
+            "wallClock": "2026-01-01T00:00:00Z", "syncGeneration": 0, "leaseRenewFailures": 0,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_new_worker_waits_for_a_running_members_first_answer_until_its_silence_counts() {
+        let pair = pair();
+        let threshold = pair.spec.heartbeat.missed_threshold as u32;
+        let mut obs =
+            Observed { primary: running(Member::Primary), secondary: running(Member::Secondary), ..Default::default() };
+        obs.primary.agent.last = Some(answer(Member::Primary));
+        // Asked once, no answer in time: not yet a silence by the rule.
+        obs.secondary.agent.missed = 1;
+        assert!(unheard(&pair, &obs));
+        // Silent for the whole threshold: decided on as silent.
+        obs.secondary.agent.missed = threshold;
+        assert!(!unheard(&pair, &obs));
+        // Its application reported down by the kubelet: not waited for.
+        obs.secondary.agent.missed = 1;
+        obs.secondary.pod.as_mut().unwrap().app_down = true;
+        assert!(!unheard(&pair, &obs));
+        // No pod, or no answer needed from it: not waited for either.
+        obs.secondary = MemberObs::default();
+        assert!(!unheard(&pair, &obs));
+        // Answered once: its later misses count as usual.
+        obs.secondary = running(Member::Secondary);
+        obs.secondary.agent.last = Some(answer(Member::Secondary));
+        obs.secondary.agent.missed = 1;
+        assert!(!unheard(&pair, &obs));
     }
 }
