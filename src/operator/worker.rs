@@ -88,15 +88,18 @@ pub async fn run(ctx: Arc<Context>, ns: String, name: String, notify: Arc<Notify
 /// Waiting costs nothing the rules would give: an agent that never answers
 /// is silent after the same polls either way, a member whose pod or
 /// application the kubelet reports down is not waited for, and an
-/// unconfirmed failover needs a lease duration observed anyway.
-fn unheard(pair: &HighAvailabilityPair, obs: &super::observe::Observed) -> bool {
+/// unconfirmed failover needs a lease duration observed anyway. Only in a
+/// worker's first `missedThreshold` polling rounds: a member pod made later
+/// (its predecessor's answers forgotten) is decided on as before.
+fn unheard(pair: &HighAvailabilityPair, obs: &super::observe::Observed, rounds: u64) -> bool {
     let threshold = pair.spec.heartbeat.missed_threshold.max(1) as u32;
-    Member::BOTH.into_iter().any(|m| {
-        let o = obs.member(m);
-        o.agent.last.is_none()
-            && o.agent.missed < threshold
-            && super::model::usable(o, threshold) == super::model::Usable::AgentSilent
-    })
+    rounds <= u64::from(threshold)
+        && Member::BOTH.into_iter().any(|m| {
+            let o = obs.member(m);
+            o.agent.last.is_none()
+                && o.agent.missed < threshold
+                && super::model::usable(o, threshold) == super::model::Usable::AgentSilent
+        })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -126,10 +129,10 @@ async fn round(
     }
     // Decide nothing before both agents have been asked at least once: a
     // fresh worker (or a new leader) must not act on half a picture.
-    let polled = poll.lock().unwrap_or_else(|p| p.into_inner()).rounds > 0;
+    let rounds = poll.lock().unwrap_or_else(|p| p.into_inner()).rounds;
     let mut obs = gather(ctx, pair, poll, mem);
     let addressed = |m: Member| obs.member(m).pod.as_ref().is_some_and(|p| p.ip.is_some());
-    if (addressed(Member::Primary) || addressed(Member::Secondary)) && (!polled || unheard(pair, &obs)) {
+    if (addressed(Member::Primary) || addressed(Member::Secondary)) && (rounds == 0 || unheard(pair, &obs, rounds)) {
         return Ok(Duration::from_millis(200));
     }
     let rotate_in = super::certificates::rotate(ctx, pair, mem, &obs).await?;
@@ -522,21 +525,25 @@ mod unheard_tests {
         obs.primary.agent.last = Some(answer(Member::Primary));
         // Asked once, no answer in time: not yet a silence by the rule.
         obs.secondary.agent.missed = 1;
-        assert!(unheard(&pair, &obs));
+        assert!(unheard(&pair, &obs, 1));
         // Silent for the whole threshold: decided on as silent.
         obs.secondary.agent.missed = threshold;
-        assert!(!unheard(&pair, &obs));
+        assert!(!unheard(&pair, &obs, 1));
         // Its application reported down by the kubelet: not waited for.
         obs.secondary.agent.missed = 1;
         obs.secondary.pod.as_mut().unwrap().app_down = true;
-        assert!(!unheard(&pair, &obs));
+        assert!(!unheard(&pair, &obs, 1));
         // No pod, or no answer needed from it: not waited for either.
         obs.secondary = MemberObs::default();
-        assert!(!unheard(&pair, &obs));
+        assert!(!unheard(&pair, &obs, 1));
         // Answered once: its later misses count as usual.
         obs.secondary = running(Member::Secondary);
         obs.secondary.agent.last = Some(answer(Member::Secondary));
         obs.secondary.agent.missed = 1;
-        assert!(!unheard(&pair, &obs));
+        assert!(!unheard(&pair, &obs, 1));
+        // A pod made after the worker's first rounds is not waited for.
+        obs.secondary.agent.last = None;
+        assert!(unheard(&pair, &obs, u64::from(threshold)));
+        assert!(!unheard(&pair, &obs, u64::from(threshold) + 1));
     }
 }
