@@ -63,6 +63,10 @@ const CHECK: Duration = Duration::from_secs(1);
 /// watch goes on from where it was).
 const WATCH_SECONDS: u32 = 290;
 
+/// A watch that ends sooner than this did not end at the API server's
+/// timeout.
+const EARLY_END: Duration = Duration::from_secs(30);
+
 /// Whether the member follows the Lease rather than renews it.
 fn reading(s: &State) -> bool {
     s.role != Role::Active && s.draining_since.is_none()
@@ -143,6 +147,7 @@ fn startable(s: &mut State) -> Option<String> {
 /// server ends it, until it must stop.
 async fn follow(agent: &Agent, api: &Api<Lease>, params: &WatchParams, mut version: String) -> End {
     loop {
+        let started = Instant::now();
         let events = match api.watch(params, &version).await {
             Ok(events) => events,
             Err(e) => return End::Failed(e.to_string()),
@@ -163,10 +168,16 @@ async fn follow(agent: &Agent, api: &Api<Lease>, params: &WatchParams, mut versi
                 Err(e) => return End::Failed(e.to_string()),
             }
         }
-        debug!("the lease's watch ended; going on from the last version seen");
         if !reading(&agent.lock()) {
             return End::Holding;
         }
+        // The API server ends a watch at its timeout; one that ends much
+        // sooner (the server going away, a proxy cutting it) is a failure,
+        // or watches would be sent back to back while it lasts.
+        if started.elapsed() < EARLY_END {
+            return End::Failed(format!("the watch ended after {:?}", started.elapsed()));
+        }
+        debug!("the lease's watch ended; going on from the last version seen");
     }
 }
 
