@@ -102,7 +102,7 @@ impl Harness {
 
     /// What replica `i` serves on /metrics (Prometheus text), or why not.
     pub async fn operator_metrics(&self, i: usize) -> Result<String, String> {
-        super::metrics_page(self.operators[i].metrics).await
+        super::scrape::metrics_page(self.operators[i].metrics).await
     }
 
     /// kill -9 of one operator replica; it is not restarted.

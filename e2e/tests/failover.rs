@@ -194,7 +194,9 @@ async fn a_silent_active_is_failed_over_only_after_its_lease_runs_out() {
     // In steady state the standby follows the Lease by its watch: each of the
     // active's renewals reaches it, and it sends no read of its own.
     let views = |page: &str| {
-        let v = |via: &str| harness::metric_value(page, &format!("hapair_agent_lease_views_total{{via=\"{via}\"}}"));
+        let v = |via: &str| {
+            harness::scrape::metric_value(page, &format!("hapair_agent_lease_views_total{{via=\"{via}\"}}"))
+        };
         (v("watch"), v("read"))
     };
     let before = views(&h.agent_metrics("web", Member::Secondary).await.unwrap());
