@@ -196,16 +196,15 @@ impl Views {
                 // container has restarted N times. A killed application may
                 // not have a successor that printed yet; its view must not
                 // be taken to last until its deadline meanwhile.
-                let mut running: Vec<(Member, String, u32)> = Vec::new();
+                let mut running: Vec<(Member, String, u32, bool)> = Vec::new();
                 for m in Member::BOTH {
                     if let Ok(Some(pod)) = pods.get_opt(&m.pod_name(&pair)).await {
                         let uid = pod.metadata.uid.clone().unwrap_or_default();
-                        let restarts =
-                            pod.status.as_ref().and_then(|st| st.container_statuses.as_ref()).and_then(|cs| {
-                                cs.iter().find(|c| c.name == "app").map(|c| c.restart_count.max(0) as u32)
-                            });
-                        if let Some(n) = restarts {
-                            running.push((m, format!("{}_{uid}", m.pod_name(&pair)), n));
+                        let app = pod.status.as_ref().and_then(|st| st.container_statuses.as_ref()).and_then(|cs| {
+                            cs.iter().find(|c| c.name == "app").map(|c| (c.restart_count.max(0) as u32, ended(c)))
+                        });
+                        if let Some((n, ended)) = app {
+                            running.push((m, format!("{}_{uid}", m.pod_name(&pair)), n, ended));
                         }
                     }
                 }
@@ -227,7 +226,9 @@ impl Views {
                     }
                 }
                 // Dead once the kubelet counts a later restart of this
-                // pod's container, or the member's pod is another one — for
+                // pod's container, or reports this one terminated (its
+                // successor has not started yet), or the member's pod is
+                // another one — for
                 // every instance read so far, its log still there or not
                 // (the kubelet may remove a dead container's log before its
                 // restart is counted). A pod that could not be read this
@@ -236,10 +237,9 @@ impl Views {
                     let dir = path.parent().and_then(|p| p.parent()).and_then(|p| p.file_name());
                     let dir = dir.map(|d| d.to_string_lossy().into_owned()).unwrap_or_default();
                     let number: Option<u32> = path.file_stem().and_then(|n| n.to_str()?.parse().ok());
-                    inst.dead |= running
-                        .iter()
-                        .find(|(rm, _, _)| rm == m)
-                        .is_some_and(|(_, pod, n)| !dir.ends_with(pod.as_str()) || number.is_some_and(|k| k < *n));
+                    inst.dead |= running.iter().find(|(rm, ..)| rm == m).is_some_and(|(_, pod, n, ended)| {
+                        !dir.ends_with(pod.as_str()) || number.is_some_and(|k| k < *n || (k == *n && *ended))
+                    });
                 }
                 // A live instance whose lines stopped: what are its threads
                 // doing? (Waiting for a CPU, blocked in the kernel, or gone.)
@@ -300,6 +300,14 @@ impl Views {
         };
         (found.into_iter().map(evidence).collect(), lines)
     }
+}
+
+/// Whether the kubelet reports a container's current instance (the one its
+/// restart count names) terminated: the runtime saw its process exit, and
+/// no successor has started yet. (Not `waiting` after a termination: by
+/// then the count may already name a successor that is about to print.)
+fn ended(c: &k8s_openapi::api::core::v1::ContainerStatus) -> bool {
+    c.state.as_ref().is_some_and(|s| s.terminated.is_some())
 }
 
 /// The threads of the application whose log is `path`
