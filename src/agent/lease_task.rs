@@ -44,7 +44,8 @@ pub(super) async fn lease_loop(agent: Arc<Agent>, api: Api<Lease>) {
     let name = agent.config.pair.clone();
     let realtime = agent.syncer.as_ref().map(|x| x.spec.realtime_interval_seconds);
     // Whether this tick was woken rather than due: a woken one reads the
-    // Lease even while the watch delivers it. The first reads too.
+    // Lease even while the watch delivers it, unless the watched view names
+    // this member (`lease_watch::fresh`). The first reads too.
     let mut woken = true;
     loop {
         let (tick, used) = {

@@ -13,10 +13,10 @@
 //!   ([`super::lease_task::take_read`]): the holder's renewal bounds when the
 //!   holder fences, counted from the view's arrival, which is after the
 //!   renewal was written — the same argument as for a read.
-//! - The lease loop takes the last delivered view instead of reading only on
-//!   a plain tick and only while views keep coming ([`fresh`]); a tick that
-//!   was woken (the operator moved the Lease, the application failed, the
-//!   watch itself saw this member named) reads, and so does every tick after
+//! - The lease loop takes the last delivered view instead of reading only
+//!   while views keep coming ([`fresh`]); a tick that was woken (the
+//!   operator moved the Lease, the peer stood down, the application failed)
+//!   reads unless that view names this member, and so does every tick after
 //!   two intervals without a view (the holder stopped renewing, or the watch
 //!   is stuck), an error, or a deleted Lease. Then the loop is exactly what
 //!   it was before the watch.
@@ -84,13 +84,19 @@ fn reading(s: &State) -> bool {
 /// every interval did.
 const KEEP_WARM: Duration = Duration::from_secs(60);
 
-/// The view a plain tick of the lease loop may take instead of reading the
+/// The view a tick of the lease loop may take instead of reading the
 /// Lease: the last one the watch delivered, if it came within two
 /// intervals, and the loop has read the Lease since the watch started and
-/// within [`KEEP_WARM`]. `None` on a woken tick, with no watch, or with a
-/// silent one.
+/// within [`KEEP_WARM`]. `None` with no watch or a silent one.
+///
+/// A woken tick takes it only if it names this member (the view that woke
+/// it, usually): the claim that follows is a renewal guarded by holder and
+/// epoch, so a view already overtaken costs a refused claim, never a wrong
+/// one, while reading first cost every failover one more round trip to a
+/// busy API server. Woken for anything else (the operator's or the peer's
+/// wake-up, which may have overtaken the watch), it reads.
 pub(super) fn fresh(s: &State, woken: bool, now: Instant) -> Option<LeaseView> {
-    let (view, at) = s.watched.as_ref().filter(|_| !woken)?;
+    let (view, at) = s.watched.as_ref().filter(|(v, _)| !woken || s.named_at == Some(v.epoch))?;
     let silence = Duration::from_secs(2 * s.interval_seconds.max(1) as u64);
     let warm = s.last_read.is_some_and(|r| Some(r) > s.watch_since && now.saturating_duration_since(r) < KEEP_WARM);
     (warm && now.saturating_duration_since(*at) < silence).then(|| view.clone())
@@ -240,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_tick_takes_the_watched_view_only_while_views_keep_coming() {
+    fn a_tick_takes_the_watched_view_while_views_keep_coming_and_a_woken_one_only_when_named() {
         let mut s = State { role: Role::Standby, ..crate::agent::tests::state() };
         let t0 = Instant::now();
         assert_eq!(fresh(&s, false, t0), None, "no watch: read");
@@ -249,7 +255,14 @@ mod tests {
         assert_eq!(fresh(&s, false, t0), None, "no read since the watch started: read");
         s.last_read = Some(t0 + Duration::from_millis(1));
         assert_eq!(fresh(&s, false, t0 + Duration::from_millis(1900)), Some(view("primary/uid-1", 3)));
-        assert_eq!(fresh(&s, true, t0 + Duration::from_millis(100)), None, "a woken tick reads");
+        assert_eq!(fresh(&s, true, t0 + Duration::from_millis(100)), None, "woken, not named by the view: read");
+        s.named_at = Some(3);
+        s.watched = Some((view("secondary/uid-2", 3), t0));
+        assert_eq!(fresh(&s, true, t0 + Duration::from_millis(100)), Some(view("secondary/uid-2", 3)), "named: claim");
+        s.named_at = Some(4);
+        assert_eq!(fresh(&s, true, t0 + Duration::from_millis(100)), None, "named at another epoch: read");
+        s.named_at = None;
+        s.watched = Some((view("primary/uid-1", 3), t0));
         assert_eq!(fresh(&s, false, t0 + Duration::from_secs(2)), None, "two intervals without a view: read");
         // Views keep coming, but the last read is a minute old: read.
         s.watched = Some((view("primary/uid-1", 3), t0 + Duration::from_secs(60)));
