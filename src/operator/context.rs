@@ -76,6 +76,9 @@ pub struct Context {
     /// Turns for a worker's first read of its pair's TLS Secret (see
     /// [`FIRST_LOOKS_AT_ONCE`]), first come first served.
     pub first_looks: tokio::sync::Semaphore,
+    /// The same turns for pairs whose holder the caches already show
+    /// failed for sure: they do not queue behind every other pair's.
+    pub urgent_looks: tokio::sync::Semaphore,
 }
 
 impl Context {

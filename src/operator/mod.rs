@@ -191,6 +191,7 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         ),
         supporting_passes: context::SupportingSlots::default(),
         first_looks: tokio::sync::Semaphore::new(context::FIRST_LOOKS_AT_ONCE),
+        urgent_looks: tokio::sync::Semaphore::new(context::FIRST_LOOKS_AT_ONCE),
     });
 
     // What the caches keep of each object: everything but its field
