@@ -256,7 +256,7 @@ fn commit(d: &mut Decision, obs: &Observed, lease: &LeaseObs, to: Member, transi
 
 #[cfg(test)]
 #[path = "decide_tests.rs"]
-mod tests;
+pub(super) mod tests;
 
 #[cfg(test)]
 #[path = "decide_sync_tests.rs"]

@@ -58,7 +58,7 @@ pub(super) fn member(m: Member, role: Role, healthy: Option<bool>) -> MemberObs 
     }
 }
 
-pub(super) fn lease(holder: Member, epoch: i64, unchanged_for: Duration) -> LeaseObs {
+pub(in crate::operator) fn lease(holder: Member, epoch: i64, unchanged_for: Duration) -> LeaseObs {
     LeaseObs {
         holder: Some((holder, format!("{holder}-uid"))),
         epoch,

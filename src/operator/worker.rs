@@ -532,24 +532,11 @@ mod first_round_tests {
 
     #[test]
     fn a_pair_whose_holder_failed_for_sure_takes_its_first_look_ahead_of_the_others() {
-        let lease = |holder: Option<Member>| crate::operator::observe::LeaseObs {
-            holder: holder.map(|m| (m, format!("{m}-uid"))),
-            epoch: 1,
-            resource_version: "1".into(),
-            duration: Duration::from_secs(15),
-            released_reason: None,
-            released_by: None,
-            operation_id: None,
-            drained_at: None,
-            unchanged_for: Duration::ZERO,
-            renewed_ago: None,
-            interval_seconds: Some(5),
-            missed_threshold: Some(3),
-        };
+        let lease = |unchanged_for| crate::operator::decide::tests::lease(Member::Primary, 1, unchanged_for);
         let mut obs =
             Observed { primary: running(Member::Primary), secondary: running(Member::Secondary), ..Default::default() };
         assert!(!looks_first(&obs), "no Lease yet: a new pair, nothing to fail over");
-        obs.lease = Some(lease(Some(Member::Primary)));
+        obs.lease = Some(lease(Duration::ZERO));
         assert!(!looks_first(&obs), "the holder runs");
         obs.secondary.pod.as_mut().unwrap().app_down = true;
         assert!(!looks_first(&obs), "the standby's failure is no failover");
@@ -563,9 +550,7 @@ mod first_round_tests {
         // Unconfirmed (nothing heard for a lease duration) needs the
         // agents' answers anyway: no turn ahead.
         obs.primary = running(Member::Primary);
-        let mut quiet = lease(Some(Member::Primary));
-        quiet.unchanged_for = Duration::from_secs(20);
-        obs.lease = Some(quiet);
+        obs.lease = Some(lease(Duration::from_secs(20)));
         assert!(!looks_first(&obs));
     }
 
