@@ -44,7 +44,8 @@ pub const NEW_PAIRS_AT_ONCE: usize = 12;
 /// reads its Secret before anything else: 1,000 reads in flight at once on
 /// an API server also serving the leader's renewal. Queued, they take no
 /// longer in all (the API server's work is the same), and a renewal waits
-/// behind at most this many.
+/// behind at most this many — twice this many when pairs whose holder
+/// surely failed take their own turns (`Context::urgent_looks`) at once.
 pub const FIRST_LOOKS_AT_ONCE: usize = 16;
 
 /// What every worker shares.

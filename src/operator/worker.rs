@@ -128,7 +128,10 @@ async fn round(
     let ns = pair.namespace().unwrap_or_default();
     let name = pair.name_any();
     if client_tls.is_none() {
-        let urgent = looks_first(&gather(ctx, pair, poll, mem));
+        // On a scratch memory: the worker's own starts counting how long
+        // the Lease has gone unchanged at its first real look, not before
+        // a wait in the queue (an unconfirmed failover counts from there).
+        let urgent = looks_first(&gather(ctx, pair, poll, &mut Memory::default()));
         let _turn = if urgent { ctx.urgent_looks.acquire().await } else { ctx.first_looks.acquire().await };
         *client_tls = Some(super::certificates::load(ctx, pair, mem).await?);
     }
